@@ -1,0 +1,77 @@
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Re-install only when a requirements file changes.
+BASE_STAMP := $(VENV)/.base-$(shell cat requirements/base.txt | md5sum | cut -c1-12)
+DEV_STAMP := $(VENV)/.dev-$(shell cat requirements/base.txt requirements/dev.txt | md5sum | cut -c1-12)
+CHROMIUM ?= /usr/bin/chromium
+RUN_PORT ?= 8000
+
+.PHONY: install install-dev chromium run test lint format migrate check bench bench-poll bench-rotate bench-api soak clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(BASE_STAMP): | $(PY)
+	$(PIP) install --quiet --disable-pip-version-check -r requirements/base.txt
+	rm -f $(VENV)/.base-* && touch $@
+
+$(DEV_STAMP): | $(PY)
+	$(PIP) install --quiet --disable-pip-version-check -r requirements/dev.txt
+	rm -f $(VENV)/.dev-* $(VENV)/.base-* && touch $@ $(BASE_STAMP)
+
+install: $(BASE_STAMP)
+
+install-dev: $(DEV_STAMP)
+
+# Browser tests drive Debian's Chromium; Playwright cannot download its own browsers here.
+chromium:
+	@if [ -x $(CHROMIUM) ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Chromium from Debian's packages for the browser tests..."; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "Chromium could not be installed: browser tests will be skipped."; \
+	else \
+		echo "No $(CHROMIUM) and no root to install it: browser tests will be skipped."; \
+	fi
+
+# Everything on embedded defaults: SQLite, the ORM broker, local archive, the EAGLE simulator.
+run: install
+	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --no-input
+	DEBUG=$${DEBUG:-1} $(PY) manage.py run_all --port $(RUN_PORT)
+
+test: install-dev chromium
+	$(PY) -m pytest
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install-dev
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+migrate: install
+	$(PY) manage.py migrate
+
+check: install
+	$(PY) manage.py check
+
+bench: bench-poll bench-rotate bench-api
+
+bench-poll: install-dev
+	$(PY) -m bench.poll
+
+bench-rotate: install-dev
+	$(PY) -m bench.rotate
+
+bench-api: install-dev
+	$(PY) -m bench.api
+
+soak: install-dev
+	$(PY) -m bench.soak
+
+clean:
+	rm -rf $(VENV) var test-output

@@ -1,0 +1,25 @@
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+SEED_PASSWORD_HINT = (
+    "The ?pw= query parameter is no longer accepted. Obtain a token with "
+    "POST /api/auth/token/ (username and password) and send it as 'Authorization: Token <token>'."
+)
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    """DRF's handler, plus a pointer to token auth for clients still sending the seed's ?pw=."""
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    request = context.get("request")
+    if (
+        isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed)
+        and request is not None
+        and "pw" in request.query_params
+    ):
+        response.data = {"detail": SEED_PASSWORD_HINT}
+        response.status_code = status.HTTP_401_UNAUTHORIZED
+        response["WWW-Authenticate"] = "Token"
+    return response

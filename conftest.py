@@ -1,0 +1,57 @@
+"""Test-suite environment: real PostgreSQL (DATABASE_URL, default the local server), never SQLite.
+
+Set before Django reads its settings, so the suite runs the same whatever the shell exports.
+"""
+
+import os
+
+import dj_database_url
+import django
+import psycopg2
+import pytest
+
+TEST_ENVIRONMENT = {
+    "DJANGO_SETTINGS_MODULE": "rainlog.settings",
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/test",
+    "DEBUG": "0",
+    "SECRET_KEY": "test-secret-key-that-is-long-enough-for-django-checks-0123456789",
+    "FIELD_ENCRYPTION_KEYS": "dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0=",
+    "ALLOWED_HOSTS": "testserver,localhost,127.0.0.1",
+    "SECURE_SSL_REDIRECT": "0",
+    "Q_SYNC": "1",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+for name, value in TEST_ENVIRONMENT.items():
+    os.environ.setdefault(name, value)
+# Tests never inherit a real archive or broker from the shell; fixtures provide their own.
+for name in ("ARCHIVE_BUCKET", "AWS_S3_ENDPOINT_URL", "REDIS_URL", "ERROR_REPORT_URL"):
+    os.environ.pop(name, None)
+
+
+def require_postgresql() -> None:
+    url = os.environ["DATABASE_URL"]
+    config = dj_database_url.parse(url)
+    if config["ENGINE"] != "django.db.backends.postgresql":
+        pytest.exit(f"DATABASE_URL={url!r}: the test suite runs on PostgreSQL only.", returncode=2)
+    try:
+        psycopg2.connect(
+            host=config["HOST"] or "127.0.0.1",
+            port=config["PORT"] or 5432,
+            user=config["USER"] or None,
+            password=config["PASSWORD"] or None,
+            dbname="postgres",
+            connect_timeout=3,
+        ).close()
+    except psycopg2.OperationalError as exc:
+        pytest.exit(
+            f"PostgreSQL is not reachable at {config['HOST']}:{config['PORT']} ({exc}).\n"
+            "Start it (e.g. `pg_ctlcluster 15 main start`) or point DATABASE_URL at a running server.",
+            returncode=2,
+        )
+
+
+require_postgresql()
+# Set Django up now, so test modules and fixtures can import models at collection time.
+django.setup()

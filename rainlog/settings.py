@@ -1,0 +1,348 @@
+"""rainlog settings: one module, read from the environment (and an optional .env file).
+
+Only this module reads os.environ. Every variable is listed in README.md ("Configuration").
+A variable that is set but does not parse stops startup with a message naming it.
+"""
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlparse
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+from dotenv import load_dotenv
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+load_dotenv(os.environ.get("RAINLOG_ENV_FILE", BASE_DIR / ".env"))
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip()
+    if raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(
+        f"{name}={raw!r} is not a boolean: use 1/0, true/false, yes/no or on/off."
+    )
+
+
+def env_int(name: str, default: int, minimum: int | None = None) -> int:
+    raw = os.environ.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a whole number.") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} is below its minimum of {minimum}.")
+    return value
+
+
+def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number.") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} is below its minimum of {minimum}.")
+    return value
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_secret(name: str, default: str = "") -> str:
+    """A secret from NAME, or from the file named by NAME_FILE (Docker/Kubernetes secrets)."""
+    file_name = os.environ.get(f"{name}_FILE")
+    if file_name:
+        try:
+            return Path(file_name).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE={file_name!r} cannot be read: {exc}") from None
+    return os.environ.get(name, default)
+
+
+def env_url(name: str, default: str = "") -> str:
+    raw = os.environ.get(name, default).strip()
+    if raw and not urlparse(raw).scheme:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a URL (it needs a scheme such as https://)."
+        )
+    return raw
+
+
+# --- Core --------------------------------------------------------------------------------------
+
+DEBUG = env_bool("DEBUG", False)
+# Where the embedded defaults keep their data: the SQLite file, hour files, the local archive.
+VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
+SECRET_KEY = env_secret("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Set SECRET_KEY (or SECRET_KEY_FILE) to a long random string, "
+            "or set DEBUG=1 for a development run."
+        )
+    SECRET_KEY = "insecure-development-key-only-for-debug-runs"
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+SITE_URL = env_url("SITE_URL", "http://localhost:8000")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "knox",
+    "django_filters",
+    "drf_spectacular",
+    "django_q",
+    "users",
+    "ingestion",
+    "api",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "rainlog.urls"
+WSGI_APPLICATION = "rainlog.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ----------------------------------------------------------------------------------
+# SQLite is only the embedded default for a first run; production and the test suite use PostgreSQL.
+
+DATABASE_URL = env_str("DATABASE_URL")
+if not DATABASE_URL:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASE_URL = f"sqlite:///{VAR_DIR / 'rainlog.sqlite3'}"
+try:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL={DATABASE_URL!r} cannot be parsed: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Auth, i18n, static ------------------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "admin:login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
+STATICFILES_DIRS = [BASE_DIR / "static"]
+
+# --- Security (clean `check --deploy` when DEBUG is off) ---------------------------------------
+
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+if not DEBUG and SECURE_HSTS_SECONDS == 0:
+    # An operator who turned HSTS off on purpose: say so to `check --deploy` readers.
+    SILENCED_SYSTEM_CHECKS = ["security.W004"]
+
+# --- Encryption of EAGLE passwords -------------------------------------------------------------
+# A comma-separated list of Fernet keys: the first encrypts, all decrypt (key rotation:
+# prepend a new key, run `manage.py reencrypt_secrets`, then drop the old key).
+
+FIELD_ENCRYPTION_KEYS = env_list("FIELD_ENCRYPTION_KEYS", [])
+if not FIELD_ENCRYPTION_KEYS:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "FIELD_ENCRYPTION_KEYS is not set. Generate one with "
+            "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`."
+        )
+    # A fixed development key so that a DEBUG run can read what it wrote before.
+    FIELD_ENCRYPTION_KEYS = ["ZGV2ZWxvcG1lbnQta2V5LWRvLW5vdC11c2UtaW4tcHJvZA=="]
+
+# --- REST API ----------------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "api.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["api.permissions.IsOperatorOrReadOnly"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 100,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {"token": env_str("API_TOKEN_THROTTLE", "10/minute")},
+    "EXCEPTION_HANDLER": "api.exceptions.exception_handler",
+}
+API_TOKEN_TTL_HOURS = env_int("API_TOKEN_TTL_HOURS", 720, minimum=0)
+REST_KNOX = {
+    # 0 means tokens never expire; they can still be revoked.
+    "TOKEN_TTL": timedelta(hours=API_TOKEN_TTL_HOURS) if API_TOKEN_TTL_HOURS else None,
+    "AUTH_HEADER_PREFIX": "Token",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "rainlog API",
+    "DESCRIPTION": "Loss-free records of household electricity use from Rainforest EAGLE gateways.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Task queue (django-q2) --------------------------------------------------------------------
+
+REDIS_URL = env_url("REDIS_URL")
+INGEST_WINDOW_SECONDS = 60
+Q_CLUSTER = {
+    "name": env_str("Q_CLUSTER_NAME", "rainlog"),
+    "workers": env_int("Q_WORKERS", 4, minimum=1),
+    # A polling window task runs the ticks of its minute and may wait up to a minute for the
+    # hand-over, so the timeout leaves room for both; retry must exceed timeout.
+    "timeout": env_int("Q_TIMEOUT", 300, minimum=1),
+    "retry": env_int("Q_RETRY", 360, minimum=2),
+    "max_attempts": 1,
+    "catch_up": False,
+    "recycle": 100,
+    "save_limit": 1000,
+    "label": "Task queue",
+    "sync": env_bool("Q_SYNC", False),
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+    Q_CLUSTER["poll"] = 0.5
+
+# --- Ingestion ---------------------------------------------------------------------------------
+
+LOG_ROOT = Path(env_str("LOG_ROOT", str(VAR_DIR / "logs")))
+EAGLE_CLOUD_URL = env_url(
+    "EAGLE_CLOUD_URL", "https://rainforestcloud.com:9445/cgi-bin/post_manager"
+)
+INGEST_POLL_SECONDS = env_float("INGEST_POLL_SECONDS", 6.0, minimum=0.5)
+INGEST_REQUEST_TIMEOUT = env_float("INGEST_REQUEST_TIMEOUT", 4.0, minimum=0.1)
+INGEST_CONCURRENCY = env_int("INGEST_CONCURRENCY", 1000, minimum=1)
+INGEST_SHARDS = env_int("INGEST_SHARDS", 1, minimum=1)
+INGEST_LEASE_SECONDS = env_int("INGEST_LEASE_SECONDS", 30, minimum=5)
+INGEST_OPEN_FILES = env_int("INGEST_OPEN_FILES", 512, minimum=8)
+INGEST_EXTRA_POLL_SECONDS = env_int("INGEST_EXTRA_POLL_SECONDS", 60, minimum=6)
+INGEST_SUSPEND_AFTER_AUTH_FAILURES = env_int("INGEST_SUSPEND_AFTER_AUTH_FAILURES", 5, minimum=1)
+INGEST_MAX_BACKOFF_SECONDS = env_int("INGEST_MAX_BACKOFF_SECONDS", 300, minimum=6)
+INGEST_MAX_DEMAND_KW = env_float("INGEST_MAX_DEMAND_KW", 200.0, minimum=1.0)
+
+# --- Archive -----------------------------------------------------------------------------------
+
+ARCHIVE_BUCKET = env_str("ARCHIVE_BUCKET")
+ARCHIVE_PREFIX = env_str("ARCHIVE_PREFIX", "rainforest-logs").strip("/")
+ARCHIVE_COMPRESS = env_str("ARCHIVE_COMPRESS", "")
+if ARCHIVE_COMPRESS not in ("", "gzip"):
+    raise ImproperlyConfigured(
+        f"ARCHIVE_COMPRESS={ARCHIVE_COMPRESS!r}: use 'gzip' or leave it empty."
+    )
+ARCHIVE_ROOT = Path(env_str("ARCHIVE_ROOT", str(VAR_DIR / "archive")))
+ROTATE_GRACE_SECONDS = env_int("ROTATE_GRACE_SECONDS", 120, minimum=0)
+ROTATE_CONCURRENCY = env_int("ROTATE_CONCURRENCY", 16, minimum=1)
+AWS_S3_ENDPOINT_URL = env_url("AWS_S3_ENDPOINT_URL") or None
+AWS_S3_REGION_NAME = env_str("AWS_S3_REGION_NAME", "us-east-1")
+
+if ARCHIVE_BUCKET:
+    ARCHIVE_STORAGE = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": ARCHIVE_BUCKET,
+            "endpoint_url": AWS_S3_ENDPOINT_URL,
+            "region_name": AWS_S3_REGION_NAME,
+            "file_overwrite": False,
+            "default_acl": None,
+            "querystring_expire": 300,
+        },
+    }
+else:
+    ARCHIVE_STORAGE = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(ARCHIVE_ROOT)},
+    }
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+    "archive": ARCHIVE_STORAGE,
+}
+
+# --- Incident reports to an external endpoint --------------------------------------------------
+
+ERROR_REPORT_URL = env_url("ERROR_REPORT_URL")
+ERROR_REPORT_SECRET = env_secret("ERROR_REPORT_SECRET")
+
+# --- Logging -----------------------------------------------------------------------------------
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"botocore": {"level": "WARNING"}, "urllib3": {"level": "WARNING"}},
+}

@@ -1,0 +1,90 @@
+"""Fixtures shared by the whole suite: moto's S3 server, per-test log roots, operators."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from django.contrib.auth.models import User
+from moto.server import ThreadedMotoServer
+from rest_framework.test import APIClient
+
+from tests.factories import OperatorFactory, ViewerFactory
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 HTTP API (moto's threaded server) on a free loopback port, for the session."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_client(s3_endpoint: str):  # type: ignore[no-untyped-def]
+    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def s3_archive(settings, s3_endpoint: str, s3_client, request) -> str:  # type: ignore[no-untyped-def]
+    """Point the archive storage at a fresh bucket on moto's server; returns the bucket name."""
+    bucket = "rainlog-test-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    bucket = "".join(c if c.isalnum() or c == "-" else "-" for c in bucket)
+    s3_client.create_bucket(Bucket=bucket)
+    settings.ARCHIVE_BUCKET = bucket
+    settings.AWS_S3_ENDPOINT_URL = s3_endpoint
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "archive": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {
+                "bucket_name": bucket,
+                "endpoint_url": s3_endpoint,
+                "region_name": "us-east-1",
+                "file_overwrite": False,
+                "default_acl": None,
+                "querystring_expire": 300,
+            },
+        },
+    }
+    return bucket
+
+
+@pytest.fixture(autouse=True)
+def isolated_storage(settings, tmp_path: Path) -> None:
+    """Every test gets its own LOG_ROOT and local archive directory."""
+    settings.LOG_ROOT = tmp_path / "logs"
+    settings.ARCHIVE_ROOT = tmp_path / "archive"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "archive": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "archive")},
+        },
+    }
+
+
+@pytest.fixture
+def operator(db) -> User:  # type: ignore[no-untyped-def]
+    return OperatorFactory()
+
+
+@pytest.fixture
+def viewer(db) -> User:  # type: ignore[no-untyped-def]
+    return ViewerFactory()
+
+
+@pytest.fixture
+def operator_client(operator: User) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(operator)
+    return client
+
+
+@pytest.fixture
+def viewer_client(viewer: User) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(viewer)
+    return client
