@@ -1,0 +1,266 @@
+"""Hour files on local disk: appending readings, sealing closed hours, reading records back.
+
+The sealing protocol, shared by every writer (poller, push) and the rotation:
+- A writer appends to a file only while holding a shared flock on it, and only after checking,
+  under that lock, that the file's sealed marker (`<name>.sealed`) does not exist.
+- `seal()` takes an exclusive flock on the file, creates the marker durably and releases the lock.
+  From then on no writer appends: any reading for that hour goes to the next late part
+  (`….late-1.jl`, `….late-2.jl`, …), itself sealed and shipped the same way.
+- Markers stay after the data file is shipped and removed, so a late reading never recreates a
+  shipped file under its old name.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import logging
+import os
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from ingestion import paths
+from ingestion.records import Reading, parse_line
+
+logger = logging.getLogger(__name__)
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_syncfs = getattr(_libc, "syncfs", None)
+
+
+def sync_filesystem(any_path: Path) -> None:
+    """Make every write on the file system that holds `any_path` durable, in one system call."""
+    fd = os.open(any_path, os.O_RDONLY)
+    try:
+        if _syncfs is None or _syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_sealed(path: Path) -> bool:
+    return paths.sealed_marker(path).exists()
+
+
+def seal(path: Path) -> bool:
+    """Seal an hour file so that no writer appends to it again. False if there is no such file.
+
+    Idempotent: sealing a sealed file changes nothing.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        marker = paths.sealed_marker(path)
+        if not marker.exists():
+            marker_fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644)
+            os.fsync(marker_fd)
+            os.close(marker_fd)
+            os.fsync(fd)
+            fsync_directory(path.parent)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _append_whole(fd: int, data: bytes) -> None:
+    """Append all of `data` or nothing: a short write (disk full) is cut back and raised.
+
+    A file whose last line was torn by a crash gets a newline first, so the fragment stays one
+    malformed line and the new lines stay whole.
+    """
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        data = b"\n" + data
+    try:
+        written = os.write(fd, data)
+    except OSError:
+        _cut_back(fd, size)
+        raise
+    if written != len(data):
+        _cut_back(fd, size)
+        raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes): disk full?")
+
+
+def _cut_back(fd: int, size: int) -> None:
+    try:
+        os.ftruncate(fd, size)
+    except OSError as exc:
+        # The write error is what the caller must see; this one only explains a possible tail.
+        logger.error("cannot cut a failed append back to %d bytes: %s", size, exc)
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenFile:
+    """Where a batch of lines went: the file, its hour and part, and how many lines."""
+
+    cloud_id: str
+    hour: datetime
+    part: int
+    path: Path
+    lines: int
+
+
+@dataclass(slots=True)
+class AppendResult:
+    written: list[WrittenFile] = field(default_factory=list)
+    unwritten: list[Reading] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class HourFileWriter:
+    """Appends readings to their hour files, with a bounded pool of open files.
+
+    Lines reach the operating system at once (unbuffered `os.write`); `sync()` makes everything
+    written since the last call durable, so a crash loses at most what came after it. A batch that
+    cannot be written (disk full, I/O error) raises OSError and leaves its file as it was, so the
+    caller can keep those readings and try again.
+    """
+
+    def __init__(self, root: Path | None = None, max_open: int | None = None) -> None:
+        self.root = Path(root or settings.LOG_ROOT)
+        self.max_open = max_open or settings.INGEST_OPEN_FILES
+        self._open: OrderedDict[Path, int] = OrderedDict()
+        self._dirty = False
+        self._known_dirs: set[Path] = set()
+
+    def __enter__(self) -> HourFileWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def open_files(self) -> int:
+        return len(self._open)
+
+    def append(self, readings: Iterable[Reading]) -> AppendResult:
+        """Append each reading to the hour file of its own meter time (UTC), in the order given.
+
+        Files are written independently: readings whose file could not be written come back in
+        `AppendResult.unwritten`, with the error, and nothing of them is in any file.
+        """
+        batches: dict[tuple[str, datetime], list[Reading]] = defaultdict(list)
+        for reading in readings:
+            batches[(reading.cloud_id, paths.hour_of_timestamp(reading.meter_timestamp))].append(
+                reading
+            )
+        result = AppendResult()
+        for (cloud_id, hour), batch in batches.items():
+            data = b"".join(reading.to_line() for reading in batch)
+            try:
+                path, part = self._write(cloud_id, hour, data)
+            except OSError as exc:
+                logger.error("cannot append %d readings for %s: %s", len(batch), cloud_id, exc)
+                result.unwritten.extend(batch)
+                result.errors.append(f"{cloud_id} {paths.hour_label(hour)}: {exc}")
+            else:
+                result.written.append(WrittenFile(cloud_id, hour, part, path, len(batch)))
+        return result
+
+    def _write(self, cloud_id: str, hour: datetime, data: bytes) -> tuple[Path, int]:
+        part = 0
+        while True:
+            path = paths.local_path(cloud_id, hour, part, self.root)
+            if paths.sealed_marker(path).exists():
+                # Checked before opening too, so that a shipped and removed file is not recreated.
+                self._close(path)
+                part += 1
+                continue
+            fd = self._fd(path)
+            # Exclusive, so that a short write can be undone without tearing another writer's line.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if not paths.sealed_marker(path).exists():
+                    _append_whole(fd, data)
+                    self._dirty = True
+                    return path, part
+                if os.fstat(fd).st_size == 0:
+                    # Sealed and shipped between the check and the open, which recreated it empty.
+                    path.unlink(missing_ok=True)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            # Sealed under us (or before): this file is closed for good, try the next late part.
+            self._close(path)
+            part += 1
+
+    def _fd(self, path: Path) -> int:
+        fd = self._open.get(path)
+        if fd is not None:
+            self._open.move_to_end(path)
+            return fd
+        directory = path.parent
+        if directory not in self._known_dirs:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._known_dirs.add(directory)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._open[path] = fd
+        while len(self._open) > self.max_open:
+            _, evicted = self._open.popitem(last=False)
+            os.close(evicted)
+        return fd
+
+    def _close(self, path: Path) -> None:
+        fd = self._open.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+
+    def sync(self) -> None:
+        """Make every line appended so far durable (file data and new directory entries)."""
+        if not self._dirty:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        sync_filesystem(self.root)
+        self._dirty = False
+
+    def close(self) -> None:
+        self.sync()
+        while self._open:
+            _, fd = self._open.popitem()
+            os.close(fd)
+
+
+@dataclass(slots=True)
+class MalformedLine:
+    path: Path
+    line_number: int
+    error: str
+
+
+def iter_records(
+    path: Path, malformed: list[MalformedLine] | None = None
+) -> Iterator[dict[str, Any]]:
+    """The records of a local hour file, in file order.
+
+    A line that is not a JSON object (a torn last line after a crash, a disk error) is skipped and,
+    when `malformed` is given, reported there; it never stops the rest of the file from being read.
+    """
+    with open(path, "rb") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield parse_line(line)
+            except ValueError as exc:
+                logger.warning("%s:%d: malformed record skipped: %s", path, line_number, exc)
+                if malformed is not None:
+                    malformed.append(MalformedLine(path, line_number, str(exc)))
