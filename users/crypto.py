@@ -4,12 +4,21 @@ FIELD_ENCRYPTION_KEYS lists Fernet keys; the first encrypts, every one decrypts,
 prepended, `manage.py reencrypt_secrets` run, and the old key dropped afterwards.
 """
 
+from collections.abc import Callable
 from functools import cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
+from django.db.models.functions import Cast
+
+REENCRYPT_BATCH = 500
+UNDECRYPTABLE = (
+    "A stored secret cannot be decrypted with any key in FIELD_ENCRYPTION_KEYS: "
+    "was a key removed before `manage.py reencrypt_secrets` ran?"
+)
 
 
 @cache
@@ -26,6 +35,15 @@ def fernet() -> MultiFernet:
     return _fernet(tuple(settings.FIELD_ENCRYPTION_KEYS))
 
 
+def is_current(token: str) -> bool:
+    """Whether `token` is encrypted under the first (newest) key already."""
+    try:
+        _fernet(tuple(settings.FIELD_ENCRYPTION_KEYS[:1])).decrypt(token.encode())
+    except InvalidToken:
+        return False
+    return True
+
+
 def encrypt(plaintext: str) -> str:
     return fernet().encrypt(plaintext.encode()).decode()
 
@@ -34,15 +52,15 @@ def decrypt(token: str) -> str:
     try:
         return fernet().decrypt(token.encode()).decode()
     except InvalidToken:
-        raise ImproperlyConfigured(
-            "A stored secret cannot be decrypted with any key in FIELD_ENCRYPTION_KEYS: "
-            "was a key removed before `manage.py reencrypt_secrets` ran?"
-        ) from None
+        raise ImproperlyConfigured(UNDECRYPTABLE) from None
 
 
 def rotate(token: str) -> str:
     """The same secret, encrypted again under the first (newest) key."""
-    return fernet().rotate(token.encode()).decode()
+    try:
+        return fernet().rotate(token.encode()).decode()
+    except InvalidToken:
+        raise ImproperlyConfigured(UNDECRYPTABLE) from None
 
 
 class EncryptedTextField(models.TextField):
@@ -58,3 +76,44 @@ class EncryptedTextField(models.TextField):
         if value is None or value == "":
             return value
         return encrypt(value)
+
+
+def encrypted_fields() -> list[tuple[type[models.Model], str]]:
+    """Every (model, field name) stored through EncryptedTextField."""
+    return [
+        (model, field.name)
+        for model in apps.get_models()
+        for field in model._meta.concrete_fields
+        if isinstance(field, EncryptedTextField)
+    ]
+
+
+def reencrypt_field(
+    model: type[models.Model],
+    field_name: str,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[int, int]:
+    """Encrypt every stored value of the field again under the first key.
+
+    Returns (re-encrypted, already current). Rows are read and written as ciphertext, never
+    decrypted into a model; each write is conditional on the row still holding the token read,
+    so a password changed meanwhile (written under the first key anyway) is left alone.
+    """
+    rows = model._default_manager.annotate(ciphertext=Cast(field_name, models.TextField()))
+    rotated = current = 0
+    last_pk = None
+    while not should_stop():
+        batch = rows.exclude(ciphertext="").exclude(ciphertext__isnull=True).order_by("pk")
+        if last_pk is not None:
+            batch = batch.filter(pk__gt=last_pk)
+        pairs = list(batch.values_list("pk", "ciphertext")[:REENCRYPT_BATCH])
+        if not pairs:
+            break
+        for pk, token in pairs:
+            if is_current(token):
+                current += 1
+                continue
+            new_token = models.Value(rotate(token), output_field=models.TextField())
+            rotated += rows.filter(pk=pk, ciphertext=token).update(**{field_name: new_token})
+        last_pk = pairs[-1][0]
+    return rotated, current

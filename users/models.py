@@ -1,8 +1,17 @@
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
-from django.db import models
+from django.db import IntegrityError, models, transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from users.crypto import EncryptedTextField
+
+if TYPE_CHECKING:
+    from ingestion.models import FetchState
+    from users.purging import PurgeReport
 
 CLOUD_ID_MAX_LENGTH = 32
 cloud_id_validator = RegexValidator(
@@ -10,6 +19,8 @@ cloud_id_validator = RegexValidator(
     message=f"A cloud_id is 1 to {CLOUD_ID_MAX_LENGTH} hexadecimal digits (leading zeros are kept).",
     code="invalid_cloud_id",
 )
+DEFAULT_SUSPENDED_REASON = "Suspended by an operator."
+PURGING_REASON = "Being deleted together with its data."
 
 
 class ConnectionType(models.TextChoices):
@@ -19,6 +30,16 @@ class ConnectionType(models.TextChoices):
     PUSH = "push", "Push (uploader)"
 
 
+LOCAL_CONNECTION_TYPES = (ConnectionType.EAGLE200, ConnectionType.LEGACY)
+
+
+def _has_open_incident() -> Exists:
+    # ingestion.models imports this module, so its models are looked up when a query is built.
+    from ingestion.models import Incident, IncidentState
+
+    return Exists(Incident.objects.filter(user=OuterRef("pk"), state=IncidentState.OPEN))
+
+
 class EagleUserQuerySet(models.QuerySet["EagleUser"]):
     def active(self) -> "EagleUserQuerySet":
         return self.filter(is_active=True)
@@ -26,6 +47,50 @@ class EagleUserQuerySet(models.QuerySet["EagleUser"]):
     def polled(self) -> "EagleUserQuerySet":
         """Active users whose readings rainlog fetches itself (push users send theirs)."""
         return self.active().exclude(connection_type=ConnectionType.PUSH)
+
+    def failing(self) -> "EagleUserQuerySet":
+        """Users whose last fetches failed, or who have an open incident."""
+        return self.filter(Q(fetch_state__consecutive_failures__gt=0) | _has_open_incident())
+
+    def healthy(self) -> "EagleUserQuerySet":
+        return self.exclude(Q(fetch_state__consecutive_failures__gt=0) | _has_open_incident())
+
+    def upsert(
+        self, cloud_id: str, changes: Mapping[str, Any]
+    ) -> tuple["EagleUser", bool, list[str]]:
+        """Create the user with `changes`, or apply them to the existing one.
+
+        Returns (user, created, names of the fields that changed). Nothing is written when nothing
+        changes, so applying the same changes twice is a no-op. Raises ValidationError.
+        """
+        for attempt in range(2):
+            try:
+                with transaction.atomic():
+                    return self._upsert(cloud_id, changes)
+            except IntegrityError:
+                # Another request created the same cloud_id between our read and our insert:
+                # the second attempt finds it and updates it instead.
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _upsert(
+        self, cloud_id: str, changes: Mapping[str, Any]
+    ) -> tuple["EagleUser", bool, list[str]]:
+        user = self.select_for_update().filter(cloud_id=cloud_id).first()
+        created = user is None
+        if user is None:
+            user = self.model(cloud_id=cloud_id)
+        changed = user.apply_changes(changes)
+        if created or changed:
+            # Uniqueness of cloud_id is the database's to enforce (see the retry in upsert).
+            user.full_clean(validate_unique=False)
+        if created:
+            user.save()
+            user.ensure_fetch_state()
+        elif changed:
+            user.save(update_fields=[*changed, "updated_at"])
+        return user, created, changed
 
 
 class EagleUser(models.Model):
@@ -54,12 +119,63 @@ class EagleUser(models.Model):
 
     objects = EagleUserQuerySet.as_manager()
 
+    # What operators and imports may change; the rest is kept by rainlog itself.
+    EDITABLE_FIELDS = (
+        "email",
+        "eagle_password",
+        "connection_type",
+        "gateway_address",
+        "meter_mac",
+        "is_active",
+        "suspended_reason",
+    )
+
     class Meta:
         verbose_name = "EAGLE user"
         ordering = ["cloud_id"]
 
     def __str__(self) -> str:
         return self.cloud_id
+
+    def clean(self) -> None:
+        self.normalize_state()
+        errors: dict[str, str] = {}
+        if self.connection_type == ConnectionType.CLOUD and not self.email:
+            errors["email"] = "The Rainforest cloud needs the account's email address."
+        if self.connection_type in LOCAL_CONNECTION_TYPES and not self.gateway_address:
+            errors["gateway_address"] = "A local gateway needs its address."
+        if self.connection_type != ConnectionType.PUSH and not self.eagle_password:
+            errors["eagle_password"] = (
+                "A password (the install code for a local gateway) is needed to fetch readings."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    def normalize_state(self) -> None:
+        """Keep the suspension fields consistent with is_active."""
+        if self.is_active:
+            self.suspended_reason = ""
+            self.suspended_at = None
+        else:
+            self.suspended_reason = self.suspended_reason or DEFAULT_SUSPENDED_REASON
+            self.suspended_at = self.suspended_at or timezone.now()
+
+    def apply_changes(self, changes: Mapping[str, Any]) -> list[str]:
+        """Set editable fields without saving; returns the names of the fields whose value changed."""
+        unknown = set(changes) - set(self.EDITABLE_FIELDS)
+        if unknown:
+            raise ValueError(f"not editable: {', '.join(sorted(unknown))}")
+        tracked = [*self.EDITABLE_FIELDS, "suspended_at"]
+        before = {name: getattr(self, name) for name in tracked}
+        for name, value in changes.items():
+            setattr(self, name, value)
+        if "is_active" in changes and changes["is_active"] != before["is_active"]:
+            # A new suspension starts now, with the reason given or a default one.
+            self.suspended_at = None
+            if "suspended_reason" not in changes:
+                self.suspended_reason = ""
+        self.normalize_state()
+        return [name for name in tracked if getattr(self, name) != before[name]]
 
     def suspend(self, reason: str) -> None:
         self.is_active = False
@@ -69,6 +185,30 @@ class EagleUser(models.Model):
 
     def activate(self) -> None:
         self.is_active = True
-        self.suspended_reason = ""
-        self.suspended_at = None
+        self.normalize_state()
         self.save(update_fields=["is_active", "suspended_reason", "suspended_at", "updated_at"])
+
+    def ensure_fetch_state(self) -> "FetchState":
+        """The user's fetch metadata row, created if missing (every user has one)."""
+        from ingestion.models import FetchState
+
+        state, _ = FetchState.objects.get_or_create(user=self)
+        return state
+
+    def remove(self, purge: bool) -> "PurgeReport | None":
+        """Delete the user; with `purge`, its hour files, archived objects and manifest rows too.
+
+        Without purge the data stays (manifest rows keep the cloud_id). With purge the user is
+        suspended first, so the poller stops writing for it, and deleted only once its data is
+        gone: a purge that fails (PurgeIncomplete) leaves the user suspended and can be retried.
+        """
+        from users.purging import purge_user_data
+
+        if not purge:
+            self.delete()
+            return None
+        if self.is_active or self.suspended_reason != PURGING_REASON:
+            self.suspend(PURGING_REASON)
+        report = purge_user_data(self.cloud_id)
+        self.delete()
+        return report

@@ -1,0 +1,1 @@
+"""Admin for incidents, fetch state and ticks."""

@@ -1,0 +1,131 @@
+"""Removing everything rainlog holds for one cloud_id: local hour files, archived objects, manifest.
+
+Used when an operator deletes a user and asks for its data to go too. Every removal is logged, and
+the report lists each file and key, so there is a record of what was removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from django.conf import settings
+from django.core.files.storage import Storage, storages
+
+from ingestion import paths
+from ingestion.models import HourFile
+
+logger = logging.getLogger(__name__)
+
+# What the archive may raise when it cannot be reached or refuses a request.
+STORAGE_ERRORS = (OSError, BotoCoreError, ClientError)
+
+
+@dataclass
+class PurgeReport:
+    cloud_id: str
+    local_files: list[str] = field(default_factory=list)
+    archive_keys: list[str] = field(default_factory=list)
+    manifest_rows: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cloud_id": self.cloud_id,
+            "local_files": self.local_files,
+            "archive_keys": self.archive_keys,
+            "manifest_rows": self.manifest_rows,
+        }
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.local_files)} local files, {len(self.archive_keys)} archived objects, "
+            f"{self.manifest_rows} manifest rows"
+        )
+
+
+class PurgeIncomplete(Exception):
+    """The archive or the disk refused a removal; `report` lists what was removed before that."""
+
+    def __init__(self, report: PurgeReport, cause: Exception) -> None:
+        super().__init__(f"purge of {report.cloud_id} stopped after {report.summary()}: {cause}")
+        self.report = report
+        self.cause = cause
+
+
+def _belongs_to(path: Path, cloud_id: str) -> bool:
+    name = path.name.removesuffix(paths.SEALED_SUFFIX)
+    try:
+        return paths.parse_file_name(name)[0] == cloud_id
+    except ValueError:
+        return False
+
+
+def local_files_of(cloud_id: str) -> list[Path]:
+    """The cloud_id's hour files, late parts and sealed markers on local disk.
+
+    Found both through the manifest and by name under LOG_ROOT, so files the manifest does not
+    know yet (the open hour) are found too. Only files whose name carries this cloud_id qualify.
+    """
+    paths.checked_cloud_id(cloud_id)
+    found: set[Path] = set()
+    for local_path in HourFile.objects.filter(cloud_id=cloud_id).values_list(
+        "local_path", flat=True
+    ):
+        if local_path:
+            path = Path(local_path)
+            found.update({path, paths.sealed_marker(path)})
+    # A cloud_id is hexadecimal, so the dash after it ends it: no other user's file matches.
+    found.update(Path(settings.LOG_ROOT).glob(f"*/iseif-rainforest-{cloud_id}-*"))
+    return sorted(p for p in found if _belongs_to(p, cloud_id) and p.is_file())
+
+
+def _walk(storage: Storage, directory: str) -> Iterator[str]:
+    try:
+        directories, files = storage.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in files:
+        yield f"{directory}/{name}"
+    for name in directories:
+        yield from _walk(storage, f"{directory}/{name}")
+
+
+def archive_keys_of(cloud_id: str, storage: Storage) -> list[str]:
+    """The cloud_id's archived objects: every key under its prefix, plus manifest keys elsewhere
+    (written under an earlier ARCHIVE_PREFIX) that still exist."""
+    paths.checked_cloud_id(cloud_id)
+    prefix = f"{settings.ARCHIVE_PREFIX}/{cloud_id}" if settings.ARCHIVE_PREFIX else cloud_id
+    keys = set(_walk(storage, prefix))
+    for key in HourFile.objects.filter(cloud_id=cloud_id).values_list("key", flat=True):
+        if key and key not in keys and _belongs_to(Path(key), cloud_id) and storage.exists(key):
+            keys.add(key)
+    return sorted(keys)
+
+
+def purge_user_data(cloud_id: str) -> PurgeReport:
+    """Remove the cloud_id's local files, archived objects and manifest rows.
+
+    Manifest rows go last, once the files and objects they describe are gone; if the disk or the
+    archive fails midway, PurgeIncomplete says what was removed and running it again finishes.
+    """
+    report = PurgeReport(cloud_id)
+    storage = storages["archive"]
+    try:
+        for path in local_files_of(cloud_id):
+            path.unlink(missing_ok=True)
+            report.local_files.append(str(path))
+            logger.info("purge %s: removed local file %s", cloud_id, path)
+        for key in archive_keys_of(cloud_id, storage):
+            storage.delete(key)
+            report.archive_keys.append(key)
+            logger.info("purge %s: removed archived object %s", cloud_id, key)
+    except STORAGE_ERRORS as exc:
+        logger.error("purge %s: stopped after %s: %s", cloud_id, report.summary(), exc)
+        raise PurgeIncomplete(report, exc) from exc
+    report.manifest_rows, _ = HourFile.objects.filter(cloud_id=cloud_id).delete()
+    logger.info("purge %s: removed %s", cloud_id, report.summary())
+    return report
