@@ -1,4 +1,7 @@
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+# pip repeats a warning per package for each configured local index that lacks it: noise.
+QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,17 +12,17 @@ DEV_STAMP := $(VENV)/.dev-$(shell cat requirements/base.txt requirements/dev.txt
 CHROMIUM ?= /usr/bin/chromium
 RUN_PORT ?= 8000
 
-.PHONY: install install-dev chromium run test lint format migrate check bench bench-poll bench-rotate bench-api soak clean
+.PHONY: install install-dev chromium run test lint format migrate check bench bench-poll bench-rotate bench-api bench-simulator soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(BASE_STAMP): | $(PY)
-	$(PIP) install --quiet --disable-pip-version-check -r requirements/base.txt
+	$(PIP) install --quiet --disable-pip-version-check -r requirements/base.txt $(QUIET_PIP)
 	rm -f $(VENV)/.base-* && touch $@
 
 $(DEV_STAMP): | $(PY)
-	$(PIP) install --quiet --disable-pip-version-check -r requirements/dev.txt
+	$(PIP) install --quiet --disable-pip-version-check -r requirements/dev.txt $(QUIET_PIP)
 	rm -f $(VENV)/.dev-* $(VENV)/.base-* && touch $@ $(BASE_STAMP)
 
 install: $(BASE_STAMP)
@@ -59,7 +62,7 @@ migrate: install
 check: install
 	$(PY) manage.py check
 
-bench: bench-poll bench-rotate bench-api
+bench: bench-poll bench-rotate bench-api bench-simulator
 
 bench-poll: install-dev
 	$(PY) -m bench.poll
@@ -69,6 +72,9 @@ bench-rotate: install-dev
 
 bench-api: install-dev
 	$(PY) -m bench.api
+
+bench-simulator: install-dev
+	$(PY) -m bench.simulator
 
 soak: install-dev
 	$(PY) -m bench.soak

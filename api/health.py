@@ -1,4 +1,8 @@
-"""/healthz: is each dependency reachable? JSON with 200 when all are, 503 otherwise."""
+"""/healthz: is each dependency reachable? JSON with 200 when all are, 503 otherwise.
+
+A check raises to report an error, and may return details to show beside its status; a
+"status" among those details replaces "ok" (the archive's freshness reports its lag that way).
+"""
 
 import logging
 from collections.abc import Callable
@@ -6,9 +10,13 @@ from collections.abc import Callable
 from django.core.files.storage import storages
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django_q.brokers import get_broker
+
+from ingestion import shipping
+from ingestion.records import iso_utc
 
 logger = logging.getLogger(__name__)
 
@@ -28,24 +36,57 @@ def check_storage() -> None:
     storages["archive"].exists("healthz-probe")
 
 
-CHECKS: dict[str, Callable[[], None]] = {
+# The most overdue users listed under archive_freshness; /metrics has them all.
+FRESHNESS_USERS_SHOWN = 10
+
+
+def check_archive_freshness() -> dict[str, object]:
+    """The age of the oldest hour not yet verified in the archive, overall and for the most
+    overdue users; an error only past ARCHIVE_FRESHNESS_ALERT_SECONDS."""
+    lag = shipping.freshness(timezone.now(), users=FRESHNESS_USERS_SHOWN)
+    details: dict[str, object] = {
+        "oldest_unshipped_hour": iso_utc(lag.oldest_unshipped_hour)
+        if lag.oldest_unshipped_hour
+        else None,
+        "age_seconds": round(lag.age_seconds),
+        "alert_after_seconds": lag.alert_after_seconds,
+        "users": [
+            {
+                "cloud_id": user.cloud_id,
+                "oldest_unshipped_hour": iso_utc(user.oldest_unshipped_hour),
+                "age_seconds": round(user.age_seconds),
+            }
+            for user in lag.users
+        ],
+    }
+    if lag.stale:
+        details["status"] = "error"
+        details["error"] = (
+            f"the oldest unshipped hour began {round(lag.age_seconds)} s ago, "
+            f"over the {lag.alert_after_seconds} s allowed"
+        )
+    return details
+
+
+CHECKS: dict[str, Callable[[], dict[str, object] | None]] = {
     "database": check_database,
     "broker": check_broker,
     "storage": check_storage,
+    "archive_freshness": check_archive_freshness,
 }
 
 
-def run_checks() -> dict[str, dict[str, str]]:
-    results = {}
+def run_checks() -> dict[str, dict[str, object]]:
+    results: dict[str, dict[str, object]] = {}
     for name, check in CHECKS.items():
         try:
-            check()
+            details = check() or {}
         except Exception as exc:  # noqa: BLE001
             # Whatever a dependency raises is the answer a health check exists to report.
             logger.warning("health check %s failed: %s", name, exc)
             results[name] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
         else:
-            results[name] = {"status": "ok"}
+            results[name] = {"status": "ok", **details}
     return results
 
 

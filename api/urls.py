@@ -1,10 +1,57 @@
-from django.urls import path
+from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from api import events, fleet, push, readings
+from api.auth import ObtainTokenView, RevokeAllTokensView, RevokeTokenView
+from api.users import user_detail, user_list
+
 app_name = "api"
+CLOUD_ID = "[0-9A-Fa-f]{1,32}"
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
     path("schema/redoc/", SpectacularRedocView.as_view(url_name="api:schema"), name="redoc"),
+    path("auth/token/", ObtainTokenView.as_view(), name="token"),
+    path("auth/logout/", RevokeTokenView.as_view(), name="logout"),
+    path("auth/logout-all/", RevokeAllTokensView.as_view(), name="logout-all"),
+    # A user's readings, aggregates and coverage (api/readings.py), before the users routes.
+    re_path(
+        rf"^users/(?P<cloud_id>{CLOUD_ID})/readings$",
+        readings.UserReadingsView.as_view(),
+        name="user-readings",
+    ),
+    re_path(
+        rf"^users/(?P<cloud_id>{CLOUD_ID})/readings/aggregate$",
+        readings.UserAggregateView.as_view(),
+        name="user-readings-aggregate",
+    ),
+    re_path(
+        rf"^users/(?P<cloud_id>{CLOUD_ID})/coverage$",
+        readings.UserCoverageView.as_view(),
+        name="user-coverage",
+    ),
+    # Hour files, fleet status and incidents (api/fleet.py).
+    path("logfiles/", fleet.HourFileListView.as_view(), name="logfiles"),
+    path("logfiles/<int:pk>/", fleet.HourFileDetailView.as_view(), name="logfile"),
+    path(
+        "logfiles/<int:pk>/download",
+        fleet.HourFileDownloadView.as_view(),
+        name="logfile-download",
+    ),
+    path("status/", fleet.FleetStatusView.as_view(), name="status"),
+    path("incidents/", fleet.IncidentListView.as_view(), name="incidents"),
+    path("incidents/<int:pk>/", fleet.IncidentDetailView.as_view(), name="incident"),
+    path(
+        "incidents/<int:pk>/resolve",
+        fleet.IncidentResolveView.as_view(),
+        name="incident-resolve",
+    ),
+    # The seed's route: a user's latest reading, logged or ?fresh=1 from the gateway (api/events.py).
+    re_path(rf"^event/(?P<cloud_id>{CLOUD_ID})/?$", events.EventView.as_view(), name="event"),
+    # Gateways in uploader mode (api/push.py): any cloud_id reaches the view, which answers in JSON.
+    re_path(r"^push/(?P<cloud_id>[^/]+)/?$", push.PushView.as_view(), name="push"),
+    # The seed's clients call /api/users/002738 without a trailing slash: both forms work.
+    re_path(r"^users/?$", user_list, name="users"),
+    re_path(r"^users/(?P<cloud_id>[^/]+)/?$", user_detail, name="user"),
 ]

@@ -1,5 +1,11 @@
+from collections.abc import Collection, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+
+import orjson
 from django.conf import settings
-from django.db import models
+from django.core.exceptions import ValidationError
+from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -7,6 +13,119 @@ from ingestion.records import FailureClass
 from users.models import EagleUser
 
 FAILURE_CLASS_CHOICES = [(c.value, c.label) for c in FailureClass]
+
+
+def _json_rows(rows: Iterable[object]) -> str:
+    """Dataclass rows as one JSON array: a single parameter for jsonb_to_recordset()."""
+    return orjson.dumps([asdict(row) for row in rows]).decode()  # type: ignore[call-overload]
+
+
+@dataclass(slots=True)
+class FetchOutcome:
+    """What one tick learned about one user, applied to its FetchState in bulk.
+
+    `attempted_at` is None when the user was not fetched this tick and only readings kept from an
+    earlier tick (disk full then) were written.
+    """
+
+    user_id: int
+    attempted_at: datetime | None = None
+    succeeded: bool = False
+    readings_written: int = 0
+    # Meter timestamps (unix seconds) of the demand readings written this tick.
+    first_timestamp: int | None = None
+    last_timestamp: int | None = None
+    # Extra record type -> meter timestamp of the newest reading of it written this tick.
+    extra_timestamps: dict[str, int] = field(default_factory=dict)
+    error_class: str = ""
+    error: str = ""
+    consecutive_failures: int = 0
+    next_attempt_at: datetime | None = None
+
+    def apply_to(self, state: "FetchState") -> None:
+        """The same change as FetchStateQuerySet.apply_outcomes' SQL, on a loaded row."""
+        state.total_events_logged += self.readings_written
+        if self.first_timestamp is not None and state.first_timestamp is None:
+            state.first_timestamp = self.first_timestamp
+        if self.last_timestamp is not None:
+            state.last_timestamp = max(state.last_timestamp or 0, self.last_timestamp)
+        state.extra_timestamps = {**state.extra_timestamps, **self.extra_timestamps}
+        if self.attempted_at is None:
+            return
+        state.last_attempt_at = self.attempted_at
+        if self.succeeded:
+            state.last_success_at = self.attempted_at
+        if self.error_class:
+            state.last_error = self.error
+            state.last_error_class = self.error_class
+            state.last_error_at = self.attempted_at
+        state.consecutive_failures = self.consecutive_failures
+        state.next_attempt_at = self.next_attempt_at
+
+
+OUTCOME_FIELDS = [
+    "total_events_logged",
+    "first_timestamp",
+    "last_timestamp",
+    "extra_timestamps",
+    "last_attempt_at",
+    "last_success_at",
+    "last_error",
+    "last_error_class",
+    "last_error_at",
+    "consecutive_failures",
+    "next_attempt_at",
+]
+
+_APPLY_OUTCOMES_SQL = """
+UPDATE {table} AS f SET
+    total_events_logged = f.total_events_logged + v.readings_written,
+    first_timestamp = COALESCE(f.first_timestamp, v.first_timestamp),
+    last_timestamp = GREATEST(f.last_timestamp, v.last_timestamp),
+    extra_timestamps = f.extra_timestamps || v.extra_timestamps,
+    last_attempt_at = COALESCE(v.attempted_at, f.last_attempt_at),
+    last_success_at = CASE WHEN v.succeeded THEN v.attempted_at ELSE f.last_success_at END,
+    last_error = CASE WHEN v.error_class <> '' THEN v.error ELSE f.last_error END,
+    last_error_class = CASE WHEN v.error_class <> '' THEN v.error_class ELSE f.last_error_class END,
+    last_error_at = CASE WHEN v.error_class <> '' THEN v.attempted_at ELSE f.last_error_at END,
+    consecutive_failures = CASE WHEN v.attempted_at IS NULL THEN f.consecutive_failures
+                                ELSE v.consecutive_failures END,
+    next_attempt_at = CASE WHEN v.attempted_at IS NULL THEN f.next_attempt_at
+                           ELSE v.next_attempt_at END
+FROM jsonb_to_recordset(%s::jsonb) AS v(
+    user_id bigint, attempted_at timestamptz, succeeded boolean, readings_written integer,
+    first_timestamp double precision, last_timestamp double precision, extra_timestamps jsonb,
+    error_class text, error text, consecutive_failures integer, next_attempt_at timestamptz
+)
+WHERE f.user_id = v.user_id
+"""
+
+
+class FetchStateQuerySet(models.QuerySet["FetchState"]):
+    def ensure_for(self, user_ids: Collection[int]) -> None:
+        """Create the missing rows (the poller updates rows, it never inserts them per tick)."""
+        if user_ids:
+            self.bulk_create([FetchState(user_id=pk) for pk in user_ids], ignore_conflicts=True)
+
+    def apply_outcomes(self, outcomes: Collection[FetchOutcome]) -> None:
+        """Apply a tick's outcomes: one statement on PostgreSQL whatever their number.
+
+        Counters are incremented in SQL, so the row is never read back; other databases (the
+        embedded SQLite default) load the rows and write them back with bulk_update.
+        """
+        if not outcomes:
+            return
+        if connection.vendor == "postgresql":
+            sql = _APPLY_OUTCOMES_SQL.format(table=FetchState._meta.db_table)
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [_json_rows(outcomes)])
+            return
+        by_user = {outcome.user_id: outcome for outcome in outcomes}
+        with transaction.atomic():
+            states = list(self.select_for_update().filter(pk__in=by_user))
+            for state in states:
+                by_user[state.pk].apply_to(state)
+            self.bulk_update(states, OUTCOME_FIELDS, batch_size=500)
 
 
 class FetchState(models.Model):
@@ -27,14 +146,158 @@ class FetchState(models.Model):
     consecutive_failures = models.IntegerField(default=0)
     # Backoff: the poller skips this user until then (unreachable gateways, bad credentials).
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    extra_record_types = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Record types fetched every INGEST_EXTRA_POLL_SECONDS besides demand, "
+        'e.g. ["summation", "price"].',
+    )
+    # Extra record type -> unix seconds of its last meter reading logged (demand: last_timestamp).
+    extra_timestamps = models.JSONField(default=dict, blank=True)
+
+    objects = FetchStateQuerySet.as_manager()
 
     def __str__(self) -> str:
         return f"fetch state of {self.user_id}"
+
+    def clean(self) -> None:
+        from ingestion.record_types import RECORD_TYPES
+
+        types = self.extra_record_types
+        if not isinstance(types, list) or not all(isinstance(name, str) for name in types):
+            raise ValidationError({"extra_record_types": "A list of record type names."})
+        extras = sorted(set(RECORD_TYPES) - {"demand"})
+        unknown = [name for name in types if name not in extras]
+        if unknown:
+            raise ValidationError(
+                {"extra_record_types": f"Unknown: {', '.join(unknown)}. Choose from: {', '.join(extras)}."}
+            )
 
 
 class IncidentState(models.TextChoices):
     OPEN = "open", "Open"
     RESOLVED = "resolved", "Resolved"
+
+
+@dataclass(slots=True)
+class IncidentSighting:
+    """Failures of one class for one user seen in one tick: opens its incident or refreshes it."""
+
+    user_id: int
+    failure_class: str
+    # The first failure of the run: the opening time of an incident that is new.
+    opened_at: datetime
+    seen_at: datetime
+    occurrences: int
+    message: str
+    raw_reply: str = ""
+
+
+_RECORD_SIGHTINGS_SQL = """
+INSERT INTO {table} AS i (
+    user_id, failure_class, state, opened_at, last_seen_at, occurrences, message, raw_reply,
+    resolution
+)
+SELECT v.user_id, v.failure_class, 'open', v.opened_at, v.seen_at, v.occurrences, v.message,
+       v.raw_reply, ''
+FROM jsonb_to_recordset(%s::jsonb) AS v(
+    user_id bigint, failure_class text, opened_at timestamptz, seen_at timestamptz,
+    occurrences integer, message text, raw_reply text
+)
+ON CONFLICT (user_id, failure_class) WHERE state = 'open' DO UPDATE SET
+    last_seen_at = EXCLUDED.last_seen_at,
+    occurrences = i.occurrences + EXCLUDED.occurrences,
+    message = EXCLUDED.message,
+    raw_reply = EXCLUDED.raw_reply
+"""
+
+_RESOLVE_PAIRS_SQL = """
+UPDATE {table} AS i SET state = 'resolved', resolved_at = %s, resolution = %s
+FROM jsonb_to_recordset(%s::jsonb) AS v(user_id bigint, failure_class text)
+WHERE i.state = 'open' AND i.user_id = v.user_id AND i.failure_class = v.failure_class
+"""
+
+AUTO_RESOLUTION = "Fetching works again."
+
+
+class IncidentQuerySet(models.QuerySet["Incident"]):
+    def open(self) -> "IncidentQuerySet":
+        return self.filter(state=IncidentState.OPEN)
+
+    def open_pairs(self, user_ids: Collection[int]) -> set[tuple[int, str]]:
+        """(user id, failure class) of the open incidents of these users."""
+        rows = self.open().filter(user_id__in=user_ids).values_list("user_id", "failure_class")
+        return set(rows)
+
+    def record_sightings(self, sightings: Iterable[IncidentSighting]) -> None:
+        """Open or refresh one incident per (user, class): one statement on PostgreSQL.
+
+        The partial unique constraint (one open incident per user and class) decides between
+        opening and refreshing, so concurrent writers never open two.
+        """
+        merged: dict[tuple[int, str], IncidentSighting] = {}
+        for sighting in sightings:
+            key = (sighting.user_id, sighting.failure_class)
+            earlier = merged.get(key)
+            if earlier is not None:
+                sighting.opened_at = min(sighting.opened_at, earlier.opened_at)
+                sighting.occurrences += earlier.occurrences
+            merged[key] = sighting
+        if not merged:
+            return
+        if connection.vendor == "postgresql":
+            sql = _RECORD_SIGHTINGS_SQL.format(table=Incident._meta.db_table)
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [_json_rows(merged.values())])
+            return
+        for sighting in merged.values():
+            with transaction.atomic():
+                refreshed = self.open().filter(
+                    user_id=sighting.user_id, failure_class=sighting.failure_class
+                ).update(
+                    last_seen_at=sighting.seen_at,
+                    occurrences=models.F("occurrences") + sighting.occurrences,
+                    message=sighting.message,
+                    raw_reply=sighting.raw_reply,
+                )
+                if not refreshed:
+                    self.create(
+                        user_id=sighting.user_id,
+                        failure_class=sighting.failure_class,
+                        opened_at=sighting.opened_at,
+                        last_seen_at=sighting.seen_at,
+                        occurrences=sighting.occurrences,
+                        message=sighting.message,
+                        raw_reply=sighting.raw_reply,
+                    )
+
+    def resolve_pairs(
+        self, pairs: Collection[tuple[int, str]], now: datetime, resolution: str = AUTO_RESOLUTION
+    ) -> None:
+        """Resolve the open incidents of these (user id, failure class) pairs, in one statement."""
+        if not pairs:
+            return
+        if connection.vendor == "postgresql":
+            rows = [{"user_id": user_id, "failure_class": cls} for user_id, cls in pairs]
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _RESOLVE_PAIRS_SQL.format(table=Incident._meta.db_table),
+                    [now, resolution, orjson.dumps(rows).decode()],
+                )
+            return
+        for user_id, failure_class in pairs:
+            self.open().filter(user_id=user_id, failure_class=failure_class).update(
+                state=IncidentState.RESOLVED, resolved_at=now, resolution=resolution
+            )
+
+    def resolve(self, by: models.Model | None, resolution: str, now: datetime | None = None) -> int:
+        """Resolve the open incidents of this queryset by hand; returns how many."""
+        return self.open().update(
+            state=IncidentState.RESOLVED,
+            resolved_at=now or timezone.now(),
+            resolved_by=by,
+            resolution=resolution,
+        )
 
 
 class Incident(models.Model):
@@ -56,6 +319,8 @@ class Incident(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     resolution = models.TextField(blank=True)
+
+    objects = IncidentQuerySet.as_manager()
 
     class Meta:
         ordering = ["-last_seen_at"]
@@ -81,8 +346,159 @@ class HourFileState(models.TextChoices):
     CONFLICT = "conflict", "Conflict"
 
 
+# Files a rotation may pick up; a conflict waits for an operator (HourFile.retry).
+SHIPPABLE_STATES = (
+    HourFileState.OPEN,
+    HourFileState.SEALED,
+    HourFileState.UPLOADING,
+    HourFileState.FAILED,
+)
+# The first retry of a failed upload waits this long, each further one twice as long (capped).
+SHIP_FIRST_RETRY_SECONDS = 60
+# What a rotation measures and records about a file it ships (see ingestion.shipping.FileStats).
+SHIPPED_STAT_FIELDS = (
+    "size",
+    "sha256",
+    "data_size",
+    "data_sha256",
+    "content_type",
+    "line_count",
+    "malformed_lines",
+    "first_reading_at",
+    "last_reading_at",
+)
+
+
+def hour_age_seconds(hour: datetime, now: datetime) -> float:
+    """How old an hour is: seconds since it began, as the freshness figures count it."""
+    return max(0.0, (now - hour).total_seconds())
+
+
+class HourFileQuerySet(models.QuerySet["HourFile"]):
+    def unshipped(self) -> "HourFileQuerySet":
+        return self.exclude(state=HourFileState.VERIFIED)
+
+    def due(self, now: datetime) -> "HourFileQuerySet":
+        """Files of closed hours (over plus the grace period) that a rotation may claim now."""
+        closed_before = now - timedelta(hours=1, seconds=settings.ROTATE_GRACE_SECONDS)
+        return self.filter(
+            models.Q(next_attempt_at__isnull=True) | models.Q(next_attempt_at__lte=now),
+            models.Q(claimed_until__isnull=True) | models.Q(claimed_until__lte=now),
+            state__in=SHIPPABLE_STATES,
+            hour__lte=closed_before,
+        )
+
+    def awaiting_local_delete(self) -> "HourFileQuerySet":
+        """Verified files whose local copy may still be on disk (a run stopped before removing it,
+        or a late reading recreated the file after its markers were cleaned up)."""
+        return self.filter(state=HourFileState.VERIFIED, local_deleted_at__isnull=True)
+
+    def claim(self, pk: int, now: datetime) -> datetime | None:
+        """Lease one due file for shipping; the lease's end, or None if another run holds it."""
+        until = now + timedelta(seconds=settings.ROTATE_LEASE_SECONDS)
+        claimed = (
+            self.due(now)
+            .filter(pk=pk)
+            .update(
+                state=HourFileState.UPLOADING,
+                claimed_until=until,
+                attempts=models.F("attempts") + 1,
+                updated_at=now,
+            )
+        )
+        return until if claimed == 1 else None
+
+    def _settle(self, pk: int, lease: datetime, now: datetime, **fields: object) -> bool:
+        """Record the outcome of a claimed attempt, only if the claim is still ours."""
+        return (
+            self.filter(pk=pk, claimed_until=lease).update(
+                claimed_until=None,
+                updated_at=now,
+                **fields,
+            )
+            == 1
+        )
+
+    def record_verified(
+        self, pk: int, lease: datetime, now: datetime, stats: dict[str, object]
+    ) -> bool:
+        return self._settle(
+            pk,
+            lease,
+            now,
+            state=HourFileState.VERIFIED,
+            verified_at=now,
+            next_attempt_at=None,
+            last_error="",
+            **stats,
+        )
+
+    def record_conflict(
+        self, pk: int, lease: datetime, now: datetime, error: str, stats: dict[str, object]
+    ) -> bool:
+        return self._settle(pk, lease, now, state=HourFileState.CONFLICT, last_error=error, **stats)
+
+    def record_failure(
+        self, pk: int, lease: datetime, now: datetime, error: str, attempts: int
+    ) -> bool:
+        """A failed attempt: the file stays on disk and is tried again after a backoff."""
+        return self._settle(
+            pk,
+            lease,
+            now,
+            state=HourFileState.FAILED,
+            last_error=error,
+            next_attempt_at=now + HourFile.retry_delay(attempts),
+        )
+
+    def forget_empty(self, pk: int, lease: datetime) -> bool:
+        """Drop the row of a file that turned out empty: there was nothing to ship."""
+        deleted, _ = self.filter(pk=pk, claimed_until=lease).delete()
+        return deleted == 1
+
+    def mark_deleted_locally(self, pks: list[int], now: datetime) -> int:
+        return self.filter(pk__in=pks, state=HourFileState.VERIFIED).update(
+            local_deleted_at=now, updated_at=now
+        )
+
+    def oldest_unshipped(self, cloud_id: str | None = None) -> datetime | None:
+        """The start of the oldest hour with a file not yet verified in the archive."""
+        rows = self.unshipped()
+        if cloud_id is not None:
+            rows = rows.filter(cloud_id=cloud_id)
+        return rows.aggregate(oldest=models.Min("hour"))["oldest"]
+
+    def oldest_unshipped_by_user(self, limit: int | None = None) -> list[tuple[str, datetime]]:
+        """(cloud_id, start of its oldest unshipped hour), the most overdue users first."""
+        rows = (
+            self.unshipped()
+            .values("cloud_id")
+            .annotate(oldest=models.Min("hour"))
+            .order_by("oldest", "cloud_id")
+            .values_list("cloud_id", "oldest")
+        )
+        return list(rows[:limit] if limit is not None else rows)
+
+    def count_by_state(self, states: list[str]) -> dict[str, int]:
+        """Rows in each of `states` (0 for none). Counting verified rows reads the whole table."""
+        rows = self.unshipped() if HourFileState.VERIFIED not in states else self
+        counts = dict(
+            rows.filter(state__in=states)
+            .order_by()
+            .values("state")
+            .annotate(n=models.Count("pk"))
+            .values_list("state", "n")
+        )
+        return {state: counts.get(state, 0) for state in states}
+
+
 class HourFile(models.Model):
-    """The manifest: one row per hour file (or late part), from first write to verified archive."""
+    """The manifest: one row per hour file (or late part), from first write to verified archive.
+
+    `key` is fixed when the row is made, before any upload, and every retry reuses it. `size` and
+    `sha256` describe the archived object as stored (gzip bytes when `compressed`); `data_size` and
+    `data_sha256` describe the JSON lines inside it, as they were on local disk.
+    """
 
     cloud_id = models.CharField(max_length=32)
     user = models.ForeignKey(
@@ -94,13 +510,23 @@ class HourFile(models.Model):
     )
     local_path = models.CharField(max_length=500)
     key = models.CharField(max_length=500, help_text="archive key, fixed before the first upload")
-    compressed = models.BooleanField(default=False)
+    compressed = models.BooleanField(default=False, help_text="gzip object (.jl.gz)")
+    content_type = models.CharField(max_length=64, blank=True, help_text="of the archived object")
     state = models.CharField(
         max_length=16, choices=HourFileState.choices, default=HourFileState.OPEN
     )
     size = models.BigIntegerField(null=True, blank=True, help_text="bytes of the archived object")
     sha256 = models.CharField(max_length=64, blank=True, help_text="of the archived object")
-    line_count = models.IntegerField(null=True, blank=True)
+    data_size = models.BigIntegerField(
+        null=True, blank=True, help_text="bytes of the JSON lines (before compression)"
+    )
+    data_sha256 = models.CharField(
+        max_length=64, blank=True, help_text="of the JSON lines (before compression)"
+    )
+    line_count = models.IntegerField(null=True, blank=True, help_text="readable records")
+    malformed_lines = models.IntegerField(
+        default=0, help_text="lines that are not a JSON record (kept in the archived file)"
+    )
     first_reading_at = models.DateTimeField(null=True, blank=True)
     last_reading_at = models.DateTimeField(null=True, blank=True)
     attempts = models.IntegerField(default=0)
@@ -112,6 +538,8 @@ class HourFile(models.Model):
     local_deleted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = HourFileQuerySet.as_manager()
 
     class Meta:
         ordering = ["-hour", "cloud_id", "part"]
@@ -128,10 +556,124 @@ class HourFile(models.Model):
                 condition=~Q(state="verified"),
             ),
             models.Index(fields=["cloud_id", "hour"]),
+            # verify_archive: which listed objects the manifest knows.
+            models.Index(fields=["key"]),
+            # The rotation's clean-up: verified files whose local copy may remain.
+            models.Index(
+                fields=["hour"],
+                name="hourfile_undeleted",
+                condition=Q(state="verified", local_deleted_at__isnull=True),
+            ),
         ]
 
     def __str__(self) -> str:
         return self.key
+
+    @staticmethod
+    def retry_delay(attempts: int) -> timedelta:
+        """How long to wait after `attempts` failed attempts: exponential, capped."""
+        seconds = SHIP_FIRST_RETRY_SECONDS * 2 ** min(max(attempts - 1, 0), 20)
+        return timedelta(seconds=min(seconds, settings.ROTATE_RETRY_MAX_SECONDS))
+
+    @property
+    def is_retryable(self) -> bool:
+        return self.state in (HourFileState.FAILED, HourFileState.CONFLICT)
+
+    def retry(self) -> bool:
+        """Make a failed or conflicting file due again now (an operator resolved the cause)."""
+        now = timezone.now()
+        updated = HourFile.objects.filter(
+            pk=self.pk, state__in=(HourFileState.FAILED, HourFileState.CONFLICT)
+        ).update(
+            state=HourFileState.SEALED, next_attempt_at=None, claimed_until=None, updated_at=now
+        )
+        if updated:
+            self.refresh_from_db()
+        return updated == 1
+
+
+class PollLeaseQuerySet(models.QuerySet["PollLease"]):
+    """The lease protocol (see ingestion/leases.py): every change is a conditional UPDATE whose
+    row count says whether it happened, so two processes never both believe they hold a shard."""
+
+    def ensure(self, shards: Iterable[int]) -> None:
+        self.bulk_create([PollLease(shard=shard) for shard in shards], ignore_conflicts=True)
+
+    def claim(self, shard: int, holder: str, now: datetime, seconds: float) -> bool:
+        """Take the shard if nobody holds it, its holder's lease expired, or it is ours."""
+        claimable = (
+            Q(holder="") | Q(holder=holder) | Q(expires_at__isnull=True) | Q(expires_at__lt=now)
+        )
+        return (
+            self.filter(claimable, shard=shard).update(
+                holder=holder,
+                expires_at=now + timedelta(seconds=seconds),
+                successor=models.Case(
+                    models.When(successor=holder, then=models.Value("")),
+                    default=models.F("successor"),
+                ),
+                updated_at=now,
+            )
+            == 1
+        )
+
+    def renew(
+        self, shard: int, holder: str, now: datetime, seconds: float, last_tick_at: datetime
+    ) -> bool:
+        """Extend our lease after a tick; False if it is no longer ours."""
+        return (
+            self.filter(shard=shard, holder=holder).update(
+                expires_at=now + timedelta(seconds=seconds),
+                last_tick_at=last_tick_at,
+                updated_at=now,
+            )
+            == 1
+        )
+
+    def hand_over(
+        self, shard: int, holder: str, now: datetime, seconds: float, last_tick_at: datetime
+    ) -> bool:
+        """Give our shard to the waiting successor, if there is one; True if it was given."""
+        return (
+            self.filter(shard=shard, holder=holder)
+            .exclude(successor="")
+            .update(
+                holder=models.F("successor"),
+                successor="",
+                expires_at=now + timedelta(seconds=seconds),
+                last_tick_at=last_tick_at,
+                updated_at=now,
+            )
+            == 1
+        )
+
+    def wait_as_successor(self, shard: int, holder: str, now: datetime) -> bool:
+        """Queue up for the shard; a later caller replaces an earlier one (the newest waits)."""
+        return (
+            self.filter(shard=shard)
+            .exclude(holder=holder)
+            .update(successor=holder, updated_at=now)
+            == 1
+        )
+
+    def withdraw(self, shard: int, holder: str, now: datetime) -> None:
+        self.filter(shard=shard, successor=holder).update(successor="", updated_at=now)
+
+    def release(self, shard: int, holder: str, now: datetime, seconds: float) -> bool:
+        """Stop holding the shard: to the waiting successor if any, else to nobody."""
+        return (
+            self.filter(shard=shard, holder=holder).update(
+                holder=models.F("successor"),
+                successor="",
+                expires_at=models.Case(
+                    models.When(successor="", then=models.Value(None)),
+                    default=models.Value(now + timedelta(seconds=seconds)),
+                    output_field=models.DateTimeField(),
+                ),
+                updated_at=now,
+            )
+            == 1
+        )
 
 
 class PollLease(models.Model):
@@ -145,8 +687,14 @@ class PollLease(models.Model):
     last_tick_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = PollLeaseQuerySet.as_manager()
+
     def __str__(self) -> str:
         return f"shard {self.shard} held by {self.holder or 'nobody'}"
+
+    def is_held(self, now: datetime) -> bool:
+        """Whether a live holder has it (an expired lease is free to claim)."""
+        return bool(self.holder) and self.expires_at is not None and self.expires_at >= now
 
 
 class Tick(models.Model):
@@ -157,9 +705,11 @@ class Tick(models.Model):
     scheduled_at = models.DateTimeField()
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField()
-    users_polled = models.IntegerField(default=0)
+    users_due = models.IntegerField(default=0, help_text="users whose fetch was due")
+    users_polled = models.IntegerField(default=0, help_text="users fetched before the deadline")
     readings_written = models.IntegerField(default=0)
     failures = models.IntegerField(default=0)
+    # Finished after the next tick was due, or could not fetch every due user in time.
     late = models.BooleanField(default=False)
 
     class Meta:
@@ -168,3 +718,130 @@ class Tick(models.Model):
 
     def __str__(self) -> str:
         return f"tick {self.scheduled_at:%H:%M:%S} shard {self.shard}"
+
+
+class ReportEvent(models.TextChoices):
+    OPENED = "opened", "Opened"
+    RESOLVED = "resolved", "Resolved"
+
+
+class ReportState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DELIVERED = "delivered", "Delivered"
+    FAILED = "failed", "Failed (gave up)"
+
+
+# The first retry of an undelivered report waits this long; each further one twice as long.
+REPORT_FIRST_RETRY_SECONDS = 30
+REPORT_DELIVERY_FIELDS = [
+    "state",
+    "attempts",
+    "last_attempt_at",
+    "delivered_at",
+    "next_attempt_at",
+    "response_status",
+    "last_error",
+]
+
+
+class IncidentReportQuerySet(models.QuerySet["IncidentReport"]):
+    def due(self, now: datetime) -> "IncidentReportQuerySet":
+        return self.filter(state=ReportState.PENDING, next_attempt_at__lte=now)
+
+    def claim_next(self, now: datetime, lease: timedelta) -> "IncidentReport | None":
+        """The oldest due report, claimed for `lease` by moving its next attempt past the lease
+        (a worker that dies while sending leaves it due again), or None when none is due."""
+        while True:
+            candidate = self.due(now).order_by("event_at", "pk").first()
+            if candidate is None:
+                return None
+            claimed = IncidentReport.objects.filter(
+                pk=candidate.pk,
+                state=ReportState.PENDING,
+                next_attempt_at=candidate.next_attempt_at,
+            ).update(next_attempt_at=now + lease)
+            if claimed == 1:
+                candidate.next_attempt_at = now + lease
+                return candidate
+            # Another worker claimed or settled it first: take the next one.
+
+
+class IncidentReport(models.Model):
+    """One incident event (opened or resolved) to POST to ERROR_REPORT_URL, and its delivery.
+
+    Delivery is at least once: the receiver can recognise a repeat by the payload's report_key.
+    """
+
+    incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="reports")
+    event = models.CharField(max_length=16, choices=ReportEvent.choices)
+    event_at = models.DateTimeField(help_text="when the incident was opened or resolved")
+    # What is sent, fixed when the report is made so that every attempt says the same thing.
+    payload = models.JSONField()
+    state = models.CharField(
+        max_length=16, choices=ReportState.choices, default=ReportState.PENDING
+    )
+    attempts = models.IntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    response_status = models.IntegerField(
+        null=True, blank=True, help_text="HTTP status of the last attempt"
+    )
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = IncidentReportQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-event_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["incident", "event"], name="one_report_per_event")
+        ]
+        indexes = [
+            # The delivery queue (reporting.deliver_due_reports).
+            models.Index(
+                fields=["next_attempt_at"],
+                name="incidentreport_due",
+                condition=Q(state="pending"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_event_display()} report of incident {self.incident_id}"
+
+    @staticmethod
+    def retry_delay(attempts: int) -> timedelta:
+        """How long to wait after `attempts` failed attempts: exponential, capped."""
+        seconds = REPORT_FIRST_RETRY_SECONDS * 2 ** min(attempts - 1, 20)
+        return timedelta(seconds=min(seconds, settings.ERROR_REPORT_MAX_BACKOFF_SECONDS))
+
+    def record_delivery(self, status: int, now: datetime) -> None:
+        self.state = ReportState.DELIVERED
+        self.attempts += 1
+        self.last_attempt_at = self.delivered_at = now
+        self.next_attempt_at = None
+        self.response_status = status
+        self.last_error = ""
+        self.save(update_fields=REPORT_DELIVERY_FIELDS)
+
+    def record_failure(self, error: str, status: int | None, now: datetime) -> None:
+        """A failed attempt: retried after a backoff, or given up after ERROR_REPORT_MAX_ATTEMPTS."""
+        self.attempts += 1
+        self.last_attempt_at = now
+        self.response_status = status
+        self.last_error = error
+        if self.attempts >= settings.ERROR_REPORT_MAX_ATTEMPTS:
+            self.state = ReportState.FAILED
+            self.next_attempt_at = None
+        else:
+            self.next_attempt_at = now + self.retry_delay(self.attempts)
+        self.save(update_fields=REPORT_DELIVERY_FIELDS)
+
+    def retry_now(self) -> None:
+        """Make an undelivered report due at once, with a fresh allowance of attempts."""
+        if self.state == ReportState.DELIVERED:
+            return
+        self.state = ReportState.PENDING
+        self.attempts = 0
+        self.next_attempt_at = timezone.now()
+        self.save(update_fields=["state", "attempts", "next_attempt_at"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import orjson
 
@@ -88,7 +88,7 @@ def meter_timestamp(fields: Mapping[str, Any], name: str = "TimeStamp") -> int:
     return hex_field(fields, name) + ZIGBEE_EPOCH
 
 
-def decimal_variable(variables: Mapping[str, str], name: str) -> float:
+def decimal_variable(variables: Mapping[str, str | None], name: str) -> float:
     """An EAGLE-200 variable as a float: decimal text, possibly followed by its unit."""
     text = variables.get(name)
     if text is None:
@@ -115,6 +115,15 @@ CURRENCIES = {
 }
 
 
+class PreviousReading(NamedTuple):
+    """The last reading of one type decoded for one gateway, which plausibility checks compare to."""
+
+    meter_timestamp: int
+    values: Mapping[str, Any]
+    # False when that reading was itself refused as suspicious.
+    trusted: bool
+
+
 # --- Registry ---------------------------------------------------------------------------------
 
 
@@ -133,19 +142,18 @@ class RecordType:
     value_schema: ClassVar[dict[str, dict[str, Any]]]
     required_values: ClassVar[tuple[str, ...]]
 
-    def decode_fields(self, fields: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+    def decode_fields(self, fields: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         """(unix meter timestamp, values) from the hexadecimal fields of one reply element."""
         raise NotImplementedError
 
-    def decode_variables(self, variables: Mapping[str, str]) -> dict[str, Any]:
+    def decode_variables(self, variables: Mapping[str, str | None]) -> dict[str, Any]:
         """Values from EAGLE-200 variables (decimal, already scaled)."""
         raise NotImplementedError
 
     def suspicion(
-        self, values: Mapping[str, Any], previous: tuple[int, Mapping[str, Any]] | None
+        self, meter_timestamp: int, values: Mapping[str, Any], previous: PreviousReading | None
     ) -> str | None:
-        """Why a decoded reading should not be trusted, or None. `previous` is the last reading
-        of this type decoded for the same gateway, as (meter timestamp, values)."""
+        """Why a decoded reading should not be trusted, or None."""
         return None
 
 
@@ -187,17 +195,17 @@ class Demand(RecordType):
     }
     required_values = ("demand_kw",)
 
-    def decode_fields(self, fields: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+    def decode_fields(self, fields: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         raw, digits = hex_field_and_digits(fields, "Demand")
         multiplier, divisor = scale(fields)
         demand = signed_demand(raw, digits) * multiplier / divisor
         return meter_timestamp(fields), {"demand_kw": demand}
 
-    def decode_variables(self, variables: Mapping[str, str]) -> dict[str, Any]:
+    def decode_variables(self, variables: Mapping[str, str | None]) -> dict[str, Any]:
         return {"demand_kw": decimal_variable(variables, "zigbee:InstantaneousDemand")}
 
     def suspicion(
-        self, values: Mapping[str, Any], previous: tuple[int, Mapping[str, Any]] | None
+        self, meter_timestamp: int, values: Mapping[str, Any], previous: PreviousReading | None
     ) -> str | None:
         from django.conf import settings
 
@@ -205,8 +213,13 @@ class Demand(RecordType):
         limit = settings.INGEST_MAX_DEMAND_KW
         if abs(demand) > limit:
             return f"implausible demand of {demand:g} kW (the limit is {limit:g} kW)"
-        # A sudden 0 kW is nearly always a failed read; a second zero in a row is believed.
-        if demand == 0 and (previous is None or previous[1].get("demand_kw") != 0):
+        # A sudden 0 kW is nearly always a failed read. A zero that follows an earlier zero
+        # reading (a different meter timestamp) is believed: the household really uses nothing.
+        if demand == 0 and not (
+            previous is not None
+            and previous.values.get("demand_kw") == 0
+            and previous.meter_timestamp != meter_timestamp
+        ):
             return "a sudden 0 kW reading, usually a failed read of the meter"
         return None
 
@@ -232,14 +245,17 @@ class Summation(RecordType):
     }
     required_values = ("delivered_kwh", "received_kwh")
 
-    def decode_fields(self, fields: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+    def decode_fields(self, fields: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         multiplier, divisor = scale(fields)
         values = {}
-        for field, key in (("SummationDelivered", "delivered_kwh"), ("SummationReceived", "received_kwh")):
+        for field, key in (
+            ("SummationDelivered", "delivered_kwh"),
+            ("SummationReceived", "received_kwh"),
+        ):
             values[key] = hex_field(fields, field, bits=48) * multiplier / divisor
         return meter_timestamp(fields), values
 
-    def decode_variables(self, variables: Mapping[str, str]) -> dict[str, Any]:
+    def decode_variables(self, variables: Mapping[str, str | None]) -> dict[str, Any]:
         values = {
             "delivered_kwh": decimal_variable(variables, "zigbee:CurrentSummationDelivered"),
             "received_kwh": decimal_variable(variables, "zigbee:CurrentSummationReceived"),
@@ -250,13 +266,14 @@ class Summation(RecordType):
         return values
 
     def suspicion(
-        self, values: Mapping[str, Any], previous: tuple[int, Mapping[str, Any]] | None
+        self, meter_timestamp: int, values: Mapping[str, Any], previous: PreviousReading | None
     ) -> str | None:
-        if previous is None:
+        # Totals only count up; compare with the last total that was itself believed.
+        if previous is None or not previous.trusted:
             return None
         for key in ("delivered_kwh", "received_kwh"):
-            if values[key] < previous[1][key]:
-                return f"{key} went down from {previous[1][key]:g} to {values[key]:g}"
+            if values[key] < previous.values[key]:
+                return f"{key} went down from {previous.values[key]:g} to {values[key]:g}"
         return None
 
 
@@ -277,7 +294,7 @@ class Price(RecordType):
     }
     required_values = ("price", "currency", "tier")
 
-    def decode_fields(self, fields: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+    def decode_fields(self, fields: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         raw = hex_field(fields, "Price")
         trailing = hex_field(fields, "TrailingDigits", bits=8)
         if raw == 0xFFFFFFFF or trailing == 0xFF:
@@ -293,15 +310,15 @@ class Price(RecordType):
         }
         return meter_timestamp(fields), values
 
-    def decode_variables(self, variables: Mapping[str, str]) -> dict[str, Any]:
-        if variables.get("zigbee:Price", "").strip().lower() in ("", "invalid"):
+    def decode_variables(self, variables: Mapping[str, str | None]) -> dict[str, Any]:
+        if (variables.get("zigbee:Price") or "").strip().lower() in ("", "invalid"):
             raise DecodeError("this meter offers no price (zigbee:Price is invalid)")
-        tier_text = variables.get("zigbee:PriceTier", "").strip()
-        if tier_text and not tier_text.isdigit():
+        tier_text = (variables.get("zigbee:PriceTier") or "").strip()
+        if tier_text and not (tier_text.isascii() and tier_text.isdigit() and len(tier_text) <= 3):
             raise DecodeError(f"zigbee:PriceTier={tier_text[:20]!r} is not a tier number")
         return {
             "price": decimal_variable(variables, "zigbee:Price"),
-            "currency": variables.get("zigbee:PriceCurrency", "").strip() or "",
+            "currency": (variables.get("zigbee:PriceCurrency") or "").strip(),
             "tier": int(tier_text) if tier_text else None,
         }
 
@@ -311,10 +328,15 @@ class Price(RecordType):
 
 def record_json_schema() -> dict[str, Any]:
     """JSON Schema (2020-12) of one record line, covering every registered record type."""
+    timestamp_pattern = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z$"
     common = {
-        "format_version": {"const": FORMAT_VERSION},
-        "record_type": {"enum": sorted(RECORD_TYPES)},
-        "cloud_id": {"type": "string", "pattern": CLOUD_ID_PATTERN},
+        "format_version": {"const": FORMAT_VERSION, "description": "Changes only with the format."},
+        "record_type": {"enum": sorted(RECORD_TYPES), "description": "Which values follow."},
+        "cloud_id": {
+            "type": "string",
+            "pattern": CLOUD_ID_PATTERN,
+            "description": "The household's gateway, hexadecimal, leading zeros kept.",
+        },
         "meter_timestamp": {
             "type": "integer",
             "description": "Unix seconds of the meter's own clock for this reading.",
@@ -322,44 +344,43 @@ def record_json_schema() -> dict[str, Any]:
         "meter_time": {
             "type": "string",
             "format": "date-time",
-            "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z$",
+            "pattern": timestamp_pattern,
             "description": "meter_timestamp as ISO 8601 UTC.",
         },
         "received_at": {
             "type": "string",
             "format": "date-time",
-            "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z$",
-            "description": "When rainlog received the reading, ISO 8601 UTC.",
+            "pattern": timestamp_pattern,
+            "description": "When rainlog received the reading, ISO 8601 UTC (milliseconds).",
         },
-        "source": {"enum": [source.value for source in Source]},
+        "source": {
+            "enum": [source.value for source in Source],
+            "description": "How the reading reached rainlog.",
+        },
         "raw": {
             "type": "object",
             "description": "The reply's fields as received (hex strings, or EAGLE-200 text).",
             "additionalProperties": {"type": ["string", "null"]},
         },
     }
-    variants = []
-    for name, record_type in sorted(RECORD_TYPES.items()):
-        variants.append(
-            {
-                "title": name,
-                "description": record_type.description,
-                "properties": {
-                    **common,
-                    "record_type": {"const": name},
-                    **record_type.value_schema,
-                },
-                "required": [*common, *record_type.required_values],
-                "additionalProperties": False,
-            }
-        )
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://rainlog.invalid/schemas/record-format.schema.json",
         "title": "rainlog record",
         "description": "One line of an hour file: one meter reading. See docs/record-format.md.",
         "type": "object",
-        "oneOf": variants,
+        "properties": common,
+        "required": list(common),
+        "oneOf": [
+            {
+                "title": name,
+                "description": record_type.description,
+                "properties": {"record_type": {"const": name}, **record_type.value_schema},
+                "required": list(record_type.required_values),
+            }
+            for name, record_type in sorted(RECORD_TYPES.items())
+        ],
+        "unevaluatedProperties": False,
     }
 
 

@@ -49,6 +49,8 @@ class FetchFailure:
     message: str
     raw_reply: str = ""
     http_status: int | None = None
+    # The decoded reading a STALE_READING or SUSPICIOUS_READING failure refused, for display.
+    reading: Reading | None = None
 
 
 @dataclass(frozen=True, slots=True)

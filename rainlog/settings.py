@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import dj_database_url
+from botocore.config import Config as BotoConfig
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
@@ -107,7 +108,8 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 SITE_URL = env_url("SITE_URL", "http://localhost:8000")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # The admin with the fleet dashboard as its index (rainlog/admin.py).
+    "rainlog.apps.RainlogAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -217,7 +219,7 @@ if not FIELD_ENCRYPTION_KEYS:
             "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`."
         )
     # A fixed development key so that a DEBUG run can read what it wrote before.
-    FIELD_ENCRYPTION_KEYS = ["ZGV2ZWxvcG1lbnQta2V5LWRvLW5vdC11c2UtaW4tcHJvZA=="]
+    FIELD_ENCRYPTION_KEYS = ["ZGV2ZWxvcG1lbnQta2V5LW5vdC1mb3ItcHJvZC11c2U="]
 
 # --- REST API ----------------------------------------------------------------------------------
 
@@ -246,6 +248,13 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # The schema and its Swagger/ReDoc pages are for signed-in operators, like the API itself.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "ENUM_NAME_OVERRIDES": {"FailureClassEnum": "ingestion.models.FAILURE_CLASS_CHOICES"},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "api.schema.document_auth_errors",
+    ],
 }
 
 # --- Task queue (django-q2) --------------------------------------------------------------------
@@ -288,6 +297,15 @@ INGEST_EXTRA_POLL_SECONDS = env_int("INGEST_EXTRA_POLL_SECONDS", 60, minimum=6)
 INGEST_SUSPEND_AFTER_AUTH_FAILURES = env_int("INGEST_SUSPEND_AFTER_AUTH_FAILURES", 5, minimum=1)
 INGEST_MAX_BACKOFF_SECONDS = env_int("INGEST_MAX_BACKOFF_SECONDS", 300, minimum=6)
 INGEST_MAX_DEMAND_KW = env_float("INGEST_MAX_DEMAND_KW", 200.0, minimum=1.0)
+# Transient failures (timeouts, HTTP errors, bad replies) open an incident only when this many
+# come in a row; bad credentials, unknown cloud ids and a lost meter open one at once.
+INGEST_INCIDENT_AFTER_FAILURES = env_int("INGEST_INCIDENT_AFTER_FAILURES", 3, minimum=1)
+# A meter whose reading has not changed for this long gets a stale-reading incident.
+INGEST_STALL_SECONDS = env_int("INGEST_STALL_SECONDS", 300, minimum=10)
+# How often a meter publishes a new reading (8 to 10 s): an hour holds about 3600 / this readings.
+INGEST_METER_SECONDS = env_float("INGEST_METER_SECONDS", 10.0, minimum=1.0)
+# Largest body POST /api/push/<cloud_id> accepts (an uploader fragment is under 1 KB).
+PUSH_MAX_BODY_BYTES = env_int("PUSH_MAX_BODY_BYTES", 65536, minimum=1024)
 
 # --- Archive -----------------------------------------------------------------------------------
 
@@ -301,6 +319,15 @@ if ARCHIVE_COMPRESS not in ("", "gzip"):
 ARCHIVE_ROOT = Path(env_str("ARCHIVE_ROOT", str(VAR_DIR / "archive")))
 ROTATE_GRACE_SECONDS = env_int("ROTATE_GRACE_SECONDS", 120, minimum=0)
 ROTATE_CONCURRENCY = env_int("ROTATE_CONCURRENCY", 16, minimum=1)
+# A rotation's hold on a file it ships; another run may take the file over once it lapses.
+ROTATE_LEASE_SECONDS = env_int("ROTATE_LEASE_SECONDS", 900, minimum=30)
+# A failed upload is retried after 60 s, then twice as long each time, up to this.
+ROTATE_RETRY_MAX_SECONDS = env_int("ROTATE_RETRY_MAX_SECONDS", 3600, minimum=60)
+# An hour directory keeps its sealed markers this long once all its files are verified; a reading
+# for that hour arriving later still is shipped as a new late part.
+ROTATE_MARKER_RETENTION_HOURS = env_int("ROTATE_MARKER_RETENTION_HOURS", 168, minimum=1)
+# /healthz turns red when the oldest hour not yet verified in the archive began longer ago.
+ARCHIVE_FRESHNESS_ALERT_SECONDS = env_int("ARCHIVE_FRESHNESS_ALERT_SECONDS", 10800, minimum=3600)
 AWS_S3_ENDPOINT_URL = env_url("AWS_S3_ENDPOINT_URL") or None
 AWS_S3_REGION_NAME = env_str("AWS_S3_REGION_NAME", "us-east-1")
 
@@ -314,6 +341,8 @@ if ARCHIVE_BUCKET:
             "file_overwrite": False,
             "default_acl": None,
             "querystring_expire": 300,
+            # One connection per rotation worker, so none waits for (or discards) a connection.
+            "client_config": BotoConfig(max_pool_connections=max(10, ROTATE_CONCURRENCY)),
         },
     }
 else:
@@ -335,6 +364,26 @@ STORAGES = {
 
 ERROR_REPORT_URL = env_url("ERROR_REPORT_URL")
 ERROR_REPORT_SECRET = env_secret("ERROR_REPORT_SECRET")
+if ERROR_REPORT_URL and not ERROR_REPORT_SECRET:
+    raise ImproperlyConfigured(
+        "ERROR_REPORT_URL is set but ERROR_REPORT_SECRET is not: reports are always signed."
+    )
+# Per-attempt HTTP timeout; a pass stops at the first unreachable endpoint, so this bounds it.
+ERROR_REPORT_TIMEOUT = env_float("ERROR_REPORT_TIMEOUT", 5.0, minimum=0.5)
+ERROR_REPORT_MAX_ATTEMPTS = env_int("ERROR_REPORT_MAX_ATTEMPTS", 15, minimum=1)
+ERROR_REPORT_MAX_BACKOFF_SECONDS = env_int("ERROR_REPORT_MAX_BACKOFF_SECONDS", 3600, minimum=30)
+# Incidents opened or resolved longer ago than this when first seen are not reported.
+ERROR_REPORT_LOOKBACK_HOURS = env_int("ERROR_REPORT_LOOKBACK_HOURS", 24, minimum=1)
+
+# --- Admin console -----------------------------------------------------------------------------
+
+# Households whose readings estimate the fleet's demand curve on the dashboard (see dashboard.py).
+CONSOLE_DEMAND_SAMPLE = env_int("CONSOLE_DEMAND_SAMPLE", 20, minimum=1)
+
+# --- Monitoring --------------------------------------------------------------------------------
+
+# When set, /metrics answers only requests with `Authorization: Bearer <METRICS_TOKEN>`.
+METRICS_TOKEN = env_secret("METRICS_TOKEN")
 
 # --- Logging -----------------------------------------------------------------------------------
 

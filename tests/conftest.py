@@ -53,6 +53,12 @@ def s3_archive(settings, s3_endpoint: str, s3_client, request) -> str:  # type: 
 
 
 @pytest.fixture(autouse=True)
+def fast_password_hasher(settings) -> None:  # type: ignore[no-untyped-def]
+    """Operators' passwords hashed cheaply: PBKDF2's deliberate slowness costs ~0.3 s a hash."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def isolated_storage(settings, tmp_path: Path) -> None:
     """Every test gets its own LOG_ROOT and local archive directory."""
     settings.LOG_ROOT = tmp_path / "logs"

@@ -1,7 +1,12 @@
 """Test data. Operators are Django auth users; EAGLE users are the households being logged."""
 
+from datetime import timedelta
+
 import factory
 from django.contrib.auth.models import User
+from django.utils import timezone
+
+from ingestion import paths
 
 from users.models import ConnectionType, EagleUser
 
@@ -38,3 +43,45 @@ class EagleUserFactory(factory.django.DjangoModelFactory):
     email = factory.LazyAttribute(lambda o: f"household-{o.cloud_id}@example.org")
     eagle_password = factory.Sequence(lambda n: f"eagle-secret-{n}")
     connection_type = ConnectionType.CLOUD
+
+
+class FetchStateFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "ingestion.FetchState"
+        django_get_or_create = ("user",)
+
+    user = factory.SubFactory(EagleUserFactory)
+
+
+class IncidentFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "ingestion.Incident"
+
+    user = factory.SubFactory(EagleUserFactory)
+    failure_class = "gateway_unreachable"
+    message = "connection refused"
+
+
+class HourFileFactory(factory.django.DjangoModelFactory):
+    """A manifest row; pass `hour` (an aware UTC hour start) and a state."""
+
+    class Meta:
+        model = "ingestion.HourFile"
+
+    user = factory.SubFactory(EagleUserFactory)
+    cloud_id = factory.LazyAttribute(lambda o: o.user.cloud_id)
+    hour = factory.LazyFunction(lambda: paths.hour_floor(timezone.now()))
+    part = 0
+    local_path = factory.LazyAttribute(lambda o: str(paths.local_path(o.cloud_id, o.hour, o.part)))
+    key = factory.LazyAttribute(lambda o: paths.archive_key(o.cloud_id, o.hour, o.part))
+
+
+class TickFactory(factory.django.DjangoModelFactory):
+    """One poll of a shard; pass `scheduled_at`. It ran on time unless `late` is given."""
+
+    class Meta:
+        model = "ingestion.Tick"
+
+    scheduled_at = factory.LazyFunction(timezone.now)
+    started_at = factory.LazyAttribute(lambda o: o.scheduled_at)
+    finished_at = factory.LazyAttribute(lambda o: o.scheduled_at + timedelta(seconds=1))

@@ -88,32 +88,46 @@ def encrypted_fields() -> list[tuple[type[models.Model], str]]:
     ]
 
 
+def _with_ciphertext(model: type[models.Model], field_name: str) -> models.QuerySet:
+    # Cast to a plain text column: the stored token, not decrypted by EncryptedTextField.
+    return model._default_manager.annotate(ciphertext=Cast(field_name, models.TextField()))
+
+
+def reencrypt_row(model: type[models.Model], field_name: str, pk: object, token: str) -> bool:
+    """Replace `token` by the same secret under the first key, if the row still holds `token`.
+
+    False when the row changed since `token` was read (a new value is under the first key
+    already) or is gone.
+    """
+    new_token = models.Value(rotate(token), output_field=models.TextField())
+    rows = _with_ciphertext(model, field_name).filter(pk=pk, ciphertext=token)
+    return rows.update(**{field_name: new_token}) == 1
+
+
 def reencrypt_field(
     model: type[models.Model],
     field_name: str,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[int, int]:
-    """Encrypt every stored value of the field again under the first key.
+    """Encrypt every stored value of the field again under the first key, batch by batch.
 
-    Returns (re-encrypted, already current). Rows are read and written as ciphertext, never
-    decrypted into a model; each write is conditional on the row still holding the token read,
-    so a password changed meanwhile (written under the first key anyway) is left alone.
+    Returns (re-encrypted, already current). Values are handled as ciphertext only, never loaded
+    into a model; `should_stop` is asked between batches.
     """
-    rows = model._default_manager.annotate(ciphertext=Cast(field_name, models.TextField()))
+    rows = (
+        _with_ciphertext(model, field_name).exclude(ciphertext="").exclude(ciphertext__isnull=True)
+    )
     rotated = current = 0
     last_pk = None
     while not should_stop():
-        batch = rows.exclude(ciphertext="").exclude(ciphertext__isnull=True).order_by("pk")
-        if last_pk is not None:
-            batch = batch.filter(pk__gt=last_pk)
-        pairs = list(batch.values_list("pk", "ciphertext")[:REENCRYPT_BATCH])
+        batch = rows.order_by("pk") if last_pk is None else rows.filter(pk__gt=last_pk)
+        pairs = list(batch.order_by("pk").values_list("pk", "ciphertext")[:REENCRYPT_BATCH])
         if not pairs:
             break
         for pk, token in pairs:
             if is_current(token):
                 current += 1
-                continue
-            new_token = models.Value(rotate(token), output_field=models.TextField())
-            rotated += rows.filter(pk=pk, ciphertext=token).update(**{field_name: new_token})
+            elif reencrypt_row(model, field_name, pk, token):
+                rotated += 1
         last_pk = pairs[-1][0]
     return rotated, current

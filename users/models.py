@@ -1,3 +1,6 @@
+import hashlib
+import hmac
+import secrets
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +24,11 @@ cloud_id_validator = RegexValidator(
 )
 DEFAULT_SUSPENDED_REASON = "Suspended by an operator."
 PURGING_REASON = "Being deleted together with its data."
+PUSH_TOKEN_PREFIX = "rlp_"
+
+
+def _push_token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class ConnectionType(models.TextChoices):
@@ -55,18 +63,23 @@ class EagleUserQuerySet(models.QuerySet["EagleUser"]):
     def healthy(self) -> "EagleUserQuerySet":
         return self.exclude(Q(fetch_state__consecutive_failures__gt=0) | _has_open_incident())
 
+    def with_open_incident_flag(self) -> "EagleUserQuerySet":
+        """Annotate `has_open_incident`, so lists show it without a query per row."""
+        return self.annotate(has_open_incident=_has_open_incident())
+
     def upsert(
-        self, cloud_id: str, changes: Mapping[str, Any]
+        self, cloud_id: str, changes: Mapping[str, Any], create: bool = True
     ) -> tuple["EagleUser", bool, list[str]]:
         """Create the user with `changes`, or apply them to the existing one.
 
         Returns (user, created, names of the fields that changed). Nothing is written when nothing
-        changes, so applying the same changes twice is a no-op. Raises ValidationError.
+        changes, so applying the same changes twice is a no-op. Raises ValidationError, and
+        DoesNotExist when the user is missing and `create` is false.
         """
         for attempt in range(2):
             try:
                 with transaction.atomic():
-                    return self._upsert(cloud_id, changes)
+                    return self._upsert(cloud_id, changes, create)
             except IntegrityError:
                 # Another request created the same cloud_id between our read and our insert:
                 # the second attempt finds it and updates it instead.
@@ -75,11 +88,13 @@ class EagleUserQuerySet(models.QuerySet["EagleUser"]):
         raise AssertionError("unreachable")
 
     def _upsert(
-        self, cloud_id: str, changes: Mapping[str, Any]
+        self, cloud_id: str, changes: Mapping[str, Any], create: bool
     ) -> tuple["EagleUser", bool, list[str]]:
         user = self.select_for_update().filter(cloud_id=cloud_id).first()
         created = user is None
         if user is None:
+            if not create:
+                raise self.model.DoesNotExist(f"no user with cloud_id {cloud_id!r}")
             user = self.model(cloud_id=cloud_id)
         changed = user.apply_changes(changes)
         if created or changed:
@@ -114,6 +129,9 @@ class EagleUser(models.Model):
     is_active = models.BooleanField(default=True)
     suspended_reason = models.TextField(blank=True)
     suspended_at = models.DateTimeField(null=True, blank=True)
+    # Push users authenticate their uploads with a token; only its SHA-256 is kept.
+    push_token_hash = models.CharField(max_length=64, blank=True, editable=False)
+    push_token_issued_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -161,7 +179,7 @@ class EagleUser(models.Model):
             self.suspended_at = self.suspended_at or timezone.now()
 
     def apply_changes(self, changes: Mapping[str, Any]) -> list[str]:
-        """Set editable fields without saving; returns the names of the fields whose value changed."""
+        """Set editable fields, unsaved; returns the names of the fields whose value changed."""
         unknown = set(changes) - set(self.EDITABLE_FIELDS)
         if unknown:
             raise ValueError(f"not editable: {', '.join(sorted(unknown))}")
@@ -188,6 +206,29 @@ class EagleUser(models.Model):
         self.normalize_state()
         self.save(update_fields=["is_active", "suspended_reason", "suspended_at", "updated_at"])
 
+    def issue_push_token(self) -> str:
+        """A new push token, returned in plain text this once; any earlier token stops working."""
+        token = PUSH_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self.push_token_hash = _push_token_digest(token)
+        self.push_token_issued_at = timezone.now()
+        self.save(update_fields=["push_token_hash", "push_token_issued_at", "updated_at"])
+        return token
+
+    def revoke_push_token(self) -> bool:
+        """Make the push token stop working; False if there was none."""
+        if not self.push_token_hash:
+            return False
+        self.push_token_hash = ""
+        self.push_token_issued_at = None
+        self.save(update_fields=["push_token_hash", "push_token_issued_at", "updated_at"])
+        return True
+
+    def check_push_token(self, token: str) -> bool:
+        # Tokens are random and long, so a fast hash is enough; the comparison is constant-time.
+        return bool(self.push_token_hash) and hmac.compare_digest(
+            self.push_token_hash, _push_token_digest(token)
+        )
+
     def ensure_fetch_state(self) -> "FetchState":
         """The user's fetch metadata row, created if missing (every user has one)."""
         from ingestion.models import FetchState
@@ -200,7 +241,7 @@ class EagleUser(models.Model):
 
         Without purge the data stays (manifest rows keep the cloud_id). With purge the user is
         suspended first, so the poller stops writing for it, and deleted only once its data is
-        gone: a purge that fails (PurgeIncomplete) leaves the user suspended and can be retried.
+        gone: a purge that fails (PurgeIncompleteError) leaves the user suspended, to be retried.
         """
         from users.purging import purge_user_data
 

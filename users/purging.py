@@ -47,7 +47,7 @@ class PurgeReport:
         )
 
 
-class PurgeIncomplete(Exception):
+class PurgeIncompleteError(Exception):
     """The archive or the disk refused a removal; `report` lists what was removed before that."""
 
     def __init__(self, report: PurgeReport, cause: Exception) -> None:
@@ -110,7 +110,7 @@ def purge_user_data(cloud_id: str) -> PurgeReport:
     """Remove the cloud_id's local files, archived objects and manifest rows.
 
     Manifest rows go last, once the files and objects they describe are gone; if the disk or the
-    archive fails midway, PurgeIncomplete says what was removed and running it again finishes.
+    archive fails midway, PurgeIncompleteError says what was removed; running it again finishes.
     """
     report = PurgeReport(cloud_id)
     storage = storages["archive"]
@@ -125,7 +125,7 @@ def purge_user_data(cloud_id: str) -> PurgeReport:
             logger.info("purge %s: removed archived object %s", cloud_id, key)
     except STORAGE_ERRORS as exc:
         logger.error("purge %s: stopped after %s: %s", cloud_id, report.summary(), exc)
-        raise PurgeIncomplete(report, exc) from exc
+        raise PurgeIncompleteError(report, exc) from exc
     report.manifest_rows, _ = HourFile.objects.filter(cloud_id=cloud_id).delete()
     logger.info("purge %s: removed %s", cloud_id, report.summary())
     return report

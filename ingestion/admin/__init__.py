@@ -1,3 +1,3 @@
 """The admin for ingestion, one module per concern (registered on import)."""
 
-from ingestion.admin import hour_files, incidents  # noqa: F401
+from ingestion.admin import console, hour_files, incidents, reports  # noqa: F401

@@ -1,0 +1,126 @@
+"""GET /api/event/{cloud_id}: a user's latest reading (the seed's route, now authenticated).
+
+Without parameters: the newest demand reading in the user's newest local hour file, with its age
+in seconds (now minus the meter's time of the reading). `?fresh=1` asks the user's EAGLE now
+instead and returns what it said: the reading (200), or the classified failure (502). `?type=`
+picks another record type (summation, price). Nothing fetched here is written to the hour files:
+the poller logs every reading.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from api.schema import READ_ERRORS, error
+from ingestion.gateway import fetch_now
+from ingestion.poller import latest_record
+from ingestion.record_types import RECORD_TYPES
+from ingestion.records import FetchFailure, iso_utc
+from users.models import ConnectionType, EagleUser
+
+TRUE_VALUES = {"1", "true", "yes", "on"}
+FALSE_VALUES = {"", "0", "false", "no", "off"}
+
+
+def _age_seconds(record: dict[str, Any]) -> float:
+    return round(timezone.now().timestamp() - record["meter_timestamp"], 3)
+
+
+class EventView(APIView):
+    @extend_schema(
+        operation_id="user_event",
+        summary="A user's latest reading, logged or fetched now",
+        parameters=[
+            OpenApiParameter(
+                "fresh",
+                OpenApiTypes.BOOL,
+                description="Fetch from the user's EAGLE now instead of reading the log.",
+            ),
+            OpenApiParameter(
+                "type",
+                OpenApiTypes.STR,
+                enum=sorted(RECORD_TYPES),
+                description="Record type (default demand).",
+            ),
+        ],
+        responses={
+            200: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description="{cloud_id, source (log or gateway), age_seconds, reading}",
+            ),
+            400: error("An unknown record type or a bad value of fresh."),
+            **READ_ERRORS,
+            409: error("A push user: its gateway sends readings, it is never fetched."),
+            502: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description="The EAGLE gave no reading: {cloud_id, source, failure: "
+                "{failure_class, label, message, http_status}}",
+            ),
+        },
+    )
+    def get(self, request: Request, cloud_id: str) -> Response:
+        user = get_object_or_404(EagleUser, cloud_id=cloud_id)
+        record_type = request.query_params.get("type", "demand")
+        if record_type not in RECORD_TYPES:
+            raise ValidationError({"type": [f"Choose one of: {', '.join(sorted(RECORD_TYPES))}."]})
+        fresh = request.query_params.get("fresh", "").strip().lower()
+        if fresh not in TRUE_VALUES | FALSE_VALUES:
+            raise ValidationError({"fresh": ["Use 1 or 0."]})
+        if fresh in TRUE_VALUES:
+            return self.fetched(user, record_type)
+        record = latest_record(user.cloud_id, record_type)
+        if record is None:
+            return Response(
+                {"detail": f"No {record_type} reading of {user.cloud_id} is on local disk."},
+                status=status.HTTP_404_NOT_FOUND,
+            )
+        return Response(
+            {
+                "cloud_id": user.cloud_id,
+                "source": "log",
+                "age_seconds": _age_seconds(record),
+                "reading": record,
+            }
+        )
+
+    def fetched(self, user: EagleUser, record_type: str) -> Response:
+        if user.connection_type == ConnectionType.PUSH:
+            return Response(
+                {"detail": f"{user.cloud_id} pushes its readings: there is nothing to fetch."},
+                status=status.HTTP_409_CONFLICT,
+            )
+        result = fetch_now(user, record_type)
+        if isinstance(result, FetchFailure):
+            return Response(
+                {
+                    "cloud_id": user.cloud_id,
+                    "source": "gateway",
+                    "fetched_at": iso_utc(timezone.now()),
+                    "failure": {
+                        "failure_class": result.failure_class.value,
+                        "label": result.failure_class.label,
+                        "message": result.message,
+                        "http_status": result.http_status,
+                    },
+                },
+                status=status.HTTP_502_BAD_GATEWAY,
+            )
+        record = result.to_record()
+        return Response(
+            {
+                "cloud_id": user.cloud_id,
+                "source": "gateway",
+                "age_seconds": _age_seconds(record),
+                "reading": record,
+            }
+        )

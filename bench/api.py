@@ -1,0 +1,374 @@
+"""`make bench-api`: a user-day read from the archive through the API, and latest-event requests
+under 50 concurrent clients. Everything runs on 127.0.0.1 and stops by itself.
+
+Set-up, in a temporary directory removed at the end:
+- moto's S3 server in a subprocess, and a fresh bench database (BENCH_DATABASE_URL, default
+  postgres://postgres@127.0.0.1:5432/rainlog_bench_api), dropped and migrated;
+- one user-day, 14,400 readings at 6 s, written by the hour-file writer and shipped to the bucket
+  by the rotation (`ingestion.shipping.rotate`), so every hour is read back from the archive;
+- gunicorn serving the project (BENCH_WORKERS processes of BENCH_THREADS threads), and a token.
+
+Measured, each against a baseline taken in the same run:
+1. The user-day through GET /api/users/{cloud_id}/readings (JSON lines, then CSV), against the
+   same 24 objects fetched with boto3 and parsed directly (no API).
+2. GET /api/event/{cloud_id} (or, if that route does not exist, GET /api/users/{cloud_id}, and it
+   says so) from 50 concurrent aiohttp clients for BENCH_SECONDS, against the same load of
+   unauthenticated requests (401: the request stack without authentication or view work).
+
+Targets: the user-day in under 1 s; latest-event p95 under 100 ms at 50 concurrent clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import dj_database_url
+import orjson
+import psycopg2
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+CLOUD_ID = "00bec4"
+READINGS_PER_DAY = 14_400
+CONCURRENCY = 50
+DAY_TARGET_SECONDS = 1.0
+EVENT_P95_TARGET_MS = 100.0
+BUCKET = "rainlog-bench-api"
+DATABASE_URL = os.environ.get(
+    "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/rainlog_bench_api"
+)
+LOAD_SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
+WARMUP_SECONDS = 2.0
+DAY_RUNS = 5
+WORKERS = os.environ.get("BENCH_WORKERS", "3")
+THREADS = os.environ.get("BENCH_THREADS", "4")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up within {timeout:.0f} s: {exc}") from exc
+            time.sleep(0.2)
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "wb") as output:
+        child = subprocess.Popen(args, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        yield child
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def recreate_database(url: str) -> None:
+    config = dj_database_url.parse(url)
+    name = config["NAME"]
+    admin = psycopg2.connect(
+        host=config["HOST"] or "127.0.0.1",
+        port=config["PORT"] or 5432,
+        user=config["USER"] or None,
+        password=config["PASSWORD"] or None,
+        dbname="postgres",
+    )
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
+
+
+def environment(work: Path, s3_endpoint: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "rainlog.settings",
+        "RAINLOG_ENV_FILE": str(work / "no.env"),
+        "DEBUG": "0",
+        "SECRET_KEY": "bench-secret-key-long-enough-for-django-checks-0123456789abcdef",
+        "FIELD_ENCRYPTION_KEYS": "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktYmU=",
+        "DATABASE_URL": DATABASE_URL,
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SECURE_SSL_REDIRECT": "0",
+        "VAR_DIR": str(work),
+        "LOG_ROOT": str(work / "logs"),
+        "ARCHIVE_BUCKET": BUCKET,
+        "AWS_S3_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+def user_day(day: datetime) -> list[object]:
+    """14,400 demand readings every 6 s, with the raw fields of a cloud reply."""
+    from ingestion.records import Reading, Source
+
+    readings = []
+    for n in range(READINGS_PER_DAY):
+        moment = day + timedelta(seconds=6 * n)
+        demand = 800 + (n * 37) % 2400
+        readings.append(
+            Reading(
+                cloud_id=CLOUD_ID,
+                record_type="demand",
+                meter_timestamp=int(moment.timestamp()),
+                received_at=moment + timedelta(milliseconds=420),
+                source=Source.CLOUD,
+                values={"demand_kw": demand / 1000},
+                raw={
+                    "DeviceMacId": "0xd8d5b9000000a1b2",
+                    "MeterMacId": "0x00135003002a1b2c",
+                    "TimeStamp": f"0x{int(moment.timestamp()) - 946684800:08x}",
+                    "Demand": f"0x{demand:06x}",
+                    "Multiplier": "0x00000001",
+                    "Divisor": "0x000003e8",
+                    "DigitsRight": "0x03",
+                    "DigitsLeft": "0x06",
+                    "SuppressLeadingZero": "Y",
+                },
+            )
+        )
+    return readings
+
+
+def prepare(day: datetime) -> tuple[str, list[str]]:
+    """Write and ship the user-day; returns a token and the archive keys of its 24 hours."""
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.db import connections
+    from knox.models import AuthToken
+
+    from ingestion import shipping
+    from ingestion.files import HourFileWriter
+    from ingestion.models import HourFile, HourFileState
+    from users.models import EagleUser
+
+    call_command("migrate", verbosity=0)
+    EagleUser.objects.create(cloud_id=CLOUD_ID, email="bench@example.org")
+    operator = User.objects.create_user("bench", is_staff=True)
+    _, token = AuthToken.objects.create(operator, expiry=timedelta(hours=1))
+    with HourFileWriter() as writer:
+        result = writer.append(user_day(day))
+    assert not result.unwritten, result.errors
+    report = shipping.rotate(cloud_id=CLOUD_ID)
+    rows = HourFile.objects.filter(cloud_id=CLOUD_ID, state=HourFileState.VERIFIED)
+    keys = list(rows.order_by("hour").values_list("key", flat=True))
+    if len(keys) != 24:
+        raise RuntimeError(f"the rotation shipped {len(keys)} of 24 hours: {report.summary()}")
+    connections.close_all()
+    return token, keys
+
+
+def baseline_day(keys: list[str]) -> float:
+    """The same 24 objects straight from S3 with boto3, parsed line by line."""
+    from ingestion import retrieval
+
+    storage = retrieval.archive_storage()
+    started = time.perf_counter()
+    lines = 0
+    for key in keys:
+        lines += sum(
+            1
+            for line in retrieval.read_archived(key, key.endswith(".gz"), storage).splitlines()
+            if orjson.loads(line)
+        )
+    elapsed = time.perf_counter() - started
+    assert lines == READINGS_PER_DAY, lines
+    return elapsed
+
+
+async def fetch_day(
+    session: aiohttp.ClientSession, url: str, params: dict[str, str], headers: dict[str, str]
+) -> tuple[float, int, int]:
+    started = time.perf_counter()
+    async with session.get(url, params=params, headers=headers) as response:
+        response.raise_for_status()
+        body = await response.read()
+    return time.perf_counter() - started, body.count(b"\n"), len(body)
+
+
+@dataclass
+class Load:
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def percentile(self, share: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))] * 1000
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def line(self, label: str) -> str:
+        statuses = ", ".join(f"{code}: {n}" for code, n in sorted(self.statuses.items()))
+        return (
+            f"{label:<38} {len(self.latencies):>6} requests {self.rate:>7.0f}/s  "
+            f"p50 {self.percentile(0.5):6.1f} ms  p95 {self.percentile(0.95):6.1f} ms  "
+            f"p99 {self.percentile(0.99):6.1f} ms  ({statuses})"
+        )
+
+
+async def load(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], seconds: float
+) -> Load:
+    """CONCURRENCY clients, each sending its next request as soon as the last one is answered."""
+    result = Load()
+    warm_until = time.monotonic() + WARMUP_SECONDS
+    stop_at = warm_until + seconds
+
+    async def client() -> None:
+        while (now := time.monotonic()) < stop_at:
+            started = time.perf_counter()
+            async with session.get(url, headers=headers) as response:
+                await response.read()
+            if now >= warm_until:
+                result.latencies.append(time.perf_counter() - started)
+                result.statuses[response.status] += 1
+
+    await asyncio.sleep(0)
+    await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
+    result.seconds = seconds
+    return result
+
+
+def event_path() -> tuple[str, str]:
+    from django.urls import Resolver404, resolve
+
+    path = f"/api/event/{CLOUD_ID}"
+    try:
+        resolve(path)
+    except Resolver404:
+        return f"/api/users/{CLOUD_ID}", "GET /api/event/{cloud_id} does not exist yet"
+    return path, ""
+
+
+async def measure(base: str, token: str, day: datetime, keys: list[str]) -> bool:
+    headers = {"Authorization": f"Token {token}"}
+    readings_url = f"{base}/api/users/{CLOUD_ID}/readings"
+    params = {"start": day.isoformat(), "end": (day + timedelta(days=1)).isoformat()}
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        baseline = min(baseline_day(keys) for _ in range(3))
+        print(f"user-day baseline: 24 objects GET with boto3 and parsed: {baseline:.3f} s")
+        results = {}
+        for fmt, runs in (("jsonl", DAY_RUNS), ("csv", 3)):
+            times = []
+            for _ in range(runs):
+                elapsed, lines, size = await fetch_day(
+                    session, readings_url, {**params, "format": fmt}, headers
+                )
+                expected_lines = READINGS_PER_DAY + (fmt == "csv")
+                if lines != expected_lines:
+                    raise RuntimeError(f"{fmt}: {lines} lines, expected {expected_lines}")
+                times.append(elapsed)
+            results[fmt] = statistics.median(times)
+            print(
+                f"user-day via API as {fmt:<5}: median {results[fmt]:.3f} s over {runs} runs "
+                f"(min {min(times):.3f} s, {size / 1e6:.1f} MB, "
+                f"{READINGS_PER_DAY / results[fmt]:,.0f} readings/s), "
+                f"{results[fmt] / baseline:.1f}x the boto3 baseline"
+            )
+        event, note = event_path()
+        if note:
+            print(f"latest event: {note}; measuring GET {event} instead")
+        floor = await load(session, f"{base}{event}", {}, LOAD_SECONDS)
+        events = await load(session, f"{base}{event}", headers, LOAD_SECONDS)
+    print(
+        f"{CONCURRENCY} concurrent clients, {LOAD_SECONDS:.0f} s each after a "
+        f"{WARMUP_SECONDS:.0f} s warm-up:"
+    )
+    print(floor.line("baseline: no token (401)"))
+    print(events.line(f"GET {event.replace(CLOUD_ID, '{cloud_id}')}"))
+    print(
+        f"  p95 {events.percentile(0.95) / floor.percentile(0.95):.1f}x and rate "
+        f"{events.rate / floor.rate:.2f}x the unauthenticated baseline"
+    )
+    day_ok = results["jsonl"] < DAY_TARGET_SECONDS
+    event_ok = events.percentile(0.95) < EVENT_P95_TARGET_MS and set(events.statuses) == {200}
+    print(
+        f"targets: user-day < {DAY_TARGET_SECONDS:.0f} s: {'met' if day_ok else 'MISSED'}; "
+        f"latest-event p95 < {EVENT_P95_TARGET_MS:.0f} ms with 200s only: "
+        f"{'met' if event_ok else 'MISSED'}"
+    )
+    return day_ok and event_ok
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="rainlog-bench-api-"))
+    moto_port, web_port = free_port(), free_port()
+    s3_endpoint = f"http://127.0.0.1:{moto_port}"
+    env = environment(work, s3_endpoint)
+    os.environ.update(env)
+    day = (datetime.now(UTC) - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
+    try:
+        with process(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
+            env,
+            work / "moto.log",
+        ):
+            wait_for(f"{s3_endpoint}/")
+            import boto3
+            import django
+
+            boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=BUCKET)
+            recreate_database(DATABASE_URL)
+            django.setup()
+            print(f"writing and shipping {READINGS_PER_DAY:,} readings of {day:%Y-%m-%d} ...")
+            started = time.perf_counter()
+            token, keys = prepare(day)
+            print(f"  24 hours verified in the archive in {time.perf_counter() - started:.1f} s")
+            gunicorn = [
+                sys.executable, "-m", "gunicorn", "rainlog.wsgi",
+                "--bind", f"127.0.0.1:{web_port}", "--workers", WORKERS,
+                "--worker-class", "gthread", "--threads", THREADS,
+            ]  # fmt: skip
+            with process(gunicorn, env, work / "gunicorn.log"):
+                base = f"http://127.0.0.1:{web_port}"
+                wait_for(f"{base}/healthz")
+                print(f"gunicorn: {WORKERS} workers x {THREADS} threads on {base}")
+                ok = asyncio.run(measure(base, token, day, keys))
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if ok is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

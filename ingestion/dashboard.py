@@ -1,0 +1,548 @@
+"""The figures of the operators' console: the fleet at a glance and one user's hours.
+
+Every function here runs a fixed number of queries, whatever the number of users, so the admin's
+index stays fast for a fleet of 10,000 households:
+
+- users by state: one grouped query over EagleUser with the fetch state joined;
+- readings, ticks, open incidents, the oldest unshipped hour: one aggregate query each;
+- readings per minute over 24 h: one query grouping Tick rows by minute (1,440 rows at most);
+- fleet demand: read from the hour files of a small, fixed sample of logging households (the same
+  households every time, so the curve does not jump) and scaled to the number of logging users.
+  Reading every household's day would mean 240,000 hour files for 10,000 users; a sample of
+  CONSOLE_DEMAND_SAMPLE households costs that many user-days, whatever the size of the fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from django.conf import settings
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    Exists,
+    F,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import MD5, TruncMinute
+from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.models import Schedule, Task
+from redis.exceptions import RedisError
+
+from ingestion import retrieval
+from ingestion.models import HourFile, HourFileState, Incident, IncidentState, Tick
+from ingestion.paths import HOUR, hour_floor
+from ingestion.records import FailureClass
+from users.models import ConnectionType, EagleUser
+
+logger = logging.getLogger(__name__)
+
+# Users by state. A failing user is counted under the class of its current failure.
+LOGGING = "logging"
+WAITING = "waiting"
+SUSPENDED = "suspended"
+UNCLASSIFIED = "unclassified"
+
+# Coverage of one hour of one user, as drawn in the strip.
+COMPLETE = "complete"
+PARTIAL = "partial"
+MISSING = "missing"
+UNSHIPPED = "unshipped"
+NOT_LOGGED = "not_logged"
+COVERAGE_LABELS = {
+    COMPLETE: "complete",
+    PARTIAL: "partial",
+    MISSING: "missing",
+    UNSHIPPED: "not yet shipped",
+    NOT_LOGGED: "before the user was added",
+}
+# An archived hour holding at least this share of the readings expected at the meter's cadence
+# is complete; fewer is partial.
+COMPLETE_SHARE = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """A labelled number on the dashboard; `key` is the state or failure class it counts."""
+
+    key: str
+    label: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSummary:
+    now: datetime
+    users_total: int
+    users_polled: int
+    users_logging: int
+    users_waiting: int
+    users_suspended: int
+    users_failing: list[Figure]
+    readings_last_hour: int
+    readings_expected: int
+    ticks_recorded: int
+    ticks_late: int
+    ticks_expected: int
+    oldest_unshipped: HourFile | None
+    open_incidents: list[Figure]
+
+    @property
+    def users_failing_total(self) -> int:
+        return sum(c.count for c in self.users_failing)
+
+    @property
+    def open_incidents_total(self) -> int:
+        return sum(c.count for c in self.open_incidents)
+
+    @property
+    def readings_share(self) -> float | None:
+        return self.readings_last_hour / self.readings_expected if self.readings_expected else None
+
+    @property
+    def ticks_on_time(self) -> int:
+        return self.ticks_recorded - self.ticks_late
+
+    @property
+    def ticks_missing(self) -> int:
+        return max(0, self.ticks_expected - self.ticks_recorded)
+
+    @property
+    def oldest_unshipped_age(self) -> timedelta | None:
+        """Since the oldest unshipped hour ended: zero while it is still being written."""
+        if self.oldest_unshipped is None:
+            return None
+        return max(timedelta(0), self.now - self.oldest_unshipped.hour - HOUR)
+
+    # Levels ("ok", "warning", "problem") for the dashboard's cards.
+
+    @property
+    def users_level(self) -> str:
+        if not self.users_failing_total:
+            return "ok"
+        return "problem" if self.users_failing_total * 10 > self.users_polled else "warning"
+
+    @property
+    def readings_level(self) -> str:
+        share = self.readings_share
+        if share is None or share >= 0.95:
+            return "ok"
+        return "warning" if share >= 0.8 else "problem"
+
+    @property
+    def ticks_level(self) -> str:
+        if not self.ticks_expected or self.ticks_on_time >= 0.999 * self.ticks_expected:
+            return "ok"
+        return "warning" if self.ticks_on_time >= 0.95 * self.ticks_expected else "problem"
+
+    @property
+    def archive_level(self) -> str:
+        age = self.oldest_unshipped_age
+        # The hour that just ended waits for the grace period and its turn in the rotation.
+        if age is None or age <= 2 * HOUR:
+            return "ok"
+        return "warning" if age <= 6 * HOUR else "problem"
+
+    @property
+    def incidents_level(self) -> str:
+        return "ok" if not self.open_incidents_total else "warning"
+
+    def failing_rows(self) -> list[tuple[str, str, int, int]]:
+        """(failure class, label, users failing with it now, open incidents of it), most first."""
+        users = {c.key: c.count for c in self.users_failing}
+        incidents = {c.key: c.count for c in self.open_incidents}
+        keys = sorted(set(users) | set(incidents), key=lambda k: (-users.get(k, 0), k))
+        return [(k, failure_label(k), users.get(k, 0), incidents.get(k, 0)) for k in keys]
+
+
+def failure_label(value: str) -> str:
+    try:
+        return FailureClass(value).label
+    except ValueError:
+        return "Unclassified failure"
+
+
+def _user_state() -> Case:
+    """The state of a user as one SQL expression: suspended, a failure class, waiting or logging."""
+    open_incidents = Incident.objects.filter(user=OuterRef("pk"), state=IncidentState.OPEN)
+    return Case(
+        When(is_active=False, then=Value(SUSPENDED)),
+        When(
+            fetch_state__consecutive_failures__gt=0,
+            then=Case(
+                When(fetch_state__last_error_class="", then=Value(UNCLASSIFIED)),
+                default=F("fetch_state__last_error_class"),
+            ),
+        ),
+        When(
+            Exists(open_incidents),
+            then=Subquery(
+                open_incidents.order_by("-last_seen_at").values("failure_class")[:1]
+            ),
+        ),
+        When(fetch_state__last_success_at__isnull=True, then=Value(WAITING)),
+        default=Value(LOGGING),
+        output_field=CharField(),
+    )
+
+
+STATE_LABELS = {
+    LOGGING: "Logging",
+    WAITING: "Waiting for a first reading",
+    SUSPENDED: "Suspended",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    key: str
+    label: str
+    level: str  # ok, warning or problem
+
+
+def user_state(user: EagleUser) -> UserState:
+    """The state one user is counted under on the dashboard, said in words."""
+    key = EagleUser.objects.filter(pk=user.pk).annotate(state=_user_state()).values_list(
+        "state", flat=True
+    ).get()
+    if key == SUSPENDED:
+        return UserState(key, f"Suspended: {user.suspended_reason}", "warning")
+    if key in STATE_LABELS:
+        return UserState(key, STATE_LABELS[key], "ok" if key == LOGGING else "warning")
+    return UserState(key, f"Failing: {failure_label(key)}", "problem")
+
+
+def users_by_state() -> tuple[dict[str, int], int]:
+    """({state: users}, users polled): states are logging, waiting, suspended or a failure class."""
+    rows = (
+        EagleUser.objects.annotate(state=_user_state())
+        .values("state")
+        .annotate(
+            users=Count("pk"),
+            polled=Count(
+                "pk", filter=Q(is_active=True) & ~Q(connection_type=ConnectionType.PUSH)
+            ),
+        )
+        .order_by()
+    )
+    counts: dict[str, int] = {}
+    polled = 0
+    for row in rows:
+        counts[row["state"]] = row["users"]
+        polled += row["polled"]
+    return counts, polled
+
+
+def oldest_unshipped(cloud_id: str | None = None) -> HourFile | None:
+    """The oldest hour file not yet verified in the archive, overall or for one user."""
+    unshipped = HourFile.objects.exclude(state=HourFileState.VERIFIED)
+    if cloud_id is not None:
+        unshipped = unshipped.filter(cloud_id=cloud_id)
+    return unshipped.order_by("hour", "part", "cloud_id").first()
+
+
+def fleet_summary(now: datetime | None = None) -> FleetSummary:
+    """The dashboard's figures, in six queries."""
+    now = now or timezone.now()
+    states, polled = users_by_state()
+    ticks = Tick.objects.filter(scheduled_at__gte=now - HOUR, scheduled_at__lt=now).aggregate(
+        recorded=Count("pk"),
+        late=Count("pk", filter=Q(late=True)),
+        readings=Sum("readings_written", default=0),
+    )
+    incidents = (
+        Incident.objects.filter(state=IncidentState.OPEN)
+        .values("failure_class")
+        .annotate(n=Count("pk"))
+        .order_by("-n", "failure_class")
+    )
+    ticks_per_hour = round(3600 / settings.INGEST_POLL_SECONDS)
+    failing = sorted(
+        (
+            Figure(state, failure_label(state), n)
+            for state, n in states.items()
+            if state not in (LOGGING, WAITING, SUSPENDED)
+        ),
+        key=lambda c: (-c.count, c.key),
+    )
+    return FleetSummary(
+        now=now,
+        users_total=sum(states.values()),
+        users_polled=polled,
+        users_logging=states.get(LOGGING, 0),
+        users_waiting=states.get(WAITING, 0),
+        users_suspended=states.get(SUSPENDED, 0),
+        users_failing=failing,
+        readings_last_hour=ticks["readings"],
+        readings_expected=polled * expected_lines_per_hour(),
+        ticks_recorded=ticks["recorded"],
+        ticks_late=ticks["late"],
+        ticks_expected=ticks_per_hour * settings.INGEST_SHARDS,
+        oldest_unshipped=oldest_unshipped(),
+        open_incidents=[
+            Figure(row["failure_class"], failure_label(row["failure_class"]), row["n"])
+            for row in incidents
+        ],
+    )
+
+
+@dataclass(slots=True)
+class MinuteSeries:
+    """Per-minute figures over a window, one entry per minute (zeros where no tick ran)."""
+
+    start: datetime
+    minutes: list[int] = field(default_factory=list)  # unix seconds of each minute
+    readings: list[int] = field(default_factory=list)
+    late_ticks: list[int] = field(default_factory=list)
+
+
+def readings_per_minute(now: datetime | None = None, hours: int = 24) -> MinuteSeries:
+    """Readings written and late ticks per minute over the last `hours`, from the Tick rows."""
+    now = now or timezone.now()
+    end = now.replace(second=0, microsecond=0)
+    start = end - timedelta(hours=hours)
+    rows = (
+        Tick.objects.filter(scheduled_at__gte=start, scheduled_at__lt=end)
+        .annotate(minute=TruncMinute("scheduled_at"))
+        .values("minute")
+        .annotate(readings=Sum("readings_written"), late=Count("pk", filter=Q(late=True)))
+        .order_by("minute")
+    )
+    by_minute = {row["minute"]: row for row in rows}
+    series = MinuteSeries(start=start)
+    minute = start
+    while minute < end:
+        row = by_minute.get(minute)
+        series.minutes.append(int(minute.timestamp()))
+        series.readings.append(row["readings"] if row else 0)
+        series.late_ticks.append(row["late"] if row else 0)
+        minute += timedelta(minutes=1)
+    return series
+
+
+def demand_sample(size: int) -> list[EagleUser]:
+    """A fixed sample of logging, polled households: the same ones on every call (by MD5 order)."""
+    return list(
+        EagleUser.objects.polled()
+        .healthy()
+        .filter(fetch_state__last_success_at__isnull=False)
+        .order_by(MD5("cloud_id"))[:size]
+    )
+
+
+@dataclass(slots=True)
+class DemandSeries:
+    """Estimated fleet demand per bucket: the sample's mean household demand times the fleet size."""
+
+    bucket_seconds: int
+    households_sampled: int
+    households_logging: int
+    times: list[int] = field(default_factory=list)  # unix seconds of each bucket's start
+    fleet_kw: list[float | None] = field(default_factory=list)
+
+
+def fleet_demand(
+    now: datetime | None = None,
+    hours: int = 24,
+    bucket: timedelta = timedelta(minutes=15),
+    sample_size: int | None = None,
+) -> DemandSeries:
+    """Fleet-wide demand over the last `hours`, estimated from a sample of households.
+
+    Per bucket: the mean of the sampled households' average demand (each household weighs the
+    same), times the number of logging households. None where no sampled household has a reading.
+    A household whose archive cannot be read is left out of the sample, with a warning.
+    """
+    now = now or timezone.now()
+    step = bucket.total_seconds()
+    end = datetime.fromtimestamp((now.timestamp() // step + 1) * step, UTC)
+    start = end - timedelta(hours=hours)
+    sample = demand_sample(sample_size or settings.CONSOLE_DEMAND_SAMPLE)
+    states, _ = users_by_state()
+    logging_households = states.get(LOGGING, 0)
+    averages: list[list[float]] = [[] for _ in range(int((end - start) / bucket))]
+    for user in sample:
+        try:
+            buckets = retrieval.aggregate_demand(user.cloud_id, start, end, bucket)
+        except retrieval.ArchiveReadError as exc:
+            logger.warning("fleet demand: %s left out of the sample: %s", user.cloud_id, exc)
+            continue
+        for index, demand in enumerate(buckets[: len(averages)]):
+            if demand.avg_kw is not None:
+                averages[index].append(demand.avg_kw)
+    series = DemandSeries(int(step), len(sample), logging_households)
+    for index, values in enumerate(averages):
+        series.times.append(int(start.timestamp() + index * step))
+        series.fleet_kw.append(
+            round(sum(values) / len(values) * logging_households, 3) if values else None
+        )
+    return series
+
+
+# --- One user -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageCell:
+    hour: datetime
+    state: str
+    lines: int | None
+
+    @property
+    def label(self) -> str:
+        return COVERAGE_LABELS[self.state]
+
+
+def expected_lines_per_hour() -> int:
+    return round(3600 / settings.INGEST_METER_SECONDS)
+
+
+def coverage_strip(
+    user: EagleUser, now: datetime | None = None, days: int = 7
+) -> list[CoverageCell]:
+    """One cell per UTC hour of the last `days` (oldest first, ending with the current hour).
+
+    From the manifest alone, in one query, so the page never reads a week of files: an hour with
+    no file is missing; one with a part not yet verified in the archive is unshipped; a shipped
+    hour is complete when its lines reach COMPLETE_SHARE of the readings expected at the meter's
+    cadence and its readings start and end within a gap's length of the hour's edges, partial
+    otherwise. (A short gap inside a shipped hour shows in the coverage API, not here.)
+    """
+    now = now or timezone.now()
+    last = hour_floor(now)
+    first = last - timedelta(hours=days * 24 - 1)
+    rows = (
+        HourFile.objects.filter(cloud_id=user.cloud_id, hour__gte=first, hour__lte=last)
+        .values("hour")
+        .annotate(
+            lines=Sum("line_count"),
+            unshipped=Count("pk", filter=~Q(state=HourFileState.VERIFIED)),
+            first_reading=Min("first_reading_at"),
+            last_reading=Max("last_reading_at"),
+        )
+        .order_by()
+    )
+    by_hour = {row["hour"]: row for row in rows}
+    complete_from = COMPLETE_SHARE * expected_lines_per_hour()
+    edge = timedelta(seconds=retrieval.DEFAULT_GAP_SECONDS)
+    added = hour_floor(user.created_at)
+    cells = []
+    hour = first
+    while hour <= last:
+        row = by_hour.get(hour)
+        if row is None:
+            state = NOT_LOGGED if hour < added else MISSING
+        elif row["unshipped"]:
+            state = UNSHIPPED
+        elif (
+            (row["lines"] or 0) >= complete_from
+            and row["first_reading"] is not None
+            and row["first_reading"] <= hour + edge
+            and row["last_reading"] >= hour + HOUR - edge
+        ):
+            state = COMPLETE
+        else:
+            state = PARTIAL
+        cells.append(CoverageCell(hour, state, row["lines"] if row else None))
+        hour += HOUR
+    return cells
+
+
+def coverage_days(cells: Iterable[CoverageCell]) -> list[tuple[date, list[CoverageCell | None]]]:
+    """The strip cut into UTC days of 24 slots each, None for hours outside the strip."""
+    days: dict[date, list[CoverageCell | None]] = {}
+    for cell in cells:
+        hour = cell.hour.astimezone(UTC)
+        days.setdefault(hour.date(), [None] * 24)[hour.hour] = cell
+    return list(days.items())
+
+
+def coverage_totals(cells: Iterable[CoverageCell]) -> dict[str, int]:
+    totals = dict.fromkeys(COVERAGE_LABELS, 0)
+    for cell in cells:
+        totals[cell.state] += 1
+    return totals
+
+
+def user_demand_day(user: EagleUser, day: date) -> list[tuple[float, float]]:
+    """(unix seconds, kW) of each of the user's demand readings of one UTC day, in time order."""
+    start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+    return list(retrieval.demand_readings(user.cloud_id, start, start + timedelta(days=1)))
+
+
+def recent_incidents(user: EagleUser, limit: int = 10) -> list[Incident]:
+    return list(user.incidents.order_by("state", "-last_seen_at")[:limit])
+
+
+def recent_hour_files(user: EagleUser, limit: int = 12) -> list[HourFile]:
+    return list(HourFile.objects.filter(cloud_id=user.cloud_id).order_by("-hour", "part")[:limit])
+
+
+
+# --- Jobs (django-q2) ---------------------------------------------------------------------------
+
+# What each recurring job is for, by a word of its task's dotted path or of its schedule's name.
+SCHEDULE_ROLES = (
+    ("poll", "Polling: runs the 6-second ticks of each minute"),
+    ("rotat", "Rotation: seals closed hours and ships them to the archive"),
+    ("ship", "Rotation: seals closed hours and ships them to the archive"),
+    ("report", "Incident reports to the error endpoint"),
+)
+
+
+def schedule_role(schedule: Schedule) -> str:
+    text = f"{schedule.func} {schedule.name or ''}".lower()
+    return next((role for word, role in SCHEDULE_ROLES if word in text), "")
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    schedule: Schedule
+    role: str
+    last_success: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    schedules: list[ScheduleRow]
+    queued: int | None  # None when the broker cannot be asked
+    successes: int
+    failures: int
+    since: datetime
+
+
+def job_summary(now: datetime | None = None, hours: int = 24) -> JobSummary:
+    """The recurring jobs with their roles, the queue length, and task outcomes over `hours`."""
+    now = now or timezone.now()
+    since = now - timedelta(hours=hours)
+    schedules = Schedule.objects.annotate(
+        last_success=Subquery(Task.objects.filter(id=OuterRef("task")).values("success")[:1])
+    ).order_by("name", "pk")
+    outcomes = Task.objects.filter(stopped__gte=since).aggregate(
+        successes=Count("pk", filter=Q(success=True)),
+        failures=Count("pk", filter=Q(success=False)),
+    )
+    try:
+        queued: int | None = get_broker().queue_size()
+    except RedisError:
+        queued = None
+    return JobSummary(
+        schedules=[ScheduleRow(s, schedule_role(s), s.last_success) for s in schedules],
+        queued=queued,
+        successes=outcomes["successes"],
+        failures=outcomes["failures"],
+        since=since,
+    )

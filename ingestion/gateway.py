@@ -1,0 +1,363 @@
+"""The EAGLE client: one interface over the Rainforest cloud, EAGLE-200 local and legacy local APIs.
+
+`EagleClient.fetch()` returns a decoded Reading or a classified FetchFailure and never raises for
+anything a server can send. One client owns one aiohttp session, so thousands of fetches share a
+connection pool; each request has its own timeout. `fetch_now()` is the same for sync code.
+
+How each connection type is reached (`users.models.ConnectionType`):
+
+- cloud: POST EAGLE_CLOUD_URL with Cloud-ID/User/Password headers and an XML command;
+- eagle200: POST <gateway>/cgi-bin/post_manager with Basic auth (cloud id, install code):
+  device_list once to learn the meter's address (unless meter_mac is set), then device_query;
+- legacy: the same URL and auth, with the cloud's XML commands and replies.
+
+A gateway address is `host[:port]` or a URL; `/cgi-bin/post_manager` is appended unless the path
+already ends with it (`http://127.0.0.1:8765/gw/00a1b2` is a gateway of the simulator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+import aiohttp
+from django.conf import settings
+from yarl import URL
+
+from ingestion.decoding import decode_reply, device_list_meter, failure, judge
+from ingestion.record_types import PreviousReading, RecordType, get_record_type
+from ingestion.records import FailureClass, FetchFailure, Reading, Source
+
+if TYPE_CHECKING:
+    from users.models import EagleUser
+
+# Replies larger than this are not EAGLE replies (a full device_query is about 30 KB).
+MAX_REPLY_BYTES = 1 << 20
+LOCAL_PATH = "/cgi-bin/post_manager"
+
+# Connection type -> source recorded with its readings.
+SOURCES = {"cloud": Source.CLOUD, "eagle200": Source.EAGLE200, "legacy": Source.LEGACY}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayTarget:
+    """Everything needed to fetch one household's readings; built from an EagleUser."""
+
+    cloud_id: str
+    connection_type: str
+    email: str = ""
+    password: str = field(default="", repr=False)
+    address: str = ""
+    meter_mac: str = ""
+
+    @classmethod
+    def for_user(cls, user: EagleUser) -> GatewayTarget:
+        return cls(
+            cloud_id=user.cloud_id,
+            connection_type=user.connection_type,
+            email=user.email,
+            password=user.eagle_password,
+            address=user.gateway_address,
+            meter_mac=user.meter_mac,
+        )
+
+
+class ReplyTooLargeError(Exception):
+    pass
+
+
+def cloud_command(record_type: RecordType, meter_mac: str = "") -> bytes:
+    mac = f"<MacId>{meter_mac}</MacId>" if meter_mac else ""
+    return f"<Command><Name>{record_type.cloud_command}</Name>{mac}</Command>".encode()
+
+
+DEVICE_LIST_COMMAND = b"<Command><Name>device_list</Name></Command>"
+
+
+def device_query_command(hardware_address: str, variables: tuple[str, ...]) -> bytes:
+    names = "".join(f"<Variable><Name>{name}</Name></Variable>" for name in variables)
+    return (
+        f"<Command><Name>device_query</Name><DeviceDetails><HardwareAddress>{hardware_address}"
+        f"</HardwareAddress></DeviceDetails><Components><Component><Name>Main</Name>"
+        f"<Variables>{names}</Variables></Component></Components></Command>"
+    ).encode()
+
+
+def local_url(address: str) -> URL:
+    """The post_manager URL of a gateway given as host[:port] or URL; ValueError if unusable."""
+    address = address.strip()
+    if not address:
+        raise ValueError("the user has no gateway address")
+    url = URL(address if "://" in address else f"http://{address}")
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{address!r} is not an http(s) gateway address")
+    path = url.path.rstrip("/")
+    if not path.endswith(LOCAL_PATH):
+        path += LOCAL_PATH
+    return url.with_path(path).with_query(None).with_fragment(None)
+
+
+class EagleClient:
+    """Fetches readings from many gateways over one pooled aiohttp session.
+
+    Use as `async with EagleClient() as client: await client.fetch(target)`. Safe to share among
+    concurrent tasks of one event loop. It remembers, per gateway and record type, the last
+    reading it decoded (for plausibility checks) and discovered EAGLE-200 meter addresses.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int | None = None,
+        timeout: float | None = None,
+        cloud_url: str | None = None,
+    ) -> None:
+        self.limit = limit or settings.INGEST_CONCURRENCY
+        self.timeout = timeout or settings.INGEST_REQUEST_TIMEOUT
+        self.cloud_url = URL(cloud_url or settings.EAGLE_CLOUD_URL)
+        self._session: aiohttp.ClientSession | None = None
+        self._previous: dict[tuple[str, str], PreviousReading] = {}
+        self._meter_addresses: dict[str, str] = {}
+        self._local_urls: dict[str, URL] = {}
+
+    async def __aenter__(self) -> EagleClient:
+        connector = aiohttp.TCPConnector(
+            limit=self.limit, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            skip_auto_headers=("User-Agent",),
+            headers={"User-Agent": "rainlog", "Content-Type": "text/xml"},
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def fetch(
+        self,
+        target: GatewayTarget,
+        record_type: str = "demand",
+        previous_timestamp: int | None = None,
+    ) -> Reading | FetchFailure:
+        """One reading of `record_type` from the target's gateway, or why there is none.
+
+        STALE_READING when the meter timestamp equals `previous_timestamp`; SUSPICIOUS_READING
+        for a sudden 0 kW or an implausible value. Raises only for caller errors (unknown record
+        type or connection type, a push user, a client used outside `async with`).
+        """
+        kind = get_record_type(record_type)
+        source = SOURCES.get(target.connection_type)
+        if source is None:
+            raise ValueError(
+                f"{target.cloud_id}: connection type {target.connection_type!r} is not fetched "
+                "(push users send their readings)"
+            )
+        if self._session is None:
+            raise RuntimeError("EagleClient.fetch() outside `async with EagleClient()`")
+        try:
+            if source is Source.EAGLE200:
+                result = await self._fetch_eagle200(target, kind)
+            else:
+                result = await self._fetch_command(target, kind, source)
+        except TimeoutError:
+            return failure(FailureClass.TIMEOUT, f"no reply within {self.timeout:g} s")
+        except ReplyTooLargeError:
+            return failure(
+                FailureClass.MALFORMED_REPLY, f"a reply larger than {MAX_REPLY_BYTES} bytes"
+            )
+        except aiohttp.TooManyRedirects as exc:
+            return failure(FailureClass.HTTP_ERROR, f"too many redirects ({exc.status})")
+        except aiohttp.ClientSSLError as exc:
+            return failure(FailureClass.GATEWAY_UNREACHABLE, f"TLS failed: {exc}")
+        except aiohttp.ClientConnectorError as exc:
+            return failure(
+                FailureClass.GATEWAY_UNREACHABLE,
+                f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}",
+            )
+        except aiohttp.ServerDisconnectedError:
+            return failure(
+                FailureClass.GATEWAY_UNREACHABLE, "the server closed the connection without a reply"
+            )
+        except aiohttp.ClientPayloadError:
+            return failure(
+                FailureClass.GATEWAY_UNREACHABLE, "the connection broke during the reply"
+            )
+        except aiohttp.ClientError as exc:
+            return failure(FailureClass.GATEWAY_UNREACHABLE, f"{type(exc).__name__}: {exc}")
+        except OSError as exc:
+            return failure(FailureClass.GATEWAY_UNREACHABLE, f"network error: {exc}")
+        if isinstance(result, FetchFailure):
+            return result
+        return self._judge(result, previous_timestamp)
+
+    def _judge(self, reading: Reading, previous_timestamp: int | None) -> Reading | FetchFailure:
+        key = (reading.cloud_id, reading.record_type)
+        judged = judge(reading, previous_timestamp, self._previous.get(key))
+        stale = (
+            isinstance(judged, FetchFailure) and judged.failure_class is FailureClass.STALE_READING
+        )
+        if not stale:
+            trusted = isinstance(judged, Reading)
+            self._previous[key] = PreviousReading(reading.meter_timestamp, reading.values, trusted)
+        return judged
+
+    async def _fetch_command(
+        self, target: GatewayTarget, kind: RecordType, source: Source
+    ) -> Reading | FetchFailure:
+        """Cloud and legacy gateways: one XML command, one reply of the cloud's shape."""
+        if source is Source.CLOUD:
+            url = self.cloud_url
+            headers = {
+                "Cloud-ID": target.cloud_id,
+                "User": target.email,
+                "Password": target.password,
+            }
+        else:
+            url_or_failure = self._local_url(target)
+            if isinstance(url_or_failure, FetchFailure):
+                return url_or_failure
+            url, headers = url_or_failure, self._basic_auth(target)
+        unsendable = _unsendable(headers)
+        if unsendable:
+            return failure(FailureClass.BAD_CREDENTIALS, unsendable)
+        status, text = await self._post(url, cloud_command(kind, target.meter_mac), headers)
+        return _reply_result(status, text, target.cloud_id, kind, source)
+
+    async def _fetch_eagle200(
+        self, target: GatewayTarget, kind: RecordType
+    ) -> Reading | FetchFailure:
+        url = self._local_url(target)
+        if isinstance(url, FetchFailure):
+            return url
+        headers = self._basic_auth(target)
+        unsendable = _unsendable(headers)
+        if unsendable:
+            return failure(FailureClass.BAD_CREDENTIALS, unsendable)
+        address = target.meter_mac or self._meter_addresses.get(target.cloud_id)
+        if not address:
+            status, text = await self._post(url, DEVICE_LIST_COMMAND, headers)
+            if status != 200:
+                return _http_failure(status, text)
+            found = device_list_meter(text)
+            if isinstance(found, FetchFailure):
+                return found
+            address = self._meter_addresses[target.cloud_id] = found
+        command = device_query_command(address, kind.eagle200_variables)
+        status, text = await self._post(url, command, headers)
+        result = _reply_result(status, text, target.cloud_id, kind, Source.EAGLE200)
+        if isinstance(result, FetchFailure):
+            # The meter may have been replaced: ask the gateway again next time.
+            self._meter_addresses.pop(target.cloud_id, None)
+        return result
+
+    async def _post(self, url: URL, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+        assert self._session is not None
+        async with self._session.post(url, data=body, headers=headers) as response:
+            length = response.content_length
+            if length is not None and length <= MAX_REPLY_BYTES:
+                payload = await response.read()
+            else:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.content.iter_any():
+                    size += len(chunk)
+                    if size > MAX_REPLY_BYTES:
+                        raise ReplyTooLargeError
+                    chunks.append(chunk)
+                payload = b"".join(chunks)
+            return response.status, payload.decode("utf-8", errors="replace")
+
+    def _local_url(self, target: GatewayTarget) -> URL | FetchFailure:
+        url = self._local_urls.get(target.address)
+        if url is None:
+            try:
+                url = self._local_urls[target.address] = local_url(target.address)
+            except ValueError as exc:
+                return failure(FailureClass.GATEWAY_UNREACHABLE, f"{target.cloud_id}: {exc}")
+        return url
+
+    @staticmethod
+    def _basic_auth(target: GatewayTarget) -> dict[str, str]:
+        return {"Authorization": basic_authorization(target.cloud_id, target.password)}
+
+
+def basic_authorization(login: str, password: str) -> str:
+    """An Authorization header value for HTTP Basic auth (UTF-8, as EAGLEs expect)."""
+    credentials = f"{login}:{password}".encode(errors="replace")
+    return "Basic " + base64.b64encode(credentials).decode()
+
+
+def _unsendable(headers: dict[str, str]) -> str:
+    """Why credentials cannot travel in HTTP headers, or an empty string."""
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\0" in value:
+            return f"the {name} header would hold a control character: fix the user's credentials"
+    return ""
+
+
+def _http_failure(status: int, text: str) -> FetchFailure:
+    if status in (401, 403):
+        return failure(
+            FailureClass.BAD_CREDENTIALS,
+            f"HTTP {status}: the credentials were refused",
+            text,
+            status,
+        )
+    return failure(FailureClass.HTTP_ERROR, f"HTTP {status}", text, status)
+
+
+def _reply_result(
+    status: int, text: str, cloud_id: str, kind: RecordType, source: Source
+) -> Reading | FetchFailure:
+    if status == 200:
+        return decode_reply(text, cloud_id=cloud_id, source=source, record_type=kind.name)
+    if status in (401, 403):
+        return _http_failure(status, text)
+    # Some services send their Error reply with a 4xx/5xx status: its text is the better reason.
+    decoded = decode_reply(text, cloud_id=cloud_id, source=source, record_type=kind.name)
+    if (
+        isinstance(decoded, FetchFailure)
+        and decoded.failure_class is not FailureClass.MALFORMED_REPLY
+    ):
+        return FetchFailure(
+            decoded.failure_class, decoded.message, decoded.raw_reply, status, decoded.reading
+        )
+    return _http_failure(status, text)
+
+
+# --- Sync use ---------------------------------------------------------------------------------
+
+
+def run_sync(awaitable: Awaitable[T]) -> T:
+    """Run a coroutine to completion from sync code, even when this thread runs an event loop."""
+
+    async def main() -> T:
+        return await awaitable
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, main()).result()
+
+
+def fetch_now(user: EagleUser, record_type: str = "demand") -> Reading | FetchFailure:
+    """One reading from the user's gateway now (for commands, admin actions and the API)."""
+    target = GatewayTarget.for_user(user)
+
+    async def fetch() -> Reading | FetchFailure:
+        async with EagleClient(limit=2) as client:
+            return await client.fetch(target, record_type)
+
+    return run_sync(fetch())

@@ -1,0 +1,187 @@
+"""Shard leases: which process polls which users, handed from one polling window to the next.
+
+Users are split into INGEST_SHARDS shards by a stable hash of their cloud_id (`shard_of`). A process
+polls a shard only while it holds that shard's PollLease row, and every change to the row is a
+conditional UPDATE whose row count says whether it happened:
+
+- claim: succeeds only if nobody holds the lease, its holder let it expire, or it is ours;
+- renew: after every tick, `expires_at = now + INGEST_LEASE_SECONDS` where the holder is us. A
+  holder that dies stops renewing, and its shard can be claimed once the lease has expired;
+- hand-over: the next window task does not wait for expiry. It writes its name in `successor` and
+  waits; the holder, once a tick is finished (files synced, metadata committed), sets
+  holder = successor in one UPDATE, and the successor runs from the next tick boundary
+  (`last_tick_at` + one tick). Consecutive windows therefore neither overlap nor leave a gap. A
+  newer waiting task replaces an older one as successor, and the older one gives up;
+- release: when a holder stops, to the waiting successor if there is one, else to nobody.
+
+Foreground pollers (`manage.py poll`) keep their shards until they stop: a window task that finds
+one holding its shard leaves at once instead of waiting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from django.conf import settings
+from django.utils import timezone
+
+from ingestion.models import PollLease
+
+logger = logging.getLogger(__name__)
+
+WINDOW = "window"
+FOREGROUND = "poll"
+# How often a waiting successor looks at the lease row (one primary-key read).
+SUCCESSOR_POLL_SECONDS = 0.2
+
+
+def shard_of(cloud_id: str, shards: int | None = None) -> int:
+    """The shard of a user: stable across processes, machines and Python versions."""
+    digest = hashlib.md5(cloud_id.encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:4], "big") % (shards or settings.INGEST_SHARDS)
+
+
+def holder_name(kind: str) -> str:
+    """A name unique to this process and run, saying what kind of poller holds a lease."""
+    return f"{kind}@{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def is_foreground(holder: str) -> bool:
+    return holder.startswith(f"{FOREGROUND}@")
+
+
+class Acquisition(StrEnum):
+    CLAIMED = "claimed"
+    HANDED_OVER = "handed over"
+    FOREGROUND_HOLDS = "held by a foreground poller"
+    SUPERSEDED = "a newer task is waiting for it"
+    GAVE_UP = "still held when the wait ended"
+    STOPPED = "stopped while waiting"
+
+    @property
+    def acquired(self) -> bool:
+        return self in (Acquisition.CLAIMED, Acquisition.HANDED_OVER)
+
+
+class AfterTick(StrEnum):
+    KEPT = "kept"
+    HANDED_OVER = "handed over"
+    LOST = "lost"
+
+
+@dataclass(slots=True)
+class ShardLease:
+    """This process's side of one shard's lease."""
+
+    shard: int
+    holder: str
+    seconds: float = field(default_factory=lambda: float(settings.INGEST_LEASE_SECONDS))
+    # Until when the lease is ours, as of our last claim or renewal.
+    valid_until: datetime | None = None
+    # The last tick the previous holder ran, as the row said when we took the lease.
+    previous_tick_at: datetime | None = None
+    held: bool = False
+    # Given to us by a holder that committed its last tick (no crash to recover from).
+    handed_over: bool = False
+
+    def acquire(
+        self,
+        stop: threading.Event,
+        wait_seconds: float,
+        leave_to_foreground: bool = True,
+        on_wait: Callable[[PollLease], None] | None = None,
+    ) -> Acquisition:
+        """Claim the shard, or wait as its successor until it is handed over or expires.
+
+        `on_wait` is called once, with the row, when we start waiting.
+        """
+        PollLease.objects.ensure([self.shard])
+        give_up_at = time.monotonic() + wait_seconds
+        waiting = False
+        while True:
+            now = timezone.now()
+            row = PollLease.objects.get(shard=self.shard)
+            if row.holder == self.holder:
+                return self._took(row, Acquisition.HANDED_OVER)
+            if not row.is_held(now):
+                if PollLease.objects.claim(self.shard, self.holder, now, self.seconds):
+                    return self._took(row, Acquisition.CLAIMED)
+                continue
+            if leave_to_foreground and is_foreground(row.holder):
+                return self._stop_waiting(waiting, Acquisition.FOREGROUND_HOLDS)
+            if waiting and row.successor != self.holder:
+                return self._stop_waiting(waiting, Acquisition.SUPERSEDED)
+            if not waiting:
+                waiting = PollLease.objects.wait_as_successor(self.shard, self.holder, now)
+                if on_wait is not None:
+                    on_wait(row)
+            if time.monotonic() >= give_up_at:
+                return self._stop_waiting(waiting, Acquisition.GAVE_UP)
+            if stop.wait(SUCCESSOR_POLL_SECONDS):
+                return self._stop_waiting(waiting, Acquisition.STOPPED)
+
+    def _took(self, row: PollLease, how: Acquisition) -> Acquisition:
+        now = timezone.now()
+        self.held = True
+        self.handed_over = how is Acquisition.HANDED_OVER
+        if self.handed_over:
+            self.valid_until = row.expires_at
+        else:
+            self.valid_until = now + timedelta(seconds=self.seconds)
+        self.previous_tick_at = row.last_tick_at
+        logger.info("shard %d %s by %s", self.shard, how.value, self.holder)
+        return how
+
+    def _stop_waiting(self, waiting: bool, why: Acquisition) -> Acquisition:
+        if waiting:
+            now = timezone.now()
+            PollLease.objects.withdraw(self.shard, self.holder, now)
+            # The holder may have handed over just before we withdrew: pass it on, never sit on it.
+            PollLease.objects.release(self.shard, self.holder, now, self.seconds)
+        return why
+
+    def is_valid(self, margin: float = 1.0) -> bool:
+        """Whether the lease is surely still ours for `margin` seconds (no database access)."""
+        return (
+            self.held
+            and self.valid_until is not None
+            and timezone.now() + timedelta(seconds=margin) < self.valid_until
+        )
+
+    def confirm(self) -> bool:
+        """Renew now, before acting on the shard, when the lease may have run out meanwhile."""
+        if self.is_valid():
+            return True
+        return self.after_tick(self.previous_tick_at or timezone.now(), False) is AfterTick.KEPT
+
+    def after_tick(self, tick_at: datetime, may_hand_over: bool) -> AfterTick:
+        """Renew after a tick, or hand the shard to a waiting successor when allowed."""
+        now = timezone.now()
+        if may_hand_over and PollLease.objects.hand_over(
+            self.shard, self.holder, now, self.seconds, tick_at
+        ):
+            self.held = False
+            logger.info("shard %d handed over by %s after %s", self.shard, self.holder, tick_at)
+            return AfterTick.HANDED_OVER
+        if PollLease.objects.renew(self.shard, self.holder, now, self.seconds, tick_at):
+            self.valid_until = now + timedelta(seconds=self.seconds)
+            self.previous_tick_at = tick_at
+            return AfterTick.KEPT
+        self.held = False
+        logger.error("shard %d: %s lost its lease", self.shard, self.holder)
+        return AfterTick.LOST
+
+    def release(self) -> None:
+        if self.held:
+            PollLease.objects.release(self.shard, self.holder, timezone.now(), self.seconds)
+            self.held = False

@@ -1,0 +1,103 @@
+"""manage.py rotate_logs: ship closed hour files to the archive now (the hourly task does the same)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from datetime import datetime
+from types import FrameType
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
+
+from ingestion import paths, shipping
+
+
+def parse_hour(value: str) -> datetime:
+    try:
+        return paths.parse_hour_label(value)
+    except ValueError:
+        raise CommandError(f"--hour {value!r}: give a UTC hour as YYYY-MM-DD-HH") from None
+
+
+class ProgressBar:
+    def __init__(self, bar: tqdm) -> None:  # type: ignore[type-arg]
+        self.bar = bar
+
+    def started(self, total: int) -> None:
+        self.bar.reset(total=total)
+
+    def shipped(self, shipment: shipping.Shipment) -> None:
+        self.bar.update(1)
+
+
+class Command(BaseCommand):
+    help = (
+        "Ship every closed hour file (and late part) to the archive, verified, then remove the "
+        "local copy. Failed files are retried by later runs after a backoff."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--hour", type=parse_hour, help="only this UTC hour (YYYY-MM-DD-HH)")
+        parser.add_argument("--user", metavar="CLOUD_ID", help="only this user's files")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="list what would be shipped; change nothing"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        cloud_id = options["user"]
+        if cloud_id is not None:
+            try:
+                paths.checked_cloud_id(cloud_id)
+            except ValueError as exc:
+                raise CommandError(f"--user: {exc}") from None
+        if options["dry_run"]:
+            self.dry_run(options["hour"], cloud_id)
+            return
+        stop = threading.Event()
+
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            self.stderr.write("Stopping: finishing the files in flight…")
+            stop.set()
+
+        previous = {
+            sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            # To the real stderr: the command's wrapper would end every redraw with a newline.
+            with tqdm(
+                total=0, unit="file", file=sys.stderr, disable=options["verbosity"] == 0
+            ) as bar:
+                report = shipping.rotate(
+                    hour=options["hour"],
+                    cloud_id=cloud_id,
+                    should_stop=stop.is_set,
+                    progress=ProgressBar(bar),
+                )
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self.stdout.write(f"Rotation: {report.summary()}.")
+        for error in report.errors:
+            self.stderr.write(error)
+        if not report.ok:
+            raise CommandError(
+                f"{report.failed} file(s) failed and {report.conflicts} conflict(s): they stay on "
+                "disk; see Hour files in the admin."
+            )
+
+    def dry_run(self, hour: datetime | None, cloud_id: str | None) -> None:
+        files = total = missing = 0
+        for planned in shipping.plan_rotation(hour=hour, cloud_id=cloud_id):
+            if planned.size is None:
+                missing += 1
+                self.stdout.write(f"MISSING {planned.key} ({planned.state}): no {planned.path}")
+                continue
+            files += 1
+            total += planned.size
+            self.stdout.write(f"{planned.key} ({planned.state}, {planned.size} bytes)")
+        self.stdout.write(
+            f"Dry run: would ship {files} file(s), {total} bytes; {missing} missing locally."
+        )

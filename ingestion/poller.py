@@ -1,0 +1,1085 @@
+"""The polling engine: every due user of some shards, every INGEST_POLL_SECONDS, on a fixed grid.
+
+One tick (`Poller.run_tick`), for the slot starting at a multiple of INGEST_POLL_SECONDS:
+
+1. pick the due users: active, polled (not push), in our shards and not backing off; for those
+   whose turn it is (every INGEST_EXTRA_POLL_SECONDS, spread over the ticks), also the extra
+   record types enabled in their FetchState;
+2. fetch them all concurrently over one aiohttp pool, at most INGEST_CONCURRENCY at a time, each
+   request with its own INGEST_REQUEST_TIMEOUT, until the fetch deadline shortly before the slot
+   ends. Whatever has not answered by then is cut off, fetched first next tick, and the tick is
+   recorded as late. A slow gateway never holds up the others or the next tick;
+3. keep a reading only if its meter timestamp is newer than the last one logged for that user and
+   record type. That state lives in memory and is recovered at start from FetchState and from
+   the tail of the user's newest hour files, so a crash between writing a file and updating the
+   database never logs a reading twice;
+4. append the new readings to their hour files and make them durable with one syncfs. Readings
+   that cannot be written (disk full) are kept and written first next tick; the dedup state only
+   advances for readings that are on disk;
+5. record what it learned in a constant number of statements whatever the number of users: the
+   FetchState rows (one UPDATE … FROM jsonb_to_recordset), incidents opened, refreshed and
+   resolved, the manifest rows of new hour files, and one Tick row per shard.
+
+Failures: every failed fetch counts towards an incident of its class for that user (opened at
+once for bad credentials, an unknown cloud id or a lost meter, after INGEST_INCIDENT_AFTER_FAILURES
+in a row otherwise), and a later success resolves it. A meter whose reading has not changed for
+INGEST_STALL_SECONDS gets a stale-reading incident. Unreachable gateways, timeouts, HTTP errors and
+refused accounts back off exponentially (FetchState.next_attempt_at, at most
+INGEST_MAX_BACKOFF_SECONDS); after INGEST_SUSPEND_AFTER_AUTH_FAILURES bad-credential failures in a
+row the user is suspended, with its incident left open for an operator.
+
+`run_ticks()` runs ticks on the grid under shard leases (see leases.py); `run_window()` is the body
+of the per-minute django-q2 task, and `manage.py poll` runs the same loop in the foreground.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import uvloop
+from django.conf import settings
+from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db.models import Count, Max
+from django.utils import timezone
+
+from ingestion import paths
+from ingestion.files import HourFileWriter
+from ingestion.gateway import EagleClient, GatewayTarget
+from ingestion.leases import WINDOW, AfterTick, ShardLease, holder_name, shard_of
+from ingestion.models import (
+    FetchOutcome,
+    FetchState,
+    HourFile,
+    HourFileState,
+    Incident,
+    IncidentSighting,
+    Tick,
+)
+from ingestion.record_types import RECORD_TYPES
+from ingestion.records import FailureClass, FetchFailure, Reading, iso_utc, parse_line
+from ingestion.reporting import redact
+from users.models import EagleUser
+
+logger = logging.getLogger(__name__)
+
+DEMAND = "demand"
+# Failures that another try in 6 seconds would not fix: back off from the gateway or account.
+BACKOFF_CLASSES = frozenset(
+    {
+        FailureClass.GATEWAY_UNREACHABLE,
+        FailureClass.TIMEOUT,
+        FailureClass.HTTP_ERROR,
+        FailureClass.BAD_CREDENTIALS,
+        FailureClass.UNKNOWN_CLOUD_ID,
+        FailureClass.METER_NOT_JOINED,
+    }
+)
+# Failures an operator has to act on: an incident from the first one.
+ACTIONABLE_CLASSES = frozenset(
+    {FailureClass.BAD_CREDENTIALS, FailureClass.UNKNOWN_CLOUD_ID, FailureClass.METER_NOT_JOINED}
+)
+# Enough of a file's end to hold the lines of the last ticks, whatever the record types.
+TAIL_BYTES = 16 * 1024
+# Readings kept per user while they cannot be written (disk full): ten minutes of demand.
+PENDING_LIMIT = 100
+# Missed slots recorded as late ticks at most, after a pause (a stopped process, a dead holder).
+MISSED_TICKS_LIMIT = 600
+# Database rows read per query when loading state for many users.
+LOAD_BATCH = 5000
+# Older hours are no longer created by the writer, so their manifest keys need not be remembered.
+REGISTERED_HOURS_KEPT = 3
+
+
+def grid_floor(moment: float, period: float) -> float:
+    """The start of the tick slot that holds `moment` (unix seconds)."""
+    return math.floor(moment / period) * period
+
+
+def as_datetime(moment: float) -> datetime:
+    return datetime.fromtimestamp(moment, UTC)
+
+
+def fetch_budget(period: float) -> float:
+    """Seconds from a slot's start until its fetches are cut off: the rest of the slot is for
+    writing and recording, so the tick ends before the next one is due."""
+    return period - min(1.0, 0.2 * period)
+
+
+def backoff_delay(failures: int) -> float:
+    """Seconds until the next attempt after `failures` consecutive failures: the next tick after
+    the first, then twice as long each time, up to INGEST_MAX_BACKOFF_SECONDS."""
+    period = settings.INGEST_POLL_SECONDS
+    return min(float(settings.INGEST_MAX_BACKOFF_SECONDS), period * 2 ** min(failures - 1, 30))
+
+
+def _batches(items: Sequence[Any], size: int = LOAD_BATCH) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --- Hour file tails: what is already logged ---------------------------------------------------
+
+
+def read_tail_records(path: Path | str, max_bytes: int = TAIL_BYTES) -> list[dict[str, Any]]:
+    """The whole records among the last `max_bytes` of an hour file, in file order.
+
+    A torn or malformed line (a crash mid-write) is skipped: it never hides the lines around it.
+    """
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        start = max(0, size - max_bytes)
+        handle.seek(start)
+        data = handle.read()
+    lines = data.split(b"\n")
+    if start > 0:
+        lines = lines[1:]
+    records = []
+    for line in lines:
+        if line.strip():
+            try:
+                records.append(parse_line(line))
+            except ValueError:
+                continue
+    return records
+
+
+def _hour_dirs(root: Path) -> list[tuple[datetime, Path]]:
+    """The hour directories under `root`, newest first."""
+    found = []
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if entry.is_dir():
+            try:
+                found.append((paths.parse_hour_label(entry.name), Path(entry.path)))
+            except ValueError:
+                continue
+    return sorted(found, reverse=True)
+
+
+def newest_logged(
+    since: dict[str, datetime | None], root: Path | None = None
+) -> dict[tuple[str, str], int]:
+    """The newest meter timestamp per (cloud_id, record type) in the local hour files.
+
+    `since` maps each cloud_id to look for to the first hour that can hold anything newer than
+    what the database knows (None: any hour). Only file tails are read: the lines of a tick that
+    the database may have missed are at the end of their files.
+    """
+    newest: dict[tuple[str, str], int] = {}
+    if not since:
+        return newest
+    known = [hour for hour in since.values() if hour is not None]
+    earliest = None if len(known) < len(since) else min(known)
+    for hour, directory in _hour_dirs(Path(root or settings.LOG_ROOT)):
+        if earliest is not None and hour < earliest:
+            break
+        for entry in os.scandir(directory):
+            try:
+                cloud_id, _, _ = paths.parse_file_name(entry.name)
+            except ValueError:
+                continue
+            if cloud_id not in since or entry.name.endswith(".gz"):
+                continue
+            first_hour = since[cloud_id]
+            if first_hour is not None and hour < first_hour:
+                continue
+            for record in read_tail_records(entry.path):
+                timestamp = record.get("meter_timestamp")
+                key = (cloud_id, str(record.get("record_type")))
+                if isinstance(timestamp, int) and timestamp > newest.get(key, 0):
+                    newest[key] = timestamp
+    return newest
+
+
+def latest_record(
+    cloud_id: str, record_type: str = DEMAND, root: Path | None = None
+) -> dict[str, Any] | None:
+    """The newest record of a type in the user's newest local hour file (or its late parts)."""
+    paths.checked_cloud_id(cloud_id)
+    for hour, directory in _hour_dirs(Path(root or settings.LOG_ROOT)):
+        names = sorted(directory.glob(f"iseif-rainforest-{cloud_id}-{paths.hour_label(hour)}*.jl"))
+        records = [
+            record
+            for name in names
+            for record in read_tail_records(name)
+            if record.get("record_type") == record_type
+            and isinstance(record.get("meter_timestamp"), int)
+        ]
+        if records:
+            return max(records, key=lambda record: record["meter_timestamp"])
+    return None
+
+
+# --- Per-user state ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class FailureRun:
+    """Consecutive failures of one class for one user: the makings of an incident."""
+
+    first_seen: datetime
+    count: int = 0
+    # The record types that failed; a success of one of them ends the run. None: any success.
+    record_types: set[str] | None = field(default_factory=set)
+    incident_open: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class UserSlot:
+    """What the poller keeps in memory for one user between ticks."""
+
+    user_id: int
+    cloud_id: str
+    shard: int
+    updated_at: datetime
+    target: GatewayTarget
+    # Spreads the users' extra record types over the ticks of INGEST_EXTRA_POLL_SECONDS.
+    phase: int
+    extra_types: tuple[str, ...] = ()
+    # Record type -> meter timestamp of the newest reading on disk.
+    logged: dict[str, int] = field(default_factory=dict)
+    # New readings not yet on disk, oldest first.
+    pending: list[Reading] = field(default_factory=list)
+    failures: int = 0
+    auth_failures: int = 0
+    # Unix seconds before which the user is not fetched (backoff).
+    next_attempt: float | None = None
+    last_new_at: datetime | None = None
+    cut_off: bool = False
+    runs: dict[FailureClass, FailureRun] = field(default_factory=dict)
+
+    def seen(self, record_type: str) -> int:
+        """The newest meter timestamp of this type, on disk or waiting to be written."""
+        for reading in reversed(self.pending):
+            if reading.record_type == record_type:
+                return reading.meter_timestamp
+        return self.logged.get(record_type, 0)
+
+    def is_due(self, slot: float) -> bool:
+        return self.next_attempt is None or self.next_attempt <= slot + 1e-3
+
+
+def _phase(cloud_id: str) -> int:
+    digest = hashlib.md5(cloud_id.encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest[4:8], "big")
+
+
+class FetchJob(NamedTuple):
+    slot: UserSlot
+    record_type: str
+    previous_timestamp: int | None
+
+
+# --- Tick results ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ShardCounts:
+    due: int = 0
+    polled: int = 0
+    cut_off: int = 0
+    written: int = 0
+    failures: int = 0
+
+
+@dataclass(slots=True)
+class TickReport:
+    """What one tick did, for the Tick rows, the command's progress output and the benchmark."""
+
+    scheduled_at: datetime
+    started_at: datetime
+    finished_at: datetime | None = None
+    shards: dict[int, ShardCounts] = field(default_factory=dict)
+    repeats: int = 0
+    readings_kept: int = 0
+    new_files: int = 0
+    suspended: int = 0
+    statements: int = 0
+    late: bool = False
+    lease_lost: bool = False
+
+    def _total(self, name: str) -> int:
+        return sum(getattr(counts, name) for counts in self.shards.values())
+
+    @property
+    def users_due(self) -> int:
+        return self._total("due")
+
+    @property
+    def users_polled(self) -> int:
+        return self._total("polled")
+
+    @property
+    def cut_off(self) -> int:
+        return self._total("cut_off")
+
+    @property
+    def readings_written(self) -> int:
+        return self._total("written")
+
+    @property
+    def failures(self) -> int:
+        return self._total("failures")
+
+    @property
+    def seconds(self) -> float:
+        end = self.finished_at or self.started_at
+        return (end - self.scheduled_at).total_seconds()
+
+    def summary(self) -> str:
+        shards = ",".join(str(shard) for shard in sorted(self.shards))
+        text = (
+            f"{iso_utc(self.scheduled_at)} shard {shards}: "
+            f"{self.users_polled:,}/{self.users_due:,} users, "
+            f"{self.readings_written:,} readings written, {self.repeats:,} repeats, "
+            f"{self.failures:,} failures, done after {self.seconds:.2f} s"
+        )
+        if self.statements:
+            text += f", {self.statements} statements"
+        if self.readings_kept:
+            text += f", {self.readings_kept:,} readings kept for the next tick (not written)"
+        if self.suspended:
+            text += f", {self.suspended} users suspended"
+        if self.late:
+            text += f" LATE ({self.cut_off:,} cut off)" if self.cut_off else " LATE"
+        return text
+
+
+@dataclass(slots=True)
+class _TickBatch:
+    """What a tick collects for the database while it processes replies."""
+
+    now: datetime
+    outcomes: dict[int, FetchOutcome] = field(default_factory=dict)
+    sightings: list[IncidentSighting] = field(default_factory=list)
+    resolutions: set[tuple[int, str]] = field(default_factory=set)
+    suspensions: list[tuple[UserSlot, str]] = field(default_factory=list)
+    new_files: list[HourFile] = field(default_factory=list)
+
+    def outcome(self, slot: UserSlot, attempted: bool = False) -> FetchOutcome:
+        outcome = self.outcomes.get(slot.user_id)
+        if outcome is None:
+            outcome = self.outcomes[slot.user_id] = FetchOutcome(slot.user_id)
+        if attempted:
+            outcome.attempted_at = self.now
+        return outcome
+
+
+@dataclass(slots=True)
+class PollTotals:
+    ticks: int = 0
+    late: int = 0
+    users_polled: int = 0
+    readings_written: int = 0
+    failures: int = 0
+
+    def add(self, report: TickReport) -> None:
+        self.ticks += 1
+        self.late += report.late
+        self.users_polled += report.users_polled
+        self.readings_written += report.readings_written
+        self.failures += report.failures
+
+    def summary(self) -> str:
+        on_time = 100.0 * (self.ticks - self.late) / self.ticks if self.ticks else 100.0
+        per_tick = self.users_polled / self.ticks if self.ticks else 0.0
+        return (
+            f"{self.ticks} ticks ({on_time:.1f} % on time), {per_tick:,.0f} users per tick, "
+            f"{self.readings_written:,} readings written, {self.failures:,} failed fetches"
+        )
+
+
+@contextmanager
+def count_statements() -> Iterator[list[int]]:
+    """Count the SQL statements run inside the block (the tick's cost in round trips)."""
+    counter = [0]
+
+    def counting(
+        execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        counter[0] += 1
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(counting):
+        yield counter
+
+
+def users_marker() -> tuple[int, datetime | None]:
+    """Changes when a user is added, removed or edited (suspended, password changed…)."""
+    row = EagleUser.objects.aggregate(count=Count("pk"), latest=Max("updated_at"))
+    return row["count"], row["latest"]
+
+
+def _close_stale_connection() -> None:
+    if not connection.in_atomic_block:
+        close_old_connections()
+
+
+# --- The poller --------------------------------------------------------------------------------
+
+
+class Poller:
+    """Polls the users of some shards; one tick per `run_tick()` call.
+
+    The caller holds the shards' leases. `load_users()` first (it may run while another process
+    still polls the shards: it only reads users and builds gateway targets), then `resume()` once
+    the leases are ours, then `run_tick()` per slot, and `close()` at the end.
+    """
+
+    def __init__(self, shards: Collection[int], holder: str, root: Path | None = None) -> None:
+        self.shards = frozenset(shards)
+        self.holder = holder
+        self.period = settings.INGEST_POLL_SECONDS
+        self.root = Path(root or settings.LOG_ROOT)
+        self.writer = HourFileWriter(self.root)
+        self.slots: dict[int, UserSlot] = {}
+        self.totals = PollTotals()
+        self._by_cloud_id: dict[str, UserSlot] = {}
+        self._with_pending: set[UserSlot] = set()
+        # Unwritten readings of users no longer polled here: written with the next tick.
+        self._orphans: list[Reading] = []
+        self._registered: set[tuple[str, datetime, int]] = set()
+        self._marker: tuple[int, datetime | None] | None = None
+        self._loaded_at = -math.inf
+        self._resumed = False
+        self._loop = uvloop.new_event_loop()
+        self._client = EagleClient()
+        self._loop.run_until_complete(self._client.__aenter__())
+
+    def close(self) -> None:
+        """Flush and close the files, close the connection pool."""
+        lost = sum(len(slot.pending) for slot in self.slots.values()) + len(self._orphans)
+        if lost:
+            logger.error("%d readings could not be written before the poller stopped", lost)
+        try:
+            self.writer.close()
+        finally:
+            self._loop.run_until_complete(self._client.__aexit__(None, None, None))
+            self._loop.close()
+
+    # --- Users ---------------------------------------------------------------------------------
+
+    def load_users(self) -> None:
+        """(Re)load the polled users of our shards: new and edited users get fresh gateway targets
+        (passwords are decrypted only for them), users no longer polled are dropped."""
+        _close_stale_connection()
+        self._marker = users_marker()
+        mine = {
+            pk: updated
+            for pk, cloud_id, updated in EagleUser.objects.polled().values_list(
+                "pk", "cloud_id", "updated_at"
+            )
+            if shard_of(cloud_id) in self.shards
+        }
+        for pk in [pk for pk in self.slots if pk not in mine]:
+            self._drop(self.slots[pk])
+        changed = [
+            pk
+            for pk, updated in mine.items()
+            if pk not in self.slots or self.slots[pk].updated_at != updated
+        ]
+        fresh = []
+        for batch in _batches(changed):
+            for user in EagleUser.objects.polled().filter(pk__in=batch):
+                slot = self.slots.get(user.pk)
+                if slot is not None and slot.cloud_id != user.cloud_id:
+                    self._drop(slot)
+                    slot = None
+                if slot is None:
+                    slot = UserSlot(
+                        user_id=user.pk,
+                        cloud_id=user.cloud_id,
+                        shard=shard_of(user.cloud_id),
+                        updated_at=user.updated_at,
+                        target=GatewayTarget.for_user(user),
+                        phase=_phase(user.cloud_id),
+                    )
+                    self.slots[user.pk] = slot
+                    self._by_cloud_id[user.cloud_id] = slot
+                    fresh.append(slot)
+                else:
+                    slot.updated_at = user.updated_at
+                    slot.target = GatewayTarget.for_user(user)
+        extras = dict(
+            FetchState.objects.exclude(extra_record_types=[]).values_list(
+                "user_id", "extra_record_types"
+            )
+        )
+        for slot in self.slots.values():
+            wanted = extras.get(slot.user_id) or ()
+            slot.extra_types = tuple(
+                name for name in wanted if name in RECORD_TYPES and name != DEMAND
+            )
+        FetchState.objects.ensure_for([slot.user_id for slot in fresh])
+        if self._resumed:
+            self._restore(fresh, from_files=True)
+        self._loaded_at = time.monotonic()
+
+    def _drop(self, slot: UserSlot) -> None:
+        del self.slots[slot.user_id]
+        self._by_cloud_id.pop(slot.cloud_id, None)
+        self._with_pending.discard(slot)
+        self._orphans.extend(slot.pending)
+
+    def _refresh_users(self) -> None:
+        stale = time.monotonic() - self._loaded_at >= settings.INGEST_WINDOW_SECONDS
+        if stale or users_marker() != self._marker:
+            self.load_users()
+
+    def resume(self, from_files: bool) -> None:
+        """Take over the users' state: last readings logged, backoff, open incidents.
+
+        `from_files` also reads the tails of their newest hour files: needed unless the previous
+        holder handed the shards over after committing its last tick.
+        """
+        self._restore(list(self.slots.values()), from_files)
+        self._resumed = True
+
+    def _restore(self, slots: list[UserSlot], from_files: bool) -> None:
+        if not slots:
+            return
+        now = timezone.now()
+        by_id = {slot.user_id: slot for slot in slots}
+        ids = list(by_id)
+        since: dict[str, datetime | None] = {}
+        for batch in _batches(ids):
+            rows = FetchState.objects.filter(user_id__in=batch).values_list(
+                "user_id",
+                "last_timestamp",
+                "extra_timestamps",
+                "consecutive_failures",
+                "last_error_class",
+                "next_attempt_at",
+            )
+            for user_id, last, extra, failures, error_class, next_attempt in rows:
+                slot = by_id[user_id]
+                slot.logged = {name: int(ts) for name, ts in (extra or {}).items()}
+                if last is not None:
+                    slot.logged[DEMAND] = int(last)
+                slot.failures = failures
+                slot.auth_failures = failures if error_class == FailureClass.BAD_CREDENTIALS else 0
+                slot.next_attempt = next_attempt.timestamp() if next_attempt else None
+                oldest = min(slot.logged.values(), default=None)
+                since[slot.cloud_id] = paths.hour_of_timestamp(oldest) if oldest else None
+            for user_id, failure_class in Incident.objects.open_pairs(batch):
+                by_id[user_id].runs[FailureClass(failure_class)] = FailureRun(
+                    first_seen=now, record_types=None, incident_open=True
+                )
+        for slot in slots:
+            slot.last_new_at = now
+            since.setdefault(slot.cloud_id, None)
+        if from_files:
+            for (cloud_id, record_type), timestamp in newest_logged(since, self.root).items():
+                slot = self._by_cloud_id[cloud_id]
+                slot.logged[record_type] = max(slot.logged.get(record_type, 0), timestamp)
+
+    # --- One tick ------------------------------------------------------------------------------
+
+    def can_hand_over(self, shard: int) -> bool:
+        """Whether nothing of the shard waits to be written (a successor could not write it)."""
+        return not self._orphans and not any(slot.shard == shard for slot in self._with_pending)
+
+    def run_tick(self, slot_start: float, confirm: Callable[[], bool] | None = None) -> TickReport:
+        """Poll the due users for the slot starting at `slot_start` (unix seconds).
+
+        `confirm` is asked before anything is written: it says whether the shards are still ours.
+        """
+        report = TickReport(
+            scheduled_at=as_datetime(slot_start),
+            started_at=timezone.now(),
+            shards={shard: ShardCounts() for shard in sorted(self.shards)},
+        )
+        _close_stale_connection()
+        self._refresh_users()
+        jobs = self._due_jobs(slot_start, report)
+        remaining = slot_start + fetch_budget(self.period) - time.time()
+        results = self._loop.run_until_complete(self._fetch_all(jobs, remaining))
+        batch = _TickBatch(now=timezone.now())
+        self._take_results(jobs, results, slot_start, batch, report)
+        if confirm is not None and not confirm():
+            report.lease_lost = True
+            logger.error("%s: lease lost; this tick's readings are not written", self.holder)
+            return report
+        self._write(batch, report)
+        self._save(batch, report)
+        self.totals.add(report)
+        return report
+
+    def _due_jobs(self, slot_start: float, report: TickReport) -> list[FetchJob]:
+        tick_number = round(slot_start / self.period)
+        every = max(1, round(settings.INGEST_EXTRA_POLL_SECONDS / self.period))
+        demand: list[FetchJob] = []
+        extras: list[FetchJob] = []
+        for slot in self.slots.values():
+            if not slot.is_due(slot_start):
+                continue
+            report.shards[slot.shard].due += 1
+            demand.append(FetchJob(slot, DEMAND, slot.seen(DEMAND) or None))
+            if slot.extra_types and (tick_number + slot.phase) % every == 0:
+                extras.extend(
+                    FetchJob(slot, name, slot.seen(name) or None) for name in slot.extra_types
+                )
+        # Users cut off last tick go first, so an overloaded poller does not starve the same ones.
+        demand.sort(key=lambda job: not job.slot.cut_off)
+        return demand + extras
+
+    async def _fetch_all(
+        self, jobs: list[FetchJob], seconds: float
+    ) -> list[Reading | FetchFailure | None]:
+        """Every job's result, or None for jobs not finished within `seconds`."""
+        results: list[Reading | FetchFailure | None] = [None] * len(jobs)
+        if not jobs:
+            return results
+        queue = iter(range(len(jobs)))
+
+        async def fetch_some() -> None:
+            for index in queue:
+                job = jobs[index]
+                results[index] = await self._client.fetch(
+                    job.slot.target, job.record_type, job.previous_timestamp
+                )
+
+        workers = [
+            asyncio.ensure_future(fetch_some())
+            for _ in range(min(settings.INGEST_CONCURRENCY, len(jobs)))
+        ]
+        done, unfinished = await asyncio.wait(workers, timeout=max(0.0, seconds))
+        for worker in unfinished:
+            worker.cancel()
+        if unfinished:
+            await asyncio.wait(unfinished)
+        for worker in done:
+            # A bug in the client (it never raises for what a server sends) must not pass quietly.
+            worker.result()
+        return results
+
+    def _take_results(
+        self,
+        jobs: list[FetchJob],
+        results: list[Reading | FetchFailure | None],
+        slot_start: float,
+        batch: _TickBatch,
+        report: TickReport,
+    ) -> None:
+        for job, result in zip(jobs, results, strict=True):
+            slot = job.slot
+            counts = report.shards[slot.shard]
+            is_demand = job.record_type == DEMAND
+            if result is None:
+                if is_demand:
+                    slot.cut_off = True
+                    counts.cut_off += 1
+                continue
+            outcome = batch.outcome(slot, attempted=True)
+            failure = None
+            if isinstance(result, Reading):
+                if result.meter_timestamp > slot.seen(job.record_type):
+                    self._keep(slot, result)
+                    self._succeeded(slot, job.record_type, True, batch)
+                else:
+                    report.repeats += 1
+                    self._succeeded(slot, job.record_type, False, batch)
+                outcome.succeeded = True
+            elif result.failure_class is FailureClass.STALE_READING:
+                report.repeats += 1
+                self._succeeded(slot, job.record_type, False, batch)
+                outcome.succeeded = True
+            else:
+                failure = result
+                counts.failures += 1
+                self._failed(slot, job.record_type, result, batch)
+                if is_demand or not outcome.error_class:
+                    outcome.error_class = result.failure_class.value
+                    outcome.error = f"{job.record_type}: {result.message}"
+            if is_demand:
+                slot.cut_off = False
+                counts.polled += 1
+                self._settle_backoff(slot, failure, slot_start, batch)
+                outcome.consecutive_failures = slot.failures
+                outcome.next_attempt_at = (
+                    as_datetime(slot.next_attempt) if slot.next_attempt is not None else None
+                )
+
+    def _keep(self, slot: UserSlot, reading: Reading) -> None:
+        slot.pending.append(reading)
+        self._with_pending.add(slot)
+        if len(slot.pending) > PENDING_LIMIT:
+            dropped = slot.pending.pop(0)
+            logger.error(
+                "%s: %d readings wait to be written; dropping the oldest (%s %s)",
+                slot.cloud_id,
+                PENDING_LIMIT,
+                dropped.record_type,
+                iso_utc(dropped.meter_time),
+            )
+
+    def _succeeded(self, slot: UserSlot, record_type: str, new: bool, batch: _TickBatch) -> None:
+        if record_type == DEMAND:
+            if new or slot.last_new_at is None:
+                slot.last_new_at = batch.now
+            elif batch.now - slot.last_new_at >= timedelta(seconds=settings.INGEST_STALL_SECONDS):
+                self._stalled(slot, batch)
+        for failure_class, run in list(slot.runs.items()):
+            if failure_class is FailureClass.STALE_READING and not (new and record_type == DEMAND):
+                continue
+            if run.record_types is None or record_type in run.record_types:
+                if run.incident_open:
+                    batch.resolutions.add((slot.user_id, failure_class.value))
+                del slot.runs[failure_class]
+
+    def _stalled(self, slot: UserSlot, batch: _TickBatch) -> None:
+        run = slot.runs.get(FailureClass.STALE_READING)
+        if run is None:
+            run = slot.runs[FailureClass.STALE_READING] = FailureRun(
+                first_seen=slot.last_new_at or batch.now, record_types={DEMAND}
+            )
+        run.count += 1
+        since = iso_utc(as_datetime(slot.seen(DEMAND))) if slot.seen(DEMAND) else "the start"
+        batch.sightings.append(
+            IncidentSighting(
+                user_id=slot.user_id,
+                failure_class=FailureClass.STALE_READING.value,
+                opened_at=run.first_seen,
+                seen_at=batch.now,
+                occurrences=1,
+                message=f"demand: the meter's reading has not changed since {since}",
+            )
+        )
+        run.incident_open = True
+
+    def _failed(
+        self, slot: UserSlot, record_type: str, failure: FetchFailure, batch: _TickBatch
+    ) -> None:
+        failure_class = failure.failure_class
+        run = slot.runs.get(failure_class)
+        if run is None:
+            run = slot.runs[failure_class] = FailureRun(first_seen=batch.now)
+        run.count += 1
+        if run.record_types is not None:
+            run.record_types.add(record_type)
+        threshold = (
+            1 if failure_class in ACTIONABLE_CLASSES else settings.INGEST_INCIDENT_AFTER_FAILURES
+        )
+        if run.incident_open or run.count >= threshold:
+            batch.sightings.append(
+                IncidentSighting(
+                    user_id=slot.user_id,
+                    failure_class=failure_class.value,
+                    opened_at=run.first_seen,
+                    seen_at=batch.now,
+                    occurrences=1 if run.incident_open else run.count,
+                    message=f"{record_type}: {failure.message}",
+                    raw_reply=redact(failure.raw_reply, [slot.target.password]),
+                )
+            )
+            run.incident_open = True
+
+    def _settle_backoff(
+        self, slot: UserSlot, failure: FetchFailure | None, slot_start: float, batch: _TickBatch
+    ) -> None:
+        """Backoff and suspension follow the demand fetch, which every due user gets."""
+        if failure is None:
+            slot.failures = slot.auth_failures = 0
+            slot.next_attempt = None
+            return
+        slot.failures += 1
+        if failure.failure_class is FailureClass.BAD_CREDENTIALS:
+            slot.auth_failures += 1
+        if failure.failure_class in BACKOFF_CLASSES:
+            slot.next_attempt = slot_start + backoff_delay(slot.failures)
+        else:
+            slot.next_attempt = None
+        limit = settings.INGEST_SUSPEND_AFTER_AUTH_FAILURES
+        if slot.auth_failures >= limit:
+            batch.suspensions.append(
+                (
+                    slot,
+                    f"Suspended by the poller after {slot.auth_failures} consecutive "
+                    f"bad-credential failures (last: {failure.message}). Check the EAGLE "
+                    "account's email and password, then activate the user again.",
+                )
+            )
+
+    def _write(self, batch: _TickBatch, report: TickReport) -> None:
+        """Append every reading waiting to be written, then make them durable together."""
+        slots = list(self._with_pending)
+        orphans, self._orphans = self._orphans, []
+        readings = [reading for slot in slots for reading in slot.pending] + orphans
+        if not readings:
+            return
+        result = self.writer.append(readings)
+        unwritten = {id(reading) for reading in result.unwritten}
+        for slot in slots:
+            kept = []
+            outcome = batch.outcome(slot)
+            for reading in slot.pending:
+                if id(reading) in unwritten:
+                    kept.append(reading)
+                    continue
+                self._logged(slot, reading, outcome)
+                report.shards[slot.shard].written += 1
+            slot.pending = kept
+            if not kept:
+                self._with_pending.discard(slot)
+        self._orphans = [reading for reading in orphans if id(reading) in unwritten]
+        report.readings_kept = len(result.unwritten)
+        try:
+            self.writer.sync()
+        except OSError as exc:
+            logger.error("cannot sync the hour files under %s: %s", self.root, exc)
+        self._register(result.written, batch)
+        report.new_files = len(batch.new_files)
+
+    @staticmethod
+    def _logged(slot: UserSlot, reading: Reading, outcome: FetchOutcome) -> None:
+        timestamp = reading.meter_timestamp
+        name = reading.record_type
+        slot.logged[name] = max(slot.logged.get(name, 0), timestamp)
+        outcome.readings_written += 1
+        if name == DEMAND:
+            outcome.first_timestamp = min(outcome.first_timestamp or timestamp, timestamp)
+            outcome.last_timestamp = max(outcome.last_timestamp or timestamp, timestamp)
+        else:
+            outcome.extra_timestamps[name] = max(outcome.extra_timestamps.get(name, 0), timestamp)
+
+    def _register(self, written: Iterable[Any], batch: _TickBatch) -> None:
+        """Manifest rows (state open) for files this process has not registered yet."""
+        compressed = settings.ARCHIVE_COMPRESS == "gzip"
+        for item in written:
+            key = (item.cloud_id, item.hour, item.part)
+            if key in self._registered:
+                continue
+            self._registered.add(key)
+            slot = self._by_cloud_id.get(item.cloud_id)
+            batch.new_files.append(
+                HourFile(
+                    cloud_id=item.cloud_id,
+                    user_id=slot.user_id if slot else None,
+                    hour=item.hour,
+                    part=item.part,
+                    local_path=str(item.path),
+                    key=paths.archive_key(item.cloud_id, item.hour, item.part, compressed),
+                    compressed=compressed,
+                    state=HourFileState.OPEN,
+                    created_at=batch.now,
+                )
+            )
+        if batch.new_files:
+            oldest = paths.hour_floor(batch.now) - timedelta(hours=REGISTERED_HOURS_KEPT)
+            self._registered = {key for key in self._registered if key[1] >= oldest}
+
+    def _save(self, batch: _TickBatch, report: TickReport) -> None:
+        """Record the tick: metadata in one transaction, then the suspensions and Tick rows."""
+        try:
+            self._save_metadata(batch)
+        except IntegrityError:
+            # A user was deleted during the tick: keep what concerns the others.
+            existing = set(
+                EagleUser.objects.filter(pk__in=list(batch.outcomes)).values_list("pk", flat=True)
+            )
+            logger.warning("users were deleted during a tick; recording the others only")
+            batch.outcomes = {pk: o for pk, o in batch.outcomes.items() if pk in existing}
+            batch.sightings = [s for s in batch.sightings if s.user_id in existing]
+            for row in batch.new_files:
+                if row.user_id not in existing:
+                    row.user_id = None
+            self._save_metadata(batch)
+        for slot, reason in batch.suspensions:
+            user = EagleUser.objects.filter(pk=slot.user_id, is_active=True).first()
+            if user is not None:
+                user.suspend(reason)
+                report.suspended += 1
+                logger.warning("%s suspended: %s", slot.cloud_id, reason)
+            if slot.user_id in self.slots:
+                self._drop(slot)
+        report.finished_at = timezone.now()
+        report.late = report.cut_off > 0 or report.seconds > self.period
+        Tick.objects.bulk_create(
+            [
+                Tick(
+                    shard=shard,
+                    holder=self.holder,
+                    scheduled_at=report.scheduled_at,
+                    started_at=report.started_at,
+                    finished_at=report.finished_at,
+                    users_due=counts.due,
+                    users_polled=counts.polled,
+                    readings_written=counts.written,
+                    failures=counts.failures,
+                    late=report.late,
+                )
+                for shard, counts in report.shards.items()
+            ]
+        )
+
+    def _save_metadata(self, batch: _TickBatch) -> None:
+        with transaction.atomic():
+            FetchState.objects.apply_outcomes(list(batch.outcomes.values()))
+            Incident.objects.record_sightings(batch.sightings)
+            Incident.objects.resolve_pairs(batch.resolutions, batch.now)
+            if batch.new_files:
+                HourFile.objects.bulk_create(batch.new_files, ignore_conflicts=True)
+
+    def record_missed(self, first_slot: float, end_slot: float) -> int:
+        """Late Tick rows for the slots in [first_slot, end_slot) that no tick ran in."""
+        count = min(MISSED_TICKS_LIMIT, max(0, round((end_slot - first_slot) / self.period)))
+        if not count:
+            return 0
+        now = timezone.now()
+        skipped_from = end_slot - count * self.period
+        Tick.objects.bulk_create(
+            [
+                Tick(
+                    shard=shard,
+                    holder=self.holder,
+                    scheduled_at=as_datetime(skipped_from + i * self.period),
+                    started_at=now,
+                    finished_at=now,
+                    late=True,
+                )
+                for i in range(count)
+                for shard in sorted(self.shards)
+            ]
+        )
+        logger.warning("%s: %d tick slots were missed", self.holder, count)
+        self.totals.ticks += count
+        self.totals.late += count
+        return count
+
+
+# --- Running ticks on the grid -----------------------------------------------------------------
+
+
+def following_slot(previous_tick_at: datetime | None, period: float) -> float | None:
+    """The slot after the previous holder's last tick, if that tick is recent enough to continue
+    from (else None: start at the next slot and record nothing as missed)."""
+    if previous_tick_at is None:
+        return None
+    previous = previous_tick_at.timestamp()
+    if time.time() - previous > MISSED_TICKS_LIMIT * period:
+        return None
+    return previous + period
+
+
+def run_ticks(
+    poller: Poller,
+    leases: Sequence[ShardLease],
+    stop: threading.Event,
+    *,
+    hand_over: bool,
+    first_slot: float | None = None,
+    max_ticks: int | None = None,
+    max_seconds: float | None = None,
+    on_tick: Callable[[TickReport], None] | None = None,
+) -> str:
+    """Run ticks on the grid while the leases are ours; returns why it stopped.
+
+    Paced by deadline: the wait before each slot is computed from the clock, so ticks never
+    drift, and `stop` cuts the wait short. Slots that pass without a tick (the process was
+    paused, or the previous holder died) are recorded as late ticks, never skipped silently.
+    With `hand_over`, the shards go to a waiting successor after a tick.
+    """
+    period = poller.period
+    started = time.monotonic()
+    slot = first_slot if first_slot is not None else grid_floor(time.time(), period) + period
+    ticks = 0
+
+    def leases_valid() -> bool:
+        return all(lease.confirm() for lease in leases)
+
+    try:
+        while not stop.is_set():
+            delay = slot - time.time()
+            if delay > 0 and stop.wait(delay):
+                break
+            current = grid_floor(time.time(), period)
+            if current > slot:
+                poller.record_missed(slot, current)
+                slot = current
+            with count_statements() as statements:
+                report = poller.run_tick(slot, confirm=leases_valid)
+                if report.lease_lost:
+                    return "lease lost"
+                tick_at = as_datetime(slot)
+                after = [
+                    lease.after_tick(tick_at, hand_over and poller.can_hand_over(lease.shard))
+                    for lease in leases
+                ]
+            report.statements = statements[0]
+            if on_tick is not None:
+                on_tick(report)
+            if AfterTick.LOST in after:
+                return "lease lost"
+            if all(outcome is AfterTick.HANDED_OVER for outcome in after):
+                return "handed over"
+            ticks += 1
+            if max_ticks is not None and ticks >= max_ticks:
+                return f"ran {ticks} ticks"
+            if max_seconds is not None and time.monotonic() - started >= max_seconds:
+                return "window over"
+            slot += period
+        return "stopped"
+    finally:
+        for lease in leases:
+            lease.release()
+
+
+def window_wait_seconds() -> float:
+    """How long a window task waits for its shard: its holder hands over within a tick, or a
+    dead holder's lease expires within INGEST_LEASE_SECONDS."""
+    return settings.INGEST_WINDOW_SECONDS + settings.INGEST_LEASE_SECONDS
+
+
+def window_max_seconds() -> float:
+    """How long a window task polls when no successor comes (the scheduler is late or down):
+    long enough to bridge a missed minute, short enough to end well within the task timeout."""
+    timeout = settings.Q_CLUSTER.get("timeout") or 300
+    budget = timeout - window_wait_seconds() - 2 * settings.INGEST_POLL_SECONDS
+    return max(settings.INGEST_POLL_SECONDS, min(budget, 2 * settings.INGEST_WINDOW_SECONDS))
+
+
+def run_window(shard: int, stop: threading.Event | None = None) -> str:
+    """One polling window of one shard: wait for the shard, poll until a successor takes it.
+
+    The per-minute django-q2 task. The next minute's task becomes the successor and gets the
+    shard at a tick boundary, so windows neither overlap nor leave a gap.
+    """
+    if not 0 <= shard < settings.INGEST_SHARDS:
+        raise ValueError(f"shard {shard} does not exist (INGEST_SHARDS={settings.INGEST_SHARDS})")
+    stop = stop or threading.Event()
+    holder = holder_name(WINDOW)
+    lease = ShardLease(shard, holder)
+    poller = Poller([shard], holder)
+    try:
+        poller.load_users()
+        how = lease.acquire(stop, window_wait_seconds())
+        if not how.acquired:
+            return f"shard {shard} not polled: {how.value}"
+        poller.resume(from_files=not lease.handed_over)
+        ended = run_ticks(
+            poller,
+            [lease],
+            stop,
+            hand_over=True,
+            first_slot=following_slot(lease.previous_tick_at, poller.period),
+            max_seconds=window_max_seconds(),
+        )
+        return f"shard {shard} {how.value}, {len(poller.slots):,} users: {poller.totals.summary()}; {ended}"
+    finally:
+        lease.release()
+        poller.close()

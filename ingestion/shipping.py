@@ -1,0 +1,1179 @@
+"""Rotation: ship every closed hour file to the archive exactly once, then remove it from disk.
+
+One run (`rotate()`), in phases:
+1. Register: scan LOG_ROOT for hour directories whose hour is over (plus ROTATE_GRACE_SECONDS);
+   give every data file a manifest row (`HourFile`) whose archive key is fixed there and then,
+   before any upload, and seal the file (`files.seal`) so that no writer appends to it again.
+   Readings for a sealed hour go to late parts, which are registered and shipped the same way.
+2. Tidy: verified files still on disk (a run stopped between recording and removing them) are
+   removed; a file that reappeared under a shipped name is moved to a new late part.
+3. Ship: every due row (sealed, failed and past its backoff, or claimed by a run whose lease
+   lapsed) is claimed with a conditional UPDATE of its lease (`claimed_until`), then, in a
+   bounded thread pool: measured (size, SHA-256, line count, first and last reading; malformed
+   lines are counted and shipped as they are), created in the archive only if the key is absent,
+   and verified. The row is then recorded as verified (committed) and only then is the local
+   file removed. A different object at the key is a conflict: reported, never overwritten, and
+   the local file stays. An unreachable archive marks the row failed with a backoff; nothing
+   unverified is ever removed, however many attempts fail.
+4. Clean up: hour directories older than ROTATE_MARKER_RETENTION_HOURS whose files are all
+   verified and removed lose their sealed markers and the directory itself.
+
+A crash between any two steps (`Step`) leaves a state the next run completes: the key is in the
+row, so a retry writes the same key, and a create that finds an identical object counts as done.
+
+Archive I/O goes through `Archive`, over the storage `storages["archive"]`:
+- S3 (`S3Archive`): PUT with `If-None-Match: *` and the body's SHA-256 (`ChecksumSHA256`). S3
+  checks that checksum against the body it receives and echoes it, so a successful PUT is a
+  verified one; a HEAD (with checksum mode) is needed only when the PUT answers 412.
+- Local file system (`FileSystemArchive`): the body is written to a temporary file beside the
+  target, hashed as written, made durable, then hard-linked into place, which fails if the name
+  exists; so both backends create only when absent and report what they stored.
+
+Compression (ARCHIVE_COMPRESS=gzip) stores `.jl.gz` objects with `Content-Type: application/gzip`
+and no `Content-Encoding`, so no client decompresses them on the fly and sizes and checksums
+mean the same everywhere. The gzip stream is deterministic (no name, no time stamp), so a retry
+produces the same object.
+
+Never call `rotate()` inside a transaction: each manifest update must be committed before the
+file it describes is removed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import tempfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from functools import partial
+from itertools import islice
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.files.storage import FileSystemStorage, Storage, storages
+from django.db.models import Max, QuerySet
+from django.utils import timezone
+from storages.backends.s3 import S3Storage
+
+from ingestion import files, paths
+from ingestion.models import HourFile, HourFileState, hour_age_seconds
+from ingestion.records import parse_line
+from users.models import EagleUser
+
+logger = logging.getLogger(__name__)
+
+CONTENT_TYPE_JSONL = "application/x-ndjson"
+CONTENT_TYPE_GZIP = "application/gzip"
+READ_CHUNK = 1 << 20
+# A gzip body is built before upload (its size and checksum go with the PUT); up to this size it
+# stays in memory, beyond it in a temporary file.
+SPOOL_BYTES = 8 << 20
+GZIP_LEVEL = 6
+# Files registered per database round trip, and manifest rows read per page.
+BATCH = 500
+# Removed local files are marked in the manifest in groups of this many.
+DELETE_MARK_BATCH = 200
+# Errors kept in a report for the summary; the manifest keeps every one (HourFile.last_error).
+MAX_REPORTED_ERRORS = 50
+
+
+class Step(StrEnum):
+    """The steps of shipping one file, in order. `after_step` hooks run after each one."""
+
+    REGISTERED = "registered"  # manifest row made, key fixed
+    SEALED = "sealed"  # sealed marker written; no writer appends any more
+    CLAIMED = "claimed"  # lease taken with a conditional UPDATE
+    MEASURED = "measured"  # size, SHA-256, lines and reading times computed
+    UPLOADED = "uploaded"  # conditional create answered (created, or already there)
+    VERIFIED = "verified"  # archived object matches size and SHA-256
+    RECORDED = "recorded"  # manifest row says verified (committed)
+    DELETED = "deleted"  # local file removed
+
+
+AfterStep = Callable[[Step, str], None]
+
+
+def _no_hook(step: Step, key: str) -> None:
+    return None
+
+
+# --- The archive -------------------------------------------------------------------------------
+
+
+class ArchiveError(Exception):
+    """The archive could not be reached or did not do what was asked; worth retrying later."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    size: int
+    # Hex SHA-256 of the object as the archive reports it; None when it keeps none for it.
+    sha256: str | None
+
+
+class Archive(Protocol):
+    def create(
+        self, key: str, body: BinaryIO, size: int, sha256: str, content_type: str
+    ) -> StoredObject | None:
+        """Store `body` at `key` only if nothing is there. What the archive confirms it stored,
+        or None when the key already exists (nothing was written)."""
+
+    def stat(self, key: str) -> StoredObject | None:
+        """Size and checksum of the object at `key`, or None if there is none."""
+
+    def open(self, key: str) -> BinaryIO:
+        """The object's bytes as stored; FileNotFoundError if there is none."""
+
+    def keys(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under `prefix`: an audit tool, never used to ship."""
+
+
+def _b64_to_hex(value: str) -> str:
+    return base64.b64decode(value).hex()
+
+
+def _hex_to_b64(value: str) -> str:
+    return base64.b64encode(bytes.fromhex(value)).decode()
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+class S3Archive:
+    """The archive on S3, through the boto3 client of django-storages' S3Storage."""
+
+    def __init__(self, storage: S3Storage) -> None:
+        # boto3 clients are thread-safe (resources are not): one client for every worker.
+        self.client = storage.connection.meta.client
+        self.bucket = storage.bucket_name
+        # Operator settings such as server-side encryption or storage class apply here too; the
+        # content headers are ours (a gzip object must not carry Content-Encoding).
+        self.object_parameters = {
+            name: value
+            for name, value in storage.get_object_parameters("").items()
+            if name not in ("ContentType", "ContentEncoding")
+        }
+
+    def create(
+        self, key: str, body: BinaryIO, size: int, sha256: str, content_type: str
+    ) -> StoredObject | None:
+        checksum = _hex_to_b64(sha256)
+        try:
+            reply = self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentLength=size,
+                ContentType=content_type,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=checksum,
+                IfNoneMatch="*",
+                **self.object_parameters,
+            )
+        except ClientError as exc:
+            if _status(exc) == 412:
+                return None
+            raise ArchiveError(f"PUT {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise ArchiveError(f"PUT {key}: {exc}") from exc
+        echoed = reply.get("ChecksumSHA256")
+        return StoredObject(size, _b64_to_hex(echoed) if echoed else None)
+
+    def stat(self, key: str) -> StoredObject | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return None
+            raise ArchiveError(f"HEAD {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise ArchiveError(f"HEAD {key}: {exc}") from exc
+        checksum = head.get("ChecksumSHA256")
+        # A multipart object's checksum is of its parts ("…-N"), not of the whole object.
+        whole = checksum and head.get("ChecksumType") != "COMPOSITE" and "-" not in checksum
+        return StoredObject(int(head["ContentLength"]), _b64_to_hex(checksum) if whole else None)
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]  # type: ignore[no-any-return]
+        except ClientError as exc:
+            if _status(exc) == 404:
+                raise FileNotFoundError(key) from exc
+            raise ArchiveError(f"GET {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise ArchiveError(f"GET {key}: {exc}") from exc
+
+    def keys(self, prefix: str) -> Iterator[tuple[str, int]]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=f"{prefix}/" if prefix else ""
+        )
+        try:
+            for page in pages:
+                for entry in page.get("Contents", ()):
+                    yield entry["Key"], int(entry["Size"])
+        except (ClientError, BotoCoreError) as exc:
+            raise ArchiveError(f"LIST {prefix}: {exc}") from exc
+
+
+class FileSystemArchive:
+    """The archive as a directory tree (FileSystemStorage), with the same create-if-absent rule."""
+
+    TEMP_PREFIX = "."
+
+    def __init__(self, storage: FileSystemStorage) -> None:
+        self.storage = storage
+        self.root = Path(storage.location)
+
+    def _path(self, key: str) -> Path:
+        return Path(self.storage.path(key))
+
+    def create(
+        self, key: str, body: BinaryIO, size: int, sha256: str, content_type: str
+    ) -> StoredObject | None:
+        target = self._path(key)
+        try:
+            if target.exists():
+                return None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp_name = tempfile.mkstemp(
+                dir=target.parent, prefix=f"{self.TEMP_PREFIX}{target.name}.", suffix=".part"
+            )
+            try:
+                digest = hashlib.sha256()
+                written = 0
+                with os.fdopen(fd, "wb") as temp:
+                    for chunk in iter(partial(body.read, READ_CHUNK), b""):
+                        temp.write(chunk)
+                        digest.update(chunk)
+                        written += len(chunk)
+                    temp.flush()
+                    os.fsync(temp.fileno())
+                try:
+                    # A hard link, unlike a rename, fails when the target exists.
+                    os.link(temp_name, target)
+                except FileExistsError:
+                    return None
+            finally:
+                os.unlink(temp_name)
+            files.fsync_directory(target.parent)
+        except OSError as exc:
+            raise ArchiveError(f"write {key}: {exc}") from exc
+        return StoredObject(written, digest.hexdigest())
+
+    def stat(self, key: str) -> StoredObject | None:
+        try:
+            return StoredObject(self._path(key).stat().st_size, None)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ArchiveError(f"stat {key}: {exc}") from exc
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self._path(key), "rb")
+
+    def keys(self, prefix: str) -> Iterator[tuple[str, int]]:
+        top = self._path(prefix) if prefix else self.root
+        for directory, _, names in os.walk(top):
+            for name in sorted(names):
+                if name.startswith(self.TEMP_PREFIX):
+                    continue  # a create interrupted by a crash, never linked into place
+                path = Path(directory) / name
+                yield path.relative_to(self.root).as_posix(), path.stat().st_size
+
+
+def open_archive(storage: Storage | None = None) -> Archive:
+    storage = storage or storages["archive"]
+    if isinstance(storage, S3Storage):
+        return S3Archive(storage)
+    if isinstance(storage, FileSystemStorage):
+        return FileSystemArchive(storage)
+    raise ImproperlyConfigured(
+        f"STORAGES['archive'] is a {type(storage).__name__}: the archive needs S3Storage "
+        "or FileSystemStorage."
+    )
+
+
+def _sha256_of_stream(stream: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    with stream:
+        for chunk in iter(partial(stream.read, READ_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stored_sha256(archive: Archive, key: str, stored: StoredObject) -> str:
+    """The object's SHA-256: as the archive reports it, else by reading it back."""
+    if stored.sha256 is not None:
+        return stored.sha256
+    try:
+        return _sha256_of_stream(archive.open(key))
+    except (OSError, BotoCoreError) as exc:
+        raise ArchiveError(f"read {key}: {exc}") from exc
+
+
+# --- Measuring a file --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FileStats:
+    """What the manifest records of a shipped file (field names are HourFile's)."""
+
+    size: int
+    sha256: str
+    data_size: int
+    data_sha256: str
+    content_type: str
+    line_count: int
+    malformed_lines: int
+    first_reading_at: datetime | None
+    last_reading_at: datetime | None
+
+
+def sha256_of_file(path: Path) -> str:
+    return _sha256_of_stream(open(path, "rb"))
+
+
+def _measure(source: BinaryIO, gzip_sink: BinaryIO | None) -> FileStats:
+    """One streaming pass: hashes, line counts and reading times, and the gzip body if asked."""
+    data_digest = hashlib.sha256()
+    stored_digest = hashlib.sha256() if gzip_sink is not None else data_digest
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31) if gzip_sink else None
+    data_size = stored_size = 0
+    line_count = malformed = 0
+    first = last = None
+    tail = b""
+
+    def count(line: bytes) -> None:
+        nonlocal line_count, malformed, first, last
+        if not line.strip():
+            return
+        try:
+            record = parse_line(line)
+        except ValueError:
+            malformed += 1
+            return
+        line_count += 1
+        timestamp = record.get("meter_timestamp")
+        if isinstance(timestamp, int | float) and not isinstance(timestamp, bool):
+            first = timestamp if first is None else min(first, timestamp)
+            last = timestamp if last is None else max(last, timestamp)
+
+    def store(data: bytes) -> None:
+        nonlocal stored_size
+        if gzip_sink is not None and data:
+            gzip_sink.write(data)
+            stored_digest.update(data)
+            stored_size += len(data)
+
+    for chunk in iter(partial(source.read, READ_CHUNK), b""):
+        data_digest.update(chunk)
+        data_size += len(chunk)
+        if compressor is not None:
+            store(compressor.compress(chunk))
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()
+        for line in lines:
+            count(line)
+    if tail:
+        count(tail)
+    if compressor is not None:
+        store(compressor.flush())
+    else:
+        stored_size = data_size
+    return FileStats(
+        size=stored_size,
+        sha256=stored_digest.hexdigest(),
+        data_size=data_size,
+        data_sha256=data_digest.hexdigest(),
+        content_type=CONTENT_TYPE_GZIP if gzip_sink is not None else CONTENT_TYPE_JSONL,
+        line_count=line_count,
+        malformed_lines=malformed,
+        first_reading_at=datetime.fromtimestamp(first, UTC) if first is not None else None,
+        last_reading_at=datetime.fromtimestamp(last, UTC) if last is not None else None,
+    )
+
+
+@contextmanager
+def prepared_body(path: Path, compressed: bool) -> Iterator[tuple[BinaryIO, FileStats]]:
+    """The bytes to store for a local hour file, positioned at the start, and their stats."""
+    with open(path, "rb") as source:
+        if not compressed:
+            stats = _measure(source, None)
+            source.seek(0)
+            yield source, stats
+            return
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as body:
+            stats = _measure(source, body)
+            body.seek(0)
+            yield body, stats  # type: ignore[misc]
+
+
+# --- Shipping one file (in a worker thread) ----------------------------------------------------
+
+
+class Outcome(StrEnum):
+    VERIFIED = "verified"
+    CONFLICT = "conflict"
+    FAILED = "failed"
+    EMPTY = "empty"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One claimed file, detached from the ORM for a worker thread."""
+
+    pk: int
+    key: str
+    path: Path
+    compressed: bool
+    lease: datetime
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shipment:
+    job: Job
+    outcome: Outcome
+    stats: FileStats | None = None
+    error: str = ""
+    # The identical object was already at the key (an earlier attempt's upload).
+    already_archived: bool = False
+
+
+def ship_file(job: Job, archive: Archive, after_step: AfterStep = _no_hook) -> Shipment:
+    """Seal, measure, create if absent and verify one file. Touches no database row."""
+    try:
+        if not files.seal(job.path):
+            return Shipment(job, Outcome.FAILED, error=f"local file {job.path} is missing")
+        with prepared_body(job.path, job.compressed) as (body, stats):
+            after_step(Step.MEASURED, job.key)
+            if stats.data_size == 0:
+                return Shipment(job, Outcome.EMPTY, stats)
+            stored = archive.create(job.key, body, stats.size, stats.sha256, stats.content_type)
+            after_step(Step.UPLOADED, job.key)
+        already_archived = stored is None
+        if stored is None:
+            stored = archive.stat(job.key)
+            if stored is None:
+                raise ArchiveError(f"{job.key} was reported present, then not found")
+        sha256 = stored_sha256(archive, job.key, stored)
+        if (stored.size, sha256) != (stats.size, stats.sha256):
+            error = (
+                f"a different object is at {job.key}: {stored.size} bytes, SHA-256 {sha256}; "
+                f"the local file makes {stats.size} bytes, SHA-256 {stats.sha256}. "
+                "Kept the local file; nothing was overwritten."
+            )
+            return Shipment(job, Outcome.CONFLICT, stats, error)
+        after_step(Step.VERIFIED, job.key)
+        return Shipment(job, Outcome.VERIFIED, stats, already_archived=already_archived)
+    except (ArchiveError, OSError) as exc:
+        return Shipment(job, Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
+
+
+# --- A rotation run ----------------------------------------------------------------------------
+
+
+@dataclass
+class RotationReport:
+    files_found: int = 0
+    registered: int = 0
+    sealed: int = 0
+    shipped: int = 0
+    already_archived: int = 0
+    conflicts: int = 0
+    failed: int = 0
+    empty: int = 0
+    local_deleted: int = 0
+    relocated: int = 0
+    dirs_removed: int = 0
+    bytes_shipped: int = 0
+    malformed_lines: int = 0
+    stopped: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.conflicts
+
+    def note_error(self, message: str) -> None:
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(message)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        parts = [
+            f"{self.shipped} shipped ({self.bytes_shipped} bytes)",
+            f"{self.already_archived} already archived",
+            f"{self.failed} failed",
+            f"{self.conflicts} conflicts",
+            f"{self.empty} empty",
+            f"{self.local_deleted} local files removed",
+            f"{self.registered} registered",
+            f"{self.relocated} relocated",
+            f"{self.dirs_removed} hour directories removed",
+        ]
+        if self.malformed_lines:
+            parts.append(f"{self.malformed_lines} malformed lines shipped as they were")
+        if self.stopped:
+            parts.append("stopped early: the next run ships the rest")
+        return ", ".join(parts)
+
+
+class Progress(Protocol):
+    def started(self, total: int) -> None: ...
+
+    def shipped(self, shipment: Shipment) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FoundFile:
+    cloud_id: str
+    hour: datetime
+    part: int
+    path: Path
+
+
+def _is_closed(hour: datetime, now: datetime) -> bool:
+    return hour + paths.HOUR + timedelta(seconds=settings.ROTATE_GRACE_SECONDS) <= now
+
+
+def _hour_dirs(only_hour: datetime | None) -> list[tuple[datetime, Path]]:
+    """LOG_ROOT's hour directories, oldest first (names only: a few thousand at most)."""
+    root = Path(settings.LOG_ROOT)
+    if only_hour is not None:
+        directory = paths.hour_dir(only_hour)
+        return [(only_hour, directory)] if directory.is_dir() else []
+    found = []
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        try:
+            hour = paths.parse_hour_label(entry.name)
+        except ValueError:
+            continue
+        if entry.is_dir():
+            found.append((hour, Path(entry.path)))
+    return sorted(found)
+
+
+def _found_files(hour: datetime, directory: Path, cloud_id: str | None) -> Iterator[FoundFile]:
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.endswith(paths.SEALED_SUFFIX):
+                continue
+            try:
+                owner, file_hour, part = paths.parse_file_name(entry.name)
+            except ValueError:
+                continue
+            if file_hour != hour or entry.name.endswith(".gz") or not entry.is_file():
+                logger.warning(
+                    "rotation: %s is not an hour file of %s, left alone", entry.path, hour
+                )
+                continue
+            if cloud_id is None or owner == cloud_id:
+                yield FoundFile(owner, hour, part, Path(entry.path))
+
+
+def _batches(items: Iterable[FoundFile], size: int) -> Iterator[list[FoundFile]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _closed_files(
+    now: datetime, only_hour: datetime | None, cloud_id: str | None
+) -> Iterator[list[FoundFile]]:
+    for hour, directory in _hour_dirs(only_hour):
+        if _is_closed(hour, now):
+            yield from _batches(_found_files(hour, directory, cloud_id), BATCH)
+
+
+@dataclass(frozen=True, slots=True)
+class KnownRow:
+    pk: int
+    key: str
+    state: str
+    local_deleted_at: datetime | None
+
+
+def _rows_of(batch: list[FoundFile]) -> dict[tuple[str, int], KnownRow]:
+    """Existing manifest rows of a batch of files of one hour, by (cloud_id, part)."""
+    rows = HourFile.objects.filter(
+        hour=batch[0].hour, cloud_id__in={found.cloud_id for found in batch}
+    ).values_list("cloud_id", "part", "pk", "key", "state", "local_deleted_at")
+    return {(row[0], row[1]): KnownRow(*row[2:]) for row in rows}
+
+
+def _new_row(found: FoundFile, user_pk: int | None, now: datetime) -> HourFile:
+    compressed = settings.ARCHIVE_COMPRESS == "gzip"
+    return HourFile(
+        cloud_id=found.cloud_id,
+        user_id=user_pk,
+        hour=found.hour,
+        part=found.part,
+        local_path=str(found.path),
+        key=paths.archive_key(found.cloud_id, found.hour, found.part, compressed),
+        compressed=compressed,
+        state=HourFileState.OPEN,
+        created_at=now,
+    )
+
+
+def register_files(
+    batch: list[FoundFile],
+    now: datetime,
+    pool: ThreadPoolExecutor,
+    report: RotationReport,
+    after_step: AfterStep = _no_hook,
+) -> None:
+    """Give each file of one hour a manifest row (key fixed now) and seal the new ones."""
+    rows = _rows_of(batch)
+    new = [found for found in batch if (found.cloud_id, found.part) not in rows]
+    if new:
+        users = dict(
+            EagleUser.objects.filter(cloud_id__in={found.cloud_id for found in new}).values_list(
+                "cloud_id", "pk"
+            )
+        )
+        created = HourFile.objects.bulk_create(
+            [_new_row(found, users.get(found.cloud_id), now) for found in new],
+            ignore_conflicts=True,
+        )
+        report.registered += len(created)
+        for row in created:
+            after_step(Step.REGISTERED, row.key)
+        rows = _rows_of(batch)
+    known = [
+        rows[(found.cloud_id, found.part)]
+        for found in batch
+        if (found.cloud_id, found.part) in rows
+    ]
+    # A file under the name of one already shipped and removed: the tidy phase looks at it.
+    reappeared = [
+        row.pk
+        for row in known
+        if row.state == HourFileState.VERIFIED and row.local_deleted_at is not None
+    ]
+    if reappeared:
+        HourFile.objects.filter(pk__in=reappeared).update(local_deleted_at=None, updated_at=now)
+    to_seal = [
+        (found.path, row)
+        for found in batch
+        if (row := rows.get((found.cloud_id, found.part))) and row.state == HourFileState.OPEN
+    ]
+    sealed = [
+        row
+        for (_, row), ok in zip(to_seal, pool.map(files.seal, [p for p, _ in to_seal]), strict=True)
+        if ok
+    ]
+    report.sealed += HourFile.objects.filter(
+        pk__in=[row.pk for row in sealed], state=HourFileState.OPEN
+    ).update(state=HourFileState.SEALED, sealed_at=now, updated_at=now)
+    for row in sealed:
+        after_step(Step.SEALED, row.key)
+
+
+def _reserve_part(cloud_id: str, hour: datetime, part: int) -> Path | None:
+    """Claim late part `part` for a moved file: its sealed marker keeps writers off it."""
+    target = paths.local_path(cloud_id, hour, part)
+    if target.exists():
+        return None
+    try:
+        fd = os.open(paths.sealed_marker(target), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return None
+    os.fsync(fd)
+    os.close(fd)
+    return target
+
+
+def relocate(path: Path, cloud_id: str, hour: datetime, part: int, now: datetime) -> int:
+    """Move a file that reappeared under an already shipped name to a new late part of its hour,
+    registered and sealed, so it ships under a key of its own. Returns the new part."""
+    files.seal(path)
+    known = HourFile.objects.filter(cloud_id=cloud_id, hour=hour).aggregate(top=Max("part"))
+    candidate = max(known["top"] or 0, part) + 1
+    while True:
+        target = paths.local_path(cloud_id, hour, candidate)
+        if target.exists() and os.path.samefile(path, target):
+            break  # linked by a run that stopped before removing the old name
+        if _reserve_part(cloud_id, hour, candidate) is not None:
+            try:
+                os.link(path, target)
+                break
+            except FileExistsError:
+                pass
+        candidate += 1
+    path.unlink()
+    files.fsync_directory(path.parent)
+    user_pk = EagleUser.objects.filter(cloud_id=cloud_id).values_list("pk", flat=True).first()
+    row = _new_row(FoundFile(cloud_id, hour, candidate, target), user_pk, now)
+    row.state, row.sealed_at = HourFileState.SEALED, now
+    HourFile.objects.bulk_create([row], ignore_conflicts=True)
+    logger.warning("rotation: %s reappeared after shipping; moved to late part %d", path, candidate)
+    return candidate
+
+
+def _scoped(
+    rows: QuerySet[HourFile], only_hour: datetime | None, cloud_id: str | None
+) -> QuerySet[HourFile]:
+    if only_hour is not None:
+        rows = rows.filter(hour=only_hour)
+    if cloud_id is not None:
+        rows = rows.filter(cloud_id=cloud_id)
+    return rows
+
+
+def _pages(rows: QuerySet[HourFile], *fields: str) -> Iterator[tuple[Any, ...]]:
+    """Rows by primary key, a page at a time, so memory stays bounded and each page is fresh."""
+    last = 0
+    while True:
+        page = list(rows.filter(pk__gt=last).order_by("pk").values_list("pk", *fields)[:BATCH])
+        if not page:
+            return
+        yield from page
+        last = page[-1][0]
+
+
+def tidy_verified(
+    now: datetime,
+    only_hour: datetime | None,
+    cloud_id: str | None,
+    report: RotationReport,
+    after_step: AfterStep = _no_hook,
+) -> None:
+    """Remove the local copies of verified files; move a file reappeared under a shipped name."""
+    removed: list[int] = []
+    rows = _scoped(HourFile.objects.awaiting_local_delete(), only_hour, cloud_id)
+    for pk, key, local_path, data_sha256, row_cloud_id, hour, part in _pages(
+        rows, "key", "local_path", "data_sha256", "cloud_id", "hour", "part"
+    ):
+        path = Path(local_path)
+        if not data_sha256:
+            logger.warning("rotation: %s has no recorded content checksum; left alone", key)
+            continue
+        # Sealed first: without its marker (cleaned up) a writer may be appending right now.
+        if files.seal(path):
+            if path.stat().st_size and sha256_of_file(path) != data_sha256:
+                relocate(path, row_cloud_id, hour, part, now)
+                report.relocated += 1
+            else:
+                path.unlink(missing_ok=True)
+                after_step(Step.DELETED, key)
+            report.local_deleted += 1
+        removed.append(pk)
+        if len(removed) >= DELETE_MARK_BATCH:
+            HourFile.objects.mark_deleted_locally(removed, now)
+            removed.clear()
+    HourFile.objects.mark_deleted_locally(removed, now)
+
+
+def _settle(
+    shipment: Shipment,
+    report: RotationReport,
+    removed: list[int],
+    after_step: AfterStep,
+) -> None:
+    """Record one shipment in the manifest; remove the local file once it says verified."""
+    job, now = shipment.job, timezone.now()
+    stats = asdict(shipment.stats) if shipment.stats else {}
+    if shipment.outcome == Outcome.VERIFIED:
+        assert shipment.stats is not None
+        if not HourFile.objects.record_verified(job.pk, job.lease, now, stats):
+            logger.warning("rotation: lost the lease on %s; its new holder finishes it", job.key)
+            return
+        after_step(Step.RECORDED, job.key)
+        if shipment.already_archived:
+            report.already_archived += 1
+        else:
+            report.shipped += 1
+            report.bytes_shipped += shipment.stats.size
+        report.malformed_lines += shipment.stats.malformed_lines
+        job.path.unlink(missing_ok=True)
+        after_step(Step.DELETED, job.key)
+        report.local_deleted += 1
+        removed.append(job.pk)
+        if len(removed) >= DELETE_MARK_BATCH:
+            HourFile.objects.mark_deleted_locally(removed, now)
+            removed.clear()
+    elif shipment.outcome == Outcome.CONFLICT:
+        HourFile.objects.record_conflict(job.pk, job.lease, now, shipment.error, stats)
+        report.conflicts += 1
+        report.note_error(shipment.error)
+        logger.error("rotation: conflict: %s", shipment.error)
+    elif shipment.outcome == Outcome.FAILED:
+        HourFile.objects.record_failure(job.pk, job.lease, now, shipment.error, job.attempts)
+        report.failed += 1
+        report.note_error(f"{job.key}: {shipment.error}")
+        logger.error("rotation: %s failed (attempt %d): %s", job.key, job.attempts, shipment.error)
+    else:
+        # Nothing to ship. The row goes first: a file without a row is registered again.
+        if HourFile.objects.forget_empty(job.pk, job.lease):
+            job.path.unlink(missing_ok=True)
+            report.empty += 1
+
+
+def ship_due(
+    now: datetime,
+    only_hour: datetime | None,
+    cloud_id: str | None,
+    archive: Archive,
+    pool: ThreadPoolExecutor,
+    concurrency: int,
+    report: RotationReport,
+    should_stop: Callable[[], bool],
+    progress: Progress | None,
+    after_step: AfterStep,
+) -> None:
+    """Claim every due file and ship it in the pool, at most 2 × concurrency files in flight."""
+    due = _scoped(HourFile.objects.due(now), only_hour, cloud_id)
+    if progress is not None:
+        progress.started(due.count())
+    pending: dict[Future[Shipment], Job] = {}
+    removed: list[int] = []
+
+    def collect(block: bool) -> None:
+        nonlocal pending
+        done, _ = wait(pending, return_when=FIRST_COMPLETED) if block else (list(pending), None)
+        for future in done:
+            job = pending.pop(future)
+            try:
+                shipment = future.result()
+            except Exception as exc:
+                # A bug, not an outage: keep this file from stopping every run, then stop.
+                HourFile.objects.record_failure(
+                    job.pk, job.lease, timezone.now(), f"unexpected error: {exc!r}", job.attempts
+                )
+                raise
+            _settle(shipment, report, removed, after_step)
+            if progress is not None:
+                progress.shipped(shipment)
+
+    try:
+        for pk, key, local_path, compressed, attempts in _pages(
+            due, "key", "local_path", "compressed", "attempts"
+        ):
+            if should_stop():
+                report.stopped = True
+                break
+            lease = HourFile.objects.claim(pk, timezone.now())
+            if lease is None:
+                continue  # another run has it, or it is no longer due
+            after_step(Step.CLAIMED, key)
+            job = Job(pk, key, Path(local_path), compressed, lease, attempts + 1)
+            pending[pool.submit(ship_file, job, archive, after_step)] = job
+            if len(pending) >= 2 * concurrency:
+                collect(block=True)
+        while pending:
+            collect(block=True)
+    finally:
+        HourFile.objects.mark_deleted_locally(removed, timezone.now())
+
+
+def remove_old_dirs(now: datetime, only_hour: datetime | None, report: RotationReport) -> None:
+    """Drop the sealed markers and the directory of hours long shipped (ROTATE_MARKER_RETENTION_HOURS)."""
+    keep = timedelta(hours=settings.ROTATE_MARKER_RETENTION_HOURS)
+    for hour, directory in _hour_dirs(only_hour):
+        if hour + paths.HOUR + keep > now:
+            break  # oldest first: every later directory is younger still
+        with os.scandir(directory) as entries:
+            if any(not entry.name.endswith(paths.SEALED_SUFFIX) for entry in entries):
+                continue  # a data file or something unknown: not ours to remove
+        if (
+            HourFile.objects.filter(hour=hour)
+            .exclude(state=HourFileState.VERIFIED, local_deleted_at__isnull=False)
+            .exists()
+        ):
+            continue
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.endswith(paths.SEALED_SUFFIX):
+                    os.unlink(entry.path)
+        try:
+            directory.rmdir()
+        except OSError as exc:
+            # A writer just put a late reading there: shipped by a later run as a new part.
+            logger.info("rotation: kept %s: %s", directory, exc)
+            continue
+        report.dirs_removed += 1
+
+
+def rotate(
+    *,
+    hour: datetime | None = None,
+    cloud_id: str | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: Progress | None = None,
+    after_step: AfterStep = _no_hook,
+    concurrency: int | None = None,
+) -> RotationReport:
+    """Ship every closed hour file (or only those of `hour` and/or `cloud_id`). See the module
+    docstring for the protocol. `should_stop` is polled between files: a stopped run finishes
+    the files in flight and records them."""
+    if cloud_id is not None:
+        paths.checked_cloud_id(cloud_id)
+    only_hour = paths.hour_floor(hour) if hour is not None else None
+    concurrency = concurrency or settings.ROTATE_CONCURRENCY
+    now = timezone.now()
+    report = RotationReport()
+    archive = open_archive()
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="rotate") as pool:
+        for batch in _closed_files(now, only_hour, cloud_id):
+            report.files_found += len(batch)
+            register_files(batch, now, pool, report, after_step)
+            if should_stop():
+                report.stopped = True
+                return report
+        tidy_verified(now, only_hour, cloud_id, report, after_step)
+        ship_due(
+            now,
+            only_hour,
+            cloud_id,
+            archive,
+            pool,
+            concurrency,
+            report,
+            should_stop,
+            progress,
+            after_step,
+        )
+    if cloud_id is None and not report.stopped:
+        remove_old_dirs(timezone.now(), only_hour, report)
+    logger.info("rotation: %s", report.summary())
+    return report
+
+
+# --- Audit (verify_archive) --------------------------------------------------------------------
+
+
+class ProblemKind(StrEnum):
+    MISSING = "missing"  # the manifest says verified; the archive has no such object
+    MISMATCHED = "mismatched"  # the object differs in size or SHA-256 from the manifest
+    ORPHANED = "orphaned"  # an object under the prefix that the manifest does not know
+    LOCAL_MISSING = "local-missing"  # not verified yet, and its local file is gone
+    UNREADABLE = "unreadable"  # the archive failed to answer about this object
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: ProblemKind
+    key: str
+    detail: str
+
+
+@dataclass
+class AuditReport:
+    verified_checked: int = 0
+    unverified_checked: int = 0
+    objects_listed: int = 0
+    problems: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ProblemKind, 0))
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.problems.values())
+
+    def summary(self) -> str:
+        found = ", ".join(f"{count} {kind}" for kind, count in self.problems.items() if count)
+        return (
+            f"{self.verified_checked} verified files checked against the archive, "
+            f"{self.unverified_checked} unshipped files against the local disk, "
+            f"{self.objects_listed} objects listed: " + (found or "no problems")
+        )
+
+
+def _check_object(archive: Archive, key: str, size: int | None, sha256: str) -> Problem | None:
+    try:
+        stored = archive.stat(key)
+        if stored is None:
+            return Problem(ProblemKind.MISSING, key, "no such object in the archive")
+        if stored.size != size:
+            return Problem(
+                ProblemKind.MISMATCHED, key, f"{stored.size} bytes, the manifest says {size}"
+            )
+        actual = stored_sha256(archive, key, stored)
+    except ArchiveError as exc:
+        return Problem(ProblemKind.UNREADABLE, key, str(exc))
+    if actual != sha256:
+        return Problem(ProblemKind.MISMATCHED, key, f"SHA-256 {actual}, the manifest says {sha256}")
+    return None
+
+
+def _hour_of_key(key: str) -> datetime | None:
+    try:
+        return paths.parse_file_name(key.rsplit("/", 1)[-1])[1]
+    except ValueError:
+        return None
+
+
+def audit_archive(
+    report: AuditReport, since: datetime | None = None, concurrency: int | None = None
+) -> Iterator[Problem]:
+    """Compare the manifest with the archive and the local disk, yielding each problem found:
+    verified files must be in the archive as recorded; files not yet verified must still be on
+    disk; every object under ARCHIVE_PREFIX must be in the manifest (listing the bucket is
+    fine here: this is the audit, never the rotation)."""
+    archive = open_archive()
+    concurrency = concurrency or settings.ROTATE_CONCURRENCY
+    since_filter = {} if since is None else {"hour__gte": since}
+    verified = HourFile.objects.filter(state=HourFileState.VERIFIED, **since_filter)
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="audit") as pool:
+        page: list[tuple[Any, ...]] = []
+        for row in _pages(verified, "key", "size", "sha256"):
+            page.append(row)
+            if len(page) == BATCH:
+                yield from _checked_page(pool, archive, page, report)
+                page = []
+        yield from _checked_page(pool, archive, page, report)
+
+    closed_before = timezone.now() - paths.HOUR
+    unverified = HourFile.objects.unshipped().filter(hour__lte=closed_before, **since_filter)
+    for _, key, local_path, state in _pages(unverified, "key", "local_path", "state"):
+        report.unverified_checked += 1
+        if not Path(local_path).exists():
+            report.problems[ProblemKind.LOCAL_MISSING] += 1
+            yield Problem(ProblemKind.LOCAL_MISSING, key, f"{state}, and {local_path} is gone")
+
+    listed: list[str] = []
+    for key, _ in archive.keys(settings.ARCHIVE_PREFIX):
+        report.objects_listed += 1
+        listed.append(key)
+        if len(listed) == BATCH:
+            yield from _orphans(listed, since, report)
+            listed = []
+    yield from _orphans(listed, since, report)
+
+
+def _checked_page(
+    pool: ThreadPoolExecutor,
+    archive: Archive,
+    page: list[tuple[Any, ...]],
+    report: AuditReport,
+) -> Iterator[Problem]:
+    for problem in pool.map(lambda row: _check_object(archive, row[1], row[2], row[3]), page):
+        report.verified_checked += 1
+        if problem is not None:
+            report.problems[problem.kind] += 1
+            yield problem
+
+
+def _orphans(keys: list[str], since: datetime | None, report: AuditReport) -> Iterator[Problem]:
+    known = set(HourFile.objects.filter(key__in=keys).values_list("key", flat=True))
+    for key in keys:
+        if key in known:
+            continue
+        hour = _hour_of_key(key)
+        if since is not None and hour is not None and hour < since:
+            continue
+        report.problems[ProblemKind.ORPHANED] += 1
+        yield Problem(ProblemKind.ORPHANED, key, "in the archive, not in the manifest")
+
+
+# --- Freshness ---------------------------------------------------------------------------------
+
+
+def describe_age(seconds: float) -> str:
+    """'2 h 05 min' style, for people."""
+    minutes = int(seconds) // 60
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+@dataclass(frozen=True, slots=True)
+class UserFreshness:
+    cloud_id: str
+    oldest_unshipped_hour: datetime
+    age_seconds: float
+
+    @property
+    def age_text(self) -> str:
+        return describe_age(self.age_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """How far the archive lags: the oldest hour with a file not yet verified, overall and by user.
+    An hour's age counts from its start, so the hour being written is never older than an hour."""
+
+    oldest_unshipped_hour: datetime | None
+    age_seconds: float
+    alert_after_seconds: int
+    users: list[UserFreshness]
+
+    @property
+    def stale(self) -> bool:
+        return self.age_seconds > self.alert_after_seconds
+
+    @property
+    def age_text(self) -> str:
+        return describe_age(self.age_seconds)
+
+
+def freshness(now: datetime, users: int | None = None) -> Freshness:
+    """The archive's lag now, with the `users` most overdue users (all of them if None)."""
+    oldest = HourFile.objects.oldest_unshipped()
+    return Freshness(
+        oldest_unshipped_hour=oldest,
+        age_seconds=hour_age_seconds(oldest, now) if oldest else 0.0,
+        alert_after_seconds=settings.ARCHIVE_FRESHNESS_ALERT_SECONDS,
+        users=[
+            UserFreshness(cloud_id, hour, hour_age_seconds(hour, now))
+            for cloud_id, hour in HourFile.objects.oldest_unshipped_by_user(limit=users)
+        ],
+    )
+
+
+# --- Dry run -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedFile:
+    key: str
+    path: Path
+    size: int | None  # None: the local file is missing
+    state: str  # the manifest state, or "new"
+
+
+def plan_rotation(
+    *, hour: datetime | None = None, cloud_id: str | None = None
+) -> Iterator[PlannedFile]:
+    """What `rotate()` would ship now, changing nothing."""
+    if cloud_id is not None:
+        paths.checked_cloud_id(cloud_id)
+    only_hour = paths.hour_floor(hour) if hour is not None else None
+    now = timezone.now()
+    compressed = settings.ARCHIVE_COMPRESS == "gzip"
+    for batch in _closed_files(now, only_hour, cloud_id):
+        rows = _rows_of(batch)
+        for found in batch:
+            row = rows.get((found.cloud_id, found.part))
+            if row is not None and row.state in (HourFileState.VERIFIED, HourFileState.CONFLICT):
+                continue
+            try:
+                size = found.path.stat().st_size
+            except FileNotFoundError:
+                continue
+            key = (
+                row.key
+                if row
+                else paths.archive_key(found.cloud_id, found.hour, found.part, compressed)
+            )
+            yield PlannedFile(key, found.path, size, row.state if row else "new")
+    # Every due file still on disk was listed by the scan above; these cannot be shipped.
+    due = _scoped(HourFile.objects.due(now), only_hour, cloud_id)
+    for _, key, local_path, state in _pages(due, "key", "local_path", "state"):
+        if not Path(local_path).exists():
+            yield PlannedFile(key, Path(local_path), None, state)

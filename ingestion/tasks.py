@@ -1,0 +1,31 @@
+"""django-q2 task functions: thin, idempotent callers of the ingestion domain functions.
+
+Schedules are registered by a command, never at import; each function takes JSON-able arguments.
+"""
+
+import time
+
+from django.conf import settings
+
+from ingestion import poller, reporting, shipping
+
+
+def rotate_hourly() -> dict[str, object]:
+    """Ship every closed hour file (scheduled hourly). Stops claiming new files well before the
+    task's timeout; whatever is left is due again for the next run."""
+    deadline = time.monotonic() + 0.8 * settings.Q_CLUSTER["timeout"]
+    report = shipping.rotate(should_stop=lambda: time.monotonic() > deadline)
+    return report.as_dict()
+
+
+def poll_window(shard: int) -> str:
+    """Poll one shard for a window (scheduled every minute per shard as "poll-shard-N"): wait for
+    the shard's lease, run the ticks until the next window's task takes over, hand over."""
+    return poller.run_window(shard)
+
+
+def deliver_incident_reports() -> dict[str, object]:
+    """Report incidents opened or resolved to ERROR_REPORT_URL and retry undelivered reports
+    (scheduled every minute as "deliver-incident-reports"); does nothing while reporting is off.
+    A pass ends within reporting.PASS_BUDGET_SECONDS, long before the task's timeout."""
+    return reporting.run_report_pass().as_dict()

@@ -1,0 +1,32 @@
+"""rainlog's admin site: the fleet dashboard as its index, and the console's extra views."""
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.urls import URLPattern, URLResolver
+
+from ingestion import dashboard
+
+
+class RainlogAdminSite(admin.AdminSite):
+    site_header = "rainlog"
+    site_title = "rainlog admin"
+    index_title = "Fleet"
+    index_template = "admin/rainlog/dashboard.html"
+
+    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        context = {
+            "fleet": dashboard.fleet_summary(),
+            "jobs": dashboard.job_summary(),
+            **(extra_context or {}),
+        }
+        return super().index(request, context)
+
+    def get_urls(self) -> list[URLResolver | URLPattern]:
+        # Imported here, not at the top: this module is imported while admin.site is being set
+        # up, and the console's module registers admin classes on that very site.
+        from ingestion.admin import console
+
+        # Before the site's own patterns, whose last one catches every "<app_label>/".
+        return console.urls(self) + super().get_urls()

@@ -1,0 +1,304 @@
+/* rainlog console charts, drawn with the vendored uPlot (static/vendor/uplot).
+ *
+ * Colours are read from the admin's CSS variables, so the charts follow the light or dark theme.
+ * Series are told apart by their line style (solid / dashed) and their legend label as well,
+ * never by colour alone. Times are shown in UTC, like every time in the admin.
+ */
+(function () {
+  "use strict";
+
+  function cssVar(name, fallback) {
+    const value = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+    return value || fallback;
+  }
+
+  function theme() {
+    return {
+      fg: cssVar("--body-fg", "#333"),
+      quiet: cssVar("--body-quiet-color", "#666"),
+      grid: cssVar("--hairline-color", "#e8e8e8"),
+      primary: cssVar("--primary", "#79aec8"),
+      secondary: cssVar("--secondary", "#417690"),
+      error: cssVar("--error-fg", "#ba2121"),
+    };
+  }
+
+  // "#417690" or "#fff" -> "rgba(65,118,144,alpha)"; anything else is returned unchanged.
+  function withAlpha(color, alpha) {
+    let hex = color.replace("#", "");
+    if (!/^[0-9a-f]{3}([0-9a-f]{3})?$/i.test(hex)) return color;
+    if (hex.length === 3) hex = hex.split("").map((c) => c + c).join("");
+    const n = parseInt(hex, 16);
+    return `rgba(${(n >> 16) & 255},${(n >> 8) & 255},${n & 255},${alpha})`;
+  }
+
+  const utc = (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC");
+  const clock = uPlot.fmtDate("{HH}:{mm}");
+  const day = uPlot.fmtDate("{YYYY}-{MM}-{DD}");
+
+  // The time axis and legend in 24-hour UTC, with the date under each midnight (and the first tick).
+  function timeAxis(t) {
+    return axis(t, {
+      values: (u, splits) =>
+        splits.map((ts, i) => {
+          const date = utc(ts);
+          const text = clock(date);
+          return text === "00:00" || i === 0 ? text + "\n" + day(date) : text;
+        }),
+    });
+  }
+  const timeSeries = { label: "Time (UTC)", value: "{YYYY}-{MM}-{DD} {HH}:{mm}:{ss}" };
+
+  function number(value, digits) {
+    return value.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: 0 });
+  }
+
+  function kw(value) {
+    if (value == null) return "-";
+    const digits = Math.abs(value) >= 100 ? 0 : Math.abs(value) >= 10 ? 1 : 2;
+    return number(value, digits) + " kW";
+  }
+
+  function axis(t, extra) {
+    return Object.assign(
+      {
+        stroke: t.fg,
+        grid: { stroke: t.grid, width: 1 },
+        ticks: { stroke: t.grid, width: 1 },
+      },
+      extra
+    );
+  }
+
+  function message(el, text) {
+    el.textContent = "";
+    const p = document.createElement("p");
+    p.className = "rl-empty";
+    p.textContent = text;
+    el.appendChild(p);
+  }
+
+  const legendDash = {
+    markers: {
+      dash: (u, i) => (u.series[i].dash && u.series[i].dash.length ? "dashed" : "solid"),
+    },
+  };
+
+  // Draws a chart that follows its container's width; returns the uPlot instance.
+  function draw(el, opts, data) {
+    el.textContent = "";
+    const height = opts.height || 220;
+    const width = () => Math.max(320, el.clientWidth);
+    const plot = new uPlot(Object.assign({ width: width(), height: height, legend: legendDash }, opts), data, el);
+    let lastWidth = width();
+    new ResizeObserver(() => {
+      if (width() !== lastWidth) {
+        lastWidth = width();
+        plot.setSize({ width: lastWidth, height: height });
+      }
+    }).observe(el);
+    return plot;
+  }
+
+  function getJSON(url) {
+    return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } }).then(
+      (response) => {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.json();
+      }
+    );
+  }
+
+  // A bold line at zero, so that import (above) and export (below) read at a glance.
+  function zeroLine(color) {
+    return (u) => {
+      const y = Math.round(u.valToPos(0, "y", true));
+      if (y < u.bbox.top || y > u.bbox.top + u.bbox.height) return;
+      const ctx = u.ctx;
+      ctx.save();
+      ctx.strokeStyle = color;
+      ctx.lineWidth = 1.5 * devicePixelRatio;
+      ctx.beginPath();
+      ctx.moveTo(u.bbox.left, y);
+      ctx.lineTo(u.bbox.left + u.bbox.width, y);
+      ctx.stroke();
+      ctx.restore();
+    };
+  }
+
+  // --- Dashboard ------------------------------------------------------------------------------
+
+  function fleetCharts(root) {
+    const demandEl = document.getElementById("fleet-demand-chart");
+    const readingsEl = document.getElementById("fleet-readings-chart");
+    getJSON(root.dataset.fleetUrl)
+      .then((data) => {
+        const t = theme();
+        const demand = data.demand;
+        const note = root.querySelector("[data-demand-note]");
+        note.textContent = `(estimated from ${demand.households_sampled} sampled of ${demand.households_logging} logging households, ${demand.bucket_seconds / 60}-minute averages)`;
+        if (demand.fleet_kw.every((v) => v === null)) {
+          message(demandEl, "No readings from the sampled households in the last 24 hours.");
+        } else {
+          draw(
+            demandEl,
+            {
+              height: 200,
+              tzDate: utc,
+              series: [
+                timeSeries,
+                {
+                  label: "Fleet demand",
+                  stroke: t.secondary,
+                  width: 2,
+                  fill: withAlpha(t.secondary, 0.15),
+                  value: (u, v) => kw(v),
+                },
+              ],
+              axes: [timeAxis(t), axis(t, { size: 80, values: (u, values) => values.map(kw) })],
+              hooks: { draw: [zeroLine(t.fg)] },
+            },
+            [demand.t, demand.fleet_kw]
+          );
+        }
+        const minutes = data.minutes;
+        if (minutes.readings.every((v) => v === 0) && minutes.late_ticks.every((v) => v === 0)) {
+          message(readingsEl, "No ticks were recorded in the last 24 hours: is the poller running?");
+          return;
+        }
+        const mostLate = Math.max(1, ...minutes.late_ticks);
+        draw(
+          readingsEl,
+          {
+            height: 200,
+            tzDate: utc,
+            scales: { late: { range: [0, Math.max(4, mostLate * 1.2)] } },
+            series: [
+              timeSeries,
+              {
+                label: "Readings per minute",
+                stroke: t.secondary,
+                width: 1.5,
+                fill: withAlpha(t.secondary, 0.1),
+                value: (u, v) => (v == null ? "-" : number(v, 0)),
+              },
+              {
+                label: "Late ticks per minute",
+                scale: "late",
+                stroke: t.error,
+                width: 1.5,
+                dash: [6, 4],
+                paths: uPlot.paths.stepped({ align: 1 }),
+                value: (u, v) => (v == null ? "-" : number(v, 0)),
+              },
+            ],
+            axes: [
+              timeAxis(t),
+              axis(t, { size: 70, values: (u, values) => values.map((v) => number(v, 0)) }),
+              axis(t, { scale: "late", side: 1, size: 40, grid: { show: false } }),
+            ],
+          },
+          [minutes.t, minutes.readings, minutes.late_ticks]
+        );
+      })
+      .catch((error) => {
+        const text = "The chart data could not be loaded (" + error.message + ").";
+        message(demandEl, text);
+        message(readingsEl, text);
+      });
+  }
+
+  // --- One user's demand for a chosen day --------------------------------------------------------
+
+  function userDemand(el) {
+    const input = document.getElementById("demand-day");
+    const summary = document.querySelector("[data-demand-summary]");
+    let plot = null;
+
+    function load() {
+      summary.textContent = "";
+      getJSON(el.dataset.url + "?day=" + encodeURIComponent(input.value))
+        .then((data) => {
+          if (plot) {
+            plot.destroy();
+            plot = null;
+          }
+          if (!data.t.length) {
+            message(el, "No demand readings on " + data.day + " (UTC).");
+            return;
+          }
+          const t = theme();
+          const values = data.demand_kw;
+          // Each side drawn only where it applies, joined to zero where demand crosses it.
+          const side = (applies) =>
+            values.map((v, i) =>
+              applies(v) ? v : applies(values[i - 1] ?? NaN) || applies(values[i + 1] ?? NaN) ? 0 : null
+            );
+          const imported = side((v) => v >= 0);
+          const exported = side((v) => v < 0);
+          const peak = Math.max(...values);
+          const lowest = Math.min(...values);
+          summary.textContent =
+            `${number(values.length, 0)} readings; peak import ${kw(Math.max(peak, 0))}` +
+            (lowest < 0 ? `; peak export ${kw(-lowest)}` : "; no export");
+          const dayStart = Date.parse(data.start) / 1000;
+          plot = draw(
+            el,
+            {
+              height: 260,
+              tzDate: utc,
+              scales: { x: { time: true, range: [dayStart, dayStart + 86399] } },
+              series: [
+                timeSeries,
+                {
+                  label: "Import (above zero)",
+                  stroke: t.secondary,
+                  width: 1.5,
+                  fill: withAlpha(t.secondary, 0.2),
+                  value: (u, v) => kw(v),
+                },
+                {
+                  label: "Export (below zero)",
+                  stroke: t.primary,
+                  width: 1.5,
+                  dash: [5, 3],
+                  fill: withAlpha(t.primary, 0.25),
+                  value: (u, v) => (v == null ? "-" : kw(-v)),
+                },
+              ],
+              axes: [
+                timeAxis(t),
+                axis(t, {
+                  size: 100,
+                  values: (u, ticks) => ticks.map((v) => (v < 0 ? kw(-v) + " out" : kw(v))),
+                }),
+              ],
+              hooks: { draw: [zeroLine(t.fg)] },
+            },
+            [data.t, imported, exported]
+          );
+        })
+        .catch((error) => message(el, "The readings could not be loaded (" + error.message + ")."));
+    }
+
+    input.addEventListener("change", load);
+    document.querySelectorAll("[data-day-step]").forEach((button) => {
+      button.addEventListener("click", () => {
+        const day = new Date(input.value + "T00:00:00Z");
+        day.setUTCDate(day.getUTCDate() + Number(button.dataset.dayStep));
+        const next = day.toISOString().slice(0, 10);
+        if (input.max && next > input.max) return;
+        input.value = next;
+        load();
+      });
+    });
+    load();
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const fleet = document.querySelector("[data-fleet-url]");
+    if (fleet) fleetCharts(fleet);
+    const demand = document.getElementById("user-demand-chart");
+    if (demand) userDemand(demand);
+  });
+})();

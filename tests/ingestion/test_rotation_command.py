@@ -1,0 +1,89 @@
+"""manage.py rotate_logs and the hourly task: thin callers of shipping.rotate."""
+
+from datetime import UTC, datetime, timedelta
+from io import StringIO
+
+import pytest
+import time_machine
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from ingestion import paths, tasks
+from ingestion.models import HourFile, HourFileState
+from tests.hour_files import demand_readings, write
+
+HOUR = datetime(2026, 3, 8, 9, tzinfo=UTC)
+AFTER_CLOSE = HOUR + timedelta(hours=1, minutes=5)
+
+pytestmark = pytest.mark.django_db
+
+
+def rotate_logs(*args: str) -> str:
+    out = StringIO()
+    with time_machine.travel(AFTER_CLOSE, tick=False):
+        call_command("rotate_logs", *args, stdout=out, stderr=StringIO(), verbosity=0)
+    return out.getvalue()
+
+
+def test_it_ships_and_prints_a_summary(s3_archive: str) -> None:
+    write(demand_readings("002738", HOUR, 4))
+    output = rotate_logs()
+    assert "Rotation: 1 shipped" in output
+    assert HourFile.objects.get().state == HourFileState.VERIFIED
+
+
+def test_a_dry_run_lists_the_files_and_changes_nothing(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+    write(demand_readings("002738", HOUR, 4))
+    local = paths.local_path("002738", HOUR)
+
+    output = rotate_logs("--dry-run")
+
+    assert f"{paths.archive_key('002738', HOUR)} (new, {local.stat().st_size} bytes)" in output
+    assert "would ship 1 file(s)" in output
+    assert not HourFile.objects.exists()
+    assert not paths.sealed_marker(local).exists()
+    assert "Contents" not in s3_client.list_objects_v2(Bucket=s3_archive)
+
+
+def test_hour_and_user_narrow_the_run(s3_archive: str) -> None:
+    write(demand_readings("0001", HOUR, 2))
+    write(demand_readings("0002", HOUR, 2))
+    write(demand_readings("0002", HOUR - timedelta(hours=1), 2))
+
+    rotate_logs("--hour", "2026-03-08-09", "--user", "0002")
+
+    assert list(HourFile.objects.values_list("cloud_id", "hour")) == [("0002", HOUR)]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--hour", "2026-03-08 09:00"], "YYYY-MM-DD-HH"),
+        (["--user", "not/hex"], "--user"),
+    ],
+)
+def test_bad_options_are_refused_with_a_clear_error(args: list[str], message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        rotate_logs(*args)
+
+
+def test_it_exits_non_zero_when_a_file_fails(settings) -> None:  # type: ignore[no-untyped-def]
+    write(demand_readings("002738", HOUR, 2))
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "archive": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {"bucket_name": "rainlog-down", "endpoint_url": "http://127.0.0.1:9"},
+        },
+    }
+    with pytest.raises(CommandError, match="1 file\\(s\\) failed") as raised:
+        rotate_logs()
+    assert raised.value.returncode == 1
+    assert paths.local_path("002738", HOUR).exists()
+
+
+def test_the_hourly_task_ships_and_returns_a_json_able_report(s3_archive: str) -> None:
+    write(demand_readings("002738", HOUR, 2))
+    with time_machine.travel(AFTER_CLOSE, tick=False):
+        report = tasks.rotate_hourly()
+    assert report["shipped"] == 1 and report["failed"] == 0 and report["errors"] == []
