@@ -15,7 +15,6 @@ index stays fast for a fleet of 10,000 households:
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -42,8 +41,15 @@ from django_q.brokers import get_broker
 from django_q.models import Schedule, Task
 from redis.exceptions import RedisError
 
-from ingestion import retrieval
-from ingestion.models import HourFile, HourFileState, Incident, IncidentState, Tick
+from ingestion import retrieval, schedules
+from ingestion.models import (
+    HourFile,
+    HourFileState,
+    Incident,
+    IncidentState,
+    Tick,
+    hour_age_seconds,
+)
 from ingestion.paths import HOUR, hour_floor
 from ingestion.records import FailureClass
 from users.models import ConnectionType, EagleUser
@@ -122,10 +128,10 @@ class FleetSummary:
 
     @property
     def oldest_unshipped_age(self) -> timedelta | None:
-        """Since the oldest unshipped hour ended: zero while it is still being written."""
+        """Since the oldest unshipped hour began, as every freshness figure counts it."""
         if self.oldest_unshipped is None:
             return None
-        return max(timedelta(0), self.now - self.oldest_unshipped.hour - HOUR)
+        return timedelta(seconds=hour_age_seconds(self.oldest_unshipped.hour, self.now))
 
     # Levels ("ok", "warning", "problem") for the dashboard's cards.
 
@@ -151,10 +157,11 @@ class FleetSummary:
     @property
     def archive_level(self) -> str:
         age = self.oldest_unshipped_age
-        # The hour that just ended waits for the grace period and its turn in the rotation.
+        # The hour being written and the one that just ended (grace period, its turn to ship).
         if age is None or age <= 2 * HOUR:
             return "ok"
-        return "warning" if age <= 6 * HOUR else "problem"
+        stale = age.total_seconds() > settings.ARCHIVE_FRESHNESS_ALERT_SECONDS
+        return "problem" if stale else "warning"
 
     @property
     def incidents_level(self) -> str:
@@ -248,7 +255,7 @@ def users_by_state() -> tuple[dict[str, int], int]:
 
 def oldest_unshipped(cloud_id: str | None = None) -> HourFile | None:
     """The oldest hour file not yet verified in the archive, overall or for one user."""
-    unshipped = HourFile.objects.exclude(state=HourFileState.VERIFIED)
+    unshipped = HourFile.objects.unshipped()
     if cloud_id is not None:
         unshipped = unshipped.filter(cloud_id=cloud_id)
     return unshipped.order_by("hour", "part", "cloud_id").first()
@@ -494,18 +501,16 @@ def recent_hour_files(user: EagleUser, limit: int = 12) -> list[HourFile]:
 
 # --- Jobs (django-q2) ---------------------------------------------------------------------------
 
-# What each recurring job is for, by a word of its task's dotted path or of its schedule's name.
-SCHEDULE_ROLES = (
-    ("poll", "Polling: runs the 6-second ticks of each minute"),
-    ("rotat", "Rotation: seals closed hours and ships them to the archive"),
-    ("ship", "Rotation: seals closed hours and ships them to the archive"),
-    ("report", "Incident reports to the error endpoint"),
-)
-
-
 def schedule_role(schedule: Schedule) -> str:
-    text = f"{schedule.func} {schedule.name or ''}".lower()
-    return next((role for word, role in SCHEDULE_ROLES if word in text), "")
+    """What one of rainlog's recurring jobs is for (ingestion.schedules names them); "" otherwise."""
+    name = schedule.name or ""
+    if name.startswith(schedules.POLL_SCHEDULE_PREFIX):
+        shard = name.removeprefix(schedules.POLL_SCHEDULE_PREFIX)
+        return f"Polling, shard {shard}: runs the 6-second ticks of each minute"
+    return {
+        schedules.ROTATE_SCHEDULE: "Rotation: seals closed hours and ships them to the archive",
+        schedules.REPORT_SCHEDULE: "Incident reports: sends them to the error endpoint",
+    }.get(name, "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 MAX_REPLY_BYTES = 1 << 20
 LOCAL_PATH = "/cgi-bin/post_manager"
 
+# The response header by which rainlog's simulator marks its replies.
+SIMULATOR_HEADER = "X-Rainlog-Simulator"
 # Connection type -> source recorded with its readings.
 SOURCES = {"cloud": Source.CLOUD, "eagle200": Source.EAGLE200, "legacy": Source.LEGACY}
 
@@ -47,7 +49,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class GatewayTarget:
-    """Everything needed to fetch one household's readings; built from an EagleUser."""
+    """Everything needed to fetch one household's readings; built from an EagleUser.
+
+    `password` is the cloud password or the local gateway's install code; `address` the local
+    gateway (host[:port] or URL); `meter_mac` the meter's HardwareAddress on an EAGLE-200
+    (asked of the gateway with device_list when empty).
+    """
 
     cloud_id: str
     connection_type: str
@@ -72,9 +79,17 @@ class ReplyTooLargeError(Exception):
     pass
 
 
-def cloud_command(record_type: RecordType, meter_mac: str = "") -> bytes:
-    mac = f"<MacId>{meter_mac}</MacId>" if meter_mac else ""
-    return f"<Command><Name>{record_type.cloud_command}</Name>{mac}</Command>".encode()
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    text: str
+    # Sent by rainlog's EAGLE simulator: its readings are recorded with source "simulator".
+    simulated: bool
+
+
+def cloud_command(record_type: RecordType) -> bytes:
+    # No <MacId>: it is optional, and names the EAGLE's own radio, which users do not know.
+    return f"<Command><Name>{record_type.cloud_command}</Name></Command>".encode()
 
 
 DEVICE_LIST_COMMAND = b"<Command><Name>device_list</Name></Command>"
@@ -178,6 +193,7 @@ class EagleClient:
         except aiohttp.TooManyRedirects as exc:
             return failure(FailureClass.HTTP_ERROR, f"too many redirects ({exc.status})")
         except aiohttp.ClientSSLError as exc:
+            # Newer EAGLE firmware redirects to HTTPS, often with a certificate nobody can verify.
             return failure(FailureClass.GATEWAY_UNREACHABLE, f"TLS failed: {exc}")
         except aiohttp.ClientConnectorError as exc:
             return failure(
@@ -230,8 +246,8 @@ class EagleClient:
         unsendable = _unsendable(headers)
         if unsendable:
             return failure(FailureClass.BAD_CREDENTIALS, unsendable)
-        status, text = await self._post(url, cloud_command(kind, target.meter_mac), headers)
-        return _reply_result(status, text, target.cloud_id, kind, source)
+        reply = await self._post(url, cloud_command(kind), headers)
+        return _reply_result(reply, target.cloud_id, kind, source)
 
     async def _fetch_eagle200(
         self, target: GatewayTarget, kind: RecordType
@@ -245,22 +261,23 @@ class EagleClient:
             return failure(FailureClass.BAD_CREDENTIALS, unsendable)
         address = target.meter_mac or self._meter_addresses.get(target.cloud_id)
         if not address:
-            status, text = await self._post(url, DEVICE_LIST_COMMAND, headers)
-            if status != 200:
-                return _http_failure(status, text)
-            found = device_list_meter(text)
+            listing = await self._post(url, DEVICE_LIST_COMMAND, headers)
+            if listing.status != 200:
+                return _http_failure(listing.status, listing.text)
+            found = device_list_meter(listing.text)
             if isinstance(found, FetchFailure):
                 return found
             address = self._meter_addresses[target.cloud_id] = found
-        command = device_query_command(address, kind.eagle200_variables)
-        status, text = await self._post(url, command, headers)
-        result = _reply_result(status, text, target.cloud_id, kind, Source.EAGLE200)
+        reply = await self._post(
+            url, device_query_command(address, kind.eagle200_variables), headers
+        )
+        result = _reply_result(reply, target.cloud_id, kind, Source.EAGLE200)
         if isinstance(result, FetchFailure):
             # The meter may have been replaced: ask the gateway again next time.
             self._meter_addresses.pop(target.cloud_id, None)
         return result
 
-    async def _post(self, url: URL, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    async def _post(self, url: URL, body: bytes, headers: dict[str, str]) -> Reply:
         assert self._session is not None
         async with self._session.post(url, data=body, headers=headers) as response:
             length = response.content_length
@@ -275,7 +292,11 @@ class EagleClient:
                         raise ReplyTooLargeError
                     chunks.append(chunk)
                 payload = b"".join(chunks)
-            return response.status, payload.decode("utf-8", errors="replace")
+            return Reply(
+                response.status,
+                payload.decode("utf-8", errors="replace"),
+                SIMULATOR_HEADER in response.headers,
+            )
 
     def _local_url(self, target: GatewayTarget) -> URL | FetchFailure:
         url = self._local_urls.get(target.address)
@@ -317,8 +338,10 @@ def _http_failure(status: int, text: str) -> FetchFailure:
 
 
 def _reply_result(
-    status: int, text: str, cloud_id: str, kind: RecordType, source: Source
+    reply: Reply, cloud_id: str, kind: RecordType, source: Source
 ) -> Reading | FetchFailure:
+    status, text = reply.status, reply.text
+    source = Source.SIMULATOR if reply.simulated else source
     if status == 200:
         return decode_reply(text, cloud_id=cloud_id, source=source, record_type=kind.name)
     if status in (401, 403):

@@ -12,7 +12,12 @@ conditional UPDATE whose row count says whether it happened:
   holder = successor in one UPDATE, and the successor runs from the next tick boundary
   (`last_tick_at` + one tick). Consecutive windows therefore neither overlap nor leave a gap. A
   newer waiting task replaces an older one as successor, and the older one gives up;
-- release: when a holder stops, to the waiting successor if there is one, else to nobody.
+- release: when a holder stops, to the waiting successor if there is one, else to nobody;
+- rescue: a holder that dies mid-window leaves its shard unpolled until the next scheduled window
+  arrives, up to a minute later. So every window task also looks, after each tick, for shards
+  left unclaimed since its lease expired, and sends a window task for each at once
+  (`rescue_orphaned_shards`): with several shards on several clusters, a dead cluster's shards
+  move within a lease's length and two ticks.
 
 Foreground pollers (`manage.py poll`) keep their shards until they stop: a window task that finds
 one holding its shard leaves at once instead of waiting.
@@ -27,7 +32,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -185,3 +190,23 @@ class ShardLease:
         if self.held:
             PollLease.objects.release(self.shard, self.holder, timezone.now(), self.seconds)
             self.held = False
+
+
+def rescue_orphaned_shards(exclude: Collection[int], send: Callable[[int], object]) -> list[int]:
+    """Send a window task (`send(shard)`) for each shard whose holder died or left without a
+    successor; one rescuer per shard wins the conditional UPDATE. Returns the shards sent for.
+
+    A shard counts as orphaned two ticks after its lease expired unclaimed: a live successor
+    claims an expired lease within SUCCESSOR_POLL_SECONDS, so by then nobody is coming.
+    """
+    now = timezone.now()
+    idle = settings.INGEST_LEASE_SECONDS + 2 * settings.INGEST_POLL_SECONDS
+    shards = settings.INGEST_SHARDS
+    rescued = []
+    orphaned = PollLease.objects.orphaned(now, idle, shards).exclude(shard__in=exclude)
+    for shard in orphaned.values_list("shard", flat=True):
+        if PollLease.objects.mark_rescued(shard, now, idle, shards):
+            logger.warning("shard %d has no live holder: a window task was sent for it", shard)
+            send(shard)
+            rescued.append(shard)
+    return rescued

@@ -169,9 +169,8 @@ class FetchState(models.Model):
         extras = sorted(set(RECORD_TYPES) - {"demand"})
         unknown = [name for name in types if name not in extras]
         if unknown:
-            raise ValidationError(
-                {"extra_record_types": f"Unknown: {', '.join(unknown)}. Choose from: {', '.join(extras)}."}
-            )
+            message = f"Unknown: {', '.join(unknown)}. Choose from: {', '.join(extras)}."
+            raise ValidationError({"extra_record_types": message})
 
 
 class IncidentState(models.TextChoices):
@@ -252,13 +251,15 @@ class IncidentQuerySet(models.QuerySet["Incident"]):
             return
         for sighting in merged.values():
             with transaction.atomic():
-                refreshed = self.open().filter(
-                    user_id=sighting.user_id, failure_class=sighting.failure_class
-                ).update(
-                    last_seen_at=sighting.seen_at,
-                    occurrences=models.F("occurrences") + sighting.occurrences,
-                    message=sighting.message,
-                    raw_reply=sighting.raw_reply,
+                refreshed = (
+                    self.open()
+                    .filter(user_id=sighting.user_id, failure_class=sighting.failure_class)
+                    .update(
+                        last_seen_at=sighting.seen_at,
+                        occurrences=models.F("occurrences") + sighting.occurrences,
+                        message=sighting.message,
+                        raw_reply=sighting.raw_reply,
+                    )
                 )
                 if not refreshed:
                     self.create(
@@ -355,18 +356,6 @@ SHIPPABLE_STATES = (
 )
 # The first retry of a failed upload waits this long, each further one twice as long (capped).
 SHIP_FIRST_RETRY_SECONDS = 60
-# What a rotation measures and records about a file it ships (see ingestion.shipping.FileStats).
-SHIPPED_STAT_FIELDS = (
-    "size",
-    "sha256",
-    "data_size",
-    "data_sha256",
-    "content_type",
-    "line_count",
-    "malformed_lines",
-    "first_reading_at",
-    "last_reading_at",
-)
 
 
 def hour_age_seconds(hour: datetime, now: datetime) -> float:
@@ -393,63 +382,56 @@ class HourFileQuerySet(models.QuerySet["HourFile"]):
         or a late reading recreated the file after its markers were cleaned up)."""
         return self.filter(state=HourFileState.VERIFIED, local_deleted_at__isnull=True)
 
-    def claim(self, pk: int, now: datetime) -> datetime | None:
-        """Lease one due file for shipping; the lease's end, or None if another run holds it."""
+    def claim(self, pks: list[int], now: datetime) -> tuple[datetime, list[int]]:
+        """Lease those of `pks` still due for ROTATE_LEASE_SECONDS; rows another run is claiming
+        at this very moment are skipped, not waited for. Returns (end of lease, pks claimed)."""
         until = now + timedelta(seconds=settings.ROTATE_LEASE_SECONDS)
-        claimed = (
-            self.due(now)
-            .filter(pk=pk)
-            .update(
-                state=HourFileState.UPLOADING,
-                claimed_until=until,
-                attempts=models.F("attempts") + 1,
-                updated_at=now,
+        with transaction.atomic():
+            candidates = list(
+                self.due(now)
+                .filter(pk__in=pks)
+                .order_by()
+                .select_for_update(skip_locked=True)
+                .values_list("pk", flat=True)
             )
-        )
-        return until if claimed == 1 else None
-
-    def _settle(self, pk: int, lease: datetime, now: datetime, **fields: object) -> bool:
-        """Record the outcome of a claimed attempt, only if the claim is still ours."""
-        return (
-            self.filter(pk=pk, claimed_until=lease).update(
-                claimed_until=None,
-                updated_at=now,
-                **fields,
+            claimed = (
+                self.due(now)
+                .filter(pk__in=candidates)
+                .update(
+                    state=HourFileState.UPLOADING,
+                    claimed_until=until,
+                    attempts=models.F("attempts") + 1,
+                    updated_at=now,
+                )
             )
-            == 1
-        )
+            if claimed != len(candidates):
+                raise transaction.TransactionManagementError("locked rows changed under a claim")
+        return until, candidates
 
-    def record_verified(
-        self, pk: int, lease: datetime, now: datetime, stats: dict[str, object]
-    ) -> bool:
-        return self._settle(
-            pk,
-            lease,
-            now,
-            state=HourFileState.VERIFIED,
-            verified_at=now,
-            next_attempt_at=None,
-            last_error="",
-            **stats,
-        )
-
-    def record_conflict(
-        self, pk: int, lease: datetime, now: datetime, error: str, stats: dict[str, object]
-    ) -> bool:
-        return self._settle(pk, lease, now, state=HourFileState.CONFLICT, last_error=error, **stats)
-
-    def record_failure(
-        self, pk: int, lease: datetime, now: datetime, error: str, attempts: int
-    ) -> bool:
-        """A failed attempt: the file stays on disk and is tried again after a backoff."""
-        return self._settle(
-            pk,
-            lease,
-            now,
-            state=HourFileState.FAILED,
-            last_error=error,
-            next_attempt_at=now + HourFile.retry_delay(attempts),
-        )
+    def settle(self, outcomes: list[tuple[int, datetime, dict[str, object]]], now: datetime) -> set[int]:
+        """Record the outcomes of claimed attempts, (pk, lease, fields) each, in one transaction;
+        a row whose lease is no longer the one given (it lapsed and another run took the file
+        over) is left to its new holder. Returns the pks recorded."""
+        pks_by_lease: dict[datetime, list[int]] = {}
+        for pk, lease, _ in outcomes:
+            pks_by_lease.setdefault(lease, []).append(pk)
+        with transaction.atomic():
+            held: set[int] = set()
+            for lease, pks in pks_by_lease.items():
+                held.update(
+                    self.filter(pk__in=pks, claimed_until=lease)
+                    .order_by()
+                    .select_for_update()
+                    .values_list("pk", flat=True)
+                )
+            by_fields: dict[tuple[str, ...], list[HourFile]] = {}
+            for pk, _, fields in outcomes:
+                if pk in held:
+                    row = HourFile(pk=pk, claimed_until=None, updated_at=now, **fields)
+                    by_fields.setdefault(tuple(sorted(fields)), []).append(row)
+            for names, rows in by_fields.items():
+                self.bulk_update(rows, [*names, "claimed_until", "updated_at"])
+        return held
 
     def forget_empty(self, pk: int, lease: datetime) -> bool:
         """Drop the row of a file that turned out empty: there was nothing to ship."""
@@ -575,9 +557,30 @@ class HourFile(models.Model):
         seconds = SHIP_FIRST_RETRY_SECONDS * 2 ** min(max(attempts - 1, 0), 20)
         return timedelta(seconds=min(seconds, settings.ROTATE_RETRY_MAX_SECONDS))
 
-    @property
-    def is_retryable(self) -> bool:
-        return self.state in (HourFileState.FAILED, HourFileState.CONFLICT)
+    @staticmethod
+    def verified_fields(now: datetime, stats: dict[str, object]) -> dict[str, object]:
+        """A shipped file: archived and checked. Its local copy may go now."""
+        return {
+            "state": HourFileState.VERIFIED,
+            "verified_at": now,
+            "next_attempt_at": None,
+            "last_error": "",
+            **stats,
+        }
+
+    @staticmethod
+    def conflict_fields(error: str, stats: dict[str, object]) -> dict[str, object]:
+        """A different object is at the key: kept as it is, and so is the local file."""
+        return {"state": HourFileState.CONFLICT, "last_error": error, **stats}
+
+    @staticmethod
+    def failed_fields(now: datetime, error: str, attempts: int) -> dict[str, object]:
+        """A failed attempt: the file stays on disk and is tried again after a backoff."""
+        return {
+            "state": HourFileState.FAILED,
+            "last_error": error,
+            "next_attempt_at": now + HourFile.retry_delay(attempts),
+        }
 
     def retry(self) -> bool:
         """Make a failed or conflicting file due again now (an operator resolved the cause)."""
@@ -650,14 +653,27 @@ class PollLeaseQuerySet(models.QuerySet["PollLease"]):
     def wait_as_successor(self, shard: int, holder: str, now: datetime) -> bool:
         """Queue up for the shard; a later caller replaces an earlier one (the newest waits)."""
         return (
-            self.filter(shard=shard)
-            .exclude(holder=holder)
-            .update(successor=holder, updated_at=now)
+            self.filter(shard=shard).exclude(holder=holder).update(successor=holder, updated_at=now)
             == 1
         )
 
     def withdraw(self, shard: int, holder: str, now: datetime) -> None:
         self.filter(shard=shard, successor=holder).update(successor="", updated_at=now)
+
+    def orphaned(self, now: datetime, idle_seconds: float, shards: int) -> "PollLeaseQuerySet":
+        """Shards nobody has held or claimed for `idle_seconds`: their holder died or left without
+        a successor, and any successor named has not come for them either (it died too)."""
+        return self.filter(
+            Q(holder="") | Q(expires_at__isnull=True) | Q(expires_at__lt=now),
+            updated_at__lt=now - timedelta(seconds=idle_seconds),
+            shard__lt=shards,
+        )
+
+    def mark_rescued(self, shard: int, now: datetime, idle_seconds: float, shards: int) -> bool:
+        """Note that a window task is sent for an orphaned shard: only one rescuer wins, and none
+        sends another for `idle_seconds`."""
+        orphaned = self.orphaned(now, idle_seconds, shards).filter(shard=shard)
+        return orphaned.update(successor="", updated_at=now) == 1
 
     def release(self, shard: int, holder: str, now: datetime, seconds: float) -> bool:
         """Stop holding the shard: to the waiting successor if any, else to nobody."""

@@ -53,11 +53,19 @@ from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.db.models import Count, Max
 from django.utils import timezone
+from django_q.tasks import async_task
 
 from ingestion import paths
 from ingestion.files import HourFileWriter
 from ingestion.gateway import EagleClient, GatewayTarget
-from ingestion.leases import WINDOW, AfterTick, ShardLease, holder_name, shard_of
+from ingestion.leases import (
+    WINDOW,
+    AfterTick,
+    ShardLease,
+    holder_name,
+    rescue_orphaned_shards,
+    shard_of,
+)
 from ingestion.models import (
     FetchOutcome,
     FetchState,
@@ -65,11 +73,13 @@ from ingestion.models import (
     HourFileState,
     Incident,
     IncidentSighting,
+    PollLease,
     Tick,
 )
 from ingestion.record_types import RECORD_TYPES
 from ingestion.records import FailureClass, FetchFailure, Reading, iso_utc, parse_line
 from ingestion.reporting import redact
+from ingestion.schedules import POLL_SCHEDULE_PREFIX
 from users.models import EagleUser
 
 logger = logging.getLogger(__name__)
@@ -986,13 +996,15 @@ def run_ticks(
     max_ticks: int | None = None,
     max_seconds: float | None = None,
     on_tick: Callable[[TickReport], None] | None = None,
+    after_tick: Callable[[], object] | None = None,
 ) -> str:
     """Run ticks on the grid while the leases are ours; returns why it stopped.
 
     Paced by deadline: the wait before each slot is computed from the clock, so ticks never
     drift, and `stop` cuts the wait short. Slots that pass without a tick (the process was
     paused, or the previous holder died) are recorded as late ticks, never skipped silently.
-    With `hand_over`, the shards go to a waiting successor after a tick.
+    With `hand_over`, the shards go to a waiting successor after a tick. `after_tick` runs
+    after each tick's lease renewal (its statements count as the tick's).
     """
     period = poller.period
     started = time.monotonic()
@@ -1020,6 +1032,8 @@ def run_ticks(
                     lease.after_tick(tick_at, hand_over and poller.can_hand_over(lease.shard))
                     for lease in leases
                 ]
+                if after_tick is not None:
+                    after_tick()
             report.statements = statements[0]
             if on_tick is not None:
                 on_tick(report)
@@ -1065,7 +1079,17 @@ def run_window(shard: int, stop: threading.Event | None = None) -> str:
     holder = holder_name(WINDOW)
     lease = ShardLease(shard, holder)
     poller = Poller([shard], holder)
+
+    def send_window(orphan: int) -> None:
+        async_task(
+            "ingestion.tasks.poll_window",
+            orphan,
+            sync=False,
+            group=f"{POLL_SCHEDULE_PREFIX}{orphan}",
+        )
+
     try:
+        PollLease.objects.ensure(range(settings.INGEST_SHARDS))
         poller.load_users()
         how = lease.acquire(stop, window_wait_seconds())
         if not how.acquired:
@@ -1078,6 +1102,7 @@ def run_window(shard: int, stop: threading.Event | None = None) -> str:
             hand_over=True,
             first_slot=following_slot(lease.previous_tick_at, poller.period),
             max_seconds=window_max_seconds(),
+            after_tick=lambda: rescue_orphaned_shards([shard], send_window),
         )
         return f"shard {shard} {how.value}, {len(poller.slots):,} users: {poller.totals.summary()}; {ended}"
     finally:

@@ -111,7 +111,7 @@ def authenticate(cloud_id: str, token: str) -> EagleUser:
     """The push user `cloud_id`, if `token` is its push token and it may push now."""
     user = EagleUser.objects.filter(cloud_id=cloud_id).first()
     if user is None:
-        raise PushRejectedError(404, f"no user with cloud_id {cloud_id}")
+        raise PushRejectedError(404, f"no user with cloud_id {cloud_id[:40]}")
     if not token:
         raise PushRejectedError(
             401,
@@ -282,7 +282,9 @@ def _json_readings(
         spec = JSON_DATA_TYPES.get(data_type) if isinstance(data_type, str) else None
         if spec is None:
             known = ", ".join(JSON_DATA_TYPES)
-            ignored.append(f"{where}: dataType {data_type!r} is not recorded ({known} are)")
+            ignored.append(
+                f"{where}: dataType {str(data_type)[:40]!r} is not recorded ({known} are)"
+            )
             continue
         readings.append(_json_reading(spec, item, f"{where} ({data_type})", cloud_id, received_at))
     return readings, ignored
@@ -298,7 +300,7 @@ def _json_reading(
     divisor = 1
     if spec.units:
         units = data.get("units")
-        if units is not None and units not in spec.units:
+        if units is not None and (not isinstance(units, str) or units not in spec.units):
             expected = ", ".join(spec.units)
             raise _malformed(422, f"{where}: units {str(units)[:20]!r} (expected {expected})")
         divisor = spec.units.get(units, 1) if units is not None else 1
@@ -333,9 +335,12 @@ def _milliseconds(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise _malformed(422, f"{where}: no timestamp in milliseconds")
     try:
-        return int(float(value)) // 1000
+        seconds = int(float(value)) // 1000
     except (ValueError, OverflowError):
         raise _malformed(422, f"{where}: timestamp {str(value)[:30]!r} is not a number") from None
+    if not 0 < seconds < 1 << 32:
+        raise _malformed(422, f"{where}: timestamp {str(value)[:30]!r} is not a time")
+    return seconds
 
 
 def _variable_text(value: Any, divisor: int, variable: str) -> str:

@@ -1,4 +1,5 @@
-"""Reading a user's records back over any time range, and summaries of them and of the fleet.
+"""Reading a user's records back over any time range, their aggregates and coverage, and the
+bytes of single hour files.
 
 Where an hour's records are
     Every hour file (and late part) has a manifest row (`HourFile`) once the rotation knows it, and
@@ -120,13 +121,13 @@ def _archived_key(row: HourFile | None) -> tuple[str | None, bool]:
     return row.key, row.compressed or row.key.endswith(".gz")
 
 
-def _plan_hour(cloud_id: str, hour: datetime, rows: list[HourFile]) -> HourPlan:
+def _plan_hour(cloud_id: str, hour: datetime, rows: list[HourFile], has_dir: bool) -> HourPlan:
     by_part = {row.part: row for row in rows}
     parts = []
     part = 0
     # A writer opens part N+1 only after part N was sealed, and markers outlive shipped files,
     # so local parts form a chain that ends at the first part with neither file nor marker.
-    while True:
+    while has_dir:
         path = paths.local_path(cloud_id, hour, part)
         row = by_part.pop(part, None)
         on_disk = path.exists()
@@ -138,7 +139,8 @@ def _plan_hour(cloud_id: str, hour: datetime, rows: list[HourFile]) -> HourPlan:
     for part, row in sorted(by_part.items()):
         path = paths.local_path(cloud_id, hour, part)
         key, compressed = _archived_key(row)
-        parts.append(PartCopies(part, path if path.exists() else None, key, compressed))
+        local = path if has_dir and path.exists() else None
+        parts.append(PartCopies(part, local, key, compressed))
     return HourPlan(cloud_id, hour, tuple(p for p in parts if p.local_path or p.key))
 
 
@@ -170,11 +172,13 @@ def hour_plans(cloud_id: str, start: datetime, end: datetime) -> Iterator[HourPl
         .iterator(chunk_size=500)
     )
     manifest = ((hour, list(group)) for hour, group in groupby(rows, key=attrgetter("hour")))
-    local: Iterable[tuple[datetime, list[HourFile]]] = (
-        (hour, []) for hour in _local_hours(first_hour, end)
-    )
+    # Only hours with a directory on disk are probed for local files (one listing of LOG_ROOT).
+    local_hours = _local_hours(first_hour, end)
+    local: Iterable[tuple[datetime, list[HourFile]]] = ((hour, []) for hour in local_hours)
+    with_dir = set(local_hours)
     for hour, group in groupby(heapq.merge(manifest, local, key=itemgetter(0)), itemgetter(0)):
-        plan = _plan_hour(cloud_id, hour, [row for _, hour_rows in group for row in hour_rows])
+        rows = [row for _, hour_rows in group for row in hour_rows]
+        plan = _plan_hour(cloud_id, hour, rows, hour in with_dir)
         if plan.parts:
             yield plan
 
@@ -186,28 +190,43 @@ def archive_storage() -> Storage:
     return storages["archive"]
 
 
-def s3_location(storage: Storage, key: str) -> tuple[Any, str, str] | None:
-    """(boto3 client, bucket, object name) when the archive is on S3, else None."""
-    bucket_name = getattr(storage, "bucket_name", None)
-    if not bucket_name:
-        return None
-    return storage.connection.meta.client, bucket_name, storage._normalize_name(key)  # type: ignore[attr-defined]
+class ArchiveReader:
+    """Reads archived objects by key. Make it in the thread that serves the request and share it
+    with helper threads: django-storages keeps one boto3 connection per thread, costly to make,
+    while the boto3 client it holds is safe to use from any thread."""
 
+    def __init__(self, storage: Storage | None = None) -> None:
+        self.storage = storage or archive_storage()
+        self.client = (
+            self.storage.connection.meta.client  # type: ignore[attr-defined]
+            if getattr(self.storage, "bucket_name", None)
+            else None
+        )
 
-def read_archived(key: str, compressed: bool, storage: Storage | None = None) -> bytes:
-    """The uncompressed content of an archived hour file; ArchiveReadError if unreadable."""
-    storage = storage or archive_storage()
-    try:
-        location = s3_location(storage, key)
-        if location is not None:
-            client, bucket, name = location
-            data = client.get_object(Bucket=bucket, Key=name)["Body"].read()
-        else:
-            with storage.open(key, "rb") as handle:
-                data = handle.read()
-        return gzip.decompress(data) if compressed else data
-    except (ClientError, BotoCoreError, OSError, EOFError, zlib.error) as exc:
-        raise ArchiveReadError(f"cannot read archived {key}: {exc}") from exc
+    def open(self, key: str) -> tuple[Any, int]:
+        """A readable stream of the object as stored, and its size; ArchiveReadError if absent."""
+        try:
+            if self.client is not None:
+                reply = self.client.get_object(
+                    Bucket=self.storage.bucket_name,  # type: ignore[attr-defined]
+                    Key=self.storage._normalize_name(key),  # type: ignore[attr-defined]
+                )
+                return reply["Body"], reply["ContentLength"]
+            handle = self.storage.open(key, "rb")
+            return handle, handle.size
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise ArchiveReadError(f"cannot read archived {key}: {exc}") from exc
+
+    def read(self, key: str, compressed: bool) -> bytes:
+        """The uncompressed content of an archived hour file; ArchiveReadError if unreadable."""
+        stream, _ = self.open(key)
+        try:
+            data = stream.read()
+            return gzip.decompress(data) if compressed else data
+        except (ClientError, BotoCoreError, OSError, EOFError, zlib.error) as exc:
+            raise ArchiveReadError(f"cannot read archived {key}: {exc}") from exc
+        finally:
+            stream.close()
 
 
 def _parse_lines(data: bytes, origin: str) -> Iterator[Record]:
@@ -227,7 +246,7 @@ class HourContent:
     vanished: list[PartCopies] = field(default_factory=list)
 
 
-def _load_hour(plan: HourPlan, storage: Storage) -> HourContent:
+def _load_hour(plan: HourPlan, archive: ArchiveReader) -> HourContent:
     content = HourContent()
     for copies in plan.parts:
         found = False
@@ -242,7 +261,7 @@ def _load_hour(plan: HourPlan, storage: Storage) -> HourContent:
                 found = True
         if copies.key is not None:
             try:
-                data = read_archived(copies.key, copies.compressed, storage)
+                data = archive.read(copies.key, copies.compressed)
             except ArchiveReadError:
                 if not found:
                     raise
@@ -255,7 +274,7 @@ def _load_hour(plan: HourPlan, storage: Storage) -> HourContent:
     return content
 
 
-def _recover_vanished(plan: HourPlan, copies: PartCopies, storage: Storage) -> list[Record]:
+def _recover_vanished(plan: HourPlan, copies: PartCopies, archive: ArchiveReader) -> list[Record]:
     row = HourFile.objects.filter(cloud_id=plan.cloud_id, hour=plan.hour, part=copies.part).first()
     key, compressed = _archived_key(row)
     if key is None:
@@ -265,7 +284,7 @@ def _recover_vanished(plan: HourPlan, copies: PartCopies, storage: Storage) -> l
             copies.part,
         )
         return []
-    return list(_parse_lines(read_archived(key, compressed, storage), key))
+    return list(_parse_lines(archive.read(key, compressed), key))
 
 
 def _in_order(
@@ -290,7 +309,7 @@ def iter_hours(
 
     Raises ArchiveReadError when a verified hour has no readable copy.
     """
-    storage = archive_storage()
+    archive = ArchiveReader()
     start_ts, end_ts = start.timestamp(), end.timestamp()
     plans = hour_plans(cloud_id, start, end)
     pending: list[tuple[HourPlan, Future[HourContent]]] = []
@@ -298,13 +317,13 @@ def iter_hours(
     try:
         while True:
             while len(pending) < PREFETCH_HOURS and (plan := next(plans, None)) is not None:
-                pending.append((plan, executor.submit(_load_hour, plan, storage)))
+                pending.append((plan, executor.submit(_load_hour, plan, archive)))
             if not pending:
                 return
             plan, future = pending.pop(0)
             content = future.result()
             for copies in content.vanished:
-                content.records.extend(_recover_vanished(plan, copies, storage))
+                content.records.extend(_recover_vanished(plan, copies, archive))
             records = _in_order(content.records, start_ts, end_ts, record_type)
             if records:
                 yield records
@@ -383,22 +402,10 @@ def open_hour_file(hour_file: HourFile) -> HourFileStream:
             f"hour file {hour_file.id} is not on disk and not verified in the archive "
             f"(state {hour_file.state})"
         )
-    storage = archive_storage()
+    stream, size = ArchiveReader().open(key)
     content_type = GZIP_TYPE if compressed else JSON_LINES_TYPE
     filename = key.rsplit("/", 1)[-1]
-    try:
-        location = s3_location(storage, key)
-        if location is not None:
-            client, bucket, name = location
-            reply = client.get_object(Bucket=bucket, Key=name)
-            size = reply["ContentLength"]
-            return HourFileStream(_file_chunks(reply["Body"], size), size, content_type, filename)
-        handle = storage.open(key, "rb")
-        return HourFileStream(
-            _file_chunks(handle, handle.size), handle.size, content_type, filename
-        )
-    except (ClientError, BotoCoreError, OSError) as exc:
-        raise ArchiveReadError(f"cannot read archived {key}: {exc}") from exc
+    return HourFileStream(_file_chunks(stream, size), size, content_type, filename)
 
 
 def presigned_url(hour_file: HourFile) -> tuple[str, datetime]:
@@ -411,11 +418,11 @@ def presigned_url(hour_file: HourFile) -> tuple[str, datetime]:
         raise HourFileUnavailableError(
             f"hour file {hour_file.id} is not verified in the archive (state {hour_file.state})"
         )
-    storage = archive_storage()
-    if s3_location(storage, key) is None:
+    archive = ArchiveReader()
+    if archive.client is None:
         raise HourFileUnavailableError("presigned URLs need an S3 archive (ARCHIVE_BUCKET)")
-    expires_in = storage.querystring_expire  # type: ignore[attr-defined]
-    url = storage.url(key, expire=expires_in)
+    expires_in = archive.storage.querystring_expire  # type: ignore[attr-defined]
+    url = archive.storage.url(key, expire=expires_in)
     return url, timezone.now() + timedelta(seconds=expires_in)
 
 
@@ -471,11 +478,6 @@ def interval_boundaries(
             moment += step
     boundaries.append(end)
     return boundaries
-
-
-def count_intervals(start: datetime, end: datetime, interval: timedelta) -> int:
-    """How many intervals `aggregate_demand` returns for the range, without computing the grid."""
-    return math.ceil((end - start) / interval) + 1
 
 
 def demand_readings(cloud_id: str, start: datetime, end: datetime) -> Iterator[tuple[float, float]]:

@@ -783,49 +783,152 @@ def tidy_verified(
     HourFile.objects.mark_deleted_locally(removed, now)
 
 
-def _settle(
-    shipment: Shipment,
-    report: RotationReport,
-    removed: list[int],
-    after_step: AfterStep,
-) -> None:
-    """Record one shipment in the manifest; remove the local file once it says verified."""
-    job, now = shipment.job, timezone.now()
+def _outcome_fields(shipment: Shipment, now: datetime) -> dict[str, object]:
     stats = asdict(shipment.stats) if shipment.stats else {}
     if shipment.outcome == Outcome.VERIFIED:
-        assert shipment.stats is not None
-        if not HourFile.objects.record_verified(job.pk, job.lease, now, stats):
-            logger.warning("rotation: lost the lease on %s; its new holder finishes it", job.key)
-            return
-        after_step(Step.RECORDED, job.key)
-        if shipment.already_archived:
-            report.already_archived += 1
-        else:
-            report.shipped += 1
-            report.bytes_shipped += shipment.stats.size
-        report.malformed_lines += shipment.stats.malformed_lines
+        return HourFile.verified_fields(now, stats)
+    if shipment.outcome == Outcome.CONFLICT:
+        return HourFile.conflict_fields(shipment.error, stats)
+    return HourFile.failed_fields(now, shipment.error, shipment.job.attempts)
+
+
+def _remove_local(job: Job, after_step: AfterStep) -> int | None:
+    try:
         job.path.unlink(missing_ok=True)
-        after_step(Step.DELETED, job.key)
-        report.local_deleted += 1
-        removed.append(job.pk)
-        if len(removed) >= DELETE_MARK_BATCH:
-            HourFile.objects.mark_deleted_locally(removed, now)
-            removed.clear()
-    elif shipment.outcome == Outcome.CONFLICT:
-        HourFile.objects.record_conflict(job.pk, job.lease, now, shipment.error, stats)
-        report.conflicts += 1
-        report.note_error(shipment.error)
-        logger.error("rotation: conflict: %s", shipment.error)
-    elif shipment.outcome == Outcome.FAILED:
-        HourFile.objects.record_failure(job.pk, job.lease, now, shipment.error, job.attempts)
-        report.failed += 1
-        report.note_error(f"{job.key}: {shipment.error}")
-        logger.error("rotation: %s failed (attempt %d): %s", job.key, job.attempts, shipment.error)
-    else:
-        # Nothing to ship. The row goes first: a file without a row is registered again.
-        if HourFile.objects.forget_empty(job.pk, job.lease):
-            job.path.unlink(missing_ok=True)
-            report.empty += 1
+    except OSError as exc:
+        # Verified, so nothing is at risk: a later run's tidy phase removes it.
+        logger.error("rotation: cannot remove %s: %s", job.path, exc)
+        return None
+    after_step(Step.DELETED, job.key)
+    return job.pk
+
+
+class _Shipper:
+    """The ship phase of one run: claims, the worker pool, and the manifest updates.
+
+    Database work stays on this (the calling) thread and is done in batches: with every worker
+    busy in Python, each blocking call here waits for the GIL, so fewer, larger statements keep
+    the workers fed. Local files are removed in the pool, after the batch that records them
+    verified has committed.
+    """
+
+    def __init__(
+        self,
+        archive: Archive,
+        pool: ThreadPoolExecutor,
+        concurrency: int,
+        report: RotationReport,
+        progress: Progress | None,
+        after_step: AfterStep,
+    ) -> None:
+        self.archive = archive
+        self.pool = pool
+        self.concurrency = concurrency
+        self.report = report
+        self.progress = progress
+        self.after_step = after_step
+        self.shipping: dict[Future[Shipment], Job] = {}
+        self.finished: list[Shipment] = []
+        self.removing: set[Future[int | None]] = set()
+        self.removed: list[int] = []
+
+    def submit(self, candidates: list[tuple[Any, ...]]) -> None:
+        """Claim a batch of due files and hand the ones claimed to the pool."""
+        lease, claimed = HourFile.objects.claim([row[0] for row in candidates], timezone.now())
+        mine = set(claimed)
+        for pk, key, local_path, compressed, attempts in candidates:
+            if pk not in mine:
+                continue  # another run has it, or it is no longer due
+            self.after_step(Step.CLAIMED, key)
+            job = Job(pk, key, Path(local_path), compressed, lease, attempts + 1)
+            future = self.pool.submit(ship_file, job, self.archive, self.after_step)
+            self.shipping[future] = job
+
+    def drain(self, in_flight: int) -> None:
+        """Wait until at most `in_flight` files are being shipped, recording what finished."""
+        while len(self.shipping) > in_flight:
+            done, _ = wait(self.shipping, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = self.shipping.pop(future)
+                try:
+                    self.finished.append(future.result())
+                except Exception as exc:
+                    # A bug, not an outage: keep this file from stopping every run, then stop.
+                    error = f"unexpected error: {exc!r}"
+                    now = timezone.now()
+                    failed = HourFile.failed_fields(now, error, job.attempts)
+                    HourFile.objects.settle([(job.pk, job.lease, failed)], now)
+                    raise
+            if len(self.finished) >= self.concurrency:
+                self.record()
+        self.collect_removals(block=False)
+
+    def record(self) -> None:
+        """Record finished files in one transaction; then remove the verified ones' local copies."""
+        now = timezone.now()
+        finished, self.finished = self.finished, []
+        settled = [s for s in finished if s.outcome != Outcome.EMPTY]
+        held = HourFile.objects.settle(
+            [(s.job.pk, s.job.lease, _outcome_fields(s, now)) for s in settled], now
+        )
+        for shipment in finished:
+            job = shipment.job
+            if shipment.outcome == Outcome.EMPTY:
+                # The row goes first: a file without a row is registered again by the next run.
+                if HourFile.objects.forget_empty(job.pk, job.lease):
+                    job.path.unlink(missing_ok=True)
+                    self.report.empty += 1
+            elif job.pk not in held:
+                logger.warning(
+                    "rotation: lost the lease on %s; its new holder finishes it", job.key
+                )
+                continue
+            else:
+                self.count(shipment)
+            if self.progress is not None:
+                self.progress.shipped(shipment)
+
+    def count(self, shipment: Shipment) -> None:
+        job, report = shipment.job, self.report
+        if shipment.outcome == Outcome.VERIFIED:
+            assert shipment.stats is not None
+            self.after_step(Step.RECORDED, job.key)
+            if shipment.already_archived:
+                report.already_archived += 1
+            else:
+                report.shipped += 1
+                report.bytes_shipped += shipment.stats.size
+            report.malformed_lines += shipment.stats.malformed_lines
+            self.removing.add(self.pool.submit(_remove_local, job, self.after_step))
+        elif shipment.outcome == Outcome.CONFLICT:
+            report.conflicts += 1
+            report.note_error(shipment.error)
+            logger.error("rotation: conflict: %s", shipment.error)
+        else:
+            report.failed += 1
+            report.note_error(f"{job.key}: {shipment.error}")
+            logger.error(
+                "rotation: %s failed (attempt %d): %s", job.key, job.attempts, shipment.error
+            )
+
+    def collect_removals(self, block: bool) -> None:
+        done = wait(self.removing)[0] if block else {f for f in self.removing if f.done()}
+        self.removing -= done
+        try:
+            for future in done:
+                if (pk := future.result()) is not None:
+                    self.removed.append(pk)
+                    self.report.local_deleted += 1
+        finally:
+            if block or len(self.removed) >= DELETE_MARK_BATCH:
+                HourFile.objects.mark_deleted_locally(self.removed, timezone.now())
+                self.removed = []
+
+    def finish(self) -> None:
+        self.drain(0)
+        if self.finished:
+            self.record()
+        self.collect_removals(block=True)
 
 
 def ship_due(
@@ -844,45 +947,15 @@ def ship_due(
     due = _scoped(HourFile.objects.due(now), only_hour, cloud_id)
     if progress is not None:
         progress.started(due.count())
-    pending: dict[Future[Shipment], Job] = {}
-    removed: list[int] = []
-
-    def collect(block: bool) -> None:
-        nonlocal pending
-        done, _ = wait(pending, return_when=FIRST_COMPLETED) if block else (list(pending), None)
-        for future in done:
-            job = pending.pop(future)
-            try:
-                shipment = future.result()
-            except Exception as exc:
-                # A bug, not an outage: keep this file from stopping every run, then stop.
-                HourFile.objects.record_failure(
-                    job.pk, job.lease, timezone.now(), f"unexpected error: {exc!r}", job.attempts
-                )
-                raise
-            _settle(shipment, report, removed, after_step)
-            if progress is not None:
-                progress.shipped(shipment)
-
-    try:
-        for pk, key, local_path, compressed, attempts in _pages(
-            due, "key", "local_path", "compressed", "attempts"
-        ):
-            if should_stop():
-                report.stopped = True
-                break
-            lease = HourFile.objects.claim(pk, timezone.now())
-            if lease is None:
-                continue  # another run has it, or it is no longer due
-            after_step(Step.CLAIMED, key)
-            job = Job(pk, key, Path(local_path), compressed, lease, attempts + 1)
-            pending[pool.submit(ship_file, job, archive, after_step)] = job
-            if len(pending) >= 2 * concurrency:
-                collect(block=True)
-        while pending:
-            collect(block=True)
-    finally:
-        HourFile.objects.mark_deleted_locally(removed, timezone.now())
+    shipper = _Shipper(archive, pool, concurrency, report, progress, after_step)
+    candidates = _pages(due, "key", "local_path", "compressed", "attempts")
+    while batch := list(islice(candidates, concurrency)):
+        if should_stop():
+            report.stopped = True
+            break
+        shipper.submit(batch)
+        shipper.drain(concurrency)
+    shipper.finish()
 
 
 def remove_old_dirs(now: datetime, only_hour: datetime | None, report: RotationReport) -> None:

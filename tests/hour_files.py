@@ -82,14 +82,13 @@ def ship_hour(
     data = local.read_bytes()
     body = gzip.compress(data) if compressed else data
     key = paths.archive_key(cloud_id, hour, part, compressed)
-    storage = retrieval.archive_storage()
-    location = retrieval.s3_location(storage, key)
-    if location is not None:
-        client, bucket, name = location
+    archive = retrieval.ArchiveReader()
+    if archive.client is not None:
         content_type = "application/gzip" if compressed else "application/x-ndjson"
-        client.put_object(Bucket=bucket, Key=name, Body=body, ContentType=content_type)
+        bucket = archive.storage.bucket_name  # type: ignore[attr-defined]
+        archive.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
     else:
-        storage.save(key, ContentFile(body))
+        archive.storage.save(key, ContentFile(body))
     records = list(iter_records(local))
     row = manifest_row(cloud_id, hour, part, HourFileState.VERIFIED)
     row.key = key

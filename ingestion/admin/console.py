@@ -29,7 +29,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_q.admin import ScheduleAdmin
 from django_q.models import Schedule
 
-from ingestion import dashboard, retrieval
+from ingestion import dashboard, retrieval, shipping
 from ingestion.gateway import fetch_now
 from ingestion.record_types import RECORD_TYPES
 from ingestion.records import FetchFailure, iso_utc
@@ -118,7 +118,10 @@ def user_demand(request: HttpRequest, pk: int) -> JsonResponse:
         day = _parse_day(request.GET.get("day"), timezone.now().date())
     except ValueError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
-    points = dashboard.user_demand_day(user, day)
+    try:
+        points = dashboard.user_demand_day(user, day)
+    except retrieval.ArchiveReadError as exc:
+        return JsonResponse({"error": str(exc)}, status=503)
     return JsonResponse(
         {
             "cloud_id": user.cloud_id,
@@ -224,8 +227,6 @@ def _resume(request: HttpRequest, user: EagleUser) -> Outcome:
 
 
 def _rotate_now(request: HttpRequest, user: EagleUser) -> Outcome:
-    from ingestion import shipping  # TODO(console): top-level once the rotation lands
-
     report = shipping.rotate(cloud_id=user.cloud_id)
     return (messages.SUCCESS if report.ok else messages.WARNING), (
         f"{user.cloud_id}: rotation: {report.summary()}"

@@ -44,7 +44,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ingestion.gateway import basic_authorization
+from ingestion.gateway import SIMULATOR_HEADER, basic_authorization
 from ingestion.simulator.faults import Fault, FaultKind, FaultPlan
 from ingestion.simulator.meters import COMMANDS, MODELS, VARIABLES, Meter, ReadingModel, produced
 from ingestion.simulator.replies import (
@@ -458,20 +458,25 @@ class Simulator:
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
-            if self.latency:
-                await asyncio.sleep(self.latency)
-            path = request.path
-            if request.method == "POST":
-                if path == POST_MANAGER:
-                    return await self._cloud(request)
-                if path.startswith(GATEWAY_PREFIX) and path.endswith(POST_MANAGER):
-                    cloud_id = path[len(GATEWAY_PREFIX) : -len(POST_MANAGER)]
-                    return await self._local(request, cloud_id)
-            elif path == "/":
-                return web.Response(text=f"EAGLE simulator: {len(self.gateways)} gateways\n")
-            return web.Response(status=404, text="Not Found\n")
+            response = await self._route(request)
         finally:
             self.in_flight -= 1
+        # Readings from here are recorded as simulated, whatever protocol carried them.
+        response.headers[SIMULATOR_HEADER] = "1"
+        return response
+
+    async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        path = request.path
+        if request.method == "POST":
+            if path == POST_MANAGER:
+                return await self._cloud(request)
+            if path.startswith(GATEWAY_PREFIX) and path.endswith(POST_MANAGER):
+                return await self._local(request, path[len(GATEWAY_PREFIX) : -len(POST_MANAGER)])
+        elif path == "/":
+            return web.Response(text=f"EAGLE simulator: {len(self.gateways)} gateways\n")
+        return web.Response(status=404, text="Not Found\n")
 
     async def _cloud(self, request: web.BaseRequest) -> web.StreamResponse:
         body = await request.read()

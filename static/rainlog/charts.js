@@ -100,11 +100,17 @@
     return plot;
   }
 
+  // The JSON body, or an Error carrying the server's own explanation when it gave one.
   function getJSON(url) {
     return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } }).then(
       (response) => {
-        if (!response.ok) throw new Error("HTTP " + response.status);
-        return response.json();
+        if (response.ok) return response.json();
+        return response
+          .json()
+          .catch(() => ({}))
+          .then((body) => {
+            throw new Error(body.error || "HTTP " + response.status);
+          });
       }
     );
   }
@@ -116,6 +122,7 @@
       if (y < u.bbox.top || y > u.bbox.top + u.bbox.height) return;
       const ctx = u.ctx;
       ctx.save();
+      ctx.setLineDash([]);
       ctx.strokeStyle = color;
       ctx.lineWidth = 1.5 * devicePixelRatio;
       ctx.beginPath();

@@ -7,6 +7,7 @@ from django.contrib import admin
 from django.test import Client
 from django.urls import reverse
 
+from ingestion.schedules import register_schedules
 from tests.admin.conftest import Fleet, build_fleet
 from tests.factories import OperatorFactory
 
@@ -24,6 +25,7 @@ def superuser_client(db) -> Client:  # type: ignore[no-untyped-def]
 
 
 def test_it_serves_every_changelist_to_a_superuser(fleet: Fleet, superuser_client: Client) -> None:
+    register_schedules()
     names = []
     for model in admin.site._registry:
         opts = model._meta
@@ -32,6 +34,17 @@ def test_it_serves_every_changelist_to_a_superuser(fleet: Fleet, superuser_clien
         assert response.status_code == 200, f"{url}: {response.status_code}"
         names.append(opts.label)
     assert {"users.EagleUser", "ingestion.Incident", "ingestion.HourFile", "django_q.Schedule"} <= set(names)
+
+
+def test_it_labels_the_polling_and_rotation_schedules_in_django_q2s_admin(
+    db, superuser_client: Client
+) -> None:  # type: ignore[no-untyped-def]
+    register_schedules()
+
+    page = superuser_client.get(reverse("admin:django_q_schedule_changelist")).content.decode()
+
+    assert "Polling, shard 0: runs the 6-second ticks of each minute" in page
+    assert "Rotation: seals closed hours and ships them to the archive" in page
 
 
 def test_it_shows_the_fleet_dashboard_as_the_admin_index(fleet: Fleet, superuser_client: Client) -> None:

@@ -6,6 +6,7 @@ import re
 
 import pytest
 from django.urls import reverse
+from playwright.sync_api import expect
 
 from tests.admin.conftest import RAW_BAD_CREDENTIALS, Fleet, build_fleet, screenshot
 from tests.factories import OPERATOR_PASSWORD, OperatorFactory
@@ -15,11 +16,16 @@ pytestmark = [pytest.mark.browser]
 
 @pytest.fixture
 def fleet(transactional_db, simulator, settings_for_console) -> Fleet:  # type: ignore[no-untyped-def]
-    return build_fleet(simulator)
+    return build_fleet(simulator, week_for_failing=False)
 
 
 @pytest.fixture
-def signed_in(page, live_server, fleet: Fleet):  # type: ignore[no-untyped-def]
+def fleet_with_a_week(transactional_db, simulator, settings_for_console) -> Fleet:  # type: ignore[no-untyped-def]
+    return build_fleet(simulator, week_for_failing=True)
+
+
+@pytest.fixture
+def signed_in(page, live_server, at_now):  # type: ignore[no-untyped-def]
     """The browser page, signed in through the admin's login form as an operator."""
     operator = OperatorFactory(is_superuser=True)
     page.goto(f"{live_server.url}{reverse('admin:index')}")
@@ -31,76 +37,80 @@ def signed_in(page, live_server, fleet: Fleet):  # type: ignore[no-untyped-def]
     return page
 
 
-def test_it_shows_the_fleet_at_a_glance_after_logging_in(signed_in, fleet: Fleet) -> None:  # type: ignore[no-untyped-def]
+def test_it_shows_the_fleet_at_a_glance_after_logging_in(fleet: Fleet, signed_in) -> None:  # type: ignore[no-untyped-def]
     page = signed_in
 
     users = page.locator("#card-users")
-    assert "6 of 10 logging" in users.inner_text()
-    assert "2 failing" in users.inner_text() and "1 suspended" in users.inner_text()
-    failures = page.locator("#failing-by-class tbody")
-    assert failures.locator("tr").count() == 2
-    assert "Bad credentials" in failures.inner_text()
-    archive = page.locator("#card-archive").inner_text()
-    assert fleet.failed_upload.cloud_id in archive and "failed" in archive
-    jobs = page.locator("#jobs").inner_text()
-    assert "Failed tasks" in jobs and "Queued tasks" in jobs
+    expect(users).to_contain_text("6 of 10 logging")
+    expect(users).to_contain_text("2 failing")
+    expect(users).to_contain_text("1 suspended")
+    failures = page.locator("#failing-by-class tbody tr")
+    expect(failures).to_have_count(2)
+    expect(failures.first).to_contain_text("Bad credentials")
+    archive = page.locator("#card-archive")
+    expect(archive).to_contain_text(f"{fleet.failed_upload.cloud_id}, failed")
+    expect(page.locator("#jobs")).to_contain_text("Failed tasks")
     # Both charts are drawn from the console's own data and the vendored chart library.
-    page.locator("#fleet-demand-chart canvas").wait_for()
-    page.locator("#fleet-readings-chart canvas").wait_for()
-    assert "sampled of 6 logging households" in page.locator("#fleet-charts figcaption").first.inner_text()
+    expect(page.locator("#fleet-demand-chart canvas")).to_be_visible()
+    expect(page.locator("#fleet-readings-chart canvas")).to_be_visible()
+    expect(page.locator("#fleet-charts figcaption").first).to_contain_text(
+        "sampled of 6 logging households"
+    )
     screenshot(page, "dashboard")
+    # The admin's dark theme: the console's colours come from the same CSS variables.
+    page.emulate_media(color_scheme="dark")
+    page.reload()
+    expect(page.locator("#fleet-readings-chart canvas")).to_be_visible()
+    screenshot(page, "dashboard-dark")
 
 
-def test_it_opens_a_failing_user_and_checks_its_credentials(signed_in, fleet: Fleet) -> None:  # type: ignore[no-untyped-def]
+def test_it_opens_a_failing_user_checks_its_credentials_and_suspends_it(  # type: ignore[no-untyped-def]
+    fleet_with_a_week: Fleet, signed_in
+) -> None:
     page = signed_in
-    user = fleet.bad_credentials
+    user = fleet_with_a_week.bad_credentials
 
     page.locator("#card-users").get_by_role("link", name="2 failing").click()
     page.get_by_role("link", name=user.cloud_id, exact=True).click()
     console = page.locator("#user-console")
-    assert "Failing: Bad credentials" in console.locator("#user-state").inner_text()
-    page.locator("#user-demand-chart canvas").wait_for()
-    assert re.search(r"[\d,]+ readings; peak import", page.locator("[data-demand-summary]").inner_text())
-    assert console.locator(".rl-strip td.rl-cov-missing").count() >= 3  # since it broke
-    assert console.locator(".rl-strip td.rl-cov-partial").count() >= 1  # the outage 2 days ago
-    assert "Bad credentials" in console.locator("#user-incidents").inner_text()
+    expect(console.locator("#user-state")).to_contain_text("Failing: Bad credentials")
+    expect(page.locator("#user-demand-chart canvas")).to_be_visible()
+    expect(page.locator("[data-demand-summary]")).to_have_text(re.compile(r"[\d,]+ readings; peak"))
+    strip = console.locator(".rl-strip")
+    expect(strip.locator("td.rl-cov-missing")).to_have_count(3)  # since it broke
+    expect(strip.locator("td.rl-cov-partial")).to_have_count(3)  # an outage 2 days ago, today
+    expect(strip.locator("td.rl-cov-complete")).to_have_count(7 * 24 - 6)
+    expect(console.locator("#user-incidents")).to_contain_text("Bad credentials")
 
     page.get_by_role("button", name="Check credentials").click()
 
-    message = page.locator(".messagelist li").first
-    assert f"{user.cloud_id}: bad_credentials" in message.inner_text()
+    expect(page.locator(".messagelist")).to_contain_text(f"{user.cloud_id}: bad_credentials")
     assert user.eagle_password not in page.content()
     screenshot(page, "user")
 
-
-def test_it_suspends_and_resumes_a_user_from_its_page(signed_in, fleet: Fleet, live_server) -> None:  # type: ignore[no-untyped-def]
-    page = signed_in
-    user = fleet.unreachable
-    page.goto(f"{live_server.url}{reverse('admin:users_eagleuser_change', args=[user.pk])}")
-
     page.get_by_role("button", name="Suspend").click()
-    assert "suspended: it is no longer polled" in page.locator(".messagelist").inner_text()
-    assert "Suspended: Suspended by" in page.locator("#user-state").inner_text()
+    expect(page.locator(".messagelist")).to_contain_text("suspended: it is no longer polled")
+    expect(page.locator("#user-state")).to_contain_text("Suspended: Suspended by")
     user.refresh_from_db()
     assert not user.is_active
-
     page.get_by_role("button", name="Resume").click()
-    assert "resumed" in page.locator(".messagelist").inner_text()
+    expect(page.locator(".messagelist")).to_contain_text("resumed")
     user.refresh_from_db()
     assert user.is_active
     screenshot(page, "user-resumed")
 
 
-def test_it_lists_open_incidents_and_shows_the_reply_behind_one(signed_in, fleet: Fleet) -> None:  # type: ignore[no-untyped-def]
+def test_it_lists_open_incidents_and_shows_the_reply_behind_one(fleet: Fleet, signed_in) -> None:  # type: ignore[no-untyped-def]
     page = signed_in
 
     page.locator("#card-incidents").get_by_role("link", name="2").click()
     rows = page.locator("#result_list tbody tr")
-    assert rows.count() == 2
-    assert fleet.bad_credentials.cloud_id in rows.all_inner_texts()[0] + rows.all_inner_texts()[1]
+    expect(rows).to_have_count(2)
+    expect(rows.filter(has_text=fleet.bad_credentials.cloud_id)).to_contain_text("Bad credentials")
+    expect(rows.filter(has_text=fleet.unreachable.cloud_id)).to_contain_text("Gateway unreachable")
     screenshot(page, "incidents")
 
-    page.goto(page.url.split("?")[0] + f"{fleet.incident.pk}/change/")
-    assert "Invalid user name or password" in page.content()
-    assert RAW_BAD_CREDENTIALS.splitlines()[1].strip() in page.locator("#content").inner_text()
+    rows.filter(has_text=fleet.bad_credentials.cloud_id).get_by_role("link").first.click()
+    expect(page.locator("#content")).to_contain_text(RAW_BAD_CREDENTIALS.splitlines()[1].strip())
     assert fleet.bad_credentials.eagle_password not in page.content()
+    screenshot(page, "incident")

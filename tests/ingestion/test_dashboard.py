@@ -6,11 +6,13 @@ import pytest
 import time_machine
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django_q.models import Schedule, Task
 
 from ingestion import dashboard, paths
 from ingestion.files import HourFileWriter
 from ingestion.models import HourFileState, IncidentState
 from ingestion.records import FailureClass, Reading, Source
+from ingestion.schedules import register_schedules
 from tests.factories import (
     EagleUserFactory,
     FetchStateFactory,
@@ -109,7 +111,8 @@ def test_it_compares_the_last_hours_readings_and_ticks_with_what_was_expected(se
 
 
 @pytest.mark.django_db
-def test_it_reports_the_oldest_unshipped_hour_and_its_age_since_the_hour_ended() -> None:
+def test_it_reports_the_oldest_unshipped_hour_and_its_age(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.ARCHIVE_FRESHNESS_ALERT_SECONDS = 3 * 3600
     user = logging_user()
     HourFileFactory(user=user, hour=NOW.replace(hour=9, minute=0), state=HourFileState.VERIFIED)
     oldest = HourFileFactory(
@@ -121,8 +124,8 @@ def test_it_reports_the_oldest_unshipped_hour_and_its_age_since_the_hour_ended()
         summary = dashboard.fleet_summary()
 
     assert summary.oldest_unshipped == oldest
-    assert summary.oldest_unshipped_age == timedelta(hours=3, minutes=20)
-    assert summary.archive_level == "warning"
+    assert summary.oldest_unshipped_age == timedelta(hours=4, minutes=20)
+    assert summary.archive_level == "problem"  # older than ARCHIVE_FRESHNESS_ALERT_SECONDS
 
 
 @pytest.mark.django_db
@@ -199,7 +202,16 @@ def test_it_draws_each_hour_of_the_week_as_complete_partial_missing_or_unshipped
     assert totals[dashboard.NOT_LOGGED] == 7 * 24 - (3 * 24 + 3)
     assert totals[dashboard.MISSING] == 3 * 24 + 3 - 5
     days = dashboard.coverage_days(cells)
-    assert [sum(1 for cell in hours if cell) for _, hours in days] == [9, 24, 24, 24, 24, 24, 24, 15]
+    assert [sum(1 for cell in hours if cell) for _, hours in days] == [
+        9,
+        24,
+        24,
+        24,
+        24,
+        24,
+        24,
+        15,
+    ]
     assert days[0][1][14] is None and days[0][1][15] == cells[0]
     assert days[-1][1][14] == cells[-1] and days[-1][1][15] is None
 
@@ -241,3 +253,38 @@ def test_it_says_in_words_what_state_one_user_is_in() -> None:
         "Suspended: Bad credentials, 5 times in a row.",
     )
     assert failing.incidents.get().state == IncidentState.OPEN
+
+
+@pytest.mark.django_db
+def test_it_labels_rainlogs_own_schedules_and_counts_task_outcomes() -> None:
+    register_schedules()
+    Schedule.objects.create(name="someone-elses", func="math.floor", args="1")
+
+    def task(name: str, hours_ago: float, success: bool) -> Task:
+        stopped = NOW - timedelta(hours=hours_ago)
+        return Task.objects.create(
+            id=name,
+            name=name,
+            func="ingestion.tasks.rotate_hourly",
+            started=stopped,
+            stopped=stopped,
+            success=success,
+        )
+
+    task("rotation-1", 2, True)
+    task("rotation-2", 1, False)
+    task("poll-1", 0.1, True)
+    task("long-ago", 30, False)
+    Schedule.objects.filter(name="rotate-hourly").update(task="rotation-2")
+    Schedule.objects.filter(name="poll-shard-0").update(task="poll-1")
+
+    with time_machine.travel(NOW, tick=False):
+        jobs = dashboard.job_summary()
+
+    rows = {row.schedule.name: row for row in jobs.schedules}
+    assert rows["poll-shard-0"].role.startswith("Polling, shard 0")
+    assert rows["rotate-hourly"].role.startswith("Rotation")
+    assert rows["someone-elses"].role == ""
+    assert (rows["poll-shard-0"].last_success, rows["rotate-hourly"].last_success) == (True, False)
+    assert rows["deliver-incident-reports"].last_success is None
+    assert (jobs.queued, jobs.successes, jobs.failures) == (0, 2, 1)

@@ -56,7 +56,7 @@ def fetch(
     return run(sim, lambda client: client.fetch(target, record_type, **options))
 
 
-def run(sim: Simulator, work: Callable[[EagleClient], Awaitable[object]], timeout: float = 2.0):  # type: ignore[no-untyped-def]
+def run(sim: Simulator, work: Callable[[EagleClient], Awaitable[object]], timeout: float = 10.0):  # type: ignore[no-untyped-def]
     async def main():  # type: ignore[no-untyped-def]
         async with EagleClient(cloud_url=sim.cloud_url, timeout=timeout, limit=50) as client:
             return await work(client)
@@ -85,7 +85,11 @@ def test_it_fetches_each_record_type_over_each_protocol(
     reading = fetch(sim, target_of(sim, connection_type, index), record_type)
     assert isinstance(reading, Reading), reading
     assert reading.record_type == record_type
-    assert reading.source == connection_type
+    assert reading.source == "simulator"
+    # Cloud and legacy replies carry the meter's hex fields; an EAGLE-200 sends scaled decimals.
+    assert any(name.startswith("zigbee:") for name in reading.raw) == (
+        connection_type == "eagle200"
+    )
     truth = truth_of(sim, reading)
     assert reading.values == truth.values
     assert truth.served and not truth.faulted
@@ -158,7 +162,9 @@ def test_it_classifies_each_fault_over_each_protocol(
 ) -> None:
     target = target_of(sim, PROTOCOLS[protocol])
     sim.set_fault(target.cloud_id, kind)
-    result = run(sim, lambda client: client.fetch(target), timeout=0.5)
+    # Only the timeout fault needs a short timeout; the machine may be busy for the others.
+    timeout = 0.5 if kind is FaultKind.TIMEOUT else 10.0
+    result = run(sim, lambda client: client.fetch(target), timeout=timeout)
     assert isinstance(result, FetchFailure), result
     assert result.failure_class is EXPECTED[kind][protocol], result
     assert target.password not in result.message + result.raw_reply
@@ -305,7 +311,7 @@ def test_fetch_now_works_from_inside_an_event_loop(sim: Simulator) -> None:
 
 
 def odd_server(
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]], timeout: float = 1.0
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]], timeout: float = 10.0
 ):  # type: ignore[no-untyped-def]
     """Fetch once from a real loopback server that answers with `handler`."""
 
@@ -362,8 +368,67 @@ def test_it_classifies_what_odd_servers_send() -> None:
         redirect_to_https: (FailureClass.GATEWAY_UNREACHABLE, "cannot connect to 127.0.0.1:9"),
     }
     for handler, (failure_class, words) in cases.items():
-        result = odd_server(handler, timeout=0.5)
+        result = odd_server(handler, timeout=0.5 if handler is headers_then_silence else 10.0)
         assert isinstance(result, FetchFailure), handler.__name__
         assert result.failure_class is failure_class, (handler.__name__, result)
         assert words in result.message, (handler.__name__, result)
     assert odd_server(error_with_500).http_status == 500
+
+
+def test_it_records_the_protocol_as_the_source_of_real_gateways() -> None:
+    async def cloud_reply(request: web.Request) -> web.Response:
+        return web.Response(
+            text="<InstantaneousDemand><TimeStamp>0x2f0a1b2c</TimeStamp><Demand>0x0004d2</Demand>"
+            "<Divisor>0x3e8</Divisor></InstantaneousDemand>"
+        )
+
+    reading = odd_server(cloud_reply)
+    assert isinstance(reading, Reading)
+    assert reading.source == "cloud"
+    assert reading.values == {"demand_kw": 1.234}
+
+
+def raw_server(reply: bytes) -> Reading | FetchFailure:
+    """Fetch once from a TCP server that answers any request with `reply` bytes, then closes."""
+
+    async def main() -> Reading | FetchFailure:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(reply)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with (
+            server,
+            EagleClient(timeout=10.0, cloud_url=f"http://127.0.0.1:{port}/") as client,
+        ):
+            return await client.fetch(GatewayTarget("0a1b2c", "cloud", "a@example.org", "pw"))
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("reply", "failure_class"),
+    [
+        (b"", FailureClass.GATEWAY_UNREACHABLE),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", FailureClass.GATEWAY_UNREACHABLE),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n<Instant",
+            FailureClass.GATEWAY_UNREACHABLE,
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n", FailureClass.GATEWAY_UNREACHABLE),
+        (
+            b"HTTP/1.1 200 OK\r\n\r\n<Error><Text>Unknown Cloud ID</Text></Error>",
+            FailureClass.UNKNOWN_CLOUD_ID,
+        ),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", FailureClass.HTTP_ERROR),
+    ],
+)
+def test_it_survives_servers_that_do_not_speak_http_properly(
+    reply: bytes, failure_class: FailureClass
+) -> None:
+    result = raw_server(reply)
+    assert isinstance(result, FetchFailure)
+    assert result.failure_class is failure_class, result

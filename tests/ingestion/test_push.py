@@ -5,9 +5,12 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingestion import paths
 from ingestion.files import iter_records
@@ -418,3 +421,58 @@ def test_the_admin_issues_a_token_shown_once_on_an_uncached_page_and_revokes_it(
     assert not user.check_push_token("rlp_" + token)
     change_page = admin_client.get(f"{changelist}{user.pk}/change/").content.decode()
     assert "push_token_hash" not in change_page
+
+
+JSON_LEAVES = (
+    st.none()
+    | st.booleans()
+    # JSON integers are 64-bit.
+    | st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(["kW", "W", "kWh", "0x0348", "USD", "1772368140000", "-1", "1e400"])
+)
+JSON_VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+JSON_DATA = st.dictionaries(
+    st.sampled_from(
+        ["demand", "units", "summationDelivered", "summationReceived", "price", "currency", "tier"]
+    ),
+    JSON_VALUES,
+    max_size=4,
+)
+JSON_PUSH_ITEMS = st.fixed_dictionaries(
+    {
+        "dataType": st.sampled_from(["InstantaneousDemand", "CurrentSummation", "Price", "Message"])
+        | JSON_VALUES,
+        "timestamp": st.sampled_from([str(T0 * 1000), T0 * 1000]) | JSON_VALUES,
+        "data": JSON_DATA | JSON_VALUES,
+    }
+)
+
+
+@given(st.lists(JSON_PUSH_ITEMS, max_size=3))
+@settings(max_examples=300, deadline=None)
+def test_any_eagle200_shaped_push_is_decoded_or_refused_with_a_status(items: list) -> None:  # type: ignore[type-arg]
+    text = orjson.dumps({"timestamp": "1", "body": items}).decode()
+    try:
+        parsed = parse_push(text, "00a1b2", NOW)
+    except PushRejectedError as refused:
+        assert refused.status in (400, 422)
+    else:
+        for reading in parsed.readings:
+            reading.to_line()
+
+
+@given(st.text(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_any_text_is_decoded_or_refused_with_a_status(text: str) -> None:
+    try:
+        parse_push(text, "00a1b2", NOW)
+    except PushRejectedError as refused:
+        assert refused.status in (400, 415, 422)

@@ -21,6 +21,7 @@ from ingestion.reporting import create_reports, run_report_pass
 from ingestion.schedules import register_schedules
 from ingestion.tasks import deliver_incident_reports
 from tests.factories import EagleUserFactory
+from tests.rainlog.test_settings import PRODUCTION_ENVIRONMENT, manage
 
 pytestmark = pytest.mark.django_db
 
@@ -330,3 +331,12 @@ def test_a_receiver_that_never_answers_costs_one_short_timeout_per_pass(
     assert (summary.failed, summary.delivered) == (1, 0)
     assert "looks down" in summary.stopped
     assert "timed out" in IncidentReport.objects.get(attempts=1).last_error
+
+
+def test_it_refuses_to_start_with_a_report_url_but_no_secret(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {**PRODUCTION_ENVIRONMENT, "ERROR_REPORT_URL": "https://alerts.example.org/rainlog"}
+
+    result = manage("check", env=env, tmp_path=tmp_path)
+
+    assert result.returncode != 0
+    assert "ERROR_REPORT_SECRET is not" in result.stderr

@@ -162,7 +162,9 @@ def test_gzip_objects_are_explicit_jl_gz_without_content_encoding(
     assert row.content_type == "application/gzip" and row.size < row.data_size
 
 
-def test_the_key_stays_what_it_was_when_the_row_was_made(settings, s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+def test_the_key_stays_what_it_was_when_the_row_was_made(
+    settings, s3_archive: str, s3_client
+) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("002738", HOUR, 5))
     with time_machine.travel(AFTER_CLOSE, tick=False):
         shipping.rotate(should_stop=lambda: True)  # registers and seals, ships nothing
@@ -177,7 +179,9 @@ def test_the_key_stays_what_it_was_when_the_row_was_made(settings, s3_archive: s
     assert row.key.startswith("rainforest-logs/") and row.key.endswith(".jl")
 
 
-def test_an_identical_object_already_at_the_key_counts_as_shipped(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+def test_an_identical_object_already_at_the_key_counts_as_shipped(
+    s3_archive: str, s3_client
+) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("002738", HOUR, 5))
     data = paths.local_path("002738", HOUR).read_bytes()
     key = paths.archive_key("002738", HOUR)
@@ -190,7 +194,9 @@ def test_an_identical_object_already_at_the_key_counts_as_shipped(s3_archive: st
     assert not paths.local_path("002738", HOUR).exists()
 
 
-def test_a_different_object_at_the_key_is_a_conflict_never_overwritten(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_different_object_at_the_key_is_a_conflict_never_overwritten(
+    s3_archive: str, s3_client
+) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("002738", HOUR, 5))
     local = paths.local_path("002738", HOUR)
     data = local.read_bytes()
@@ -272,7 +278,9 @@ def test_a_verified_file_left_on_disk_by_a_stopped_run_is_removed(s3_archive: st
     assert HourFile.objects.get().local_deleted_at is not None
 
 
-def test_new_readings_under_a_shipped_name_move_to_a_new_late_part(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+def test_new_readings_under_a_shipped_name_move_to_a_new_late_part(
+    s3_archive: str, s3_client
+) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("002738", HOUR, 3))
     rotate_at(AFTER_CLOSE)
     first_object = object_bytes(s3_client, s3_archive, paths.archive_key("002738", HOUR))
@@ -293,7 +301,9 @@ def test_new_readings_under_a_shipped_name_move_to_a_new_late_part(s3_archive: s
     assert not paths.local_path("002738", HOUR, part=1).exists()
 
 
-def test_old_hour_directories_lose_their_markers_once_all_is_verified(settings, s3_archive: str) -> None:  # type: ignore[no-untyped-def]
+def test_old_hour_directories_lose_their_markers_once_all_is_verified(
+    settings, s3_archive: str
+) -> None:  # type: ignore[no-untyped-def]
     settings.ROTATE_MARKER_RETENTION_HOURS = 24
     write(demand_readings("0001", HOUR, 3))
     write(demand_readings("0002", HOUR, 3))
@@ -308,7 +318,9 @@ def test_old_hour_directories_lose_their_markers_once_all_is_verified(settings, 
     assert not directory.exists() and report.dirs_removed == 1
 
 
-def test_an_hour_directory_with_an_unshipped_file_is_kept(settings, s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+def test_an_hour_directory_with_an_unshipped_file_is_kept(
+    settings, s3_archive: str, s3_client
+) -> None:  # type: ignore[no-untyped-def]
     settings.ROTATE_MARKER_RETENTION_HOURS = 24
     write(demand_readings("0001", HOUR, 3))
     key = paths.archive_key("0001", HOUR)

@@ -91,7 +91,9 @@ def test_a_run_killed_after_any_step_is_finished_by_the_next(settings, archive_b
         assert paths.sealed_marker(paths.local_path(cloud_id, HOUR)).exists()
 
 
-def test_a_run_that_dies_while_holding_a_lease_blocks_nobody_after_it_lapses(settings, s3_archive) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_that_dies_while_holding_a_lease_blocks_nobody_after_it_lapses(
+    settings, s3_archive
+) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("002738", HOUR, 5))
     with time_machine.travel(AFTER_CLOSE, tick=False), pytest.raises(SimulatedCrash):
         shipping.rotate(after_step=crash_after(shipping.Step.CLAIMED, ""))

@@ -123,7 +123,9 @@ def test_an_outage_in_the_middle_of_a_run_is_recovered_by_a_later_run(settings, 
         with time_machine.travel(AFTER_CLOSE + timedelta(minutes=5), tick=False):
             assert shipping.rotate().ok
         assert stored_keys(port) == sorted(originals)
-        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+        client = boto3.client(
+            "s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1"
+        )
         for key, data in originals.items():
             assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == data
         assert set(HourFile.objects.values_list("state", flat=True)) == {HourFileState.VERIFIED}

@@ -130,7 +130,7 @@ def poll(sim: Simulator, clock: Clock, seconds: int, record_type: str = "demand"
     async def main() -> list[Reading]:
         logged: list[Reading] = []
         previous: dict[str, int] = {}
-        async with EagleClient(cloud_url=sim.cloud_url, timeout=2.0) as client:
+        async with EagleClient(cloud_url=sim.cloud_url, timeout=30.0) as client:
             for _ in range(seconds // 6):
                 results = await asyncio.gather(
                     *(
@@ -208,7 +208,7 @@ def test_a_plan_share_faults_the_same_gateways_for_the_same_seed() -> None:
 
 async def fetch_all(sim: Simulator) -> list[tuple[GatewayTarget, Reading | FetchFailure]]:
     targets = cloud_targets(sim)
-    async with EagleClient(cloud_url=sim.cloud_url, timeout=2.0) as client:
+    async with EagleClient(cloud_url=sim.cloud_url, timeout=30.0) as client:
         results = await asyncio.gather(*(client.fetch(t) for t in targets))
     return list(zip(targets, results, strict=True))
 

@@ -60,9 +60,17 @@ class Command(BaseCommand):
                 self.stdout.write("stopping after the current tick...")
             stop.set()
 
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
+        previous_handlers = {
+            signum: signal.signal(signum, request_stop)
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            self.poll(shards, stop, options)
+        finally:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
 
+    def poll(self, shards: list[int], stop: threading.Event, options: dict[str, Any]) -> None:
         holder = holder_name(FOREGROUND)
         poller = Poller(shards, holder)
         leases = [ShardLease(shard, holder) for shard in shards]

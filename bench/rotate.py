@@ -1,0 +1,296 @@
+"""`make bench-rotate`: hourly rotation of a fleet's hour files to S3, against the AWS CLI.
+
+Set-up, in a temporary directory removed at the end:
+- moto's S3 server (ThreadedMotoServer) in a process of its own, as S3 would be;
+- a fresh bench database (BENCH_DATABASE_URL, default
+  postgres://postgres@127.0.0.1:5432/rainlog_bench_rotate), dropped and migrated;
+- BENCH_FILES hour files (default 10,000: one closed hour of a 10,000-user fleet) of 600 record
+  lines each, made with `Reading(...).to_line()` like the poller's.
+
+Measured in the same run, on the same server and the same files:
+1. baseline: `aws s3 cp --recursive` of the hour directory (10 requests in flight, no
+   verification), into a bucket of its own;
+2. `ingestion.shipping.rotate()`: register and seal, then ship each file with a conditional PUT
+   carrying its SHA-256 (verified by the server), record it verified and remove the local copy.
+Printed: both times, files/s, the ratio (target <= 1.0), and the rotation's resident memory at
+points through the run and its peak, to show that memory does not grow with the number of files.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dj_database_url
+import psycopg2
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+FILES = int(os.environ.get("BENCH_FILES", "10000"))
+LINES_PER_FILE = 600
+TARGET_RATIO = 1.0
+CLI_BUCKET = "rainlog-bench-cli"
+ROTATION_BUCKET = "rainlog-bench-rotate"
+DATABASE_URL = os.environ.get(
+    "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/rainlog_bench_rotate"
+)
+# Each of the two uploads must finish within this, or the benchmark stops with an error.
+STEP_TIMEOUT_SECONDS = 900
+MOTO_SERVER = (
+    "import signal, sys\n"
+    "from moto.server import ThreadedMotoServer\n"
+    "server = ThreadedMotoServer(ip_address='127.0.0.1', port=int(sys.argv[1]), verbose=False)\n"
+    "server.start()\n"
+    "signal.sigwait([signal.SIGTERM, signal.SIGINT])\n"
+    "server.stop()\n"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up within {timeout:.0f} s: {exc}") from exc
+            time.sleep(0.2)
+
+
+@contextmanager
+def moto_server(port: int, log: Path) -> Iterator[str]:
+    with open(log, "wb") as output:
+        child = subprocess.Popen(
+            [sys.executable, "-c", MOTO_SERVER, str(port)], stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        wait_for(f"{endpoint}/")
+        yield endpoint
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def recreate_database(url: str) -> None:
+    config = dj_database_url.parse(url)
+    admin = psycopg2.connect(
+        host=config["HOST"] or "127.0.0.1",
+        port=config["PORT"] or 5432,
+        user=config["USER"] or None,
+        password=config["PASSWORD"] or None,
+        dbname="postgres",
+    )
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{config["NAME"]}" WITH (FORCE)')
+        cursor.execute(f'CREATE DATABASE "{config["NAME"]}"')
+    admin.close()
+
+
+def configure(work: Path, endpoint: str) -> None:
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "rainlog.settings",
+            "RAINLOG_ENV_FILE": str(work / "no.env"),
+            "DEBUG": "0",
+            "SECRET_KEY": "bench-secret-key-long-enough-for-django-checks-0123456789abcdef",
+            "FIELD_ENCRYPTION_KEYS": "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktYmU=",
+            "DATABASE_URL": DATABASE_URL,
+            "SECURE_SSL_REDIRECT": "0",
+            "VAR_DIR": str(work),
+            "LOG_ROOT": str(work / "logs"),
+            "ARCHIVE_BUCKET": ROTATION_BUCKET,
+            "AWS_S3_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+
+
+def cloud_id_of(n: int) -> str:
+    return f"{0x100000 + n:06x}"
+
+
+def write_hour_files(hour: datetime) -> int:
+    """FILES hour files of LINES_PER_FILE demand readings every 6 s; returns their total bytes."""
+    from ingestion import files, paths
+    from ingestion.records import Reading, Source
+
+    directory = paths.hour_dir(hour)
+    directory.mkdir(parents=True)
+    total = 0
+    for n in range(FILES):
+        cloud_id = cloud_id_of(n)
+        lines = []
+        for line in range(LINES_PER_FILE):
+            moment = hour + timedelta(seconds=6 * line)
+            demand = 300 + (n * 131 + line * 37) % 4200
+            lines.append(
+                Reading(
+                    cloud_id=cloud_id,
+                    record_type="demand",
+                    meter_timestamp=int(moment.timestamp()),
+                    received_at=moment + timedelta(milliseconds=380 + line % 200),
+                    source=Source.CLOUD,
+                    values={"demand_kw": demand / 1000},
+                    raw={
+                        "DeviceMacId": f"0xd8d5b9000000{n:04x}",
+                        "MeterMacId": f"0x00135003{n:08x}",
+                        "TimeStamp": f"0x{int(moment.timestamp()) - 946684800:08x}",
+                        "Demand": f"0x{demand:06x}",
+                        "Multiplier": "0x00000001",
+                        "Divisor": "0x000003e8",
+                        "DigitsRight": "0x03",
+                        "DigitsLeft": "0x06",
+                        "SuppressLeadingZero": "Y",
+                    },
+                ).to_line()
+            )
+        data = b"".join(lines)
+        paths.local_path(cloud_id, hour).write_bytes(data)
+        total += len(data)
+    # Durable, as the poller's writer makes its files within seconds (HourFileWriter.sync).
+    files.sync_filesystem(directory)
+    return total
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class MemoryProbe:
+    """A rotation progress listener that samples resident memory at a few points of the run."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.done = 0
+        self.samples: list[tuple[int, float]] = []
+
+    def started(self, total: int) -> None:
+        self.total = total
+        self.samples.append((0, rss_mib()))
+
+    def shipped(self, shipment: object) -> None:
+        self.done += 1
+        if self.done in {self.total // 10, self.total // 2, self.total}:
+            self.samples.append((self.done, rss_mib()))
+
+
+def aws_cli_copy(source: Path, endpoint: str) -> float:
+    command = [
+        str(Path(sys.executable).with_name("aws")),
+        "--endpoint-url", endpoint,
+        "s3", "cp", "--recursive", "--quiet",
+        str(source), f"s3://{CLI_BUCKET}/rainforest-logs/",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    subprocess.run(command, check=True, timeout=STEP_TIMEOUT_SECONDS)
+    return time.perf_counter() - started
+
+
+def count_objects(client: object, bucket: str) -> int:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)  # type: ignore[attr-defined]
+    return sum(page.get("KeyCount", 0) for page in pages)
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="rainlog-bench-rotate-"))
+    hour = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
+    try:
+        with moto_server(free_port(), work / "moto.log") as endpoint:
+            configure(work, endpoint)
+            import boto3
+            import django
+
+            client = boto3.client("s3", endpoint_url=endpoint)
+            for bucket in (CLI_BUCKET, ROTATION_BUCKET):
+                client.create_bucket(Bucket=bucket)
+            recreate_database(DATABASE_URL)
+            django.setup()
+            from django.core.management import call_command
+
+            from ingestion import paths, shipping
+            from ingestion.models import HourFile, HourFileState
+            from users.models import EagleUser
+
+            call_command("migrate", verbosity=0)
+            EagleUser.objects.bulk_create(
+                EagleUser(cloud_id=cloud_id_of(n), email=f"bench-{n}@example.org")
+                for n in range(FILES)
+            )
+            print(f"writing {FILES:,} hour files of {LINES_PER_FILE} lines ...", flush=True)
+            started = time.perf_counter()
+            total_bytes = write_hour_files(hour)
+            print(
+                f"  {total_bytes / 2**20:,.0f} MiB ({total_bytes / FILES / 1024:.0f} KiB a file) "
+                f"in {time.perf_counter() - started:.1f} s"
+            )
+
+            print("aws s3 cp --recursive (baseline, unverified) ...", flush=True)
+            cli_seconds = aws_cli_copy(paths.hour_dir(hour).parent, endpoint)
+            cli_objects = count_objects(client, CLI_BUCKET)
+
+            print("rotation (sealed, conditional PUT with SHA-256, recorded, removed) ...", flush=True)
+            rss_before = rss_mib()
+            probe = MemoryProbe()
+            started = time.perf_counter()
+            report = shipping.rotate(progress=probe)
+            rotation_seconds = time.perf_counter() - started
+            verified = HourFile.objects.filter(state=HourFileState.VERIFIED).count()
+            rotated_objects = count_objects(client, ROTATION_BUCKET)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    ratio = rotation_seconds / cli_seconds
+    print()
+    print(f"files: {FILES:,}, {total_bytes / 2**20:,.0f} MiB")
+    print(
+        f"aws s3 cp --recursive: {cli_seconds:7.1f} s  {FILES / cli_seconds:6.1f} files/s  "
+        f"({cli_objects:,} objects)"
+    )
+    print(
+        f"rotation (verified):   {rotation_seconds:7.1f} s  {FILES / rotation_seconds:6.1f} files/s  "
+        f"({rotated_objects:,} objects, {verified:,} rows verified)"
+    )
+    print(f"ratio rotation / cli:  {ratio:.2f} (target <= {TARGET_RATIO:.1f})")
+    print(f"rotation report: {report.summary()}")
+    points = ", ".join(f"{done:,} files: {mib:.0f} MiB" for done, mib in probe.samples)
+    print(f"resident memory: before {rss_before:.0f} MiB; {points}; peak {peak_rss_mib():.0f} MiB")
+    complete = report.ok and verified == FILES == rotated_objects and cli_objects == FILES
+    if not complete:
+        print("INCOMPLETE: not every file was shipped and verified")
+    return 0 if complete and ratio <= TARGET_RATIO else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""/metrics: Prometheus text with the archive's freshness and hour files by state."""
+
+from datetime import UTC, datetime
+
+import pytest
+import time_machine
+from django.test import Client
+
+from ingestion import paths
+from ingestion.models import HourFile, HourFileState
+
+NOW = datetime(2026, 3, 8, 12, 30, tzinfo=UTC)
+
+pytestmark = pytest.mark.django_db
+
+
+def hour_file(cloud_id: str, hour: datetime, state: str) -> HourFile:
+    return HourFile.objects.create(
+        cloud_id=cloud_id,
+        hour=hour,
+        state=state,
+        local_path=str(paths.local_path(cloud_id, hour)),
+        key=paths.archive_key(cloud_id, hour),
+    )
+
+
+def scrape(client: Client, **headers: str) -> tuple[int, str]:
+    with time_machine.travel(NOW, tick=False):
+        response = client.get("/metrics", headers=headers)
+    return response.status_code, response.content.decode()
+
+
+def samples(text: str) -> dict[str, float]:
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_it_exposes_the_oldest_unshipped_hour_overall_and_per_user(client: Client) -> None:
+    hour_file("0001", datetime(2026, 3, 8, 9, tzinfo=UTC), HourFileState.FAILED)
+    hour_file("0001", datetime(2026, 3, 8, 11, tzinfo=UTC), HourFileState.SEALED)
+    hour_file("0002", datetime(2026, 3, 8, 11, tzinfo=UTC), HourFileState.CONFLICT)
+    hour_file("0003", datetime(2026, 3, 8, 8, tzinfo=UTC), HourFileState.VERIFIED)
+
+    status, text = scrape(client)
+
+    assert status == 200
+    values = samples(text)
+    assert values["rainlog_archive_oldest_unshipped_age_seconds"] == 3.5 * 3600
+    assert (
+        values['rainlog_archive_user_oldest_unshipped_age_seconds{cloud_id="0001"}'] == 3.5 * 3600
+    )
+    assert (
+        values['rainlog_archive_user_oldest_unshipped_age_seconds{cloud_id="0002"}'] == 1.5 * 3600
+    )
+    assert 'rainlog_archive_user_oldest_unshipped_age_seconds{cloud_id="0003"}' not in values
+    assert values['rainlog_archive_hour_files{state="failed"}'] == 1
+    assert values['rainlog_archive_hour_files{state="sealed"}'] == 1
+    assert values['rainlog_archive_hour_files{state="uploading"}'] == 0
+    assert "# TYPE rainlog_archive_oldest_unshipped_age_seconds gauge" in text
+
+
+def test_an_archive_with_nothing_unshipped_reports_zero(client: Client) -> None:
+    hour_file("0001", datetime(2026, 3, 8, 9, tzinfo=UTC), HourFileState.VERIFIED)
+    _, text = scrape(client)
+    assert samples(text)["rainlog_archive_oldest_unshipped_age_seconds"] == 0
+
+
+def test_a_metrics_token_keeps_strangers_out(client: Client, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.METRICS_TOKEN = "scrape-secret"
+    assert scrape(client)[0] == 401
+    assert scrape(client, Authorization="Bearer wrong")[0] == 401
+    status, text = scrape(client, Authorization="Bearer scrape-secret")
+    assert status == 200 and "rainlog_archive_hour_files" in text
