@@ -219,7 +219,7 @@ class OldestUnshippedSerializer(serializers.Serializer[Any]):
     hour = serializers.DateTimeField()
     part = serializers.IntegerField()
     state = serializers.CharField()
-    age_seconds = serializers.IntegerField(help_text="Since the hour ended; 0 while open.")
+    age_seconds = serializers.IntegerField(help_text="Seconds since the hour began.")
 
 
 @extend_schema_field({"type": "object", "additionalProperties": {"type": "integer"}})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 from itertools import chain
@@ -37,6 +38,7 @@ from api.schema import READ_ERRORS, error
 from ingestion import retrieval
 from ingestion.records import iso_utc
 
+UNENCODED_OFFSET = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$")
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 # The paged JSON form materialises its range to count it; longer ranges must stream.
@@ -105,7 +107,8 @@ def parse_zone(name: str) -> ZoneInfo:
 
 def parse_instant(text: str, tz: tzinfo) -> datetime:
     """ISO 8601 or Unix seconds as an aware UTC datetime; a naive ISO time is read in `tz`."""
-    text = text.strip()
+    # An unencoded "+" of a UTC offset arrives as a space: 10:00:00+02:00 -> "10:00:00 02:00".
+    text = UNENCODED_OFFSET.sub(r"\1+\2", text.strip())
     try:
         seconds = float(text)
     except ValueError:

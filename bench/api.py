@@ -11,9 +11,9 @@ Set-up, in a temporary directory removed at the end:
 Measured, each against a baseline taken in the same run:
 1. The user-day through GET /api/users/{cloud_id}/readings (JSON lines, then CSV), against the
    same 24 objects fetched with boto3 and parsed directly (no API).
-2. GET /api/event/{cloud_id} (or, if that route does not exist, GET /api/users/{cloud_id}, and it
-   says so) from 50 concurrent aiohttp clients for BENCH_SECONDS, against the same load of
-   unauthenticated requests (401: the request stack without authentication or view work).
+2. GET /api/event/{cloud_id} (the latest reading, from the hour file on disk) from 50 concurrent
+   aiohttp clients for BENCH_SECONDS, against the same load of unauthenticated requests (401:
+   the request stack without authentication or view work).
 
 Targets: the user-day in under 1 s; latest-event p95 under 100 ms at 50 concurrent clients.
 """
@@ -58,6 +58,10 @@ WARMUP_SECONDS = 2.0
 DAY_RUNS = 5
 WORKERS = os.environ.get("BENCH_WORKERS", "3")
 THREADS = os.environ.get("BENCH_THREADS", "4")
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
 def free_port() -> int:
@@ -269,18 +273,7 @@ async def load(
     return result
 
 
-def event_path() -> tuple[str, str]:
-    from django.urls import Resolver404, resolve
-
-    path = f"/api/event/{CLOUD_ID}"
-    try:
-        resolve(path)
-    except Resolver404:
-        return f"/api/users/{CLOUD_ID}", "GET /api/event/{cloud_id} does not exist yet"
-    return path, ""
-
-
-async def measure(base: str, token: str, day: datetime, keys: list[str]) -> bool:
+async def measure(base: str, token: str, day: datetime, keys: list[str]) -> None:
     headers = {"Authorization": f"Token {token}"}
     readings_url = f"{base}/api/users/{CLOUD_ID}/readings"
     params = {"start": day.isoformat(), "end": (day + timedelta(days=1)).isoformat()}
@@ -306,9 +299,7 @@ async def measure(base: str, token: str, day: datetime, keys: list[str]) -> bool
                 f"{READINGS_PER_DAY / results[fmt]:,.0f} readings/s), "
                 f"{results[fmt] / baseline:.1f}x the boto3 baseline"
             )
-        event, note = event_path()
-        if note:
-            print(f"latest event: {note}; measuring GET {event} instead")
+        event = f"/api/event/{CLOUD_ID}"
         floor = await load(session, f"{base}{event}", {}, LOAD_SECONDS)
         events = await load(session, f"{base}{event}", headers, LOAD_SECONDS)
     print(
@@ -328,7 +319,6 @@ async def measure(base: str, token: str, day: datetime, keys: list[str]) -> bool
         f"latest-event p95 < {EVENT_P95_TARGET_MS:.0f} ms with 200s only: "
         f"{'met' if event_ok else 'MISSED'}"
     )
-    return day_ok and event_ok
 
 
 def main() -> int:
@@ -338,6 +328,7 @@ def main() -> int:
     env = environment(work, s3_endpoint)
     os.environ.update(env)
     day = (datetime.now(UTC) - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
+    print(f"load average before: {load_average()} ({os.cpu_count()} cores)")
     try:
         with process(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
@@ -364,13 +355,16 @@ def main() -> int:
                 base = f"http://127.0.0.1:{web_port}"
                 wait_for(f"{base}/healthz")
                 print(f"gunicorn: {WORKERS} workers x {THREADS} threads on {base}")
-                ok = asyncio.run(measure(base, token, day, keys))
+                asyncio.run(measure(base, token, day, keys))
+                print(
+                    f"load average after: {load_average()} (other work on the machine skews all of this)"
+                )
     finally:
         from django.db import connections
 
         connections.close_all()
         shutil.rmtree(work, ignore_errors=True)
-    return 0 if ok is not None else 1
+    return 0
 
 
 if __name__ == "__main__":

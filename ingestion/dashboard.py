@@ -156,8 +156,9 @@ class FleetSummary:
 
     @property
     def archive_level(self) -> str:
+        """Problem when stale as the health endpoint and the metrics say it."""
         age = self.oldest_unshipped_age
-        # The hour being written and the one that just ended (grace period, its turn to ship).
+        # The hour being written, and the one that just ended waiting for its turn to ship.
         if age is None or age <= 2 * HOUR:
             return "ok"
         stale = age.total_seconds() > settings.ARCHIVE_FRESHNESS_ALERT_SECONDS
@@ -196,9 +197,7 @@ def _user_state() -> Case:
         ),
         When(
             Exists(open_incidents),
-            then=Subquery(
-                open_incidents.order_by("-last_seen_at").values("failure_class")[:1]
-            ),
+            then=Subquery(open_incidents.order_by("-last_seen_at").values("failure_class")[:1]),
         ),
         When(fetch_state__last_success_at__isnull=True, then=Value(WAITING)),
         default=Value(LOGGING),
@@ -222,9 +221,12 @@ class UserState:
 
 def user_state(user: EagleUser) -> UserState:
     """The state one user is counted under on the dashboard, said in words."""
-    key = EagleUser.objects.filter(pk=user.pk).annotate(state=_user_state()).values_list(
-        "state", flat=True
-    ).get()
+    key = (
+        EagleUser.objects.filter(pk=user.pk)
+        .annotate(state=_user_state())
+        .values_list("state", flat=True)
+        .get()
+    )
     if key == SUSPENDED:
         return UserState(key, f"Suspended: {user.suspended_reason}", "warning")
     if key in STATE_LABELS:
@@ -239,9 +241,7 @@ def users_by_state() -> tuple[dict[str, int], int]:
         .values("state")
         .annotate(
             users=Count("pk"),
-            polled=Count(
-                "pk", filter=Q(is_active=True) & ~Q(connection_type=ConnectionType.PUSH)
-            ),
+            polled=Count("pk", filter=Q(is_active=True) & ~Q(connection_type=ConnectionType.PUSH)),
         )
         .order_by()
     )
@@ -498,8 +498,8 @@ def recent_hour_files(user: EagleUser, limit: int = 12) -> list[HourFile]:
     return list(HourFile.objects.filter(cloud_id=user.cloud_id).order_by("-hour", "part")[:limit])
 
 
-
 # --- Jobs (django-q2) ---------------------------------------------------------------------------
+
 
 def schedule_role(schedule: Schedule) -> str:
     """What one of rainlog's recurring jobs is for (ingestion.schedules names them); "" otherwise."""

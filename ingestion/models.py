@@ -347,6 +347,14 @@ class HourFileState(models.TextChoices):
     CONFLICT = "conflict", "Conflict"
 
 
+# HourFile.objects.settle on PostgreSQL: the outcomes of many attempts in one statement, each
+# applied only while the row still carries the lease of the attempt.
+_SETTLE_SQL = """
+UPDATE {table} AS h SET claimed_until = NULL, updated_at = %s, {assignments}
+FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, lease timestamptz{columns})
+WHERE h.id = v.id AND h.claimed_until = v.lease
+RETURNING h.id
+"""
 # Files a rotation may pick up; a conflict waits for an operator (HourFile.retry).
 SHIPPABLE_STATES = (
     HourFileState.OPEN,
@@ -408,30 +416,49 @@ class HourFileQuerySet(models.QuerySet["HourFile"]):
                 raise transaction.TransactionManagementError("locked rows changed under a claim")
         return until, candidates
 
-    def settle(self, outcomes: list[tuple[int, datetime, dict[str, object]]], now: datetime) -> set[int]:
+    def settle(
+        self, outcomes: list[tuple[int, datetime, dict[str, object]]], now: datetime
+    ) -> set[int]:
         """Record the outcomes of claimed attempts, (pk, lease, fields) each, in one transaction;
         a row whose lease is no longer the one given (it lapsed and another run took the file
-        over) is left to its new holder. Returns the pks recorded."""
-        pks_by_lease: dict[datetime, list[int]] = {}
-        for pk, lease, _ in outcomes:
-            pks_by_lease.setdefault(lease, []).append(pk)
+        over) is left to its new holder. Returns the pks recorded.
+
+        On PostgreSQL one statement per set of fields, whatever the number of rows; other
+        databases (the embedded SQLite default) update row by row.
+        """
+        groups: dict[tuple[str, ...], list[tuple[int, datetime, dict[str, object]]]] = {}
+        for outcome in outcomes:
+            groups.setdefault(tuple(sorted(outcome[2])), []).append(outcome)
+        held: set[int] = set()
         with transaction.atomic():
-            held: set[int] = set()
-            for lease, pks in pks_by_lease.items():
-                held.update(
-                    self.filter(pk__in=pks, claimed_until=lease)
-                    .order_by()
-                    .select_for_update()
-                    .values_list("pk", flat=True)
-                )
-            by_fields: dict[tuple[str, ...], list[HourFile]] = {}
-            for pk, _, fields in outcomes:
-                if pk in held:
-                    row = HourFile(pk=pk, claimed_until=None, updated_at=now, **fields)
-                    by_fields.setdefault(tuple(sorted(fields)), []).append(row)
-            for names, rows in by_fields.items():
-                self.bulk_update(rows, [*names, "claimed_until", "updated_at"])
+            for names, group in groups.items():
+                if connection.vendor == "postgresql":
+                    held.update(self._settle_in_one_statement(names, group, now))
+                    continue
+                for pk, lease, fields in group:
+                    if self.filter(pk=pk, claimed_until=lease).update(
+                        claimed_until=None, updated_at=now, **fields
+                    ):
+                        held.add(pk)
         return held
+
+    def _settle_in_one_statement(
+        self,
+        names: tuple[str, ...],
+        group: list[tuple[int, datetime, dict[str, object]]],
+        now: datetime,
+    ) -> list[int]:
+        columns = [HourFile._meta.get_field(name).column for name in names]
+        types = [HourFile._meta.get_field(name).db_type(connection) for name in names]
+        sql = _SETTLE_SQL.format(
+            table=HourFile._meta.db_table,
+            assignments=", ".join(f"{column} = v.{column}" for column in columns),
+            columns="".join(f", {c} {t}" for c, t in zip(columns, types, strict=True)),
+        )
+        rows = [{"id": pk, "lease": lease, **fields} for pk, lease, fields in group]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [now, orjson.dumps(rows).decode()])
+            return [pk for (pk,) in cursor.fetchall()]
 
     def forget_empty(self, pk: int, lease: datetime) -> bool:
         """Drop the row of a file that turned out empty: there was nothing to ship."""

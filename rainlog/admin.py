@@ -15,7 +15,9 @@ class RainlogAdminSite(admin.AdminSite):
     index_title = "Fleet"
     index_template = "admin/rainlog/dashboard.html"
 
-    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def index(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         context = {
             "fleet": dashboard.fleet_summary(),
             "jobs": dashboard.job_summary(),

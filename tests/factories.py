@@ -7,7 +7,6 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from ingestion import paths
-
 from users.models import ConnectionType, EagleUser
 
 OPERATOR_PASSWORD = "correct-horse-battery-staple"

@@ -14,7 +14,11 @@ from users.models import EagleUser
 register = template.Library()
 
 # How a status is shown: the admin's own icon and a word, so that colour is never the only cue.
-STATUS_ICONS = {"ok": ("icon-yes.svg", "OK"), "warning": ("icon-alert.svg", "Check"), "problem": ("icon-no.svg", "Problem")}
+STATUS_ICONS = {
+    "ok": ("icon-yes.svg", "OK"),
+    "warning": ("icon-alert.svg", "Check"),
+    "problem": ("icon-no.svg", "Problem"),
+}
 
 
 @register.inclusion_tag("admin/rainlog/user_console.html", takes_context=True)

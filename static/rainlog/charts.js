@@ -17,8 +17,8 @@
       fg: cssVar("--body-fg", "#333"),
       quiet: cssVar("--body-quiet-color", "#666"),
       grid: cssVar("--hairline-color", "#e8e8e8"),
-      primary: cssVar("--primary", "#79aec8"),
-      secondary: cssVar("--secondary", "#417690"),
+      // Link colours keep their contrast in both themes, unlike the header's --primary.
+      line: cssVar("--link-fg", "#417893"),
       error: cssVar("--error-fg", "#ba2121"),
     };
   }
@@ -156,9 +156,9 @@
                 timeSeries,
                 {
                   label: "Fleet demand",
-                  stroke: t.secondary,
+                  stroke: t.line,
                   width: 2,
-                  fill: withAlpha(t.secondary, 0.15),
+                  fill: withAlpha(t.line, 0.15),
                   value: (u, v) => kw(v),
                 },
               ],
@@ -184,9 +184,9 @@
               timeSeries,
               {
                 label: "Readings per minute",
-                stroke: t.secondary,
+                stroke: t.line,
                 width: 1.5,
-                fill: withAlpha(t.secondary, 0.1),
+                fill: withAlpha(t.line, 0.1),
                 value: (u, v) => (v == null ? "-" : number(v, 0)),
               },
               {
@@ -259,17 +259,17 @@
                 timeSeries,
                 {
                   label: "Import (above zero)",
-                  stroke: t.secondary,
+                  stroke: t.line,
                   width: 1.5,
-                  fill: withAlpha(t.secondary, 0.2),
+                  fill: withAlpha(t.line, 0.2),
                   value: (u, v) => kw(v),
                 },
                 {
                   label: "Export (below zero)",
-                  stroke: t.primary,
+                  stroke: t.quiet,
                   width: 1.5,
                   dash: [5, 3],
-                  fill: withAlpha(t.primary, 0.25),
+                  fill: withAlpha(t.quiet, 0.25),
                   value: (u, v) => (v == null ? "-" : kw(-v)),
                 },
               ],

@@ -20,7 +20,6 @@ import pytest
 import time_machine
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
-from django.utils import timezone
 
 from ingestion import files, paths
 from ingestion.files import HourFileWriter
@@ -65,7 +64,11 @@ def demand_kw(index: int, moment: float) -> float:
     """A household's demand: night base load, morning and evening peaks, solar export at midday
     for every third household, and some deterministic noise."""
     hour = (moment % 86400) / 3600
-    kw = 0.35 + 0.9 * math.exp(-(((hour - 7.5) / 1.3) ** 2)) + 1.9 * math.exp(-(((hour - 19) / 2) ** 2))
+    kw = (
+        0.35
+        + 0.9 * math.exp(-(((hour - 7.5) / 1.3) ** 2))
+        + 1.9 * math.exp(-(((hour - 19) / 2) ** 2))
+    )
     if index % 3 == 0 and abs(hour - 12.5) < 4:
         kw -= 3.2 * math.cos((hour - 12.5) / 8 * math.pi) ** 2
     kw += 0.12 * math.sin(moment / 1300 + index) + 0.04 * math.sin(moment / 170 + 2 * index)
@@ -106,7 +109,9 @@ def write_history(
     hour = paths.hour_floor(start)
     with HourFileWriter() as writer:
         while hour < end:
-            readings = _readings(user, index, max(hour, start), min(hour + paths.HOUR, end), gap_seconds)
+            readings = _readings(
+                user, index, max(hour, start), min(hour + paths.HOUR, end), gap_seconds
+            )
             hour_start = hour
             hour += paths.HOUR
             if not readings:
@@ -190,7 +195,9 @@ def build_fleet(simulator: Simulator, week_for_failing: bool = True) -> Fleet:
         )
         for account in accounts[:10]
     ]
-    EagleUser.objects.filter(pk__in=[u.pk for u in users]).update(created_at=NOW - timedelta(days=30))
+    EagleUser.objects.filter(pk__in=[u.pk for u in users]).update(
+        created_at=NOW - timedelta(days=30)
+    )
     fleet = Fleet(simulator=simulator, logging=users[:6])
     fleet.bad_credentials, fleet.unreachable, fleet.suspended, fleet.waiting = users[6:10]
     day_ago = NOW - timedelta(hours=25)
@@ -220,7 +227,10 @@ def build_fleet(simulator: Simulator, week_for_failing: bool = True) -> Fleet:
 
     # Failing since 3 h 10 min ago: its account password was changed at the Rainforest cloud.
     broke = NOW - timedelta(hours=3, minutes=10)
-    outage = (NOW - timedelta(days=2, hours=4, minutes=35), NOW - timedelta(days=2, hours=4, minutes=5))
+    outage = (
+        NOW - timedelta(days=2, hours=4, minutes=35),
+        NOW - timedelta(days=2, hours=4, minutes=5),
+    )
     write_history(
         fleet.bad_credentials,
         6,
@@ -335,13 +345,17 @@ CHROMIUM_ARGS = [
 def chromium():  # type: ignore[no-untyped-def]
     """One headless Chromium for the session (Debian's: Playwright cannot download its own)."""
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no Chromium at {CHROMIUM}: install it with `make chromium` (apt-get install chromium)")
+        pytest.skip(
+            f"no Chromium at {CHROMIUM}: install it with `make chromium` (apt-get install chromium)"
+        )
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API runs an event loop in this thread; the tests still use the ORM here.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
         yield browser
         browser.close()
 
@@ -356,8 +370,9 @@ def page(chromium):  # type: ignore[no-untyped-def]
     context.close()
 
 
-def screenshot(page, name: str) -> Path:  # type: ignore[no-untyped-def]
+def screenshot(page, name: str, full_page: bool = True) -> Path:  # type: ignore[no-untyped-def]
+    """Saves the page (or only what a 1366x768 laptop screen shows) for a person to look at."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     return path

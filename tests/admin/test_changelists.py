@@ -33,7 +33,12 @@ def test_it_serves_every_changelist_to_a_superuser(fleet: Fleet, superuser_clien
         response = superuser_client.get(url)
         assert response.status_code == 200, f"{url}: {response.status_code}"
         names.append(opts.label)
-    assert {"users.EagleUser", "ingestion.Incident", "ingestion.HourFile", "django_q.Schedule"} <= set(names)
+    assert {
+        "users.EagleUser",
+        "ingestion.Incident",
+        "ingestion.HourFile",
+        "django_q.Schedule",
+    } <= set(names)
 
 
 def test_it_labels_the_polling_and_rotation_schedules_in_django_q2s_admin(
@@ -47,7 +52,9 @@ def test_it_labels_the_polling_and_rotation_schedules_in_django_q2s_admin(
     assert "Rotation: seals closed hours and ships them to the archive" in page
 
 
-def test_it_shows_the_fleet_dashboard_as_the_admin_index(fleet: Fleet, superuser_client: Client) -> None:
+def test_it_shows_the_fleet_dashboard_as_the_admin_index(
+    fleet: Fleet, superuser_client: Client
+) -> None:
     response = superuser_client.get(reverse("admin:index"))
 
     assert response.status_code == 200
@@ -59,7 +66,7 @@ def test_it_shows_the_fleet_dashboard_as_the_admin_index(fleet: Fleet, superuser
     }
     assert summary.oldest_unshipped == fleet.failed_upload
     page = response.content.decode()
-    assert "6 <span class=\"rl-unit\">of 10 logging</span>" in page
+    assert '6 <span class="rl-unit">of 10 logging</span>' in page
     assert "Bad credentials" in page and "Gateway unreachable" in page
     assert reverse("admin:console_fleet") in page
     # The models stay reachable from the index.
@@ -78,3 +85,5 @@ def test_it_shows_a_users_console_above_its_form(fleet: Fleet, superuser_client:
     hours = re.findall(r'<td class="rl-cell rl-cov-(\w+)"', page)
     assert len([state for state in hours if state != "outside"]) == 7 * 24
     assert user.eagle_password not in page
+    adding = superuser_client.get(reverse("admin:users_eagleuser_add"))
+    assert adding.status_code == 200 and b"user-console" not in adding.content

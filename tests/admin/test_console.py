@@ -88,7 +88,9 @@ def test_it_exports_whole_days_of_readings_as_csv(fleet: Fleet, operator_client:
     assert timestamps == sorted(set(timestamps))
 
 
-def test_it_refuses_exports_it_cannot_serve_with_a_reason(fleet: Fleet, operator_client: Client) -> None:
+def test_it_refuses_exports_it_cannot_serve_with_a_reason(
+    fleet: Fleet, operator_client: Client
+) -> None:
     url = reverse("admin:console_user_export", args=[fleet.logging[0].pk])
     too_long = operator_client.get(url, {"start": "2029-11-01", "end": TODAY})
     backwards = operator_client.get(url, {"start": TODAY, "end": "2030-01-01"})
@@ -107,7 +109,9 @@ def test_it_checks_credentials_and_fetches_now_against_the_gateway(
     failed = operator_client.post(action_url(broken, "fetch-now"), follow=True)
     checked = operator_client.post(action_url(healthy, "check-credentials"), follow=True)
 
-    assert fetched.redirect_chain[-1][0] == reverse("admin:users_eagleuser_change", args=[healthy.pk])
+    assert fetched.redirect_chain[-1][0] == reverse(
+        "admin:users_eagleuser_change", args=[healthy.pk]
+    )
     assert f"{healthy.cloud_id}: fetched demand demand_kw" in messages_of(fetched)[0]
     assert "Gateway unreachable" in messages_of(failed)[0]
     assert messages_of(checked)[0].startswith(f"{healthy.cloud_id}: OK: credentials accepted")
@@ -121,7 +125,14 @@ def test_it_rotates_the_closed_hours_of_one_user_only(at_now, operator_client: C
     with HourFileWriter() as writer:
         for user in (chosen, other):
             writer.append(
-                Reading(user.cloud_id, "demand", int(hour.timestamp()) + 10 * k, hour, Source.CLOUD, {"demand_kw": 1.0})
+                Reading(
+                    user.cloud_id,
+                    "demand",
+                    int(hour.timestamp()) + 10 * k,
+                    hour,
+                    Source.CLOUD,
+                    {"demand_kw": 1.0},
+                )
                 for k in range(30)
             )
 
@@ -130,7 +141,9 @@ def test_it_rotates_the_closed_hours_of_one_user_only(at_now, operator_client: C
     assert messages_of(response)[0].startswith(f"{chosen.cloud_id}: rotation: 1 shipped")
     shipped = HourFile.objects.get(cloud_id=chosen.cloud_id)
     assert (shipped.state, shipped.line_count) == (HourFileState.VERIFIED, 30)
-    assert not HourFile.objects.filter(cloud_id=other.cloud_id, state=HourFileState.VERIFIED).exists()
+    assert not HourFile.objects.filter(
+        cloud_id=other.cloud_id, state=HourFileState.VERIFIED
+    ).exists()
 
 
 def test_it_suspends_and_resumes_with_the_operators_name_as_reason(fleet: Fleet) -> None:

@@ -87,6 +87,7 @@ def test_it_opens_a_failing_user_checks_its_credentials_and_suspends_it(  # type
     expect(page.locator(".messagelist")).to_contain_text(f"{user.cloud_id}: bad_credentials")
     assert user.eagle_password not in page.content()
     screenshot(page, "user")
+    screenshot(page, "user-laptop-screen", full_page=False)
 
     page.get_by_role("button", name="Suspend").click()
     expect(page.locator(".messagelist")).to_contain_text("suspended: it is no longer polled")

@@ -98,6 +98,17 @@ def test_a_range_too_long_for_paged_json_says_so_and_points_at_the_streaming_for
     assert "jsonl" in response.json()["detail"] and "csv" in response.json()["detail"]
 
 
+def test_offsets_and_unix_seconds_name_the_same_instant(viewer_client: APIClient, three_hours):  # type: ignore[no-untyped-def]
+    # 11:00Z as +02:00, with the "+" left unencoded (it arrives as a space), and as unix seconds.
+    start = "2026-03-08T13:00:00+02:00"
+    end = str(int((NINE + timedelta(hours=2, minutes=1)).timestamp()))
+
+    response = viewer_client.get(f"{URL}?start={start}&end={end}&format=json")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["count"] == 10
+
+
 def test_local_times_follow_the_zone_across_a_dst_change(viewer_client: APIClient, db) -> None:
     EagleUserFactory(cloud_id=CLOUD_ID)
     # US clocks go forward at 2026-03-08 02:00 local time, 07:00 UTC in New York.

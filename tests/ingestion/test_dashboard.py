@@ -124,7 +124,7 @@ def test_it_reports_the_oldest_unshipped_hour_and_its_age(settings) -> None:  # 
         summary = dashboard.fleet_summary()
 
     assert summary.oldest_unshipped == oldest
-    assert summary.oldest_unshipped_age == timedelta(hours=4, minutes=20)
+    assert summary.oldest_unshipped_age == timedelta(hours=4, minutes=20)  # since it began
     assert summary.archive_level == "problem"  # older than ARCHIVE_FRESHNESS_ALERT_SECONDS
 
 
@@ -182,8 +182,21 @@ def test_it_draws_each_hour_of_the_week_as_complete_partial_missing_or_unshipped
     shipped(5, 360)
     shipped(4, 200)  # an outage in the middle: too few lines
     shipped(3, 360, first_second=900)  # started a quarter of an hour late
-    HourFileFactory(user=user, hour=this_hour - timedelta(hours=2), state=HourFileState.VERIFIED, line_count=300, first_reading_at=this_hour - timedelta(hours=2), last_reading_at=this_hour - timedelta(hours=1, seconds=1))
-    HourFileFactory(user=user, hour=this_hour - timedelta(hours=2), part=1, state=HourFileState.FAILED, line_count=60)
+    HourFileFactory(
+        user=user,
+        hour=this_hour - timedelta(hours=2),
+        state=HourFileState.VERIFIED,
+        line_count=300,
+        first_reading_at=this_hour - timedelta(hours=2),
+        last_reading_at=this_hour - timedelta(hours=1, seconds=1),
+    )
+    HourFileFactory(
+        user=user,
+        hour=this_hour - timedelta(hours=2),
+        part=1,
+        state=HourFileState.FAILED,
+        line_count=60,
+    )
     HourFileFactory(user=user, hour=this_hour, state=HourFileState.OPEN)
 
     cells = dashboard.coverage_strip(user, NOW)
