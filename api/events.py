@@ -21,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.schema import READ_ERRORS, error
+from api.schema import FIELD_ERRORS, READ_ERRORS, error
 from ingestion.gateway import fetch_now
 from ingestion.poller import latest_record
 from ingestion.record_types import RECORD_TYPES
@@ -58,7 +58,7 @@ class EventView(APIView):
                 OpenApiTypes.OBJECT,
                 description="{cloud_id, source (log or gateway), age_seconds, reading}",
             ),
-            400: error("An unknown record type or a bad value of fresh."),
+            400: FIELD_ERRORS,
             **READ_ERRORS,
             409: error("A push user: its gateway sends readings, it is never fetched."),
             502: OpenApiResponse(

@@ -12,13 +12,16 @@ POST /api/incidents/{id}/resolve         staff operators close an open incident 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django_filters import rest_framework as filters
+from django_filters.fields import IsoDateTimeField
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -52,6 +55,24 @@ FALSE_VALUES = {"", "0", "false", "no", "off"}
 class Conflict(APIException):
     status_code = status.HTTP_409_CONFLICT
     default_detail = "The object is not in a state that allows this."
+
+
+class UTCIsoDateTimeField(IsoDateTimeField):
+    """ISO 8601 times, turned to UTC: PostgreSQL refuses UTC offsets past 15:59, which Python
+    accepts (+23:45 made a server error)."""
+
+    def to_python(self, value: Any) -> datetime | None:
+        moment = super().to_python(value)
+        if moment is None:
+            return None
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError("This time is out of range.", code="invalid") from None
+
+
+class UTCIsoDateTimeFilter(filters.IsoDateTimeFilter):
+    pass
 
 
 # --- Hour files ---------------------------------------------------------------------------------
@@ -95,10 +116,10 @@ class HourFileSerializer(serializers.ModelSerializer[HourFile]):
 
 class HourFileFilter(filters.FilterSet):
     cloud_id = filters.CharFilter(help_text="Only this user's hour files.")
-    hour_after = filters.IsoDateTimeFilter(
+    hour_after = UTCIsoDateTimeFilter(
         field_name="hour", lookup_expr="gte", help_text="Hours starting at or after (ISO 8601)."
     )
-    hour_before = filters.IsoDateTimeFilter(
+    hour_before = UTCIsoDateTimeFilter(
         field_name="hour", lookup_expr="lt", help_text="Hours starting before (ISO 8601)."
     )
     state = filters.MultipleChoiceFilter(
@@ -335,10 +356,10 @@ class IncidentFilter(filters.FilterSet):
         help_text="One or more failure classes (repeat the parameter).",
     )
     state = filters.ChoiceFilter(choices=IncidentState.choices)
-    since = filters.IsoDateTimeFilter(
+    since = UTCIsoDateTimeFilter(
         method="filter_since", help_text="Incidents still open at or after this time."
     )
-    until = filters.IsoDateTimeFilter(
+    until = UTCIsoDateTimeFilter(
         field_name="opened_at", lookup_expr="lt", help_text="Incidents opened before this time."
     )
 

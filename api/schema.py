@@ -43,13 +43,29 @@ class RainlogTokenScheme(OpenApiAuthenticationExtension):
         }
 
 
-AUTH_SCHEMES = {"tokenAuth", "cookieAuth"}
 WRITE_METHODS = {"post", "put", "patch", "delete"}
 
 
-def document_auth_errors(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+def _operator_only_writes(generator: Any) -> set[tuple[str, str]]:
+    """(path, method) of the writes whose view lets only staff operators change things."""
+    from api.permissions import IsOperator, IsOperatorOrReadOnly
+
+    writes = set()
+    for path, _, method, callback in generator.endpoints or []:
+        view_class = getattr(callback, "cls", None)
+        permissions = getattr(view_class, "permission_classes", ())
+        if method.lower() in WRITE_METHODS and any(
+            isinstance(p, type) and issubclass(p, (IsOperator, IsOperatorOrReadOnly))
+            for p in permissions
+        ):
+            writes.add((path, method.lower()))
+    return writes
+
+
+def document_auth_errors(result: dict[str, Any], generator: Any = None, **kwargs: Any) -> dict:
     """Schema post-processing: every operation that needs a sign-in documents 401, and every
-    write documents 403 (viewers are read-only), wherever a view did not say so itself."""
+    write that viewers may not make documents 403, wherever a view did not say so itself."""
+    operator_only = _operator_only_writes(generator) if generator is not None else set()
     error_ref = {"$ref": "#/components/schemas/Error"}
     result.setdefault("components", {}).setdefault("schemas", {}).setdefault(
         "Error",
@@ -59,19 +75,20 @@ def document_auth_errors(result: dict[str, Any], **kwargs: Any) -> dict[str, Any
             "required": ["detail"],
         },
     )
-    for item in result.get("paths", {}).values():
+    for path, item in result.get("paths", {}).items():
         for method, operation in item.items():
             security = operation.get("security", [])
             if not security or any(not requirement for requirement in security):
                 continue  # anonymous access allowed
             responses = operation.setdefault("responses", {})
-            for code, description in (("401", UNAUTHENTICATED), ("403", FORBIDDEN)):
-                if code == "403" and method not in WRITE_METHODS:
-                    continue
+            documented = [("401", UNAUTHENTICATED)]
+            if (path, method) in operator_only:
+                documented.append(("403", FORBIDDEN))
+            for code, response in documented:
                 responses.setdefault(
                     code,
                     {
-                        "description": description.description,
+                        "description": response.description,
                         "content": {"application/json": {"schema": error_ref}},
                     },
                 )

@@ -28,7 +28,7 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from ingestion.models import FetchState, Incident, IncidentState
+from ingestion.models import FAILURE_CLASS_CHOICES, FetchState, Incident, IncidentState
 from ingestion.records import iso_utc
 from users.models import ConnectionType, EagleUser, cloud_id_validator
 from users.purging import PurgeIncompleteError
@@ -42,6 +42,10 @@ FALSE_VALUES = {"", "0", "false", "no", "off"}
 
 
 class FetchStateSerializer(serializers.ModelSerializer[FetchState]):
+    # Declared so that the schema allows "" (no error yet); read-only model fields lose allow_blank.
+    last_error_class = serializers.ChoiceField(
+        choices=FAILURE_CLASS_CHOICES, allow_blank=True, read_only=True
+    )
     first_reading_at = serializers.SerializerMethodField()
     last_reading_at = serializers.SerializerMethodField()
 
@@ -69,11 +73,11 @@ class FetchStateSerializer(serializers.ModelSerializer[FetchState]):
             return None
         return iso_utc(datetime.fromtimestamp(unix_seconds, UTC))
 
-    @extend_schema_field(OpenApiTypes.DATETIME)
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
     def get_first_reading_at(self, state: FetchState) -> str | None:
         return self._iso(state.first_timestamp)
 
-    @extend_schema_field(OpenApiTypes.DATETIME)
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
     def get_last_reading_at(self, state: FetchState) -> str | None:
         return self._iso(state.last_timestamp)
 

@@ -273,6 +273,17 @@ async def load(
     return result
 
 
+async def sequential(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], requests: int = 200
+) -> float:
+    """Mean milliseconds per request from a single client: the service time without queueing."""
+    started = time.perf_counter()
+    for _ in range(requests):
+        async with session.get(url, headers=headers) as response:
+            await response.read()
+    return (time.perf_counter() - started) / requests * 1000
+
+
 async def measure(base: str, token: str, day: datetime, keys: list[str]) -> None:
     headers = {"Authorization": f"Token {token}"}
     readings_url = f"{base}/api/users/{CLOUD_ID}/readings"
@@ -300,6 +311,9 @@ async def measure(base: str, token: str, day: datetime, keys: list[str]) -> None
                 f"{results[fmt] / baseline:.1f}x the boto3 baseline"
             )
         event = f"/api/event/{CLOUD_ID}"
+        for label, headers_used in (("no token (401)", {}), ("with token", headers)):
+            service = await sequential(session, f"{base}{event}", headers_used)
+            print(f"one client, GET {event} {label}: {service:.1f} ms per request")
         floor = await load(session, f"{base}{event}", {}, LOAD_SECONDS)
         events = await load(session, f"{base}{event}", headers, LOAD_SECONDS)
     print(

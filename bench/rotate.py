@@ -75,8 +75,15 @@ def wait_for(url: str, timeout: float = 60.0) -> None:
             time.sleep(0.2)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def moto_server(port: int, log: Path) -> Iterator[str]:
+def moto_server(port: int, log: Path) -> Iterator[tuple[str, int]]:
     with open(log, "wb") as output:
         child = subprocess.Popen(
             [sys.executable, "-c", MOTO_SERVER, str(port)], stdout=output, stderr=subprocess.STDOUT
@@ -84,7 +91,7 @@ def moto_server(port: int, log: Path) -> Iterator[str]:
     try:
         endpoint = f"http://127.0.0.1:{port}"
         wait_for(f"{endpoint}/")
-        yield endpoint
+        yield endpoint, child.pid
     finally:
         child.send_signal(signal.SIGTERM)
         try:
@@ -191,31 +198,38 @@ def peak_rss_mib() -> float:
 class MemoryProbe:
     """A rotation progress listener that samples resident memory at a few points of the run."""
 
-    def __init__(self) -> None:
-        self.total = 0
+    def __init__(self, files: int) -> None:
+        self.points = {files // 10, files // 2, files}
         self.done = 0
         self.samples: list[tuple[int, float]] = []
 
-    def started(self, total: int) -> None:
-        self.total = total
-        self.samples.append((0, rss_mib()))
+    def expect(self, more: int) -> None:
+        if not self.samples:
+            self.samples.append((0, rss_mib()))
 
     def shipped(self, shipment: object) -> None:
         self.done += 1
-        if self.done in {self.total // 10, self.total // 2, self.total}:
+        if self.done in self.points:
             self.samples.append((self.done, rss_mib()))
 
 
-def aws_cli_copy(source: Path, endpoint: str) -> float:
+def aws_cli_copy(source: Path, endpoint: str) -> tuple[float, float]:
+    """Wall time and the CLI's own CPU time of the recursive copy."""
     command = [
         str(Path(sys.executable).with_name("aws")),
         "--endpoint-url", endpoint,
         "s3", "cp", "--recursive", "--quiet",
         str(source), f"s3://{CLI_BUCKET}/rainforest-logs/",
     ]  # fmt: skip
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, check=True, timeout=STEP_TIMEOUT_SECONDS)
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (children.ru_utime - children_before.ru_utime) + (
+        children.ru_stime - children_before.ru_stime
+    )
+    return elapsed, cpu
 
 
 def count_objects(client: object, bucket: str) -> int:
@@ -227,7 +241,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="rainlog-bench-rotate-"))
     hour = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
     try:
-        with moto_server(free_port(), work / "moto.log") as endpoint:
+        with moto_server(free_port(), work / "moto.log") as (endpoint, moto_pid):
             configure(work, endpoint)
             import boto3
             import django
@@ -257,15 +271,20 @@ def main() -> int:
             )
 
             print("aws s3 cp --recursive (baseline, unverified) ...", flush=True)
-            cli_seconds = aws_cli_copy(paths.hour_dir(hour).parent, endpoint)
+            moto_before = cpu_seconds(moto_pid)
+            cli_seconds, cli_cpu = aws_cli_copy(paths.hour_dir(hour).parent, endpoint)
+            cli_server_cpu = cpu_seconds(moto_pid) - moto_before
             cli_objects = count_objects(client, CLI_BUCKET)
 
             print("rotation (sealed, conditional PUT with SHA-256, recorded, removed) ...", flush=True)
             rss_before = rss_mib()
-            probe = MemoryProbe()
+            probe = MemoryProbe(FILES)
+            moto_before, own_before = cpu_seconds(moto_pid), time.process_time()
             started = time.perf_counter()
             report = shipping.rotate(progress=probe)
             rotation_seconds = time.perf_counter() - started
+            rotation_cpu = time.process_time() - own_before
+            rotation_server_cpu = cpu_seconds(moto_pid) - moto_before
             verified = HourFile.objects.filter(state=HourFileState.VERIFIED).count()
             rotated_objects = count_objects(client, ROTATION_BUCKET)
     finally:
@@ -276,10 +295,13 @@ def main() -> int:
     print(f"files: {FILES:,}, {total_bytes / 2**20:,.0f} MiB")
     print(
         f"aws s3 cp --recursive: {cli_seconds:7.1f} s  {FILES / cli_seconds:6.1f} files/s  "
-        f"({cli_objects:,} objects)"
+        f"client CPU {cli_cpu / FILES * 1000:4.1f} ms/file, "
+        f"server CPU {cli_server_cpu / FILES * 1000:4.1f} ms/file  ({cli_objects:,} objects)"
     )
     print(
         f"rotation (verified):   {rotation_seconds:7.1f} s  {FILES / rotation_seconds:6.1f} files/s  "
+        f"client CPU {rotation_cpu / FILES * 1000:4.1f} ms/file, "
+        f"server CPU {rotation_server_cpu / FILES * 1000:4.1f} ms/file  "
         f"({rotated_objects:,} objects, {verified:,} rows verified)"
     )
     print(f"ratio rotation / cli:  {ratio:.2f} (target <= {TARGET_RATIO:.1f})")

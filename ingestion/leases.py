@@ -144,7 +144,7 @@ class ShardLease:
         else:
             self.valid_until = now + timedelta(seconds=self.seconds)
         self.previous_tick_at = row.last_tick_at
-        logger.info("shard %d %s by %s", self.shard, how.value, self.holder)
+        logger.info("%s took shard %d (%s)", self.holder, self.shard, how.value)
         return how
 
     def _stop_waiting(self, waiting: bool, why: Acquisition) -> Acquisition:

@@ -1,5 +1,5 @@
 from collections.abc import Collection, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import orjson
@@ -17,7 +17,7 @@ FAILURE_CLASS_CHOICES = [(c.value, c.label) for c in FailureClass]
 
 def _json_rows(rows: Iterable[object]) -> str:
     """Dataclass rows as one JSON array: a single parameter for jsonb_to_recordset()."""
-    return orjson.dumps([asdict(row) for row in rows]).decode()  # type: ignore[call-overload]
+    return orjson.dumps(list(rows)).decode()
 
 
 @dataclass(slots=True)
@@ -409,6 +409,8 @@ class HourFileQuerySet(models.QuerySet["HourFile"]):
                     state=HourFileState.UPLOADING,
                     claimed_until=until,
                     attempts=models.F("attempts") + 1,
+                    # The worker seals the file first thing; a retry keeps the first time.
+                    sealed_at=models.functions.Coalesce("sealed_at", models.Value(now)),
                     updated_at=now,
                 )
             )

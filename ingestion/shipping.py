@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -92,8 +93,8 @@ class Step(StrEnum):
     """The steps of shipping one file, in order. `after_step` hooks run after each one."""
 
     REGISTERED = "registered"  # manifest row made, key fixed
-    SEALED = "sealed"  # sealed marker written; no writer appends any more
     CLAIMED = "claimed"  # lease taken with a conditional UPDATE
+    SEALED = "sealed"  # sealed marker written; no writer appends any more
     MEASURED = "measured"  # size, SHA-256, lines and reading times computed
     UPLOADED = "uploaded"  # conditional create answered (created, or already there)
     VERIFIED = "verified"  # archived object matches size and SHA-256
@@ -111,6 +112,10 @@ def _no_hook(step: Step, key: str) -> None:
 # --- The archive -------------------------------------------------------------------------------
 
 
+# What is stored: a small file's bytes, or a file object to stream a large one from.
+Body = bytes | BinaryIO
+
+
 class ArchiveError(Exception):
     """The archive could not be reached or did not do what was asked; worth retrying later."""
 
@@ -124,7 +129,7 @@ class StoredObject:
 
 class Archive(Protocol):
     def create(
-        self, key: str, body: BinaryIO, size: int, sha256: str, content_type: str
+        self, key: str, body: Body, size: int, sha256: str, content_type: str
     ) -> StoredObject | None:
         """Store `body` at `key` only if nothing is there. What the archive confirms it stored,
         or None when the key already exists (nothing was written)."""
@@ -167,7 +172,7 @@ class S3Archive:
         }
 
     def create(
-        self, key: str, body: BinaryIO, size: int, sha256: str, content_type: str
+        self, key: str, body: Body, size: int, sha256: str, content_type: str
     ) -> StoredObject | None:
         checksum = _hex_to_b64(sha256)
         try:
@@ -240,7 +245,7 @@ class FileSystemArchive:
         return Path(self.storage.path(key))
 
     def create(
-        self, key: str, body: BinaryIO, size: int, sha256: str, content_type: str
+        self, key: str, body: Body, size: int, sha256: str, content_type: str
     ) -> StoredObject | None:
         target = self._path(key)
         try:
@@ -253,8 +258,11 @@ class FileSystemArchive:
             try:
                 digest = hashlib.sha256()
                 written = 0
+                chunks = (
+                    [body] if isinstance(body, bytes) else iter(partial(body.read, READ_CHUNK), b"")
+                )
                 with os.fdopen(fd, "wb") as temp:
-                    for chunk in iter(partial(body.read, READ_CHUNK), b""):
+                    for chunk in chunks:
                         temp.write(chunk)
                         digest.update(chunk)
                         written += len(chunk)
@@ -355,33 +363,29 @@ class _LineTally:
     def add(self, lines: list[bytes]) -> None:
         """Count the records among whole lines; a line that is not a JSON object is malformed."""
         try:
-            # The common case, all lines good, in one pass of C calls.
-            records = [orjson.loads(line) for line in lines if line]
-            if not all(type(record) is dict for record in records):
-                raise ValueError("not only JSON objects")
-        except ValueError:
-            records = []
+            # The common case, every line a record, in one pass of C calls; each record is
+            # dropped as soon as its time is read, so the garbage collector has nothing to do.
+            stamps = [orjson.loads(line).get("meter_timestamp") for line in lines if line]
+        except (ValueError, AttributeError):
+            stamps = []
             for line in lines:
                 if not line.strip():
                     continue
                 try:
-                    records.append(parse_line(line))
+                    stamps.append(parse_line(line).get("meter_timestamp"))
                 except ValueError:
                     self.malformed += 1
-        self.records += len(records)
-        stamps = [
-            stamp
-            for record in records
-            if type(stamp := record.get("meter_timestamp")) is int or type(stamp) is float
-        ]
-        if stamps:
-            low, high = min(stamps), max(stamps)
+        self.records += len(stamps)
+        times = [stamp for stamp in stamps if type(stamp) is int or type(stamp) is float]
+        if times:
+            low, high = min(times), max(times)
             self.first = low if self.first is None else min(self.first, low)
             self.last = high if self.last is None else max(self.last, high)
 
 
-def _measure(source: BinaryIO, gzip_sink: BinaryIO | None) -> FileStats:
-    """One streaming pass: hashes, line counts and reading times, and the gzip body if asked."""
+def _measure(chunks: Iterable[bytes], gzip_sink: BinaryIO | None) -> FileStats:
+    """One pass over a file's bytes: hashes, line counts and reading times, and the gzip body
+    if asked."""
     data_digest = hashlib.sha256()
     stored_digest = hashlib.sha256() if gzip_sink is not None else data_digest
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31) if gzip_sink else None
@@ -396,12 +400,12 @@ def _measure(source: BinaryIO, gzip_sink: BinaryIO | None) -> FileStats:
             stored_digest.update(data)
             stored_size += len(data)
 
-    for chunk in iter(partial(source.read, READ_CHUNK), b""):
+    for chunk in chunks:
         data_digest.update(chunk)
         data_size += len(chunk)
         if compressor is not None:
             store(compressor.compress(chunk))
-        lines = (tail + chunk).split(b"\n")
+        lines = (tail + chunk if tail else chunk).split(b"\n")
         tail = lines.pop()
         tally.add(lines)
     tally.add([tail])
@@ -427,16 +431,31 @@ def _utc(unix_seconds: float | None) -> datetime | None:
 
 
 @contextmanager
-def prepared_body(path: Path, compressed: bool) -> Iterator[tuple[BinaryIO, FileStats]]:
-    """The bytes to store for a local hour file, positioned at the start, and their stats."""
+def prepared_body(path: Path, compressed: bool) -> Iterator[tuple[Body, FileStats]]:
+    """The bytes to store for a local hour file, and their stats.
+
+    A file of up to SPOOL_BYTES (any real hour file) is read once and sent from memory, which
+    costs the client and the server less than streaming it; a larger one is streamed from disk
+    (its gzip form through a temporary file), so memory stays bounded whatever the file.
+    """
     with open(path, "rb") as source:
+        if os.fstat(source.fileno()).st_size <= SPOOL_BYTES:
+            data = source.read()
+            if not compressed:
+                yield data, _measure([data], None)
+                return
+            sink = io.BytesIO()
+            stats = _measure([data], sink)
+            yield sink.getvalue(), stats
+            return
+        chunks = iter(partial(source.read, READ_CHUNK), b"")
         if not compressed:
-            stats = _measure(source, None)
+            stats = _measure(chunks, None)
             source.seek(0)
             yield source, stats
             return
-        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as body:
-            stats = _measure(source, body)
+        with tempfile.TemporaryFile() as body:
+            stats = _measure(chunks, body)
             body.seek(0)
             yield body, stats  # type: ignore[misc]
 
@@ -478,6 +497,7 @@ def ship_file(job: Job, archive: Archive, after_step: AfterStep = _no_hook) -> S
     try:
         if not files.seal(job.path):
             return Shipment(job, Outcome.FAILED, error=f"local file {job.path} is missing")
+        after_step(Step.SEALED, job.key)
         with prepared_body(job.path, job.compressed) as (body, stats):
             after_step(Step.MEASURED, job.key)
             if stats.data_size == 0:
@@ -510,7 +530,6 @@ def ship_file(job: Job, archive: Archive, after_step: AfterStep = _no_hook) -> S
 class RotationReport:
     files_found: int = 0
     registered: int = 0
-    sealed: int = 0
     shipped: int = 0
     already_archived: int = 0
     conflicts: int = 0
@@ -555,7 +574,7 @@ class RotationReport:
 
 
 class Progress(Protocol):
-    def started(self, total: int) -> None: ...
+    def expect(self, more: int) -> None: ...
 
     def shipped(self, shipment: Shipment) -> None: ...
 
@@ -659,11 +678,10 @@ def _new_row(found: FoundFile, user_pk: int | None, now: datetime) -> HourFile:
 def register_files(
     batch: list[FoundFile],
     now: datetime,
-    pool: ThreadPoolExecutor,
     report: RotationReport,
     after_step: AfterStep = _no_hook,
 ) -> None:
-    """Give each file of one hour a manifest row (key fixed now) and seal the new ones."""
+    """Give each file of one hour a manifest row, its archive key fixed now."""
     rows = _rows_of(batch)
     new = [found for found in batch if (found.cloud_id, found.part) not in rows]
     if new:
@@ -679,35 +697,14 @@ def register_files(
         report.registered += len(created)
         for row in created:
             after_step(Step.REGISTERED, row.key)
-        rows = _rows_of(batch)
-    known = [
-        rows[(found.cloud_id, found.part)]
-        for found in batch
-        if (found.cloud_id, found.part) in rows
-    ]
     # A file under the name of one already shipped and removed: the tidy phase looks at it.
     reappeared = [
         row.pk
-        for row in known
+        for row in rows.values()
         if row.state == HourFileState.VERIFIED and row.local_deleted_at is not None
     ]
     if reappeared:
         HourFile.objects.filter(pk__in=reappeared).update(local_deleted_at=None, updated_at=now)
-    to_seal = [
-        (found.path, row)
-        for found in batch
-        if (row := rows.get((found.cloud_id, found.part))) and row.state == HourFileState.OPEN
-    ]
-    sealed = [
-        row
-        for (_, row), ok in zip(to_seal, pool.map(files.seal, [p for p, _ in to_seal]), strict=True)
-        if ok
-    ]
-    report.sealed += HourFile.objects.filter(
-        pk__in=[row.pk for row in sealed], state=HourFileState.OPEN
-    ).update(state=HourFileState.SEALED, sealed_at=now, updated_at=now)
-    for row in sealed:
-        after_step(Step.SEALED, row.key)
 
 
 def _reserve_part(cloud_id: str, hour: datetime, part: int) -> Path | None:
@@ -836,13 +833,18 @@ class _Shipper:
 
     def __init__(
         self,
+        due: QuerySet[HourFile],
         archive: Archive,
         pool: ThreadPoolExecutor,
         concurrency: int,
         report: RotationReport,
+        should_stop: Callable[[], bool],
         progress: Progress | None,
         after_step: AfterStep,
     ) -> None:
+        self.due = due
+        self.last_pk = 0
+        self.should_stop = should_stop
         self.archive = archive
         self.pool = pool
         self.concurrency = concurrency
@@ -854,9 +856,27 @@ class _Shipper:
         self.removing: set[Future[int | None]] = set()
         self.removed: list[int] = []
 
+    def feed(self) -> bool:
+        """Claim and ship the due files not looked at yet (in primary key order, so rows made
+        since the last call come next). False if asked to stop."""
+        fields = ("key", "local_path", "compressed", "attempts")
+        while page := list(
+            self.due.filter(pk__gt=self.last_pk).order_by("pk").values_list("pk", *fields)[:BATCH]
+        ):
+            self.last_pk = page[-1][0]
+            for start in range(0, len(page), self.concurrency):
+                if self.should_stop():
+                    self.report.stopped = True
+                    return False
+                self.submit(page[start : start + self.concurrency])
+                self.drain(self.concurrency)
+        return True
+
     def submit(self, candidates: list[tuple[Any, ...]]) -> None:
         """Claim a batch of due files and hand the ones claimed to the pool."""
         lease, claimed = HourFile.objects.claim([row[0] for row in candidates], timezone.now())
+        if self.progress is not None:
+            self.progress.expect(len(claimed))
         mine = set(claimed)
         for pk, key, local_path, compressed, attempts in candidates:
             if pk not in mine:
@@ -953,33 +973,6 @@ class _Shipper:
         self.collect_removals(block=True)
 
 
-def ship_due(
-    now: datetime,
-    only_hour: datetime | None,
-    cloud_id: str | None,
-    archive: Archive,
-    pool: ThreadPoolExecutor,
-    concurrency: int,
-    report: RotationReport,
-    should_stop: Callable[[], bool],
-    progress: Progress | None,
-    after_step: AfterStep,
-) -> None:
-    """Claim every due file and ship it in the pool, at most 2 × concurrency files in flight."""
-    due = _scoped(HourFile.objects.due(now), only_hour, cloud_id)
-    if progress is not None:
-        progress.started(due.count())
-    shipper = _Shipper(archive, pool, concurrency, report, progress, after_step)
-    candidates = _pages(due, "key", "local_path", "compressed", "attempts")
-    while batch := list(islice(candidates, concurrency)):
-        if should_stop():
-            report.stopped = True
-            break
-        shipper.submit(batch)
-        shipper.drain(concurrency)
-    shipper.finish()
-
-
 def remove_old_dirs(now: datetime, only_hour: datetime | None, report: RotationReport) -> None:
     """Drop the sealed markers and the directory of hours long shipped (ROTATE_MARKER_RETENTION_HOURS)."""
     keep = timedelta(hours=settings.ROTATE_MARKER_RETENTION_HOURS)
@@ -1018,8 +1011,12 @@ def rotate(
     concurrency: int | None = None,
 ) -> RotationReport:
     """Ship every closed hour file (or only those of `hour` and/or `cloud_id`). See the module
-    docstring for the protocol. `should_stop` is polled between files: a stopped run finishes
-    the files in flight and records them."""
+    docstring for the protocol. `should_stop` is polled between batches of files: a stopped run
+    finishes and records the files in flight.
+
+    Registering a directory's files and shipping them overlap: each batch of rows made is fed
+    to the pool at once, so the database work hides behind the uploads.
+    """
     if cloud_id is not None:
         paths.checked_cloud_id(cloud_id)
     only_hour = paths.hour_floor(hour) if hour is not None else None
@@ -1027,26 +1024,21 @@ def rotate(
     now = timezone.now()
     report = RotationReport()
     archive = open_archive()
+    due = _scoped(HourFile.objects.due(now), only_hour, cloud_id)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="rotate") as pool:
+        shipper = _Shipper(
+            due, archive, pool, concurrency, report, should_stop, progress, after_step
+        )
         for batch in _closed_files(now, only_hour, cloud_id):
             report.files_found += len(batch)
-            register_files(batch, now, pool, report, after_step)
-            if should_stop():
-                report.stopped = True
-                return report
-        tidy_verified(now, only_hour, cloud_id, report, after_step)
-        ship_due(
-            now,
-            only_hour,
-            cloud_id,
-            archive,
-            pool,
-            concurrency,
-            report,
-            should_stop,
-            progress,
-            after_step,
-        )
+            register_files(batch, now, report, after_step)
+            if not shipper.feed():
+                break
+        else:
+            tidy_verified(now, only_hour, cloud_id, report, after_step)
+            # Files moved to new late parts by the tidy phase, and any other due file.
+            shipper.feed()
+        shipper.finish()
     if cloud_id is None and not report.stopped:
         remove_old_dirs(timezone.now(), only_hour, report)
     logger.info("rotation: %s", report.summary())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from django.contrib import admin, messages
@@ -76,10 +76,6 @@ def _parse_day(text: str | None, default: date) -> date:
         raise ValueError(f"{text!r} is not a day (YYYY-MM-DD)") from None
 
 
-def _day_start(day: date) -> datetime:
-    return datetime.combine(day, time(0), tzinfo=UTC)
-
-
 # --- Chart data ---------------------------------------------------------------------------------
 
 
@@ -126,7 +122,7 @@ def user_demand(request: HttpRequest, pk: int) -> JsonResponse:
         {
             "cloud_id": user.cloud_id,
             "day": day.isoformat(),
-            "start": iso_utc(_day_start(day)),
+            "start": iso_utc(dashboard.day_start(day)),
             "t": [t for t, _ in points],
             "demand_kw": [kw for _, kw in points],
         }
@@ -178,7 +174,7 @@ def user_export(request: HttpRequest, pk: int) -> HttpResponse:
         return HttpResponseBadRequest(
             f"At most {MAX_EXPORT_DAYS} days per export: use the readings API for longer ranges."
         )
-    start, end = _day_start(first), _day_start(last + timedelta(days=1))
+    start, end = dashboard.day_start(first), dashboard.day_start(last + timedelta(days=1))
     records = retrieval.iter_readings(user.cloud_id, start, end)
     response = StreamingHttpResponse(_csv_lines(records), content_type="text/csv")
     name = f"rainlog-{user.cloud_id}-{first.isoformat()}-{last.isoformat()}.csv"

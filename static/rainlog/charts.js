@@ -222,8 +222,11 @@
     const summary = document.querySelector("[data-demand-summary]");
     let plot = null;
 
+    const next = document.querySelector('[data-day-step="1"]');
+
     function load() {
       summary.textContent = "";
+      next.disabled = Boolean(input.max) && input.value >= input.max;
       getJSON(el.dataset.url + "?day=" + encodeURIComponent(input.value))
         .then((data) => {
           if (plot) {

@@ -341,23 +341,34 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():  # type: ignore[no-untyped-def]
-    """One headless Chromium for the session (Debian's: Playwright cannot download its own)."""
+    """One headless Chromium for the browser tests (Debian's: Playwright cannot download its own).
+
+    Module-scoped, not session-scoped: Playwright's sync API keeps an event loop running in this
+    thread while it is open, and tests elsewhere start event loops of their own.
+    """
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(
             f"no Chromium at {CHROMIUM}: install it with `make chromium` (apt-get install chromium)"
         )
     from playwright.sync_api import sync_playwright
 
-    # Playwright's sync API runs an event loop in this thread; the tests still use the ORM here.
+    # With Playwright's loop running here, Django would refuse the ORM calls the tests make.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        yield browser
-        browser.close()
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+            )
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture

@@ -167,9 +167,9 @@ def test_the_key_stays_what_it_was_when_the_row_was_made(
 ) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("002738", HOUR, 5))
     with time_machine.travel(AFTER_CLOSE, tick=False):
-        shipping.rotate(should_stop=lambda: True)  # registers and seals, ships nothing
+        shipping.rotate(should_stop=lambda: True)  # registers, ships nothing
     row = HourFile.objects.get()
-    assert row.state == HourFileState.SEALED and not row.compressed
+    assert row.state == HourFileState.OPEN and not row.compressed
     settings.ARCHIVE_COMPRESS = "gzip"
     settings.ARCHIVE_PREFIX = "elsewhere"
 

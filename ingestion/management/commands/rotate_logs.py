@@ -26,8 +26,9 @@ class ProgressBar:
     def __init__(self, bar: tqdm) -> None:  # type: ignore[type-arg]
         self.bar = bar
 
-    def started(self, total: int) -> None:
-        self.bar.reset(total=total)
+    def expect(self, more: int) -> None:
+        self.bar.total += more
+        self.bar.refresh()
 
     def shipped(self, shipment: shipping.Shipment) -> None:
         self.bar.update(1)

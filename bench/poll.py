@@ -1,0 +1,353 @@
+"""`make bench-poll`: the poller against 10,000 simulated gateways, next to the seed's serial loop.
+
+    python -m bench.poll [--users 10000] [--latency 0.2] [--ticks 22] [--shards 2]
+                         [--serial-seconds 12]
+
+Set-up, in a temporary directory removed at the end:
+- the EAGLE simulator (`ingestion.simulator`) with --users gateways answering after --latency
+  seconds, in a process of its own;
+- a fresh bench database (BENCH_DATABASE_URL, default
+  postgres://postgres@127.0.0.1:5432/rainlog_bench_poll), dropped and migrated, holding one EAGLE
+  user per gateway.
+
+Measured in the same run, on the same gateways:
+1. the poller: --shards processes, one per shard (what `manage.py poll --shard N` or a window task
+   runs), each holding its shard's lease and running --ticks ticks from the same slot of the
+   6-second grid. Per tick: users polled, whether it finished in its slot, database statements.
+   Afterwards every hour file is read back and compared with the simulator's ground truth (each
+   reading it sent in a good reply): readings lost, duplicated or not served;
+2. the baseline, the seed's design: one `requests.post` at a time over the same users for
+   --serial-seconds, giving its users per tick.
+
+Targets: 10,000 users per 6-second tick on a 2-core machine with the simulator beside it, at
+least 99.9 % of ticks on time, no reading lost or duplicated, poller RSS under 300 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from bench.rotate import recreate_database
+
+DATABASE_URL = os.environ.get(
+    "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/rainlog_bench_poll"
+)
+POLL_SECONDS = 6.0
+# Time for the poller processes to start, load their users and take their leases.
+START_DELAY_SECONDS = 15.0
+TARGET_USERS = 10_000
+TARGET_ON_TIME = 0.999
+TARGET_RSS_MIB = 300.0
+
+
+def configure(work: Path) -> None:
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "rainlog.settings",
+            "RAINLOG_ENV_FILE": str(work / "no.env"),
+            "DEBUG": "0",
+            "SECRET_KEY": "bench-secret-key-long-enough-for-django-checks-0123456789abcdef",
+            "FIELD_ENCRYPTION_KEYS": "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktYmU=",
+            "DATABASE_URL": DATABASE_URL,
+            "SECURE_SSL_REDIRECT": "0",
+            "VAR_DIR": str(work),
+            "LOG_ROOT": str(work / "logs"),
+            "INGEST_POLL_SECONDS": str(POLL_SECONDS),
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+
+
+# --- The simulator's process ---------------------------------------------------------------------
+
+
+def serve_simulator(users: int, latency: float, conn: Connection) -> None:
+    """Serve the gateways until told to stop; report ground truth and CPU when asked."""
+    from ingestion.simulator import Simulator
+
+    simulator = Simulator(users, latency=latency, seed=1).start()
+    conn.send((simulator.cloud_url, simulator.accounts()))
+    while True:
+        request = conn.recv()
+        if request == "truth":
+            served = [truth.dedup_key for truth in simulator.ground_truth() if truth.served]
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            conn.send((served, simulator.stats(), usage.ru_utime + usage.ru_stime))
+        else:
+            simulator.stop()
+            conn.send("stopped")
+            return
+
+
+# --- A poller's process ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TickFigures:
+    users_due: int
+    users_polled: int
+    readings_written: int
+    failures: int
+    seconds: float
+    late: bool
+    statements: int
+
+
+def poll_shard(shard: int, first_slot: float, ticks: int, conn: Connection) -> None:
+    """Poll one shard as `manage.py poll --shard N` does, and report every tick's figures."""
+    import django
+
+    django.setup()
+    from ingestion.leases import FOREGROUND, ShardLease, holder_name
+    from ingestion.poller import Poller, TickReport, run_ticks
+
+    holder = holder_name(FOREGROUND)
+    poller = Poller([shard], holder)
+    lease = ShardLease(shard, holder)
+    figures: list[TickFigures] = []
+
+    def note(report: TickReport) -> None:
+        figures.append(
+            TickFigures(
+                report.users_due,
+                report.users_polled,
+                report.readings_written,
+                report.failures,
+                report.seconds,
+                report.late,
+                report.statements,
+            )
+        )
+
+    try:
+        poller.load_users()
+        lease.acquire(threading.Event(), START_DELAY_SECONDS, leave_to_foreground=False)
+        poller.resume(from_files=True)
+        run_ticks(
+            poller,
+            [lease],
+            threading.Event(),
+            hand_over=False,
+            first_slot=first_slot,
+            max_ticks=ticks,
+            on_tick=note,
+        )
+    finally:
+        poller.close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    conn.send(
+        {
+            "shard": shard,
+            "users": len(poller.slots),
+            "ticks": figures,
+            "peak_rss_mib": usage.ru_maxrss / 1024,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        }
+    )
+
+
+# --- The seed's serial loop ---------------------------------------------------------------------
+
+
+def serial_users_per_tick(cloud_url: str, accounts: list[dict[str, str]], seconds: float) -> float:
+    """The seed's pinger: one blocking request after another, each reply parsed, for `seconds`."""
+    import requests
+
+    from ingestion.decoding import decode_reply
+
+    body = b"<Command><Name>get_instantaneous_demand</Name></Command>"
+    served = 0
+    started = time.monotonic()
+    for account in accounts:
+        if time.monotonic() - started >= seconds:
+            break
+        response = requests.post(
+            cloud_url,
+            data=body,
+            headers={
+                "Cloud-ID": account["cloud_id"],
+                "User": account["user_email"],
+                "Password": account["user_pw"],
+            },
+            timeout=10,
+        )
+        decode_reply(response.text, cloud_id=account["cloud_id"], record_type="demand")
+        served += 1
+    elapsed = time.monotonic() - started
+    return served * POLL_SECONDS / elapsed
+
+
+# --- The run -----------------------------------------------------------------------------------
+
+
+def logged_keys(root: Path) -> list[tuple[str, str, int]]:
+    from ingestion.files import iter_records
+
+    return [
+        (record["cloud_id"], record["record_type"], record["meter_timestamp"])
+        for path in sorted(root.glob("*/*.jl"))
+        for record in iter_records(path)
+    ]
+
+
+def create_users(accounts: list[dict[str, str]]) -> None:
+    from users.models import EagleUser
+
+    for start in range(0, len(accounts), 1000):
+        EagleUser.objects.bulk_create(
+            [
+                EagleUser(
+                    cloud_id=account["cloud_id"],
+                    email=account["user_email"],
+                    eagle_password=account["user_pw"],
+                )
+                for account in accounts[start : start + 1000]
+            ]
+        )
+
+
+def statements_per_tick(figures: list[TickFigures]) -> str:
+    # The first tick also registers every new hour file in the manifest.
+    steady = [tick.statements for tick in figures[1:]] or [0]
+    return f"{figures[0].statements} first, {min(steady)}-{max(steady)} after"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=TARGET_USERS)
+    parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--ticks", type=int, default=22)
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--serial-seconds", type=float, default=12.0)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="rainlog-bench-poll-"))
+    configure(work)
+    os.environ["INGEST_SHARDS"] = str(args.shards)
+    context = multiprocessing.get_context("spawn")
+    simulator_conn, child_conn = context.Pipe()
+    simulator = context.Process(
+        target=serve_simulator, args=(args.users, args.latency, child_conn), daemon=True
+    )
+    try:
+        print(f"bench-poll: fresh database, {args.users:,} users, simulator at {args.latency:g} s")
+        recreate_database(DATABASE_URL)
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0, skip_checks=True)
+        simulator.start()
+        cloud_url, accounts = simulator_conn.recv()
+        os.environ["EAGLE_CLOUD_URL"] = cloud_url
+        create_users(accounts)
+
+        first_slot = (time.time() + START_DELAY_SECONDS) // POLL_SECONDS * POLL_SECONDS
+        print(
+            f"polling: {args.shards} processes (shards), {args.ticks} ticks of "
+            f"{POLL_SECONDS:g} s from {time.strftime('%H:%M:%S', time.gmtime(first_slot))} UTC..."
+        )
+        pollers = []
+        for shard in range(args.shards):
+            receiver, sender = context.Pipe(duplex=False)
+            process = context.Process(
+                target=poll_shard, args=(shard, first_slot, args.ticks, sender)
+            )
+            process.start()
+            pollers.append((process, receiver))
+        results = []
+        for process, receiver in pollers:
+            results.append(receiver.recv())
+            process.join()
+        simulator_conn.send("truth")
+        served, simulator_stats, simulator_cpu = simulator_conn.recv()
+
+        logged = logged_keys(work / "logs")
+        print(f"serial seed-style loop for {args.serial_seconds:g} s...")
+        serial = serial_users_per_tick(cloud_url, accounts, args.serial_seconds)
+        simulator_conn.send("stop")
+        simulator_conn.recv()
+    finally:
+        if simulator.is_alive():
+            simulator.terminate()
+        shutil.rmtree(work, ignore_errors=True)
+
+    report(args, results, served, simulator_stats, simulator_cpu, logged, serial)
+    return 0
+
+
+def report(
+    args: argparse.Namespace,
+    results: list[dict[str, Any]],
+    served: list[tuple[str, str, int]],
+    simulator_stats: dict[str, int],
+    simulator_cpu: float,
+    logged: list[tuple[str, str, int]],
+    serial: float,
+) -> None:
+    ticks = len(results[0]["ticks"])
+    per_tick = [
+        sum(result["ticks"][i].users_polled for result in results) for i in range(ticks)
+    ]
+    all_ticks = [tick for result in results for tick in result["ticks"]]
+    on_time = sum(not tick.late for tick in all_ticks) / len(all_ticks)
+    durations = sorted(tick.seconds for tick in all_ticks)
+    counts = Counter(logged)
+    duplicated = sum(count - 1 for count in counts.values() if count > 1)
+    served_set = set(served)
+    lost = len(served_set - counts.keys())
+    unserved = len(counts.keys() - served_set)
+    peak_rss = max(result["peak_rss_mib"] for result in results)
+    mean_users = statistics.mean(per_tick)
+
+    print()
+    print(f"poller, {len(results)} processes, {ticks} ticks each:")
+    print(f"  users per tick        {mean_users:,.0f} mean, {min(per_tick):,} min (of {args.users:,})")
+    print(f"  ticks on time         {100 * on_time:.1f} % ({len(all_ticks)} shard ticks)")
+    print(
+        f"  tick done after       {statistics.median(durations):.2f} s median, "
+        f"{durations[-1]:.2f} s max (slot {POLL_SECONDS:g} s)"
+    )
+    for result in results:
+        print(
+            f"  shard {result['shard']}: {result['users']:,} users, "
+            f"statements per tick {statements_per_tick(result['ticks'])}, "
+            f"peak RSS {result['peak_rss_mib']:.0f} MB, CPU {result['cpu_seconds']:.0f} s"
+        )
+    print(
+        f"  simulator             {simulator_stats['requests']:,} requests, "
+        f"CPU {simulator_cpu:.0f} s"
+    )
+    print("readings against the simulator's ground truth:")
+    print(
+        f"  written {len(logged):,}, served {len(served_set):,}: lost {lost:,}, "
+        f"duplicated {duplicated:,}, never served {unserved:,}"
+    )
+    print(f"serial seed-style loop: {serial:,.1f} users per tick (one request at a time)")
+    print(f"poller / serial: {mean_users / serial:,.0f}x users per tick")
+    checks = [
+        (f"{TARGET_USERS:,} users per tick", min(per_tick) >= min(TARGET_USERS, args.users)),
+        (f">= {100 * TARGET_ON_TIME:.1f} % ticks on time", on_time >= TARGET_ON_TIME),
+        ("no reading lost or duplicated", lost == duplicated == unserved == 0),
+        (f"poller RSS < {TARGET_RSS_MIB:.0f} MB", peak_rss < TARGET_RSS_MIB),
+    ]
+    print("targets: " + ", ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in checks))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
