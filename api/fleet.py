@@ -72,7 +72,7 @@ class UTCIsoDateTimeField(IsoDateTimeField):
 
 
 class UTCIsoDateTimeFilter(filters.IsoDateTimeFilter):
-    pass
+    field_class = UTCIsoDateTimeField
 
 
 # --- Hour files ---------------------------------------------------------------------------------

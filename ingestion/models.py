@@ -355,6 +355,14 @@ FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, lease timestamptz{columns})
 WHERE h.id = v.id AND h.claimed_until = v.lease
 RETURNING h.id
 """
+# HourFile.objects.claim on PostgreSQL: lock the due rows no other run is locking, and lease
+# them. The worker seals each file first thing; sealed_at keeps the first time.
+_CLAIM_SQL = """
+UPDATE {table} SET state = %s, claimed_until = %s, attempts = attempts + 1,
+    sealed_at = COALESCE(sealed_at, %s), updated_at = %s
+WHERE id IN ({due} FOR UPDATE SKIP LOCKED)
+RETURNING id
+"""
 # Files a rotation may pick up; a conflict waits for an operator (HourFile.retry).
 SHIPPABLE_STATES = (
     HourFileState.OPEN,
@@ -392,38 +400,37 @@ class HourFileQuerySet(models.QuerySet["HourFile"]):
 
     def claim(self, pks: list[int], now: datetime) -> tuple[datetime, list[int]]:
         """Lease those of `pks` still due for ROTATE_LEASE_SECONDS; rows another run is claiming
-        at this very moment are skipped, not waited for. Returns (end of lease, pks claimed)."""
+        at this very moment are skipped, not waited for. Returns (end of lease, pks claimed).
+
+        On PostgreSQL one statement: the due rows are locked (SKIP LOCKED) and updated at once.
+        """
         until = now + timedelta(seconds=settings.ROTATE_LEASE_SECONDS)
-        with transaction.atomic():
-            candidates = list(
-                self.due(now)
-                .filter(pk__in=pks)
-                .order_by()
-                .select_for_update(skip_locked=True)
-                .values_list("pk", flat=True)
-            )
-            claimed = (
-                self.due(now)
-                .filter(pk__in=candidates)
-                .update(
-                    state=HourFileState.UPLOADING,
-                    claimed_until=until,
-                    attempts=models.F("attempts") + 1,
-                    # The worker seals the file first thing; a retry keeps the first time.
-                    sealed_at=models.functions.Coalesce("sealed_at", models.Value(now)),
-                    updated_at=now,
+        due = self.due(now).filter(pk__in=pks).order_by()
+        if connection.vendor == "postgresql":
+            due_sql, due_params = due.values("pk").query.sql_with_params()
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _CLAIM_SQL.format(table=HourFile._meta.db_table, due=due_sql),
+                    [HourFileState.UPLOADING, until, now, now, *due_params],
                 )
+                return until, [pk for (pk,) in cursor.fetchall()]
+        with transaction.atomic():
+            candidates = list(due.select_for_update(skip_locked=True).values_list("pk", flat=True))
+            self.filter(pk__in=candidates).update(
+                state=HourFileState.UPLOADING,
+                claimed_until=until,
+                attempts=models.F("attempts") + 1,
+                sealed_at=models.functions.Coalesce("sealed_at", models.Value(now)),
+                updated_at=now,
             )
-            if claimed != len(candidates):
-                raise transaction.TransactionManagementError("locked rows changed under a claim")
         return until, candidates
 
     def settle(
         self, outcomes: list[tuple[int, datetime, dict[str, object]]], now: datetime
     ) -> set[int]:
-        """Record the outcomes of claimed attempts, (pk, lease, fields) each, in one transaction;
-        a row whose lease is no longer the one given (it lapsed and another run took the file
-        over) is left to its new holder. Returns the pks recorded.
+        """Record the outcomes of claimed attempts, (pk, lease, fields) each; a row whose lease is
+        no longer the one given (it lapsed and another run took the file over) is left to its
+        new holder. Each row's update is atomic on its own. Returns the pks recorded.
 
         On PostgreSQL one statement per set of fields, whatever the number of rows; other
         databases (the embedded SQLite default) update row by row.
@@ -432,16 +439,15 @@ class HourFileQuerySet(models.QuerySet["HourFile"]):
         for outcome in outcomes:
             groups.setdefault(tuple(sorted(outcome[2])), []).append(outcome)
         held: set[int] = set()
-        with transaction.atomic():
-            for names, group in groups.items():
-                if connection.vendor == "postgresql":
-                    held.update(self._settle_in_one_statement(names, group, now))
-                    continue
-                for pk, lease, fields in group:
-                    if self.filter(pk=pk, claimed_until=lease).update(
-                        claimed_until=None, updated_at=now, **fields
-                    ):
-                        held.add(pk)
+        for names, group in groups.items():
+            if connection.vendor == "postgresql":
+                held.update(self._settle_in_one_statement(names, group, now))
+                continue
+            for pk, lease, fields in group:
+                if self.filter(pk=pk, claimed_until=lease).update(
+                    claimed_until=None, updated_at=now, **fields
+                ):
+                    held.add(pk)
         return held
 
     def _settle_in_one_statement(

@@ -60,9 +60,11 @@ from ingestion.files import HourFileWriter
 from ingestion.gateway import EagleClient, GatewayTarget
 from ingestion.leases import (
     WINDOW,
+    Acquisition,
     AfterTick,
     ShardLease,
     holder_name,
+    is_foreground,
     rescue_orphaned_shards,
     shard_of,
 )
@@ -382,11 +384,16 @@ class _TickBatch:
     new_files: list[HourFile] = field(default_factory=list)
 
     def outcome(self, slot: UserSlot, attempted: bool = False) -> FetchOutcome:
+        """The user's outcome; `attempted` also records the attempt and the user's backoff."""
         outcome = self.outcomes.get(slot.user_id)
         if outcome is None:
             outcome = self.outcomes[slot.user_id] = FetchOutcome(slot.user_id)
         if attempted:
             outcome.attempted_at = self.now
+            outcome.consecutive_failures = slot.failures
+            outcome.next_attempt_at = (
+                as_datetime(slot.next_attempt) if slot.next_attempt is not None else None
+            )
         return outcome
 
 
@@ -720,10 +727,7 @@ class Poller:
                 slot.cut_off = False
                 counts.polled += 1
                 self._settle_backoff(slot, failure, slot_start, batch)
-                outcome.consecutive_failures = slot.failures
-                outcome.next_attempt_at = (
-                    as_datetime(slot.next_attempt) if slot.next_attempt is not None else None
-                )
+                batch.outcome(slot, attempted=True)
 
     def _keep(self, slot: UserSlot, reading: Reading) -> None:
         slot.pending.append(reading)
@@ -1090,6 +1094,10 @@ def run_window(shard: int, stop: threading.Event | None = None) -> str:
 
     try:
         PollLease.objects.ensure(range(settings.INGEST_SHARDS))
+        current = PollLease.objects.get(shard=shard)
+        if current.is_held(timezone.now()) and is_foreground(current.holder):
+            # `manage.py poll` keeps its shards: leave before loading anything.
+            return f"shard {shard} not polled: {Acquisition.FOREGROUND_HOLDS.value}"
         poller.load_users()
         how = lease.acquire(stop, window_wait_seconds())
         if not how.acquired:

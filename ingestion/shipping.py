@@ -869,7 +869,9 @@ class _Shipper:
                     self.report.stopped = True
                     return False
                 self.submit(page[start : start + self.concurrency])
-                self.drain(self.concurrency)
+                # A batch stays queued behind the running one, so the workers never wait while
+                # this thread claims the next.
+                self.drain(2 * self.concurrency)
         return True
 
     def submit(self, candidates: list[tuple[Any, ...]]) -> None:

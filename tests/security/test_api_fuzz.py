@@ -214,7 +214,6 @@ def test_no_operation_answers_with_a_server_error_or_off_its_schema(
     assert not failures, "\n\n".join(f"{label}: {text}" for label, text in failures.items())
 
 
-
 def test_a_utc_offset_beyond_what_postgresql_stores_is_read_as_its_instant(
     operator_client: APIClient,
 ) -> None:
