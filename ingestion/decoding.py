@@ -71,7 +71,14 @@ def failure(
     http_status: int | None = None,
     reading: Reading | None = None,
 ) -> FetchFailure:
-    return FetchFailure(failure_class, message, reply[:RAW_REPLY_LIMIT], http_status, reading)
+    # A gateway may send NUL characters, which PostgreSQL text and jsonb cannot hold.
+    return FetchFailure(
+        failure_class,
+        message.replace("\x00", "\ufffd"),
+        reply[:RAW_REPLY_LIMIT].replace("\x00", "\ufffd"),
+        http_status,
+        reading,
+    )
 
 
 def classify_error_text(text: str) -> FailureClass:

@@ -21,7 +21,7 @@ import asyncio
 import base64
 import concurrent.futures
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
@@ -31,6 +31,7 @@ from yarl import URL
 from ingestion.decoding import decode_reply, device_list_meter, failure, judge
 from ingestion.record_types import PreviousReading, RecordType, get_record_type
 from ingestion.records import FailureClass, FetchFailure, Reading, Source
+from ingestion.reporting import redact
 
 if TYPE_CHECKING:
     from users.models import EagleUser
@@ -213,7 +214,7 @@ class EagleClient:
         except OSError as exc:
             return failure(FailureClass.GATEWAY_UNREACHABLE, f"network error: {exc}")
         if isinstance(result, FetchFailure):
-            return result
+            return _without_password(result, target.password)
         return self._judge(result, previous_timestamp)
 
     def _judge(self, reading: Reading, previous_timestamp: int | None) -> Reading | FetchFailure:
@@ -335,6 +336,16 @@ def _http_failure(status: int, text: str) -> FetchFailure:
             status,
         )
     return failure(FailureClass.HTTP_ERROR, f"HTTP {status}", text, status)
+
+
+def _without_password(result: FetchFailure, password: str) -> FetchFailure:
+    """A gateway may echo the credentials it was sent in its error text: keep them out of
+    incidents, fetch state, logs and answers."""
+    return replace(
+        result,
+        message=redact(result.message, [password]),
+        raw_reply=redact(result.raw_reply, [password]),
+    )
 
 
 def _reply_result(

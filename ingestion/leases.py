@@ -20,7 +20,7 @@ conditional UPDATE whose row count says whether it happened:
   move within a lease's length and two ticks.
 
 Foreground pollers (`manage.py poll`) keep their shards until they stop: a window task that finds
-one holding its shard leaves at once instead of waiting.
+one holding its shard, or waiting for it, leaves at once instead of waiting.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class ShardLease:
                 if PollLease.objects.claim(self.shard, self.holder, now, self.seconds):
                     return self._took(row, Acquisition.CLAIMED)
                 continue
-            if leave_to_foreground and is_foreground(row.holder):
+            if leave_to_foreground and (is_foreground(row.holder) or is_foreground(row.successor)):
                 return self._stop_waiting(waiting, Acquisition.FOREGROUND_HOLDS)
             if waiting and row.successor != self.holder:
                 return self._stop_waiting(waiting, Acquisition.SUPERSEDED)

@@ -474,9 +474,10 @@ class HourFileQuerySet(models.QuerySet["HourFile"]):
         return deleted == 1
 
     def mark_deleted_locally(self, pks: list[int], now: datetime) -> int:
-        return self.filter(pk__in=pks, state=HourFileState.VERIFIED).update(
-            local_deleted_at=now, updated_at=now
-        )
+        """Record that these verified files are gone from disk; the number newly marked."""
+        return self.filter(
+            pk__in=pks, state=HourFileState.VERIFIED, local_deleted_at__isnull=True
+        ).update(local_deleted_at=now, updated_at=now)
 
     def oldest_unshipped(self, cloud_id: str | None = None) -> datetime | None:
         """The start of the oldest hour with a file not yet verified in the archive."""

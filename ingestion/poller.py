@@ -7,8 +7,9 @@ One tick (`Poller.run_tick`), for the slot starting at a multiple of INGEST_POLL
    record types enabled in their FetchState;
 2. fetch them all concurrently over one aiohttp pool, at most INGEST_CONCURRENCY at a time, each
    request with its own INGEST_REQUEST_TIMEOUT, until the fetch deadline shortly before the slot
-   ends. Whatever has not answered by then is cut off, fetched first next tick, and the tick is
-   recorded as late. A slow gateway never holds up the others or the next tick;
+   ends (no request starts in the last half second before it, so replies already on their way
+   arrive). Whatever has not answered by then is cut off, fetched first next tick, and the tick
+   is recorded as late. A slow gateway never holds up the others or the next tick;
 3. keep a reading only if its meter timestamp is newer than the last one logged for that user and
    record type. That state lives in memory and is recovered at start from FetchState and from
    the tail of the user's newest hour files, so a crash between writing a file and updating the
@@ -127,6 +128,13 @@ def fetch_budget(period: float) -> float:
     """Seconds from a slot's start until its fetches are cut off: the rest of the slot is for
     writing and recording, so the tick ends before the next one is due."""
     return period - min(1.0, 0.2 * period)
+
+
+def dispatch_budget(period: float) -> float:
+    """Seconds from a slot's start until the last fetch may start. A request already sent has
+    until the fetch budget to finish: a reply the gateway sent should not be thrown away (its
+    reading may be gone by the next tick), but a slow gateway cannot hold the tick up either."""
+    return fetch_budget(period) - min(0.5, 0.1 * period)
 
 
 def backoff_delay(failures: int) -> float:
@@ -532,6 +540,8 @@ class Poller:
                 else:
                     slot.updated_at = user.updated_at
                     slot.target = GatewayTarget.for_user(user)
+                    # Edited (a new password, say): worth a try now, whatever the backoff.
+                    slot.next_attempt = None
         extras = dict(
             FetchState.objects.exclude(extra_record_types=[]).values_list(
                 "user_id", "extra_record_types"
@@ -545,6 +555,9 @@ class Poller:
         FetchState.objects.ensure_for([slot.user_id for slot in fresh])
         if self._resumed:
             self._restore(fresh, from_files=True)
+            for slot in fresh:
+                # Added or activated again by an operator: fetched at the next tick.
+                slot.next_attempt = None
         self._loaded_at = time.monotonic()
 
     def _drop(self, slot: UserSlot) -> None:
@@ -624,8 +637,14 @@ class Poller:
         _close_stale_connection()
         self._refresh_users()
         jobs = self._due_jobs(slot_start, report)
-        remaining = slot_start + fetch_budget(self.period) - time.time()
-        results = self._loop.run_until_complete(self._fetch_all(jobs, remaining))
+        elapsed = time.time() - slot_start
+        results = self._loop.run_until_complete(
+            self._fetch_all(
+                jobs,
+                dispatch_seconds=dispatch_budget(self.period) - elapsed,
+                seconds=fetch_budget(self.period) - elapsed,
+            )
+        )
         batch = _TickBatch(now=timezone.now())
         self._take_results(jobs, results, slot_start, batch, report)
         if confirm is not None and not confirm():
@@ -656,16 +675,21 @@ class Poller:
         return demand + extras
 
     async def _fetch_all(
-        self, jobs: list[FetchJob], seconds: float
+        self, jobs: list[FetchJob], dispatch_seconds: float, seconds: float
     ) -> list[Reading | FetchFailure | None]:
-        """Every job's result, or None for jobs not finished within `seconds`."""
+        """Every job's result, or None for jobs not started within `dispatch_seconds` or not
+        finished within `seconds`."""
         results: list[Reading | FetchFailure | None] = [None] * len(jobs)
         if not jobs:
             return results
         queue = iter(range(len(jobs)))
+        loop = asyncio.get_running_loop()
+        dispatch_until = loop.time() + dispatch_seconds
 
         async def fetch_some() -> None:
             for index in queue:
+                if loop.time() >= dispatch_until:
+                    return
                 job = jobs[index]
                 results[index] = await self._client.fetch(
                     job.slot.target, job.record_type, job.previous_timestamp

@@ -109,7 +109,11 @@ def token_from_headers(headers: Mapping[str, str]) -> str:
 
 def authenticate(cloud_id: str, token: str) -> EagleUser:
     """The push user `cloud_id`, if `token` is its push token and it may push now."""
-    user = EagleUser.objects.filter(cloud_id=cloud_id).first()
+    try:
+        # Anything but hexadecimal names no user (and a NUL byte would break the query).
+        user = EagleUser.objects.filter(cloud_id=paths.checked_cloud_id(cloud_id)).first()
+    except ValueError:
+        user = None
     if user is None:
         raise PushRejectedError(404, f"no user with cloud_id {cloud_id[:40]}")
     if not token:
@@ -207,8 +211,13 @@ def _xml_readings(
             ignored.append(f"<{fragment.tag[:60]}> is not a fragment rainlog records ({known} are)")
             continue
         fragment.tail = None
+        try:
+            fragment_text = ET.tostring(fragment, encoding="unicode")
+        except RecursionError:
+            # Serialising recurses per level; a reading's fields are one level deep.
+            raise _malformed(422, f"<{fragment.tag}> nests elements too deeply") from None
         result = decode_reply(
-            ET.tostring(fragment, encoding="unicode"),
+            fragment_text,
             cloud_id=cloud_id,
             source=Source.PUSH,
             received_at=received_at,

@@ -118,6 +118,9 @@ class HourPlan:
 def _archived_key(row: HourFile | None) -> tuple[str | None, bool]:
     if row is None or row.state != HourFileState.VERIFIED or not row.key:
         return None, False
+    # Dot or empty segments would name another object once the S3 client normalises the URL.
+    if any(segment in ("", ".", "..") for segment in row.key.split("/")):
+        return None, False
     return row.key, row.compressed or row.key.endswith(".gz")
 
 

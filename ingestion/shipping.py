@@ -1,20 +1,21 @@
 """Rotation: ship every closed hour file to the archive exactly once, then remove it from disk.
 
-One run (`rotate()`), in phases:
-1. Register: scan LOG_ROOT for hour directories whose hour is over (plus ROTATE_GRACE_SECONDS);
-   give every data file a manifest row (`HourFile`) whose archive key is fixed there and then,
-   before any upload, and seal the file (`files.seal`) so that no writer appends to it again.
-   Readings for a sealed hour go to late parts, which are registered and shipped the same way.
-2. Tidy: verified files still on disk (a run stopped between recording and removing them) are
-   removed; a file that reappeared under a shipped name is moved to a new late part.
-3. Ship: every due row (sealed, failed and past its backoff, or claimed by a run whose lease
-   lapsed) is claimed with a conditional UPDATE of its lease (`claimed_until`), then, in a
-   bounded thread pool: measured (size, SHA-256, line count, first and last reading; malformed
-   lines are counted and shipped as they are), created in the archive only if the key is absent,
-   and verified. The row is then recorded as verified (committed) and only then is the local
+One run (`rotate()`):
+1. Register: scan LOG_ROOT's hour directories whose hour is over (plus ROTATE_GRACE_SECONDS) and
+   give every data file (late parts included) a manifest row (`HourFile`) whose archive key is
+   fixed there and then, before any upload; every retry reuses the row, and so the key.
+2. Ship, overlapping with registration: every due row (new, failed and past its backoff, or
+   claimed by a run whose lease lapsed) is claimed with a conditional UPDATE of its lease
+   (`claimed_until`), so two runs never ship one file at once. In a bounded thread pool, each
+   file is then sealed (`files.seal`: no writer appends to it again; later readings for the hour
+   go to the next late part), measured (size, SHA-256, line count, first and last reading;
+   malformed lines are counted and shipped as they are), created in the archive only if the key
+   is absent, and verified. The row is recorded verified (committed) and only then is the local
    file removed. A different object at the key is a conflict: reported, never overwritten, and
    the local file stays. An unreachable archive marks the row failed with a backoff; nothing
    unverified is ever removed, however many attempts fail.
+3. Tidy: verified files still on disk (a run stopped between recording and removing them) are
+   removed; a file that reappeared under a shipped name is moved to a new late part and shipped.
 4. Clean up: hour directories older than ROTATE_MARKER_RETENTION_HOURS whose files are all
    verified and removed lose their sealed markers and the directory itself.
 
@@ -77,8 +78,9 @@ logger = logging.getLogger(__name__)
 CONTENT_TYPE_JSONL = "application/x-ndjson"
 CONTENT_TYPE_GZIP = "application/gzip"
 READ_CHUNK = 1 << 20
-# A gzip body is built before upload (its size and checksum go with the PUT); up to this size it
-# stays in memory, beyond it in a temporary file.
+# Files up to this size (every real hour file) are read once and sent from memory; larger ones
+# are streamed from disk, their gzip form built in a temporary file first (its size and
+# checksum go with the PUT).
 SPOOL_BYTES = 8 << 20
 GZIP_LEVEL = 6
 # Files registered per database round trip, and manifest rows read per page.
@@ -347,6 +349,10 @@ class FileStats:
     malformed_lines: int
     first_reading_at: datetime | None
     last_reading_at: datetime | None
+
+    def as_fields(self) -> dict[str, object]:
+        # dataclasses.asdict deep-copies every value: too slow for once per file.
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 def sha256_of_file(path: Path) -> str:
@@ -786,14 +792,21 @@ def tidy_verified(
         if not data_sha256:
             logger.warning("rotation: %s has no recorded content checksum; left alone", key)
             continue
-        # Sealed first: without its marker (cleaned up) a writer may be appending right now.
-        if files.seal(path):
-            if path.stat().st_size and sha256_of_file(path) != data_sha256:
+        try:
+            # Sealed first: without its marker (cleaned up) a writer may be appending right now.
+            present = files.seal(path)
+            differs = present and path.stat().st_size > 0 and sha256_of_file(path) != data_sha256
+        except FileNotFoundError:
+            present = differs = False  # the run that shipped it removed it meanwhile
+        if differs:
+            # Only one run may move it: the one whose conditional update marks the row first.
+            if HourFile.objects.mark_deleted_locally([pk], now):
                 relocate(path, row_cloud_id, hour, part, now)
                 report.relocated += 1
-            else:
-                path.unlink(missing_ok=True)
-                after_step(Step.DELETED, key)
+            continue
+        if present:
+            path.unlink(missing_ok=True)
+            after_step(Step.DELETED, key)
             report.local_deleted += 1
         removed.append(pk)
         if len(removed) >= DELETE_MARK_BATCH:
@@ -803,7 +816,7 @@ def tidy_verified(
 
 
 def _outcome_fields(shipment: Shipment, now: datetime) -> dict[str, object]:
-    stats = asdict(shipment.stats) if shipment.stats else {}
+    stats = shipment.stats.as_fields() if shipment.stats else {}
     if shipment.outcome == Outcome.VERIFIED:
         return HourFile.verified_fields(now, stats)
     if shipment.outcome == Outcome.CONFLICT:
@@ -908,7 +921,8 @@ class _Shipper:
         self.collect_removals(block=False)
 
     def record(self) -> None:
-        """Record finished files in one transaction; then remove the verified ones' local copies."""
+        """Record finished files (one statement per kind of outcome); then remove the verified
+        ones' local copies, now that the manifest says so."""
         now = timezone.now()
         finished, self.finished = self.finished, []
         settled = [s for s in finished if s.outcome != Outcome.EMPTY]
@@ -969,6 +983,7 @@ class _Shipper:
                 self.removed = []
 
     def finish(self) -> None:
+        """Wait for every file in flight, record it, and remove the verified ones' copies."""
         self.drain(0)
         if self.finished:
             self.record()
@@ -1037,6 +1052,7 @@ def rotate(
             if not shipper.feed():
                 break
         else:
+            shipper.finish()
             tidy_verified(now, only_hour, cloud_id, report, after_step)
             # Files moved to new late parts by the tidy phase, and any other due file.
             shipper.feed()
@@ -1110,12 +1126,16 @@ def _hour_of_key(key: str) -> datetime | None:
 
 
 def audit_archive(
-    report: AuditReport, since: datetime | None = None, concurrency: int | None = None
+    report: AuditReport,
+    since: datetime | None = None,
+    concurrency: int | None = None,
+    on_page: Callable[[AuditReport], None] = lambda report: None,
 ) -> Iterator[Problem]:
     """Compare the manifest with the archive and the local disk, yielding each problem found:
     verified files must be in the archive as recorded; files not yet verified must still be on
     disk; every object under ARCHIVE_PREFIX must be in the manifest (listing the bucket is
-    fine here: this is the audit, never the rotation)."""
+    fine here: this is the audit, never the rotation). `on_page` sees the report after each
+    page of rows or objects, for progress."""
     archive = open_archive()
     concurrency = concurrency or settings.ROTATE_CONCURRENCY
     since_filter = {} if since is None else {"hour__gte": since}
@@ -1126,8 +1146,10 @@ def audit_archive(
             page.append(row)
             if len(page) == BATCH:
                 yield from _checked_page(pool, archive, page, report)
+                on_page(report)
                 page = []
         yield from _checked_page(pool, archive, page, report)
+        on_page(report)
 
     closed_before = timezone.now() - paths.HOUR
     unverified = HourFile.objects.unshipped().filter(hour__lte=closed_before, **since_filter)
@@ -1143,8 +1165,10 @@ def audit_archive(
         listed.append(key)
         if len(listed) == BATCH:
             yield from _orphans(listed, since, report)
+            on_page(report)
             listed = []
     yield from _orphans(listed, since, report)
+    on_page(report)
 
 
 def _checked_page(

@@ -135,6 +135,8 @@ def parse_line(raw: bytes | str) -> ParsedLine:
         raise LineError("not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise LineError(f"not JSON ({exc.msg} at character {exc.pos + 1})") from None
+    except RecursionError:
+        raise LineError("not JSON (nested too deeply)") from None
     if not isinstance(record, dict):
         raise LineError(f"not a JSON object but a {type(record).__name__}")
     missing = [name for name in REQUIRED_FIELDS if name not in record]
@@ -150,6 +152,9 @@ def parse_line(raw: bytes | str) -> ParsedLine:
     for name in STRING_FIELDS:
         if name in record and not isinstance(record[name], str):
             raise LineError(f"{name} must be a string")
+        if "\x00" in record.get(name, ""):
+            # The database cannot store it (the API's and the admin's forms refuse it too).
+            raise LineError(f"{name} holds a NUL character")
     if "is_active" in record and not isinstance(record["is_active"], bool):
         raise LineError("is_active must be true or false")
     if "total_events_logged" in record:

@@ -124,6 +124,12 @@ def test_a_window_leaves_a_shard_held_by_a_foreground_poller_at_once() -> None:
             other_foreground.acquire(stop, wait_seconds=0, leave_to_foreground=False)
             is Acquisition.GAVE_UP
         )
+        # A window never pushes a waiting foreground poller out of the queue.
+        PollLease.objects.wait_as_successor(1, other_foreground.holder, NOW)
+        assert lease(WINDOW, shard=1).acquire(stop, wait_seconds=60) is (
+            Acquisition.FOREGROUND_HOLDS
+        )
+        assert row(1).successor == other_foreground.holder
 
 
 @pytest.mark.django_db(transaction=True)

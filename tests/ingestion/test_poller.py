@@ -201,6 +201,23 @@ def test_it_suspends_a_user_after_repeated_bad_credentials(settings) -> None:  #
     assert "an-old-password" not in incident.raw_reply + incident.message
 
 
+def test_a_corrected_password_is_tried_at_the_next_tick_despite_the_backoff(settings) -> None:  # type: ignore[no-untyped-def]
+    with polling_run(settings, users=2) as run:
+        run.move_to(run.clock.now + 1)
+        user = EagleUser.objects.get(cloud_id="000001")
+        user.eagle_password = "a-typo"
+        user.save()
+        assert [run.tick().users_due for _ in range(3)] == [2, 2, 1]
+        run.move_to(run.clock.now + 1)
+        user.eagle_password = run.sim.accounts()[0]["user_pw"]
+        user.save()
+        report = run.tick()
+    assert report.users_due == 2 and report.failures == 0
+    state = FetchState.objects.get(user=user)
+    assert state.consecutive_failures == 0 and state.next_attempt_at is None
+    assert Incident.objects.get(user=user).state == IncidentState.RESOLVED
+
+
 def test_it_picks_up_added_and_suspended_users_at_the_next_tick(settings) -> None:  # type: ignore[no-untyped-def]
     with polling_run(settings, users=3, create=2) as run:
         assert run.tick().users_due == 2

@@ -349,3 +349,28 @@ def test_open_files_stay_bounded_whatever_the_number_of_files(settings, s3_archi
     assert report.shipped == 60
     # At most one local file (and its gzip spool) per worker, plus a few connections per worker.
     assert max(open_fds) - before <= 3 * settings.ROTATE_CONCURRENCY + 10
+
+
+@pytest.mark.parametrize("compress", ["", "gzip"])
+def test_a_file_too_large_for_memory_is_streamed_with_the_same_result(
+    settings, monkeypatch, s3_archive: str, s3_client, compress: str
+) -> None:  # type: ignore[no-untyped-def]
+    settings.ARCHIVE_COMPRESS = compress
+    # Tiny limits, so that this file is streamed and its lines span read chunks.
+    monkeypatch.setattr(shipping, "SPOOL_BYTES", 1000)
+    monkeypatch.setattr(shipping, "READ_CHUNK", 777)
+    write(demand_readings("002738", HOUR, 40))
+    local = paths.local_path("002738", HOUR)
+    with open(local, "ab") as handle:
+        handle.write(b"not json\n")
+    data = local.read_bytes()
+
+    rotate_at(AFTER_CLOSE)
+
+    row = HourFile.objects.get()
+    stored = object_bytes(s3_client, s3_archive, row.key)
+    assert (gzip.decompress(stored) if compress else stored) == data
+    assert (row.size, row.sha256) == (len(stored), hashlib.sha256(stored).hexdigest())
+    assert (row.line_count, row.malformed_lines) == (40, 1)
+    assert row.last_reading_at == HOUR + timedelta(seconds=39 * 6)
+    assert row.state == HourFileState.VERIFIED

@@ -4,7 +4,7 @@ output or an incident report.
 One flow does what operators and gateways do (users created through the API with known passwords,
 polling against the simulator with a wrong password and against a gateway that echoes the
 password it was sent, pushes with a token, reads, exports, admin pages and actions, credential
-checks, incident reports to a real receiver), with every logger at DEBUG. Then everything that came
+checks, incident reports to a real receiver), with logging at DEBUG. Then everything that came
 out is searched for every secret. Only the two answers whose purpose is to hand over a new token
 are allowed to hold that token.
 """
@@ -30,7 +30,7 @@ from werkzeug import Request, Response
 
 from ingestion.models import FetchState, Incident, IncidentReport
 from ingestion.reporting import run_report_pass
-from tests.factories import OPERATOR_PASSWORD
+from tests.factories import OPERATOR_PASSWORD, OperatorFactory
 from tests.polling import START, polling_run
 from tests.push_uploads import fragment, uploader_xml
 from users.models import EagleUser
@@ -111,11 +111,11 @@ def test_no_password_or_token_appears_in_any_response_log_line_or_report(
     settings,  # type: ignore[no-untyped-def]
     caplog: pytest.LogCaptureFixture,
     loopback_server: HTTPServer,
-    operator,  # type: ignore[no-untyped-def]
     tmp_path: Path,
 ) -> None:
-    for name in ("", "botocore", "urllib3", "aiohttp", "django", "django_q"):
-        caplog.set_level(logging.DEBUG, logger=name)
+    operator = OperatorFactory(is_superuser=True)
+    # As with LOG_LEVEL=DEBUG: everything at DEBUG but the loggers the settings pin.
+    caplog.set_level(logging.DEBUG)
     settings.ERROR_REPORT_URL = loopback_server.url_for("/incidents")
     settings.ERROR_REPORT_SECRET = REPORT_SECRET
     # Suspension's reason quotes the last failure: reach it within a few ticks.
@@ -256,6 +256,7 @@ def test_no_password_or_token_appears_in_any_response_log_line_or_report(
             "/admin/ingestion/incident/",
             "/admin/ingestion/fetchstate/",
             "/admin/ingestion/incidentreport/",
+            "/admin/knox/authtoken/",
             "/admin/console/fleet.json",
             "/dev/playground",
         ]
@@ -264,6 +265,7 @@ def test_no_password_or_token_appears_in_any_response_log_line_or_report(
                 f"/admin/users/eagleuser/{user.pk}/change/",
                 f"/admin/users/eagleuser/{user.pk}/history/",
                 f"/admin/console/users/{user.pk}/demand.json",
+                f"/admin/console/users/{user.pk}/readings.csv",
             ]
         admin_urls += [f"/admin/ingestion/incident/{i.pk}/change/" for i in Incident.objects.all()]
         admin_urls += [

@@ -48,10 +48,11 @@ class Command(BaseCommand):
             )
         if options["ticks"] is not None and options["ticks"] < 1:
             raise CommandError("--ticks must be 1 or more")
-        if connections["default"].vendor == "postgresql":
-            connections["default"].settings_dict.setdefault("OPTIONS", {})["application_name"] = (
-                "rainlog poll"
-            )
+        database = connections["default"]
+        if database.vendor == "postgresql":
+            database.settings_dict.setdefault("OPTIONS", {})["application_name"] = "rainlog poll"
+            if not database.in_atomic_block:
+                database.close()  # reconnects under that name
 
         stop = threading.Event()
 
@@ -81,13 +82,13 @@ class Command(BaseCommand):
             if not self.acquire(leases, stop, options["once"]):
                 return
             poller.resume(from_files=not all(lease.handed_over for lease in leases))
+            previous = [lease.previous_tick_at for lease in leases if lease.previous_tick_at]
+            first_slot = following_slot(min(previous, default=None), poller.period)
+            max_ticks = options["ticks"]
             if options["once"]:
-                first_slot: float | None = grid_floor(time.time(), poller.period)
+                # Now, unless the previous holder already polled this slot.
+                first_slot = max(grid_floor(time.time(), poller.period), first_slot or 0.0)
                 max_ticks = 1
-            else:
-                previous = [lease.previous_tick_at for lease in leases if lease.previous_tick_at]
-                first_slot = following_slot(min(previous, default=None), poller.period)
-                max_ticks = options["ticks"]
             ended = run_ticks(
                 poller,
                 leases,

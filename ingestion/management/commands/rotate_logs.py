@@ -60,8 +60,9 @@ class Command(BaseCommand):
         stop = threading.Event()
 
         def request_stop(signum: int, frame: FrameType | None) -> None:
-            self.stderr.write("Stopping: finishing the files in flight…")
+            self.stderr.write("Stopping: finishing the files in flight (again to quit now)…")
             stop.set()
+            signal.signal(signum, previous[signum])
 
         previous = {
             sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)

@@ -44,8 +44,23 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         report = shipping.AuditReport()
-        for problem in shipping.audit_archive(report, since=options["since"]):
-            self.stdout.write(f"{problem.kind.upper()} {problem.key}: {problem.detail}")
+
+        def show_progress(report: shipping.AuditReport) -> None:
+            if options["verbosity"] > 0:
+                self.stderr.write(
+                    f"… {report.verified_checked} verified files checked, "
+                    f"{report.objects_listed} objects listed"
+                )
+
+        try:
+            for problem in shipping.audit_archive(
+                report, since=options["since"], on_page=show_progress
+            ):
+                self.stdout.write(f"{problem.kind.upper()} {problem.key}: {problem.detail}")
+        except KeyboardInterrupt:
+            # The audit changes nothing: stopping it anywhere is safe.
+            self.stdout.write(f"Interrupted. So far: {report.summary()}.")
+            raise CommandError("interrupted", returncode=130) from None
         self.stdout.write(f"Audit: {report.summary()}.")
         if not report.ok:
             raise CommandError("the archive does not match the manifest: see the lines above")

@@ -1,0 +1,44 @@
+"""The soak in miniature: `python -m bench.soak` for a minute with a few hundred gateways and the
+compressed fault schedule (SOAK_PROFILE=short), in a process of its own so that its Django set-up
+(its own database, Redis cluster names, log disk) is apart from the test run's."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.soak import FIGURES_PREFIX
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_it_loses_and_duplicates_no_reading_through_crashes_and_outages() -> None:
+    env = {
+        **os.environ,
+        "SOAK_PROFILE": "short",
+        "SOAK_SEED": "11",
+        "SOAK_DATABASE_URL": "postgres://postgres@127.0.0.1:5432/rainlog_soak_short",
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.soak"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    report = run.stdout + run.stderr
+    figures_lines = [line for line in run.stdout.splitlines() if line.startswith(FIGURES_PREFIX)]
+    assert figures_lines, report
+    figures = json.loads(figures_lines[-1][len(FIGURES_PREFIX) :])
+    assert figures["readings produced"] > 0, report
+    assert figures["archived exactly once"] > 0.9 * figures["readings produced"], report
+    assert figures["lost"] == 0, report
+    assert figures["duplicated"] == 0, report
+    assert figures["problems"] == [], report
+    assert run.returncode == 0, report
