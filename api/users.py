@@ -30,7 +30,7 @@ from rest_framework.response import Response
 
 from ingestion.models import FAILURE_CLASS_CHOICES, FetchState, Incident, IncidentState
 from ingestion.records import iso_utc
-from users.models import ConnectionType, EagleUser, cloud_id_validator
+from users.models import EAGLE_PASSWORD_MAX_LENGTH, ConnectionType, EagleUser, cloud_id_validator
 from users.purging import PurgeIncompleteError
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class EagleUserSerializer(serializers.ModelSerializer[EagleUser]):
         write_only=True,
         required=False,
         trim_whitespace=False,
-        max_length=1024,
+        max_length=EAGLE_PASSWORD_MAX_LENGTH,
         style={"input_type": "password"},
         help_text="EAGLE account password, or the install code of a local gateway. Write-only.",
     )

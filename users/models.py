@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MaxLengthValidator, RegexValidator
 from django.db import IntegrityError, models, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from users.purging import PurgeReport
 
 CLOUD_ID_MAX_LENGTH = 32
+EAGLE_PASSWORD_MAX_LENGTH = 1024
 cloud_id_validator = RegexValidator(
     regex=rf"^[0-9A-Fa-f]{{1,{CLOUD_ID_MAX_LENGTH}}}\Z",
     message=f"A cloud_id is 1 to {CLOUD_ID_MAX_LENGTH} hexadecimal digits (leading zeros are kept).",
@@ -116,7 +117,9 @@ class EagleUser(models.Model):
     )
     email = models.EmailField(blank=True)
     # The Rainforest cloud password, or the install code for a local gateway. Encrypted at rest.
-    eagle_password = EncryptedTextField(blank=True)
+    eagle_password = EncryptedTextField(
+        blank=True, validators=[MaxLengthValidator(EAGLE_PASSWORD_MAX_LENGTH)]
+    )
     connection_type = models.CharField(
         max_length=16, choices=ConnectionType.choices, default=ConnectionType.CLOUD
     )

@@ -250,11 +250,6 @@ def test_an_import_file_that_cannot_be_read_is_named_in_the_error(
     assert not EagleUser.objects.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the API refuses passwords over 1024 characters (api/users.py) but an import line "
-    "stores any length: the limit belongs to the model (users/models.py), not owned here",
-)
 def test_an_import_line_with_a_password_longer_than_the_api_accepts_is_refused(db) -> None:  # type: ignore[no-untyped-def]
     (result,), users = import_one(json.dumps({**VALID_LINE, "user_pw": "p" * 2_000_000}))
 
