@@ -77,6 +77,9 @@ def configure(work: Path) -> None:
 
 def serve_simulator(users: int, latency: float, conn: Connection) -> None:
     """Serve the gateways until told to stop; report ground truth and CPU when asked."""
+    import django
+
+    django.setup()
     from ingestion.simulator import Simulator
 
     simulator = Simulator(users, latency=latency, seed=1).start()
@@ -253,6 +256,8 @@ def main() -> int:
 
         call_command("migrate", verbosity=0, skip_checks=True)
         simulator.start()
+        # Only the child holds its end: if it dies, recv() fails instead of waiting for ever.
+        child_conn.close()
         cloud_url, accounts = simulator_conn.recv()
         os.environ["EAGLE_CLOUD_URL"] = cloud_url
         create_users(accounts)
@@ -269,6 +274,7 @@ def main() -> int:
                 target=poll_shard, args=(shard, first_slot, args.ticks, sender)
             )
             process.start()
+            sender.close()
             pollers.append((process, receiver))
         results = []
         for process, receiver in pollers:
@@ -301,9 +307,7 @@ def report(
     serial: float,
 ) -> None:
     ticks = len(results[0]["ticks"])
-    per_tick = [
-        sum(result["ticks"][i].users_polled for result in results) for i in range(ticks)
-    ]
+    per_tick = [sum(result["ticks"][i].users_polled for result in results) for i in range(ticks)]
     all_ticks = [tick for result in results for tick in result["ticks"]]
     on_time = sum(not tick.late for tick in all_ticks) / len(all_ticks)
     durations = sorted(tick.seconds for tick in all_ticks)
@@ -317,7 +321,9 @@ def report(
 
     print()
     print(f"poller, {len(results)} processes, {ticks} ticks each:")
-    print(f"  users per tick        {mean_users:,.0f} mean, {min(per_tick):,} min (of {args.users:,})")
+    print(
+        f"  users per tick        {mean_users:,.0f} mean, {min(per_tick):,} min (of {args.users:,})"
+    )
     print(f"  ticks on time         {100 * on_time:.1f} % ({len(all_ticks)} shard ticks)")
     print(
         f"  tick done after       {statistics.median(durations):.2f} s median, "

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import json
+import logging
 import math
 import os
 import random
@@ -81,6 +83,13 @@ FLEET_FAULT_RATES = {
 }
 # The line of the report that carries the figures as JSON (read by the short soak test).
 FIGURES_PREFIX = "soak figures: "
+POLL_SECONDS = 6.0
+# Threads reading the archive back at the end.
+READERS = 16
+# How long one rotation task runs. Scheduled every minute, so two overlap (two rotations at
+# once are safe by design, and the soak checks it); after a kill the cluster's scheduler starts
+# the next one within about half a minute.
+ROTATION_TASK_SECONDS = 110.0
 # Seconds between two rotation passes in the rotation cluster's task.
 ROTATION_PAUSE_SECONDS = 2.0
 # Gateways put in a window fault (stall, not joined) per occurrence, as a share of the fleet.
@@ -110,6 +119,7 @@ class SoakConfig:
     restart_after: tuple[float, float] = (2.0, 8.0)
     # Users whose archive is also read through the retrieval API.
     retrieval_sample: int = 40
+    stop_seconds: float = 10.0
     tmpfs_size: str = "256m"
 
     @property
@@ -164,6 +174,13 @@ class SimulatedClock:
 
     def close(self) -> None:
         self.segments[-1][2] = self()
+
+    def observable_seconds(self, start: float, end: float) -> float:
+        """How long the clock showed a moment in [start, end): its overlap with the segments."""
+        return sum(
+            max(0.0, min(end, sim_end if sim_end is not None else self()) - max(start, sim_start))
+            for sim_start, _, sim_end in self.segments
+        )
 
     def to_real(self, simulated: float) -> float:
         """The real moment the clock showed `simulated` (the next segment's start if skipped)."""
@@ -344,6 +361,14 @@ def fill_disk(root: Path) -> Path:
     return filler
 
 
+def keep_logs(work: Path, target: Path) -> None:
+    """The clusters' and moto's logs of the last run, for a look after a failure."""
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True, exist_ok=True)
+    for log in work.glob("*.log"):
+        shutil.copy(log, target / log.name)
+
+
 def drop_database(url: str) -> None:
     config = dj_database_url.parse(url)
     admin = psycopg2.connect(
@@ -376,8 +401,11 @@ def soak_environment(config: SoakConfig, work: Path, s3_endpoint: str) -> dict[s
         "AWS_ACCESS_KEY_ID": "soak",
         "AWS_SECRET_ACCESS_KEY": "soak",
         "AWS_DEFAULT_REGION": "us-east-1",
+        # Tasks go through Redis to the clusters, never run in the caller (a test suite's Q_SYNC).
+        "Q_SYNC": "0",
+        "ERROR_REPORT_URL": "",
         "Q_WORKERS": "3",
-        "INGEST_POLL_SECONDS": "6",
+        "INGEST_POLL_SECONDS": str(POLL_SECONDS),
         "INGEST_REQUEST_TIMEOUT": "4",
         "INGEST_LEASE_SECONDS": str(config.lease_seconds),
         "INGEST_SUSPEND_AFTER_AUTH_FAILURES": str(config.suspend_after),
@@ -487,6 +515,7 @@ class Soak:
         work = Path(tempfile.mkdtemp(prefix=f"rainlog-{config.name}-"))
         with ExitStack() as stack:
             stack.callback(shutil.rmtree, work, True)
+            stack.callback(keep_logs, work, BASE_DIR / "var" / config.name)
             mounted = stack.enter_context(log_disk(work / "logs", config.tmpfs_size))
             if not mounted:
                 self.timeline.skipped.append(
@@ -510,8 +539,14 @@ class Soak:
             stack.callback(connections.close_all)
             stack.callback(self._purge_redis)
             import boto3
+            from botocore.config import Config
 
-            s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+            s3 = boto3.client(
+                "s3",
+                endpoint_url=moto_endpoint,
+                region_name="us-east-1",
+                config=Config(max_pool_connections=READERS),
+            )
             s3.create_bucket(Bucket=BUCKET)
             from django.core.management import call_command
 
@@ -519,7 +554,12 @@ class Soak:
             self._prepare_schedules()
 
             first_boundary = (time.time() // HOUR) * HOUR - 2 * DAY
-            clock = SimulatedClock(first_boundary, config.segment_seconds, work / "clock")
+            clock = self.clock = SimulatedClock(
+                first_boundary, config.segment_seconds, work / "clock"
+            )
+            # A killed poller leaves requests half-read: the simulator's server would log a
+            # traceback for each of them.
+            logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
             simulator = make_simulator(config.users, config.seed, clock, timeout_hold=5.0)
             for kind, rate in FLEET_FAULT_RATES.items():
                 simulator.set_fault(None, kind, rate)
@@ -545,11 +585,21 @@ class Soak:
             rotation.start()
             self._send_windows()
             self._drive(clock, simulator, poller, rotation, proxy, work / "logs", mounted)
-            poller.stop()
-            rotation.stop()
-            self.timeline.poller_down.append([clock(), math.inf])
-            self._close_down_windows(simulator)
+            # Ground truth ends as the clusters are told to stop. The poller's last ticks may
+            # hold fetched readings: like a kill for those.
             clock.close()
+            stopped_at = clock()
+            stopping = [
+                threading.Thread(target=c.stop, args=(config.stop_seconds,))
+                for c in (poller, rotation)
+            ]
+            for thread in stopping:
+                thread.start()
+            for thread in stopping:
+                thread.join()
+            self._close_down_windows(simulator)
+            self.timeline.poller_kills.append(stopped_at)
+            self.timeline.poller_down.append([stopped_at, math.inf])
             self.note("clusters stopped; final rotation")
             final_problems = self._final_rotation(clock, proxy)
             return self._verify(clock, simulator, s3, work / "logs", final_problems)
@@ -570,7 +620,7 @@ class Soak:
         Schedule.objects.create(
             name="soak-rotation",
             func="bench.soak.rotate_simulated_hours",
-            args=repr((55.0,)),
+            args=repr((ROTATION_TASK_SECONDS,)),
             schedule_type=Schedule.MINUTES,
             minutes=1,
             repeats=-1,
@@ -639,8 +689,6 @@ class Soak:
         log_root: Path,
         can_fill: bool,
     ) -> None:
-        from users.models import EagleUser
-
         config, rng = self.config, self.rng
         plan = self._plan()
         restarts: list[tuple[float, Cluster]] = []
@@ -648,6 +696,8 @@ class Soak:
         bad_ids = rng.sample(ids, min(len(ids), config.bad_credential_users))
         window_ids: dict[str, list[str]] = {}
         filler: Path | None = None
+        reactivating = False
+        next_reactivation = 0.0
         hours = 0
         end = self.started + config.seconds
         while (now := time.monotonic()) < end:
@@ -695,14 +745,8 @@ class Soak:
                     else:
                         for cloud_id in bad_ids:
                             simulator.clear_faults(cloud_id, "bad_credentials")
-                        suspended = EagleUser.objects.filter(cloud_id__in=bad_ids, is_active=False)
-                        count = 0
-                        for user in suspended:
-                            user.activate()
-                            count += 1
-                        for cloud_id in bad_ids:
-                            self.timeline.refused[cloud_id][-1][1] = clock()
-                        self.note(f"credentials good again; {count} suspended accounts reactivated")
+                        reactivating = True
+                        self.note("credentials good again")
                 elif action == "window":
                     kind, on = argument
                     if on:
@@ -715,6 +759,13 @@ class Soak:
                         for cloud_id in window_ids.pop(kind, []):
                             simulator.clear_faults(cloud_id, kind)
                         self.note(f"{kind} over")
+            if reactivating and now >= next_reactivation:
+                # As an operator answering the incidents: a tick already under way when the
+                # credentials turned good may still suspend an account, so look again later.
+                reactivated = self._reactivate(bad_ids, clock())
+                if reactivated:
+                    self.note(f"{reactivated} suspended accounts reactivated")
+                next_reactivation = now + 2.0
             for cluster in (poller, rotation):
                 if cluster.process is not None and cluster.process.poll() is not None:
                     self.note(
@@ -727,6 +778,19 @@ class Soak:
         proxy.set_down(False)
         simulator.clear_faults()
         self.note(f"faults over after {hours} simulated hours")
+
+    def _reactivate(self, cloud_ids: list[str], now: float) -> int:
+        """Activate the suspended accounts among `cloud_ids`; their refused window ends now."""
+        from users.models import EagleUser
+
+        count = 0
+        for user in EagleUser.objects.filter(cloud_id__in=cloud_ids, is_active=False):
+            user.activate()
+            count += 1
+        for cloud_id in cloud_ids:
+            if count or self.timeline.refused[cloud_id][-1][1] == math.inf:
+                self.timeline.refused[cloud_id][-1][1] = now
+        return count
 
     def _close_down_windows(self, simulator: Any) -> None:
         """A down window ends at the first request any poller made after it began."""
@@ -795,7 +859,7 @@ class Soak:
             return found
 
         archived: Counter[tuple[str, int]] = Counter()
-        with ThreadPoolExecutor(16) as pool:
+        with ThreadPoolExecutor(READERS) as pool:
             for found in pool.map(read, keys):
                 archived.update(found)
         verified = set(
@@ -834,8 +898,8 @@ class Soak:
         sample = self.rng.sample(
             sorted(simulator.gateways), min(self.config.retrieval_sample, len(simulator.gateways))
         )
-        first = datetime.fromtimestamp(clock.segments[0][0], UTC)
-        last = datetime.fromtimestamp(clock.segments[-1][2] + 1, UTC)
+        first = datetime.fromtimestamp(min(ts for _, ts in truth) - HOUR, UTC)
+        last = datetime.fromtimestamp(max(ts for _, ts in truth) + HOUR, UTC)
         retrieval_mismatch = 0
         for cloud_id in sample:
             got = {
@@ -843,6 +907,9 @@ class Soak:
                 for record in retrieval.iter_readings(cloud_id, first, last, "demand")
             }
             want = {ts for (cid, ts), count in archived.items() if cid == cloud_id and count}
+            for ts in sorted(got ^ want)[:3]:
+                where = "only through the API" if ts in got else "only in the archive"
+                self.note(f"retrieval mismatch: {cloud_id} {ts} {where}")
             retrieval_mismatch += len(got ^ want)
 
         incidents = {
@@ -861,6 +928,8 @@ class Soak:
             "archived but never produced": len(unexpected),
             "hour files verified": hours_verified,
             "archive objects": len(keys),
+            "late parts archived": sum(".late-" in key for key in keys),
+            "user-hours archived": len({key.rsplit("/", 1)[1].split(".")[0] for key in keys}),
             "hours (simulated)": len(clock.segments),
             "retrieval API mismatches": retrieval_mismatch,
             "retrieval API users checked": len(sample),
@@ -884,6 +953,7 @@ class Soak:
     def _unobservable(self, key: tuple[str, int], reading: Any, simulator: Any) -> str | None:
         """Why a reading missing from the archive could not have been logged, or None."""
         cloud_id, timestamp = key
+        clock = self.clock
         schedule = simulator.gateways[cloud_id].meter.schedules["demand"]
         k = schedule.index_at(timestamp + 0.999999)
         born, gone = schedule.starts_at(k), schedule.starts_at(k + 1)
@@ -893,11 +963,10 @@ class Soak:
         during = log[lo:hi]
         if reading.served:
             # Fetched, then the poller died before writing it, and no poller saw it again.
-            served_at = max((t for t, good in during if good), default=None)
-            if (
-                served_at is not None
-                and any(served_at <= kill <= served_at + 7 for kill in self.timeline.poller_kills)
-                and not any(good and t > served_at + 7 for t, good in during)
+            served_at = clock.to_real(max((t for t, good in during if good), default=born))
+            kills = [clock.to_real(kill) for kill in self.timeline.poller_kills]
+            if any(served_at <= kill <= served_at + POLL_SECONDS + 1 for kill in kills) and not any(
+                good and clock.to_real(t) > served_at + POLL_SECONDS + 1 for t, good in during
             ):
                 return "fetched by a poller killed before it wrote it"
             return None
@@ -914,7 +983,30 @@ class Soak:
         before = log[lo - 1] if lo else None
         if before is not None and not before[1]:
             return "gateway backed off after a failure"
+        if clock.observable_seconds(born, gone) < POLL_SECONDS + 0.5:
+            # Real meters keep a reading 8-10 s, longer than a poll period; a jump of the soak's
+            # clock can end one sooner.
+            return "current for less than a poll period before a clock jump"
         return None
+
+    def _tick_gaps(self) -> list[str]:
+        """Where the poller's ticks were further apart than 1.5 poll periods: a dead poller, or a
+        hand-over that left slots unpolled."""
+        from ingestion.models import Tick
+
+        ticks = Tick.objects.filter(users_polled__gt=0).order_by("shard", "scheduled_at")
+        gaps, previous = [], None
+        for tick in ticks.values("shard", "scheduled_at", "holder"):
+            if previous and previous["shard"] == tick["shard"]:
+                gap = (tick["scheduled_at"] - previous["scheduled_at"]).total_seconds()
+                if gap > 1.5 * POLL_SECONDS:
+                    at = previous["scheduled_at"].timestamp() - self.clock.segments[0][1]
+                    gaps.append(
+                        f"  shard {tick['shard']} at {at:6.1f} s: {gap:5.1f} s "
+                        f"({previous['holder']} -> {tick['holder']})"
+                    )
+            previous = tick
+        return gaps
 
     def _report(
         self,
@@ -935,6 +1027,15 @@ class Soak:
             f"  {name:<30} {opened:,} / {resolved:,}"
             for name, (opened, resolved) in sorted(incidents.items())
         ] or ["  none"]
+        lines.append("gaps between two ticks that polled (real seconds into the run, holders):")
+        lines += self._tick_gaps() or ["  none"]
+        lines.append("poller down (real seconds, from a kill or the start to its first request):")
+        lines += [
+            f"  {self.clock.to_real(start) - self.clock.segments[0][1]:7.1f} s for "
+            f"{self.clock.to_real(end) - self.clock.to_real(start):5.1f} s"
+            for start, end in self.timeline.poller_down
+            if end != math.inf
+        ]
         if self.timeline.skipped:
             lines.append("faults skipped:")
             lines += [f"  {text}" for text in self.timeline.skipped]
@@ -942,7 +1043,11 @@ class Soak:
             lines.append("lost readings (first 20: cloud_id, meter time, why):")
             from ingestion.records import iso_utc
 
-            lines += [f"  {cid} {iso_utc(ts)} {why}" for cid, ts, why in sorted(lost)[:20]]
+            lines += [
+                f"  {cid} {iso_utc(datetime.fromtimestamp(ts, UTC))} {why}"
+                for cid, ts, why in sorted(lost)[:20]
+            ]
+        lines.append(FIGURES_PREFIX + json.dumps({**figures, "problems": problems}))
         lines.append(
             f"seed {self.config.seed}: "
             + ("PASS" if not problems else "FAIL: " + "; ".join(problems))
@@ -957,7 +1062,7 @@ def config_from_environment() -> SoakConfig:
     SOAK_PROFILE=short, the compressed fault schedule of the test suite's one-minute run."""
     seed = int(os.environ.get("SOAK_SEED") or random.SystemRandom().randrange(1, 1 << 31))
     short = os.environ.get("SOAK_PROFILE") == "short"
-    minutes = float(os.environ.get("SOAK_MINUTES") or (1 if short else 10))
+    minutes = float(os.environ.get("SOAK_MINUTES") or (0.8 if short else 10))
     users = int(os.environ.get("SOAK_USERS") or (300 if short else 2000))
     common = {
         "minutes": minutes,
@@ -983,13 +1088,14 @@ def config_from_environment() -> SoakConfig:
             suspend_after=2,
             max_backoff_seconds=12,
             lease_seconds=5,
+            stop_seconds=5.0,
             tmpfs_size="64m",
         )
-    kills = max(2, round(minutes))
     return SoakConfig(
         **common,
-        poller_kills=kills,
-        rotation_kills=kills,
+        poller_kills=max(2, round(minutes)),
+        # Fewer: a restarted cluster's scheduler first runs half a minute after it starts.
+        rotation_kills=max(2, round(minutes / 2)),
         s3_outage_seconds=min(60.0, 0.1 * minutes * 60),
         disk_full_seconds=min(45.0, 0.08 * minutes * 60),
         bad_credential_users=max(3, users // 200),

@@ -553,6 +553,11 @@ class RotationReport:
     def ok(self) -> bool:
         return not self.failed and not self.conflicts
 
+    @property
+    def attempted(self) -> int:
+        """Files this run took a decision on (a stopped run that attempted none made no progress)."""
+        return self.shipped + self.already_archived + self.failed + self.conflicts + self.empty
+
     def note_error(self, message: str) -> None:
         if len(self.errors) < MAX_REPORTED_ERRORS:
             self.errors.append(message)

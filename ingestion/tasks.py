@@ -6,15 +6,18 @@ Schedules are registered by a command, never at import; each function takes JSON
 import time
 
 from django.conf import settings
+from django_q.tasks import async_task
 
 from ingestion import poller, reporting, shipping
 
 
 def rotate_hourly() -> dict[str, object]:
-    """Ship every closed hour file (scheduled hourly). Stops claiming new files well before the
-    task's timeout; whatever is left is due again for the next run."""
+    """Ship every closed hour file (scheduled hourly as "rotate-hourly"). Stops claiming new
+    files well before the task's timeout and, if files are left, goes on in a new task."""
     deadline = time.monotonic() + 0.8 * settings.Q_CLUSTER["timeout"]
     report = shipping.rotate(should_stop=lambda: time.monotonic() > deadline)
+    if report.stopped and report.attempted:
+        async_task("ingestion.tasks.rotate_hourly")
     return report.as_dict()
 
 

@@ -1,5 +1,6 @@
 """Fixtures shared by the whole suite: moto's S3 server, per-test log roots, operators."""
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def s3_archive(settings, s3_endpoint: str, s3_client, request) -> str:  # type: 
     """Point the archive storage at a fresh bucket on moto's server; returns the bucket name."""
     bucket = "rainlog-test-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
     bucket = "".join(c if c.isalnum() or c == "-" else "-" for c in bucket)
+    # Parametrized tests share a name prefix and the server lives for the session: one bucket
+    # each, or a test would find the objects of the one before.
+    bucket += "-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
     s3_client.create_bucket(Bucket=bucket)
     settings.ARCHIVE_BUCKET = bucket
     settings.AWS_S3_ENDPOINT_URL = s3_endpoint

@@ -6,22 +6,12 @@ import pytest
 import time_machine
 from django.test import Client
 
-from ingestion import paths
-from ingestion.models import HourFile, HourFileState
+from ingestion.models import HourFileState
+from tests.hour_files import manifest_row
 
 NOW = datetime(2026, 3, 8, 12, 30, tzinfo=UTC)
 
 pytestmark = pytest.mark.django_db
-
-
-def hour_file(cloud_id: str, hour: datetime, state: str) -> HourFile:
-    return HourFile.objects.create(
-        cloud_id=cloud_id,
-        hour=hour,
-        state=state,
-        local_path=str(paths.local_path(cloud_id, hour)),
-        key=paths.archive_key(cloud_id, hour),
-    )
 
 
 def scrape(client: Client, **headers: str) -> tuple[int, str]:
@@ -39,10 +29,10 @@ def samples(text: str) -> dict[str, float]:
 
 
 def test_it_exposes_the_oldest_unshipped_hour_overall_and_per_user(client: Client) -> None:
-    hour_file("0001", datetime(2026, 3, 8, 9, tzinfo=UTC), HourFileState.FAILED)
-    hour_file("0001", datetime(2026, 3, 8, 11, tzinfo=UTC), HourFileState.SEALED)
-    hour_file("0002", datetime(2026, 3, 8, 11, tzinfo=UTC), HourFileState.CONFLICT)
-    hour_file("0003", datetime(2026, 3, 8, 8, tzinfo=UTC), HourFileState.VERIFIED)
+    manifest_row("0001", datetime(2026, 3, 8, 9, tzinfo=UTC), state=HourFileState.FAILED)
+    manifest_row("0001", datetime(2026, 3, 8, 11, tzinfo=UTC), state=HourFileState.SEALED)
+    manifest_row("0002", datetime(2026, 3, 8, 11, tzinfo=UTC), state=HourFileState.CONFLICT)
+    manifest_row("0003", datetime(2026, 3, 8, 8, tzinfo=UTC), state=HourFileState.VERIFIED)
 
     status, text = scrape(client)
 
@@ -63,7 +53,7 @@ def test_it_exposes_the_oldest_unshipped_hour_overall_and_per_user(client: Clien
 
 
 def test_an_archive_with_nothing_unshipped_reports_zero(client: Client) -> None:
-    hour_file("0001", datetime(2026, 3, 8, 9, tzinfo=UTC), HourFileState.VERIFIED)
+    manifest_row("0001", datetime(2026, 3, 8, 9, tzinfo=UTC), state=HourFileState.VERIFIED)
     _, text = scrape(client)
     assert samples(text)["rainlog_archive_oldest_unshipped_age_seconds"] == 0
 

@@ -8,7 +8,7 @@ from django.test import Client
 
 from ingestion import paths, shipping
 from ingestion.models import HourFile, HourFileState
-from tests.hour_files import demand_readings, write
+from tests.hour_files import demand_readings, manifest_row, write
 
 NOW = datetime(2026, 3, 8, 12, 30, tzinfo=UTC)
 HOUR = datetime(2026, 3, 8, 9, tzinfo=UTC)
@@ -24,19 +24,9 @@ def admin_client_(client: Client, operator) -> Client:  # type: ignore[no-untype
     return client
 
 
-def hour_file(cloud_id: str, hour: datetime, state: str = HourFileState.SEALED) -> HourFile:
-    return HourFile.objects.create(
-        cloud_id=cloud_id,
-        hour=hour,
-        state=state,
-        local_path=str(paths.local_path(cloud_id, hour)),
-        key=paths.archive_key(cloud_id, hour),
-    )
-
-
 def test_the_list_shows_freshness_filters_and_retries(admin_client_: Client) -> None:
-    failed = hour_file("0001", datetime(2026, 3, 8, 9, tzinfo=UTC), HourFileState.FAILED)
-    hour_file("0002", datetime(2026, 3, 8, 9, tzinfo=UTC), HourFileState.VERIFIED)
+    failed = manifest_row("0001", datetime(2026, 3, 8, 9, tzinfo=UTC), state=HourFileState.FAILED)
+    manifest_row("0002", datetime(2026, 3, 8, 9, tzinfo=UTC), state=HourFileState.VERIFIED)
     with time_machine.travel(NOW, tick=False):
         page = admin_client_.get(
             "/admin/ingestion/hourfile/?state__exact=failed&cloud_id__exact=0001"
@@ -72,11 +62,11 @@ def test_a_verified_file_downloads_from_the_archive(admin_client_: Client, s3_ar
 
 
 def test_an_unshipped_file_has_nothing_to_download(admin_client_: Client) -> None:
-    row = hour_file("0001", HOUR, HourFileState.FAILED)
+    row = manifest_row("0001", HOUR, state=HourFileState.FAILED)
     assert admin_client_.get(f"/admin/ingestion/hourfile/{row.pk}/download/").status_code == 404
 
 
 def test_a_row_opens_read_only(admin_client_: Client) -> None:
-    row = hour_file("0001", HOUR, HourFileState.FAILED)
+    row = manifest_row("0001", HOUR, state=HourFileState.FAILED)
     page = admin_client_.get(f"/admin/ingestion/hourfile/{row.pk}/change/")
     assert page.status_code == 200 and row.key.encode() in page.content

@@ -1,5 +1,7 @@
 """manage.py rotate_logs and the hourly task: thin callers of shipping.rotate."""
 
+import os
+import signal
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 
@@ -9,6 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from ingestion import paths, tasks
+from ingestion.management.commands import rotate_logs as rotate_logs_module
 from ingestion.models import HourFile, HourFileState
 from tests.hour_files import demand_readings, write
 
@@ -87,3 +90,40 @@ def test_the_hourly_task_ships_and_returns_a_json_able_report(s3_archive: str) -
     with time_machine.travel(AFTER_CLOSE, tick=False):
         report = tasks.rotate_hourly()
     assert report["shipped"] == 1 and report["failed"] == 0 and report["errors"] == []
+
+
+def test_the_hourly_task_stops_before_its_timeout_and_leaves_the_rest(
+    settings, s3_archive: str
+) -> None:  # type: ignore[no-untyped-def]
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "timeout": 0}
+    write(demand_readings("002738", HOUR, 2))
+    with time_machine.travel(AFTER_CLOSE, tick=False):
+        report = tasks.rotate_hourly()
+    assert report["stopped"] and report["shipped"] == 0
+    assert HourFile.objects.get().state == HourFileState.OPEN
+
+
+def test_sigterm_lets_the_files_in_flight_finish_and_stops(
+    settings, monkeypatch, s3_archive
+) -> None:  # type: ignore[no-untyped-def]
+    settings.ROTATE_CONCURRENCY = 1
+    for n in range(12):
+        write(demand_readings(f"{n:04x}", HOUR, 2))
+    seen = []
+
+    def terminate_after_the_first(self, shipment) -> None:  # type: ignore[no-untyped-def]
+        seen.append(shipment)
+        if len(seen) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(rotate_logs_module.ProgressBar, "shipped", terminate_after_the_first)
+
+    output = rotate_logs()
+
+    assert "stopped early" in output
+    verified = HourFile.objects.filter(state=HourFileState.VERIFIED).count()
+    assert 1 <= verified < 12
+    # Nothing is left half done: every file is either verified and gone, or untouched on disk.
+    for row in HourFile.objects.exclude(state=HourFileState.VERIFIED):
+        assert row.state == HourFileState.OPEN and paths.local_path(row.cloud_id, HOUR).exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -6,22 +6,12 @@ import pytest
 import time_machine
 from django.test import Client
 
-from ingestion import paths
 from ingestion.models import HourFile, HourFileState
+from tests.hour_files import manifest_row
 
 NOW = datetime(2026, 3, 8, 12, 30, tzinfo=UTC)
 
 pytestmark = pytest.mark.django_db
-
-
-def hour_file(cloud_id: str, hour: datetime, state: str = HourFileState.SEALED) -> HourFile:
-    return HourFile.objects.create(
-        cloud_id=cloud_id,
-        hour=hour,
-        state=state,
-        local_path=str(paths.local_path(cloud_id, hour)),
-        key=paths.archive_key(cloud_id, hour),
-    )
 
 
 def healthz(client: Client) -> tuple[int, dict]:
@@ -31,9 +21,9 @@ def healthz(client: Client) -> tuple[int, dict]:
 
 
 def test_oldest_unshipped_is_the_oldest_hour_not_verified(db) -> None:  # type: ignore[no-untyped-def]
-    hour_file("0001", datetime(2026, 3, 8, 7, tzinfo=UTC), HourFileState.VERIFIED)
-    hour_file("0001", datetime(2026, 3, 8, 9, tzinfo=UTC), HourFileState.CONFLICT)
-    hour_file("0002", datetime(2026, 3, 8, 10, tzinfo=UTC), HourFileState.FAILED)
+    manifest_row("0001", datetime(2026, 3, 8, 7, tzinfo=UTC), state=HourFileState.VERIFIED)
+    manifest_row("0001", datetime(2026, 3, 8, 9, tzinfo=UTC), state=HourFileState.CONFLICT)
+    manifest_row("0002", datetime(2026, 3, 8, 10, tzinfo=UTC), state=HourFileState.FAILED)
 
     assert HourFile.objects.oldest_unshipped() == datetime(2026, 3, 8, 9, tzinfo=UTC)
     assert HourFile.objects.oldest_unshipped("0002") == datetime(2026, 3, 8, 10, tzinfo=UTC)
@@ -41,8 +31,8 @@ def test_oldest_unshipped_is_the_oldest_hour_not_verified(db) -> None:  # type: 
 
 
 def test_healthz_shows_the_lag_and_stays_green_below_the_threshold(client: Client) -> None:
-    hour_file("0001", datetime(2026, 3, 8, 11, tzinfo=UTC))
-    hour_file("0002", datetime(2026, 3, 8, 10, tzinfo=UTC), HourFileState.FAILED)
+    manifest_row("0001", datetime(2026, 3, 8, 11, tzinfo=UTC), state=HourFileState.SEALED)
+    manifest_row("0002", datetime(2026, 3, 8, 10, tzinfo=UTC), state=HourFileState.FAILED)
 
     status, freshness = healthz(client)
 
@@ -60,7 +50,7 @@ def test_healthz_shows_the_lag_and_stays_green_below_the_threshold(client: Clien
 
 def test_healthz_turns_red_past_the_threshold(client: Client, settings) -> None:  # type: ignore[no-untyped-def]
     settings.ARCHIVE_FRESHNESS_ALERT_SECONDS = 3 * 3600
-    hour_file("0001", NOW - timedelta(hours=3, minutes=31))
+    manifest_row("0001", NOW - timedelta(hours=3, minutes=31), state=HourFileState.SEALED)
 
     with time_machine.travel(NOW, tick=False):
         response = client.get("/healthz")
