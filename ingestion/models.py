@@ -647,9 +647,14 @@ class PollLeaseQuerySet(models.QuerySet["PollLease"]):
             self.filter(claimable, shard=shard).update(
                 holder=holder,
                 expires_at=now + timedelta(seconds=seconds),
+                # Renewing our own lease keeps a live successor waiting. Taking a lease from
+                # someone else drops the successor named there: it queued up behind a holder
+                # that is gone and may be gone itself; a live one queues up again.
                 successor=models.Case(
-                    models.When(successor=holder, then=models.Value("")),
-                    default=models.F("successor"),
+                    models.When(
+                        Q(holder=holder) & ~Q(successor=holder), then=models.F("successor")
+                    ),
+                    default=models.Value(""),
                 ),
                 updated_at=now,
             )

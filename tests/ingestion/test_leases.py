@@ -210,3 +210,21 @@ def test_a_window_task_leaves_at_once_when_a_foreground_poller_holds_its_shard()
     assert run_window(0) == "shard 0 not polled: held by a foreground poller"
     assert (row().holder, row().successor) == (foreground.holder, "")
     assert not Tick.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_lease_taken_over_from_a_dead_holder_is_never_handed_to_a_dead_successor() -> None:
+    # Found by the soak: a window queued up as successor, its cluster was killed, and the window
+    # that later claimed the expired lease handed the shard to that dead successor after one tick.
+    dead_holder, dead_successor, rescuer = lease(), lease(), lease()
+    stop = threading.Event()
+    with time_machine.travel(NOW, tick=False) as traveller:
+        assert dead_holder.acquire(stop, wait_seconds=0) is Acquisition.CLAIMED
+        assert PollLease.objects.wait_as_successor(0, dead_successor.holder, NOW)
+        traveller.shift(timedelta(seconds=31))
+        assert rescuer.acquire(stop, wait_seconds=0) is Acquisition.CLAIMED
+        assert row().successor == ""
+        tick_at = NOW + timedelta(seconds=36)
+        traveller.move_to(tick_at)
+        assert rescuer.after_tick(tick_at, may_hand_over=True) is AfterTick.KEPT
+        assert row().holder == rescuer.holder
