@@ -11,9 +11,10 @@ One tick (`Poller.run_tick`), for the slot starting at a multiple of INGEST_POLL
    arrive). Whatever has not answered by then is cut off, fetched first next tick, and the tick
    is recorded as late. A slow gateway never holds up the others or the next tick;
 3. keep a reading only if its meter timestamp is newer than the last one logged for that user and
-   record type. That state lives in memory and is recovered at start from FetchState and from
-   the tail of the user's newest hour files, so a crash between writing a file and updating the
-   database never logs a reading twice;
+   record type (a meter clock set back is logged again once it passes that timestamp: a repeat
+   is never logged twice). That state lives in memory and is recovered at start from FetchState
+   and from the tail of the user's newest hour files, so a crash between writing a file and
+   updating the database never logs a reading twice;
 4. append the new readings to their hour files and make them durable with one syncfs. Readings
    that cannot be written (disk full) are kept and written first next tick; the dedup state only
    advances for readings that are on disk;

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ingestion import reporting
+from rainlog.stopping import StopRequest
 
 
 class Command(BaseCommand):
@@ -29,14 +29,7 @@ class Command(BaseCommand):
             raise CommandError(
                 "Incident reports are off: set ERROR_REPORT_URL and ERROR_REPORT_SECRET."
             )
-        stopping = False
-
-        def stop(signum: int, frame: object) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
         self.stdout.write("Making and delivering incident reports...")
-        summary = reporting.run_report_pass(lambda: stopping, options["budget"])
+        with StopRequest() as stop:
+            summary = reporting.run_report_pass(stop, options["budget"])
         self.stdout.write(summary.summary())

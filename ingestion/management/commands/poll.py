@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import resource
-import signal
 import threading
 import time
 from typing import Any
@@ -15,6 +14,7 @@ from django.db import connections
 from ingestion.leases import FOREGROUND, ShardLease, holder_name
 from ingestion.models import PollLease
 from ingestion.poller import Poller, TickReport, following_slot, grid_floor, run_ticks
+from rainlog.stopping import StopRequest
 
 # How long `--once` waits for a shard held by someone else.
 ONCE_WAIT_TICKS = 3
@@ -54,22 +54,11 @@ class Command(BaseCommand):
             if not database.in_atomic_block:
                 database.close()  # reconnects under that name
 
-        stop = threading.Event()
-
-        def request_stop(signum: int, frame: object) -> None:
-            if not stop.is_set():
-                self.stdout.write("stopping after the current tick...")
-            stop.set()
-
-        previous_handlers = {
-            signum: signal.signal(signum, request_stop)
-            for signum in (signal.SIGTERM, signal.SIGINT)
-        }
-        try:
+        with StopRequest(on_request=self.announce_stop) as stop:
             self.poll(shards, stop, options)
-        finally:
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
+
+    def announce_stop(self) -> None:
+        self.stdout.write("stopping after the current tick...")
 
     def poll(self, shards: list[int], stop: threading.Event, options: dict[str, Any]) -> None:
         holder = holder_name(FOREGROUND)

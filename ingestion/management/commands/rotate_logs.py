@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from datetime import datetime
-from types import FrameType
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from ingestion import paths, shipping
+from rainlog.stopping import StopRequest
 
 
 def parse_hour(value: str) -> datetime:
@@ -57,17 +55,7 @@ class Command(BaseCommand):
         if options["dry_run"]:
             self.dry_run(options["hour"], cloud_id)
             return
-        stop = threading.Event()
-
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            self.stderr.write("Stopping: finishing the files in flight (again to quit now)…")
-            stop.set()
-            signal.signal(signum, previous[signum])
-
-        previous = {
-            sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
-        try:
+        with StopRequest(on_request=self.announce_stop) as stop:
             # To the real stderr: the command's wrapper would end every redraw with a newline.
             with tqdm(
                 total=0, unit="file", file=sys.stderr, disable=options["verbosity"] == 0
@@ -78,9 +66,6 @@ class Command(BaseCommand):
                     should_stop=stop.is_set,
                     progress=ProgressBar(bar),
                 )
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         self.stdout.write(f"Rotation: {report.summary()}.")
         for error in report.errors:
             self.stderr.write(error)
@@ -89,6 +74,9 @@ class Command(BaseCommand):
                 f"{report.failed} file(s) failed and {report.conflicts} conflict(s): they stay on "
                 "disk; see Hour files in the admin."
             )
+
+    def announce_stop(self) -> None:
+        self.stderr.write("Stopping: finishing the files in flight (again to quit now)…")
 
     def dry_run(self, hour: datetime | None, cloud_id: str | None) -> None:
         files = total = missing = 0

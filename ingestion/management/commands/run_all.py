@@ -21,11 +21,15 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
+from rainlog.stopping import StopRequest
+
 DEMO_OPERATOR = "demo"
 
 
 class Command(BaseCommand):
-    help = "Run the web server, task cluster, EAGLE simulator and poller together (Ctrl-C stops all)."
+    help = (
+        "Run the web server, task cluster, EAGLE simulator and poller together (Ctrl-C stops all)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--port", type=int, default=8000, help="web server port")
@@ -60,36 +64,35 @@ class Command(BaseCommand):
         processes["poller"] = [*manage, "poll"]
 
         children: dict[str, subprocess.Popen[bytes]] = {}
-        stopping = threading.Event()
-
-        def stop(signum: int, frame: object) -> None:
-            stopping.set()
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
-        try:
-            for name, command in processes.items():
-                children[name] = self.start(name, command, env)
-                if name == "simulator":
-                    self.import_demo_users(users_file, stopping)
-            self.stdout.write(
-                self.style.SUCCESS(
-                    f"\nrainlog is running: admin at http://127.0.0.1:{options['port']}/admin/ "
-                    f"(login: {DEMO_OPERATOR}), API at http://127.0.0.1:{options['port']}/api/, "
-                    f"health at http://127.0.0.1:{options['port']}/healthz. Ctrl-C stops everything.\n"
+        with StopRequest() as stopping:
+            try:
+                for name, command in processes.items():
+                    children[name] = self.start(name, command, env)
+                    if name == "simulator":
+                        self.import_demo_users(users_file, stopping)
+                self.stdout.write(
+                    self.style.SUCCESS(
+                        f"\nrainlog is running: admin at http://127.0.0.1:{options['port']}/admin/ "
+                        f"(login: {DEMO_OPERATOR}), API at http://127.0.0.1:{options['port']}/api/, "
+                        f"health at http://127.0.0.1:{options['port']}/healthz. "
+                        "Ctrl-C stops everything.\n"
+                    )
                 )
-            )
-            while not stopping.wait(1.0):
-                for name, child in children.items():
-                    if child.poll() is not None:
-                        self.stderr.write(f"{name} exited with status {child.returncode}; stopping.")
-                        stopping.set()
-        finally:
-            self.stop_all(children)
+                while not stopping.wait(1.0):
+                    for name, child in children.items():
+                        if child.poll() is not None:
+                            self.stderr.write(f"{name} exited with status {child.returncode}.")
+                            stopping.set()
+            finally:
+                self.stop_all(children)
 
     def start(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         child = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         threading.Thread(target=self.relay, args=(name, child), daemon=True).start()
         return child
@@ -113,11 +116,12 @@ class Command(BaseCommand):
                 child.kill()
         self.stdout.write("all stopped.")
 
-    def import_demo_users(self, users_file: Path, stopping: threading.Event) -> None:
+    def import_demo_users(self, users_file: Path, stopping: StopRequest) -> None:
         # The simulator writes its accounts file once it listens.
         deadline = time.monotonic() + 30
-        while not users_file.exists() and time.monotonic() < deadline and not stopping.is_set():
-            time.sleep(0.2)
+        while not users_file.exists() and time.monotonic() < deadline:
+            if stopping.wait(0.2):
+                return
         if users_file.exists():
             call_command("import_users", str(users_file), stdout=self.stdout)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ingestion.simulator import FaultPlan, Simulator
+from rainlog.stopping import StopRequest
 from users.models import ConnectionType
 
 STATS_EVERY_SECONDS = 10.0
@@ -64,13 +64,6 @@ class Command(BaseCommand):
                 f"cannot listen on {options['host']}:{options['port']}: {exc}"
             ) from None
 
-        stopping = threading.Event()
-
-        def stop(signum: int, frame: object) -> None:
-            stopping.set()
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
         try:
             self.stdout.write(
                 f"EAGLE simulator: {options['users']} gateways at {simulator.url} "
@@ -83,7 +76,8 @@ class Command(BaseCommand):
             if options["users_file"]:
                 path = simulator.write_users_file(options["users_file"], options["connection_type"])
                 self.stdout.write(f"  accounts written to {path}")
-            self.report_until(stopping, simulator)
+            with StopRequest() as stopping:
+                self.report_until(stopping, simulator)
         finally:
             simulator.stop()
         stats = simulator.stats()

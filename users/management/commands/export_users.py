@@ -5,8 +5,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from rainlog.stopping import StopRequest
 from users.jsonlines import export_users
-from users.management.stopping import StopRequest
 
 
 class Command(BaseCommand):

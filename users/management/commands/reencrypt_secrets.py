@@ -2,8 +2,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from rainlog.stopping import StopRequest
 from users.crypto import encrypted_fields, reencrypt_field
-from users.management.stopping import StopRequest
 
 
 class Command(BaseCommand):

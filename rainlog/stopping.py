@@ -1,31 +1,38 @@
-"""Stopping a command cleanly: SIGTERM and Ctrl-C ask the loop to stop between two items."""
+"""Stopping a long command cleanly: SIGTERM and Ctrl-C ask it to stop between two items."""
 
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
 
 
-class StopRequest:
-    """While entered, SIGTERM and SIGINT set a flag instead of killing the process.
+class StopRequest(threading.Event):
+    """While entered, SIGTERM and SIGINT set this event instead of ending the process.
 
-    Call the object to ask whether a stop was requested; the loop finishes its current item,
-    reports what it did and returns.
+    Loops call the object (or `is_set()`) between items and wait on it (`wait(seconds)`) instead
+    of sleeping, so a stop cuts the wait short. A second signal of the same kind acts as it would
+    have without us (Ctrl-C twice quits at once). On exit the previous handlers are restored.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, on_request: Callable[[], object] | None = None) -> None:
+        super().__init__()
+        self.on_request = on_request
         self._previous: dict[int, Any] = {}
 
     def __call__(self) -> bool:
-        return self.requested
+        return self.is_set()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.requested = True
+        if signum in self._previous:
+            signal.signal(signum, self._previous[signum])
+        if not self.is_set() and self.on_request is not None:
+            self.on_request()
+        self.set()
 
     def __enter__(self) -> StopRequest:
         # Signal handlers can only be set from the main thread; elsewhere nothing is installed.

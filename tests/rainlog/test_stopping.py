@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from users.management.stopping import StopRequest
+from rainlog.stopping import StopRequest
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
