@@ -24,22 +24,16 @@ from __future__ import annotations
 import os
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import dj_database_url
-import psycopg2
+from bench.support import cpu_seconds, free_port, moto_server, recreate_database
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 FILES = int(os.environ.get("BENCH_FILES", "10000"))
@@ -52,74 +46,6 @@ DATABASE_URL = os.environ.get(
 )
 # Each of the two uploads must finish within this, or the benchmark stops with an error.
 STEP_TIMEOUT_SECONDS = 900
-MOTO_SERVER = (
-    "import signal, sys\n"
-    "from moto.server import ThreadedMotoServer\n"
-    "server = ThreadedMotoServer(ip_address='127.0.0.1', port=int(sys.argv[1]), verbose=False)\n"
-    "server.start()\n"
-    "signal.sigwait([signal.SIGTERM, signal.SIGINT])\n"
-    "server.stop()\n"
-)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not come up within {timeout:.0f} s: {exc}") from exc
-            time.sleep(0.2)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
-def moto_server(port: int, log: Path) -> Iterator[tuple[str, int]]:
-    with open(log, "wb") as output:
-        child = subprocess.Popen(
-            [sys.executable, "-c", MOTO_SERVER, str(port)], stdout=output, stderr=subprocess.STDOUT
-        )
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        wait_for(f"{endpoint}/")
-        yield endpoint, child.pid
-    finally:
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-
-
-def recreate_database(url: str) -> None:
-    config = dj_database_url.parse(url)
-    admin = psycopg2.connect(
-        host=config["HOST"] or "127.0.0.1",
-        port=config["PORT"] or 5432,
-        user=config["USER"] or None,
-        password=config["PASSWORD"] or None,
-        dbname="postgres",
-    )
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{config["NAME"]}" WITH (FORCE)')
-        cursor.execute(f'CREATE DATABASE "{config["NAME"]}"')
-    admin.close()
 
 
 def configure(work: Path, endpoint: str) -> None:

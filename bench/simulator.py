@@ -14,9 +14,10 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import socket
 import time
 from dataclasses import dataclass
+
+from bench.support import cpu_seconds, free_port
 
 CLOUD_PATH = "/cgi-bin/post_manager"
 FIXED_REPLY = (
@@ -27,12 +28,6 @@ FIXED_REPLY = (
     b"  <DigitsLeft>0x0f</DigitsLeft>\n  <SuppressLeadingZero>Y</SuppressLeadingZero>\n"
     b"</InstantaneousDemand>\n"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def serve_simulator(port: int, gateways: int, latency: float, ready: multiprocessing.Event) -> None:
@@ -61,12 +56,6 @@ def serve_baseline(port: int, latency: float, ready: multiprocessing.Event) -> N
         await asyncio.Event().wait()
 
     uvloop.run(main())
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

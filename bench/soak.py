@@ -59,10 +59,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import dj_database_url
-import psycopg2
-
-from bench.rotate import free_port, moto_server, recreate_database
+from bench.support import drop_database, free_port, moto_server, recreate_database
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 BUCKET = "rainlog-soak"
@@ -367,21 +364,6 @@ def keep_logs(work: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for log in work.glob("*.log"):
         shutil.copy(log, target / log.name)
-
-
-def drop_database(url: str) -> None:
-    config = dj_database_url.parse(url)
-    admin = psycopg2.connect(
-        host=config["HOST"] or "127.0.0.1",
-        port=config["PORT"] or 5432,
-        user=config["USER"] or None,
-        password=config["PASSWORD"] or None,
-        dbname="postgres",
-    )
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{config["NAME"]}" WITH (FORCE)')
-    admin.close()
 
 
 def soak_environment(config: SoakConfig, work: Path, s3_endpoint: str) -> dict[str, str]:

@@ -58,6 +58,23 @@ def is_sealed(path: Path) -> bool:
     return paths.sealed_marker(path).exists()
 
 
+def hour_dirs(root: Path | None = None) -> list[tuple[datetime, Path]]:
+    """The hour directories under LOG_ROOT (or `root`), oldest first; other entries are ignored."""
+    found = []
+    try:
+        entries = list(os.scandir(root or settings.LOG_ROOT))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        try:
+            hour = paths.parse_hour_label(entry.name)
+        except ValueError:
+            continue
+        if entry.is_dir():
+            found.append((hour, Path(entry.path)))
+    return sorted(found)
+
+
 def seal(path: Path) -> bool:
     """Seal an hour file so that no writer appends to it again. False if there is no such file.
 

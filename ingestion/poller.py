@@ -58,7 +58,7 @@ from django.db.models import Count, Max
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from ingestion import paths
+from ingestion import files, paths
 from ingestion.files import HourFileWriter
 from ingestion.gateway import EagleClient, GatewayTarget
 from ingestion.leases import (
@@ -179,22 +179,6 @@ def read_tail_records(path: Path | str, max_bytes: int = TAIL_BYTES) -> list[dic
     return records
 
 
-def _hour_dirs(root: Path) -> list[tuple[datetime, Path]]:
-    """The hour directories under `root`, newest first."""
-    found = []
-    try:
-        entries = list(os.scandir(root))
-    except FileNotFoundError:
-        return []
-    for entry in entries:
-        if entry.is_dir():
-            try:
-                found.append((paths.parse_hour_label(entry.name), Path(entry.path)))
-            except ValueError:
-                continue
-    return sorted(found, reverse=True)
-
-
 def newest_logged(
     since: dict[str, datetime | None], root: Path | None = None
 ) -> dict[tuple[str, str], int]:
@@ -209,7 +193,7 @@ def newest_logged(
         return newest
     known = [hour for hour in since.values() if hour is not None]
     earliest = None if len(known) < len(since) else min(known)
-    for hour, directory in _hour_dirs(Path(root or settings.LOG_ROOT)):
+    for hour, directory in reversed(files.hour_dirs(root)):
         if earliest is not None and hour < earliest:
             break
         for entry in os.scandir(directory):
@@ -235,7 +219,7 @@ def latest_record(
 ) -> dict[str, Any] | None:
     """The newest record of a type in the user's newest local hour file (or its late parts)."""
     paths.checked_cloud_id(cloud_id)
-    for hour, directory in _hour_dirs(Path(root or settings.LOG_ROOT)):
+    for hour, directory in reversed(files.hour_dirs(root)):
         names = sorted(directory.glob(f"iseif-rainforest-{cloud_id}-{paths.hour_label(hour)}*.jl"))
         records = [
             record

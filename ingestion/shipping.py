@@ -604,23 +604,10 @@ def _is_closed(hour: datetime, now: datetime) -> bool:
 
 def _hour_dirs(only_hour: datetime | None) -> list[tuple[datetime, Path]]:
     """LOG_ROOT's hour directories, oldest first (names only: a few thousand at most)."""
-    root = Path(settings.LOG_ROOT)
     if only_hour is not None:
         directory = paths.hour_dir(only_hour)
         return [(only_hour, directory)] if directory.is_dir() else []
-    found = []
-    try:
-        entries = list(os.scandir(root))
-    except FileNotFoundError:
-        return []
-    for entry in entries:
-        try:
-            hour = paths.parse_hour_label(entry.name)
-        except ValueError:
-            continue
-        if entry.is_dir():
-            found.append((hour, Path(entry.path)))
-    return sorted(found)
+    return files.hour_dirs()
 
 
 def _found_files(hour: datetime, directory: Path, cloud_id: str | None) -> Iterator[FoundFile]:
