@@ -41,7 +41,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench.support import recreate_database
+from bench.support import configure_django, recreate_database
 
 DATABASE_URL = os.environ.get(
     "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/rainlog_bench_poll"
@@ -55,21 +55,7 @@ TARGET_RSS_MIB = 300.0
 
 
 def configure(work: Path) -> None:
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "rainlog.settings",
-            "RAINLOG_ENV_FILE": str(work / "no.env"),
-            "DEBUG": "0",
-            "SECRET_KEY": "bench-secret-key-long-enough-for-django-checks-0123456789abcdef",
-            "FIELD_ENCRYPTION_KEYS": "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktYmU=",
-            "DATABASE_URL": DATABASE_URL,
-            "SECURE_SSL_REDIRECT": "0",
-            "VAR_DIR": str(work),
-            "LOG_ROOT": str(work / "logs"),
-            "INGEST_POLL_SECONDS": str(POLL_SECONDS),
-            "LOG_LEVEL": "WARNING",
-        }
-    )
+    configure_django(work, DATABASE_URL, INGEST_POLL_SECONDS=str(POLL_SECONDS))
 
 
 # --- The simulator's process ---------------------------------------------------------------------

@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.support import cpu_seconds, free_port, moto_server, recreate_database
+from bench.support import configure_django, cpu_seconds, free_port, moto_server, recreate_database
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 FILES = int(os.environ.get("BENCH_FILES", "10000"))
@@ -49,24 +49,14 @@ STEP_TIMEOUT_SECONDS = 900
 
 
 def configure(work: Path, endpoint: str) -> None:
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "rainlog.settings",
-            "RAINLOG_ENV_FILE": str(work / "no.env"),
-            "DEBUG": "0",
-            "SECRET_KEY": "bench-secret-key-long-enough-for-django-checks-0123456789abcdef",
-            "FIELD_ENCRYPTION_KEYS": "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktYmU=",
-            "DATABASE_URL": DATABASE_URL,
-            "SECURE_SSL_REDIRECT": "0",
-            "VAR_DIR": str(work),
-            "LOG_ROOT": str(work / "logs"),
-            "ARCHIVE_BUCKET": ROTATION_BUCKET,
-            "AWS_S3_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "LOG_LEVEL": "WARNING",
-        }
+    configure_django(
+        work,
+        DATABASE_URL,
+        ARCHIVE_BUCKET=ROTATION_BUCKET,
+        AWS_S3_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
     )
 
 

@@ -108,3 +108,22 @@ def recreate_database(url: str) -> None:
     with admin.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')
     admin.close()
+
+
+def configure_django(work: Path, database_url: str, **overrides: str) -> None:
+    """Environment for running the project in this process (and its children) under `work`."""
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "rainlog.settings",
+            "RAINLOG_ENV_FILE": str(work / "no.env"),
+            "DEBUG": "0",
+            "SECRET_KEY": "bench-secret-key-long-enough-for-django-checks-0123456789abcdef",
+            "FIELD_ENCRYPTION_KEYS": "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktYmU=",
+            "DATABASE_URL": database_url,
+            "SECURE_SSL_REDIRECT": "0",
+            "VAR_DIR": str(work),
+            "LOG_ROOT": str(work / "logs"),
+            "LOG_LEVEL": "WARNING",
+            **overrides,
+        }
+    )

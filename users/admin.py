@@ -96,6 +96,21 @@ def _unix_to_iso(unix_seconds: float | None) -> str:
     return iso_utc(datetime.fromtimestamp(unix_seconds, UTC)) if unix_seconds is not None else "-"
 
 
+# Kept by the poller (FetchState): shown read-only, never edited here.
+FETCH_STATE_FIELDS = (
+    "total_events_logged",
+    "first_reading_at",
+    "last_reading_at",
+    "last_success_at",
+    "last_attempt_at",
+    "consecutive_failures",
+    "last_error_class",
+    "last_error",
+    "last_error_at",
+    "next_attempt_at",
+)
+
+
 @admin.register(EagleUser)
 class EagleUserAdmin(admin.ModelAdmin):
     form = EagleUserForm
@@ -140,20 +155,7 @@ class EagleUserAdmin(admin.ModelAdmin):
         ("State", {"fields": ("is_active", "suspended_reason", "suspended_at")}),
         (
             "Fetching (kept by the poller, read-only)",
-            {
-                "fields": (
-                    "total_events_logged",
-                    "first_reading_at",
-                    "last_reading_at",
-                    "last_success_at",
-                    "last_attempt_at",
-                    "consecutive_failures",
-                    "last_error_class",
-                    "last_error",
-                    "last_error_at",
-                    "next_attempt_at",
-                )
-            },
+            {"fields": FETCH_STATE_FIELDS},
         ),
         ("Push (uploader mode)", {"fields": ("push_token_issued_at",)}),
         ("Record", {"fields": ("created_at", "updated_at")}),
@@ -162,16 +164,7 @@ class EagleUserAdmin(admin.ModelAdmin):
         "has_password",
         "push_token_issued_at",
         "suspended_at",
-        "total_events_logged",
-        "first_reading_at",
-        "last_reading_at",
-        "last_success_at",
-        "last_attempt_at",
-        "consecutive_failures",
-        "last_error_class",
-        "last_error",
-        "last_error_at",
-        "next_attempt_at",
+        *FETCH_STATE_FIELDS,
         "created_at",
         "updated_at",
     )
