@@ -21,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 
-from api.authentication import TokenAuthentication
+from api.authentication import TokenAuthentication, delete_expired_tokens
 from api.permissions import is_operator
 
 
@@ -73,6 +73,8 @@ class ObtainTokenView(LoginView):
         if user is None:
             raise AuthenticationFailed("Unable to sign in with these credentials.")
         request.user = user
+        # Knox deleted expired tokens on every request; with one query a request, it is done here.
+        delete_expired_tokens()
         return super().post(request, format=format)
 
     def get_post_response_data(

@@ -6,7 +6,8 @@ Set-up, in a temporary directory removed at the end:
   postgres://postgres@127.0.0.1:5432/rainlog_bench_api), dropped and migrated;
 - one user-day, 14,400 readings at 6 s, written by the hour-file writer and shipped to the bucket
   by the rotation (`ingestion.shipping.rotate`), so every hour is read back from the archive;
-- gunicorn serving the project (BENCH_WORKERS processes of BENCH_THREADS threads), and a token.
+- gunicorn serving the project with BENCH_GUNICORN_ARGS (default: the production settings the README
+  gives, sync workers, one per concurrent request the two cores can serve well), and a token.
 
 Measured, each against a baseline taken in the same run:
 1. The user-day through GET /api/users/{cloud_id}/readings (JSON lines, then CSV), against the
@@ -50,8 +51,7 @@ DATABASE_URL = os.environ.get(
 LOAD_SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 WARMUP_SECONDS = 2.0
 DAY_RUNS = 5
-WORKERS = os.environ.get("BENCH_WORKERS", "3")
-THREADS = os.environ.get("BENCH_THREADS", "4")
+GUNICORN_ARGS = os.environ.get("BENCH_GUNICORN_ARGS", "--workers 6 --worker-class sync").split()
 
 
 def environment(work: Path, s3_endpoint: str) -> dict[str, str]:
@@ -302,13 +302,12 @@ def main() -> int:
             print(f"  24 hours verified in the archive in {time.perf_counter() - started:.1f} s")
             gunicorn = [
                 sys.executable, "-m", "gunicorn", "rainlog.wsgi",
-                "--bind", f"127.0.0.1:{web_port}", "--workers", WORKERS,
-                "--worker-class", "gthread", "--threads", THREADS,
+                "--bind", f"127.0.0.1:{web_port}", *GUNICORN_ARGS,
             ]  # fmt: skip
             with process(gunicorn, env, work / "gunicorn.log"):
                 base = f"http://127.0.0.1:{web_port}"
                 wait_for(f"{base}/healthz")
-                print(f"gunicorn: {WORKERS} workers x {THREADS} threads on {base}")
+                print(f"gunicorn {' '.join(GUNICORN_ARGS)} on {base}")
                 asyncio.run(measure(base, token, day, keys))
                 print(
                     f"load average after: {load_average()} (other work on the machine skews all of this)"

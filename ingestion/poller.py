@@ -107,6 +107,7 @@ ACTIONABLE_CLASSES = frozenset(
 )
 # Enough of a file's end to hold the lines of the last ticks, whatever the record types.
 TAIL_BYTES = 16 * 1024
+LATEST_TAIL_BYTES = 4 * 1024
 # Readings kept per user while they cannot be written (disk full): ten minutes of demand.
 PENDING_LIMIT = 100
 # Missed slots recorded as late ticks at most, after a pause (a stopped process, a dead holder).
@@ -220,11 +221,30 @@ def latest_record(
     """The newest record of a type in the user's newest local hour file (or its late parts)."""
     paths.checked_cloud_id(cloud_id)
     for hour, directory in reversed(files.hour_dirs(root)):
-        names = sorted(directory.glob(f"iseif-rainforest-{cloud_id}-{paths.hour_label(hour)}*.jl"))
+        main = paths.local_path(cloud_id, hour, root=root)
+        if main.exists() and not paths.sealed_marker(main).exists():
+            # Late parts exist only beside a sealed or shipped hour: no need to list the
+            # directory, which holds a file per user.
+            names = [main]
+        else:
+            names = sorted(
+                directory.glob(f"iseif-rainforest-{cloud_id}-{paths.hour_label(hour)}*.jl")
+            )
+        records = [
+            record for name in names if (record := _newest_in_tail(name, record_type)) is not None
+        ]
+        if records:
+            return max(records, key=lambda record: record["meter_timestamp"])
+    return None
+
+
+def _newest_in_tail(path: Path, record_type: str) -> dict[str, Any] | None:
+    # The last few lines nearly always hold the newest demand reading; a rarer record type may
+    # need the longer tail.
+    for max_bytes in (LATEST_TAIL_BYTES, TAIL_BYTES):
         records = [
             record
-            for name in names
-            for record in read_tail_records(name)
+            for record in read_tail_records(path, max_bytes)
             if record.get("record_type") == record_type
             and isinstance(record.get("meter_timestamp"), int)
         ]

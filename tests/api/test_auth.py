@@ -7,10 +7,13 @@ import pytest
 import time_machine
 from django.contrib.auth.models import User
 from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
+from api.authentication import recent_tokens
 from tests.factories import OPERATOR_PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -81,9 +84,58 @@ def test_an_expired_token_is_refused(operator: User, settings) -> None:  # type:
     token = obtain(APIClient(), operator.username).json()["token"]
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    # Used once, so that the recently accepted tokens hold it.
+    assert client.get("/api/users/").status_code == 200
     later = timezone.now() + timedelta(hours=settings.API_TOKEN_TTL_HOURS, minutes=1)
     with time_machine.travel(later):
         assert client.get("/api/users/").status_code == 401
+
+
+def queries_of(client: APIClient, url: str) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(url).status_code == 200
+    return len(queries)
+
+
+def test_a_token_accepted_moments_ago_is_accepted_again_without_a_query(
+    operator: User,
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    token = obtain(APIClient(), operator.username).json()["token"]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+
+    first, again = queries_of(client, "/api/users/"), queries_of(client, "/api/users/")
+    settings.API_TOKEN_CACHE_SECONDS = 0
+    recent_tokens.clear()
+    uncached = [queries_of(client, "/api/users/") for _ in range(2)]
+
+    assert again == first - 1
+    assert uncached == [first, first]
+
+
+def test_deactivating_an_operator_refuses_their_recently_used_token_at_once(
+    operator: User,
+) -> None:
+    token = obtain(APIClient(), operator.username).json()["token"]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    assert client.get("/api/users/").status_code == 200
+
+    operator.is_active = False
+    operator.save()
+
+    assert client.get("/api/users/").status_code == 401
+
+
+def test_signing_in_deletes_expired_tokens(operator: User, viewer: User, settings) -> None:  # type: ignore[no-untyped-def]
+    obtain(APIClient(), viewer.username)
+    later = timezone.now() + timedelta(hours=settings.API_TOKEN_TTL_HOURS, minutes=1)
+    with time_machine.travel(later):
+        assert obtain(APIClient(), operator.username).status_code == 200
+
+    assert not AuthToken.objects.filter(user=viewer).exists()
+    assert AuthToken.objects.filter(user=operator).count() == 1
 
 
 def test_logout_revokes_only_the_token_used(operator: User) -> None:
