@@ -167,19 +167,22 @@ def aws_cli_copy(source: Path, endpoint: str, moto_pid: int, client: Any) -> Mea
     cpu = (children.ru_utime - children_before.ru_utime) + (
         children.ru_stime - children_before.ru_stime
     )
+    return Measured(elapsed, cpu, server, empty_bucket(client, CLI_BUCKET))
+
+
+def empty_bucket(client: Any, bucket: str) -> int:
+    """Delete every object of a bucket; returns how many there were.
+
+    Every step empties its bucket after it, so that each upload starts with an empty server:
+    moto keeps objects in its own memory, and a fuller server is a slower one.
+    """
     objects = 0
-    # Emptied, so that the server holds one copy of the data at a time.
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=CLI_BUCKET):
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         keys = [{"Key": entry["Key"]} for entry in page.get("Contents", [])]
         objects += len(keys)
         if keys:
-            client.delete_objects(Bucket=CLI_BUCKET, Delete={"Objects": keys, "Quiet": True})
-    return Measured(elapsed, cpu, server, objects)
-
-
-def count_objects(client: Any, bucket: str) -> int:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return sum(page.get("KeyCount", 0) for page in pages)
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+    return objects
 
 
 def link_copy(source: Path, target: Path) -> None:
@@ -241,7 +244,7 @@ def main() -> int:
                 time.perf_counter() - started,
                 time.process_time() - own_before,
                 cpu_seconds(moto_pid) - server_before,
-                count_objects(client, ROTATION_BUCKET),
+                empty_bucket(client, ROTATION_BUCKET),
             )
             verified = HourFile.objects.filter(state=HourFileState.VERIFIED).count()
 

@@ -59,7 +59,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-import orjson
+import msgspec
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -359,6 +359,16 @@ def sha256_of_file(path: Path) -> str:
     return _sha256_of_stream(open(path, "rb"))
 
 
+class _RecordTime(msgspec.Struct):
+    """The one field of a record the manifest needs; the decoder checks the rest is valid JSON
+    without building it."""
+
+    meter_timestamp: int | float | None = None
+
+
+_RECORD_TIMES = msgspec.json.Decoder(_RecordTime)
+
+
 @dataclass(slots=True)
 class _LineTally:
     records: int = 0
@@ -366,15 +376,15 @@ class _LineTally:
     first: float | None = None
     last: float | None = None
 
-    def add(self, lines: list[bytes]) -> None:
+    def add(self, lines: bytes | memoryview) -> None:
         """Count the records among whole lines; a line that is not a JSON object is malformed."""
         try:
-            # The common case, every line a record, in one pass of C calls; each record is
-            # dropped as soon as its time is read, so the garbage collector has nothing to do.
-            stamps = [orjson.loads(line).get("meter_timestamp") for line in lines if line]
-        except (ValueError, AttributeError):
+            # The common case, every line a record: one C call, about five times faster than
+            # parsing each line into a dict, which is most of a rotation's own CPU time.
+            stamps = [record.meter_timestamp for record in _RECORD_TIMES.decode_lines(lines)]
+        except msgspec.DecodeError:
             stamps = []
-            for line in lines:
+            for line in bytes(lines).split(b"\n"):
                 if not line.strip():
                     continue
                 try:
@@ -411,10 +421,11 @@ def _measure(chunks: Iterable[bytes], gzip_sink: BinaryIO | None) -> FileStats:
         data_size += len(chunk)
         if compressor is not None:
             store(compressor.compress(chunk))
-        lines = (tail + chunk if tail else chunk).split(b"\n")
-        tail = lines.pop()
-        tally.add(lines)
-    tally.add([tail])
+        block = tail + chunk if tail else chunk
+        whole = block.rfind(b"\n") + 1
+        tally.add(memoryview(block)[:whole])
+        tail = block[whole:]
+    tally.add(tail)
     if compressor is not None:
         store(compressor.flush())
     else:
