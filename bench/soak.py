@@ -1069,7 +1069,7 @@ def config_from_environment() -> SoakConfig:
             bad_credential_seconds=25.0,
             suspend_after=2,
             max_backoff_seconds=12,
-            lease_seconds=5,
+            lease_seconds=7,
             stop_seconds=5.0,
             tmpfs_size="64m",
         )

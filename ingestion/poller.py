@@ -108,6 +108,8 @@ ACTIONABLE_CLASSES = frozenset(
 # Enough of a file's end to hold the lines of the last ticks, whatever the record types.
 TAIL_BYTES = 16 * 1024
 LATEST_TAIL_BYTES = 4 * 1024
+# During a tick, the readings fetched so far are written at least this often.
+WRITE_EVERY_SECONDS = 1.0
 # Readings kept per user while they cannot be written (disk full): ten minutes of demand.
 PENDING_LIMIT = 100
 # Missed slots recorded as late ticks at most, after a pause (a stopped process, a dead holder).
@@ -664,10 +666,18 @@ class Poller:
         """Whether nothing of the shard waits to be written (a successor could not write it)."""
         return not self._orphans and not any(slot.shard == shard for slot in self._with_pending)
 
-    def run_tick(self, slot_start: float, confirm: Callable[[], bool] | None = None) -> TickReport:
+    def run_tick(
+        self,
+        slot_start: float,
+        confirm: Callable[[], bool] | None = None,
+        holds: Callable[[], bool] | None = None,
+    ) -> TickReport:
         """Poll the due users for the slot starting at `slot_start` (unix seconds).
 
-        `confirm` is asked before anything is written: it says whether the shards are still ours.
+        Readings are written as they come, every WRITE_EVERY_SECONDS while fetches are under way,
+        not once the slowest gateway has answered: a crash loses only what arrived since. Those
+        writes happen while `holds` says, without the database, that the shards are surely still
+        ours; at the end, `confirm` says whether they are (and may renew the leases).
         """
         report = TickReport(
             scheduled_at=as_datetime(slot_start),
@@ -677,20 +687,38 @@ class Poller:
         _close_stale_connection()
         self._refresh_users()
         jobs = self._due_jobs(slot_start, report)
+        results: list[Reading | FetchFailure | None] = [None] * len(jobs)
+        untaken = set(range(len(jobs)))
+        batch = _TickBatch(now=timezone.now())
+
+        def take(finished_only: bool) -> None:
+            batch.now = timezone.now()
+            indices = sorted(i for i in untaken if results[i] is not None or not finished_only)
+            untaken.difference_update(indices)
+            self._take_results(
+                [jobs[i] for i in indices], [results[i] for i in indices], slot_start, batch, report
+            )
+
+        def write_so_far() -> None:
+            if holds is None or holds():
+                take(finished_only=True)
+                self._write(batch, report, durable=False)
+
         elapsed = time.time() - slot_start
-        results = self._loop.run_until_complete(
+        self._loop.run_until_complete(
             self._fetch_all(
                 jobs,
+                results,
                 dispatch_seconds=dispatch_budget(self.period) - elapsed,
                 seconds=fetch_budget(self.period) - elapsed,
+                while_waiting=write_so_far,
             )
         )
-        batch = _TickBatch(now=timezone.now())
-        self._take_results(jobs, results, slot_start, batch, report)
         if confirm is not None and not confirm():
             report.lease_lost = True
-            logger.error("%s: lease lost; this tick's readings are not written", self.holder)
+            logger.error("%s: lease lost; the rest of this tick is not written", self.holder)
             return report
+        take(finished_only=False)
         self._write(batch, report)
         self._save(batch, report)
         self.totals.add(report)
@@ -715,16 +743,22 @@ class Poller:
         return demand + extras
 
     async def _fetch_all(
-        self, jobs: list[FetchJob], dispatch_seconds: float, seconds: float
-    ) -> list[Reading | FetchFailure | None]:
-        """Every job's result, or None for jobs not started within `dispatch_seconds` or not
-        finished within `seconds`."""
-        results: list[Reading | FetchFailure | None] = [None] * len(jobs)
+        self,
+        jobs: list[FetchJob],
+        results: list[Reading | FetchFailure | None],
+        dispatch_seconds: float,
+        seconds: float,
+        while_waiting: Callable[[], None],
+    ) -> None:
+        """Fill `results` with each job's result; None stays for jobs not started within
+        `dispatch_seconds` or not finished within `seconds`. Every WRITE_EVERY_SECONDS until then,
+        `while_waiting` runs (in the event loop: it must not touch the database)."""
         if not jobs:
-            return results
+            return
         queue = iter(range(len(jobs)))
         loop = asyncio.get_running_loop()
         dispatch_until = loop.time() + dispatch_seconds
+        deadline = loop.time() + max(0.0, seconds)
 
         async def fetch_some() -> None:
             for index in queue:
@@ -739,15 +773,22 @@ class Poller:
             asyncio.ensure_future(fetch_some())
             for _ in range(min(settings.INGEST_CONCURRENCY, len(jobs)))
         ]
-        done, unfinished = await asyncio.wait(workers, timeout=max(0.0, seconds))
+        unfinished: set[asyncio.Future[None]] = set(workers)
+        while unfinished and (remaining := deadline - loop.time()) > 0:
+            _, unfinished = await asyncio.wait(
+                unfinished, timeout=min(WRITE_EVERY_SECONDS, remaining)
+            )
+            if unfinished:
+                while_waiting()
         for worker in unfinished:
             worker.cancel()
         if unfinished:
             await asyncio.wait(unfinished)
-        for worker in done:
-            # A bug in the client (it never raises for what a server sends) must not pass quietly.
-            worker.result()
-        return results
+        for worker in workers:
+            if not worker.cancelled():
+                # A bug in the client (it never raises for what a server sends) must not pass
+                # quietly.
+                worker.result()
 
     def _take_results(
         self,
@@ -893,12 +934,16 @@ class Poller:
                 )
             )
 
-    def _write(self, batch: _TickBatch, report: TickReport) -> None:
-        """Append every reading waiting to be written, then make them durable together."""
+    def _write(self, batch: _TickBatch, report: TickReport, durable: bool = True) -> None:
+        """Append every reading waiting to be written and, if `durable`, make everything written
+        since the last sync durable together (once a tick: a killed process loses nothing the
+        kernel holds, only a machine that stops does)."""
         slots = list(self._with_pending)
         orphans, self._orphans = self._orphans, []
         readings = [reading for slot in slots for reading in slot.pending] + orphans
         if not readings:
+            if durable:
+                self._sync()
             return
         result = self.writer.append(readings)
         unwritten = {id(reading) for reading in result.unwritten}
@@ -916,12 +961,16 @@ class Poller:
                 self._with_pending.discard(slot)
         self._orphans = [reading for reading in orphans if id(reading) in unwritten]
         report.readings_kept = len(result.unwritten)
+        self._register(result.written, batch)
+        report.new_files = len(batch.new_files)
+        if durable:
+            self._sync()
+
+    def _sync(self) -> None:
         try:
             self.writer.sync()
         except OSError as exc:
             logger.error("cannot sync the hour files under %s: %s", self.root, exc)
-        self._register(result.written, batch)
-        report.new_files = len(batch.new_files)
 
     @staticmethod
     def _logged(slot: UserSlot, reading: Reading, outcome: FetchOutcome) -> None:
@@ -1082,6 +1131,9 @@ def run_ticks(
     def leases_valid() -> bool:
         return all(lease.confirm() for lease in leases)
 
+    def leases_held() -> bool:
+        return all(lease.is_valid() for lease in leases)
+
     try:
         with lighter_garbage_collection():
             while not stop.is_set():
@@ -1093,7 +1145,11 @@ def run_ticks(
                     poller.record_missed(slot, current)
                     slot = current
                 with count_statements() as statements:
-                    report = poller.run_tick(slot, confirm=leases_valid)
+                    # Renewed first if it may run out during the tick: readings are written while
+                    # the fetches go on only under a lease that surely holds.
+                    if not leases_valid():
+                        return "lease lost"
+                    report = poller.run_tick(slot, confirm=leases_valid, holds=leases_held)
                     if report.lease_lost:
                         return "lease lost"
                     tick_at = as_datetime(slot)

@@ -299,6 +299,12 @@ INGEST_REQUEST_TIMEOUT = env_float("INGEST_REQUEST_TIMEOUT", 4.0, minimum=0.1)
 INGEST_CONCURRENCY = env_int("INGEST_CONCURRENCY", 1000, minimum=1)
 INGEST_SHARDS = env_int("INGEST_SHARDS", 1, minimum=1)
 INGEST_LEASE_SECONDS = env_int("INGEST_LEASE_SECONDS", 30, minimum=5)
+if INGEST_LEASE_SECONDS <= INGEST_POLL_SECONDS:
+    # Renewed once a tick, a shorter lease runs out between two ticks of a healthy holder.
+    raise ImproperlyConfigured(
+        f"INGEST_LEASE_SECONDS={INGEST_LEASE_SECONDS} must be longer than "
+        f"INGEST_POLL_SECONDS={INGEST_POLL_SECONDS:g}."
+    )
 INGEST_OPEN_FILES = env_int("INGEST_OPEN_FILES", 512, minimum=8)
 INGEST_EXTRA_POLL_SECONDS = env_int("INGEST_EXTRA_POLL_SECONDS", 60, minimum=6)
 INGEST_SUSPEND_AFTER_AUTH_FAILURES = env_int("INGEST_SUSPEND_AFTER_AUTH_FAILURES", 5, minimum=1)

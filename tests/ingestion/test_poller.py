@@ -251,6 +251,39 @@ def test_it_cuts_off_a_slow_gateway_at_the_deadline_and_records_a_late_tick(sett
     assert not Incident.objects.exists()
 
 
+def test_readings_fetched_early_are_on_disk_before_a_slow_gateway_answers(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.INGEST_REQUEST_TIMEOUT = 30.0
+    on_disk_while_waiting = []
+
+    def holds() -> bool:
+        on_disk_while_waiting.append(sorted({key[0] for key in logged_keys()}))
+        return True
+
+    def killed() -> bool:
+        # The process dies as the slow gateway answers, before the tick is recorded.
+        raise SimulatedCrashError
+
+    with polling_run(settings, users=4) as run:
+        run.sim.set_fault("000002", "timeout")
+        run.move_to((run.clock.now // 6 + 1) * 6)
+        with pytest.raises(SimulatedCrashError):
+            run.poller.run_tick(run.clock.now, confirm=killed, holds=holds)
+
+    assert on_disk_while_waiting[0] == []
+    assert sorted(key[0] for key in logged_keys()) == ["000001", "000003", "000004"]
+
+
+def test_readings_wait_for_the_end_of_the_tick_while_the_lease_is_in_doubt(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.INGEST_REQUEST_TIMEOUT = 30.0
+    with polling_run(settings, users=4) as run:
+        run.sim.set_fault("000002", "timeout")
+        run.move_to((run.clock.now // 6 + 1) * 6)
+        report = run.poller.run_tick(run.clock.now, confirm=lambda: False, holds=lambda: False)
+
+    assert report.lease_lost
+    assert logged_keys() == []
+
+
 def test_it_records_a_tick_in_the_same_number_of_statements_for_5_or_50_users(settings) -> None:  # type: ignore[no-untyped-def]
     with polling_run(settings, users=50, create=5) as run:
         # Failing every tick without backoff: an incident refreshed in every tick.

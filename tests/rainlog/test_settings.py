@@ -49,6 +49,8 @@ def test_it_refuses_to_start_without_a_secret_key_when_debug_is_off(tmp_path: Pa
         ("Q_WORKERS", "0"),
         ("EAGLE_CLOUD_URL", "rainforestcloud.com"),
         ("ARCHIVE_COMPRESS", "zip"),
+        # Shorter than a poll period: a healthy holder would lose its shard between two ticks.
+        ("INGEST_LEASE_SECONDS", "6"),
     ],
 )
 def test_it_names_the_variable_that_does_not_parse(
