@@ -23,6 +23,7 @@ from rest_framework.throttling import ScopedRateThrottle
 
 from api.authentication import TokenAuthentication, delete_expired_tokens
 from api.permissions import is_operator
+from api.schema import FIELD_ERRORS, error
 
 
 class TokenRequestSerializer(serializers.Serializer[Any]):
@@ -61,7 +62,15 @@ class ObtainTokenView(LoginView):
         # Without one DRF turns 401 into 403; a client should learn that credentials are wanted.
         return "Token"
 
-    @extend_schema(request=TokenRequestSerializer, responses={200: TokenResponse})
+    @extend_schema(
+        request=TokenRequestSerializer,
+        responses={
+            200: TokenResponse,
+            400: FIELD_ERRORS,
+            401: error("Wrong username or password, or an inactive operator."),
+            429: error("Too many attempts from this address (API_TOKEN_THROTTLE): wait, retry."),
+        },
+    )
     def post(self, request: Request, format: str | None = None) -> Response:
         credentials = TokenRequestSerializer(data=request.data)
         credentials.is_valid(raise_exception=True)

@@ -21,6 +21,7 @@ def error(description: str) -> OpenApiResponse:
 UNAUTHENTICATED = error("No valid token or session.")
 FORBIDDEN = error("Signed in, but only staff operators may do this.")
 NOT_FOUND = error("No such object.")
+NO_SUCH_PAGE = error("No such page: past the last one, or not a page number.")
 FIELD_ERRORS = OpenApiResponse(
     OpenApiTypes.OBJECT,
     description="A filter or body value that does not validate: {field: [messages]}.",
@@ -62,11 +63,46 @@ def _operator_only_writes(generator: Any) -> set[tuple[str, str]]:
     return writes
 
 
+def _error_response(response: OpenApiResponse) -> dict[str, Any]:
+    return {
+        "description": response.description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _implied_errors(
+    operation: dict[str, Any], operator_only: bool
+) -> list[tuple[str, dict[str, Any]]]:
+    """The client errors an operation can answer by its shape alone: who may call it, its path
+    parameters, its pagination, and the values it validates."""
+    parameters = operation.get("parameters", [])
+    implied = [("401", _error_response(UNAUTHENTICATED))]
+    if operator_only:
+        implied.append(("403", _error_response(FORBIDDEN)))
+    if any(p.get("in") == "path" for p in parameters):
+        implied.append(("404", _error_response(NOT_FOUND)))
+    elif any(p.get("name") == "page" for p in parameters):
+        implied.append(("404", _error_response(NO_SUCH_PAGE)))
+    if "requestBody" in operation or any(
+        p.get("in") == "query" and p.get("name") not in ("page", "format") for p in parameters
+    ):
+        implied.append(
+            (
+                "400",
+                {
+                    "description": FIELD_ERRORS.description,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+            )
+        )
+    return implied
+
+
 def document_auth_errors(result: dict[str, Any], generator: Any = None, **kwargs: Any) -> dict:
-    """Schema post-processing: every operation that needs a sign-in documents 401, and every
-    write that viewers may not make documents 403, wherever a view did not say so itself."""
+    """Schema post-processing: every operation that needs a sign-in documents the errors its
+    shape implies (401; 403 for writes viewers may not make; 404 for a path parameter or a page
+    past the end; 400 for values it validates), wherever a view did not say so itself."""
     operator_only = _operator_only_writes(generator) if generator is not None else set()
-    error_ref = {"$ref": "#/components/schemas/Error"}
     result.setdefault("components", {}).setdefault("schemas", {}).setdefault(
         "Error",
         {
@@ -81,15 +117,6 @@ def document_auth_errors(result: dict[str, Any], generator: Any = None, **kwargs
             if not security or any(not requirement for requirement in security):
                 continue  # anonymous access allowed
             responses = operation.setdefault("responses", {})
-            documented = [("401", UNAUTHENTICATED)]
-            if (path, method) in operator_only:
-                documented.append(("403", FORBIDDEN))
-            for code, response in documented:
-                responses.setdefault(
-                    code,
-                    {
-                        "description": response.description,
-                        "content": {"application/json": {"schema": error_ref}},
-                    },
-                )
+            for code, response in _implied_errors(operation, (path, method) in operator_only):
+                responses.setdefault(code, response)
     return result

@@ -64,6 +64,10 @@ def test_every_operation_documents_its_errors(viewer_client: APIClient) -> None:
                 assert "403" in codes, f"{method.upper()} {path}: viewers get 403, undocumented"
             if path.startswith(OWN_SCHEMA_PATHS) and path != "/api/status/":
                 assert codes & {"400", "404", "409"}, f"{method.upper()} {path}: no client error"
+            if any(p["name"] == "page" for p in operation.get("parameters", [])):
+                assert "404" in codes, f"{method.upper()} {path}: a page past the end, undocumented"
+    token = schema["paths"]["/api/auth/token/"]["post"]["responses"]
+    assert {"200", "400", "401", "429"} <= set(token)
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ through the WSGI application, in the test's transaction: real PostgreSQL, moto's
 archive, the EAGLE simulator for `?fresh=1`. Half of the generated ids and cloud_ids are swapped for
 ones that exist, so that the code behind the 404s (retrieval from disk and S3, downloads, upserts,
 purges, pushes) is reached too. Each request runs in a savepoint that is rolled back, so every one
-meets the same data. A new endpoint is fuzzed as soon as it is in the schema.
+meets the same data. A new endpoint is fuzzed as soon as it is in the schema. Besides no server
+error, every answer must conform to the schema: its content type, its body, and its status code,
+which the operation must document.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     ignored_auth,
     response_schema_conformance,
+    status_code_conformance,
 )
 
 from ingestion.models import Incident
@@ -173,6 +176,7 @@ CHECKS = [
     content_type_of_routed_answers,
     response_schema_conformance,
     ignored_auth,
+    status_code_conformance,
 ]
 
 
