@@ -547,6 +547,12 @@ class HourFile(models.Model):
     )
     first_reading_at = models.DateTimeField(null=True, blank=True)
     last_reading_at = models.DateTimeField(null=True, blank=True)
+    newest_timestamps = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="the newest meter timestamp of each record type in the file: what a restarted "
+        "poller has logged, once the file has left the disk",
+    )
     attempts = models.IntegerField(default=0)
     last_error = models.TextField(blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True)

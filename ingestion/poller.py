@@ -217,6 +217,32 @@ def newest_logged(
     return newest
 
 
+def newest_shipped(since: dict[str, datetime | None]) -> dict[tuple[str, str], int]:
+    """The newest meter timestamp per (cloud_id, record type) in hour files that have left the
+    local disk (shipped and removed), from the manifest; `since` as for `newest_logged`.
+
+    A poller killed after writing a tick and before recording it leaves readings that only the
+    files know of; the rotation may ship and remove those files before a new poller starts.
+    """
+    newest: dict[tuple[str, str], int] = {}
+    for batch in _batches(list(since)):
+        rows = HourFile.objects.filter(cloud_id__in=batch, local_deleted_at__isnull=False).exclude(
+            newest_timestamps={}
+        )
+        known = [since[cloud_id] for cloud_id in batch if since[cloud_id] is not None]
+        if len(known) == len(batch):
+            rows = rows.filter(hour__gte=min(known))
+        for cloud_id, hour, stamps in rows.values_list("cloud_id", "hour", "newest_timestamps"):
+            first_hour = since[cloud_id]
+            if first_hour is not None and hour < first_hour:
+                continue
+            for record_type, timestamp in stamps.items():
+                key = (cloud_id, record_type)
+                if isinstance(timestamp, int) and timestamp > newest.get(key, 0):
+                    newest[key] = timestamp
+    return newest
+
+
 def latest_record(
     cloud_id: str, record_type: str = DEMAND, root: Path | None = None
 ) -> dict[str, Any] | None:
@@ -616,8 +642,9 @@ class Poller:
     def resume(self, from_files: bool) -> None:
         """Take over the users' state: last readings logged, backoff, open incidents.
 
-        `from_files` also reads the tails of their newest hour files: needed unless the previous
-        holder handed the shards over after committing its last tick.
+        `from_files` also reads the tails of their newest hour files, and the manifest for those
+        already shipped and removed: needed unless the previous holder handed the shards over
+        after committing its last tick.
         """
         self._restore(list(self.slots.values()), from_files)
         self._resumed = True
@@ -656,7 +683,10 @@ class Poller:
             slot.last_new_at = now
             since.setdefault(slot.cloud_id, None)
         if from_files:
-            for (cloud_id, record_type), timestamp in newest_logged(since, self.root).items():
+            found = newest_logged(since, self.root)
+            for key, timestamp in newest_shipped(since).items():
+                found[key] = max(found.get(key, 0), timestamp)
+            for (cloud_id, record_type), timestamp in found.items():
                 slot = self._by_cloud_id[cloud_id]
                 slot.logged[record_type] = max(slot.logged.get(record_type, 0), timestamp)
 

@@ -349,6 +349,7 @@ class FileStats:
     malformed_lines: int
     first_reading_at: datetime | None
     last_reading_at: datetime | None
+    newest_timestamps: dict[str, int | float]
 
     def as_fields(self) -> dict[str, object]:
         # dataclasses.asdict deep-copies every value: too slow for once per file.
@@ -360,10 +361,11 @@ def sha256_of_file(path: Path) -> str:
 
 
 class _RecordTime(msgspec.Struct):
-    """The one field of a record the manifest needs; the decoder checks the rest is valid JSON
+    """The fields of a record the manifest needs; the decoder checks the rest is valid JSON
     without building it."""
 
     meter_timestamp: int | float | None = None
+    record_type: str | None = None
 
 
 _RECORD_TIMES = msgspec.json.Decoder(_RecordTime)
@@ -375,28 +377,39 @@ class _LineTally:
     malformed: int = 0
     first: float | None = None
     last: float | None = None
+    newest: dict[str, int | float] = field(default_factory=dict)
 
     def add(self, lines: bytes | memoryview) -> None:
         """Count the records among whole lines; a line that is not a JSON object is malformed."""
         try:
             # The common case, every line a record: one C call, about five times faster than
             # parsing each line into a dict, which is most of a rotation's own CPU time.
-            stamps = [record.meter_timestamp for record in _RECORD_TIMES.decode_lines(lines)]
+            stamped = [
+                (record.record_type, record.meter_timestamp)
+                for record in _RECORD_TIMES.decode_lines(lines)
+            ]
         except msgspec.DecodeError:
-            stamps = []
+            stamped = []
             for line in bytes(lines).split(b"\n"):
                 if not line.strip():
                     continue
                 try:
-                    stamps.append(parse_line(line).get("meter_timestamp"))
+                    record = parse_line(line)
                 except ValueError:
                     self.malformed += 1
-        self.records += len(stamps)
-        times = [stamp for stamp in stamps if type(stamp) is int or type(stamp) is float]
-        if times:
-            low, high = min(times), max(times)
-            self.first = low if self.first is None else min(self.first, low)
-            self.last = high if self.last is None else max(self.last, high)
+                    continue
+                stamped.append((record.get("record_type"), record.get("meter_timestamp")))
+        self.records += len(stamped)
+        newest = self.newest
+        for record_type, stamp in stamped:
+            if type(stamp) is not int and type(stamp) is not float:
+                continue
+            if self.first is None or stamp < self.first:
+                self.first = stamp
+            if self.last is None or stamp > self.last:
+                self.last = stamp
+            if type(record_type) is str and stamp > newest.get(record_type, stamp - 1):
+                newest[record_type] = stamp
 
 
 def _measure(chunks: Iterable[bytes], gzip_sink: BinaryIO | None) -> FileStats:
@@ -440,6 +453,7 @@ def _measure(chunks: Iterable[bytes], gzip_sink: BinaryIO | None) -> FileStats:
         malformed_lines=tally.malformed,
         first_reading_at=_utc(tally.first),
         last_reading_at=_utc(tally.last),
+        newest_timestamps=tally.newest,
     )
 
 

@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from ingestion import paths
+from ingestion import paths, shipping
 from ingestion.files import HourFileWriter
 from ingestion.leases import shard_of
 from ingestion.models import (
@@ -128,6 +128,26 @@ def test_it_never_logs_a_reading_twice_after_a_crash_between_files_and_database(
     logged = logged_keys()
     assert duplicates(logged) == []
     assert set(logged) == served
+
+
+def test_a_restarted_poller_knows_what_a_killed_one_wrote_to_files_shipped_since(settings) -> None:  # type: ignore[no-untyped-def]
+    with polling_run(settings, users=6) as run:
+        run.tick()
+        run.restart(poller_class=CrashAfterWriting)
+        with pytest.raises(SimulatedCrashError):
+            run.tick()
+        newest_on_disk = {(c, t): ts for c, t, ts in sorted(logged_keys(), key=lambda k: k[2])}
+        # The rotation ships the hour and removes its files before a new poller starts.
+        hour = paths.hour_of_timestamp(run.clock.now)
+        run.traveller.move_to(run.clock.now + 3600 + settings.ROTATE_GRACE_SECONDS)
+        shipped = shipping.rotate(hour=hour)
+        run.traveller.move_to(run.clock.now)
+        assert shipped.local_deleted == 6 and logged_keys() == []
+
+        run.restart(from_files=True)
+
+        for slot in run.poller.slots.values():
+            assert slot.logged[DEMAND] == newest_on_disk[(slot.cloud_id, DEMAND)]
 
 
 def test_it_keeps_readings_it_cannot_write_and_writes_them_first_next_tick(settings) -> None:  # type: ignore[no-untyped-def]

@@ -1,5 +1,6 @@
 """Rotation ships every closed hour file once, verified, and only then removes it from disk."""
 
+import dataclasses
 import gzip
 import hashlib
 from datetime import UTC, datetime, timedelta
@@ -125,6 +126,31 @@ def test_it_counts_malformed_lines_and_ships_every_byte(s3_archive: str, s3_clie
     assert (row.line_count, row.malformed_lines) == (5, 1)
     assert row.last_reading_at == HOUR + timedelta(minutes=30, seconds=6)
     assert report.malformed_lines == 1
+
+
+@pytest.mark.parametrize("torn_line", [False, True])
+def test_the_manifest_keeps_the_newest_time_of_each_record_type(
+    s3_archive: str,
+    torn_line: bool,
+) -> None:
+    # A summation read after the last demand reading: its time is no demand reading's.
+    summation = dataclasses.replace(
+        demand_readings("002738", HOUR + timedelta(minutes=20), 1)[0],
+        record_type="summation",
+        values={"delivered_kwh": 1234.5},
+    )
+    write([*demand_readings("002738", HOUR, 3), summation])
+    if torn_line:
+        with open(paths.local_path("002738", HOUR), "ab") as handle:
+            handle.write(b'{"format_version": 1, "record_ty\n')
+
+    rotate_at(AFTER_CLOSE)
+
+    row = HourFile.objects.get()
+    assert row.newest_timestamps == {
+        "demand": int((HOUR + timedelta(seconds=12)).timestamp()),
+        "summation": int((HOUR + timedelta(minutes=20)).timestamp()),
+    }
 
 
 def test_an_empty_sealed_file_is_nothing_to_ship(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
