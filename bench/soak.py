@@ -830,7 +830,7 @@ class Soak:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
             keys += [item["Key"] for item in page.get("Contents", [])]
 
-        def read(key: str) -> list[tuple[str, int]]:
+        def read(key: str) -> tuple[str, list[tuple[str, int]]]:
             body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
             found = []
             for line in body.splitlines():
@@ -838,12 +838,15 @@ class Soak:
                     record = parse_line(line)
                     if record.get("record_type") == "demand":
                         found.append((record["cloud_id"], record["meter_timestamp"]))
-            return found
+            return key, found
 
         archived: Counter[tuple[str, int]] = Counter()
+        objects_of: defaultdict[tuple[str, int], list[str]] = defaultdict(list)
         with ThreadPoolExecutor(READERS) as pool:
-            for found in pool.map(read, keys):
+            for key, found in pool.map(read, keys):
                 archived.update(found)
+                for reading_key in found:
+                    objects_of[reading_key].append(key.rsplit("/", 1)[1])
         verified = set(
             HourFile.objects.filter(state=HourFileState.VERIFIED).values_list("key", flat=True)
         )
@@ -861,6 +864,13 @@ class Soak:
                     leftovers[(record["cloud_id"], record["meter_timestamp"])] += 1
 
         duplicated = sum(count - 1 for count in archived.values() if count > 1)
+        for key in sorted(key for key, count in archived.items() if count > 1)[:20]:
+            cloud_id, timestamp = key
+            self.note(
+                f"duplicate: {cloud_id} {datetime.fromtimestamp(timestamp, UTC):%H:%M:%S} "
+                f"(real {clock.to_real(timestamp) - self.clock.segments[0][1]:.1f} s into the "
+                f"run) in {', '.join(sorted(objects_of[key]))}"
+            )
         unexpected = [key for key in archived if key not in truth]
         excluded: Counter[str] = Counter()
         lost: list[tuple[str, int, str]] = []

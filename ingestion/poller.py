@@ -218,17 +218,16 @@ def newest_logged(
 
 
 def newest_shipped(since: dict[str, datetime | None]) -> dict[tuple[str, str], int]:
-    """The newest meter timestamp per (cloud_id, record type) in hour files that have left the
-    local disk (shipped and removed), from the manifest; `since` as for `newest_logged`.
+    """The newest meter timestamp per (cloud_id, record type) in hour files already shipped,
+    from the manifest; `since` as for `newest_logged`.
 
     A poller killed after writing a tick and before recording it leaves readings that only the
-    files know of; the rotation may ship and remove those files before a new poller starts.
+    files know of; the rotation may ship and remove those files before a new poller starts. Any
+    verified file counts, removed or not: the manifest learns of a removal a little later.
     """
     newest: dict[tuple[str, str], int] = {}
     for batch in _batches(list(since)):
-        rows = HourFile.objects.filter(cloud_id__in=batch, local_deleted_at__isnull=False).exclude(
-            newest_timestamps={}
-        )
+        rows = HourFile.objects.filter(cloud_id__in=batch).exclude(newest_timestamps={})
         known = [since[cloud_id] for cloud_id in batch if since[cloud_id] is not None]
         if len(known) == len(batch):
             rows = rows.filter(hour__gte=min(known))
