@@ -1032,12 +1032,18 @@ class Soak:
             lines.append("faults skipped:")
             lines += [f"  {text}" for text in self.timeline.skipped]
         if lost:
-            lines.append("lost readings (first 20: cloud_id, meter time, why):")
             from ingestion.records import iso_utc
 
+            lines.append("lost readings by meter time (first 20: time, real seconds into the run, ")
+            lines.append("  readings, why, some cloud_ids):")
+            groups: defaultdict[tuple[int, str], list[str]] = defaultdict(list)
+            for cid, ts, why in lost:
+                groups[(ts, why)].append(cid)
+            start = self.clock.segments[0][1]
             lines += [
-                f"  {cid} {iso_utc(datetime.fromtimestamp(ts, UTC))} {why}"
-                for cid, ts, why in sorted(lost)[:20]
+                f"  {iso_utc(datetime.fromtimestamp(ts, UTC))} {self.clock.to_real(ts) - start:6.1f} s "
+                f"{len(cids):5,} {why}: {', '.join(sorted(cids)[:3])}"
+                for (ts, why), cids in sorted(groups.items())[:20]
             ]
         lines.append(FIGURES_PREFIX + json.dumps({**figures, "problems": problems}))
         lines.append(
