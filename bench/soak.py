@@ -30,7 +30,8 @@ object under the prefix, read with boto3 and checked against the manifest), thro
 missing from the archive is excluded from "lost" only when it could not be observed, each reason
 counted on its own: the gateway failed every poll during the reading's life (or was being backed
 off from after a failure, or refused the account), or no poller was alive while it was current,
-or the poller that fetched it was killed before it could write it. Anything else missing, any
+or the poller that fetched it was killed before it could write it, or the simulator answered a
+killed poller's request after its death. Anything else missing, any
 duplicate, or anything left unarchived fails the run (exit status 1).
 """
 
@@ -954,6 +955,13 @@ class Soak:
         lo, hi = bisect.bisect_left(times, born), bisect.bisect_left(times, gone)
         during = log[lo:hi]
         if reading.served:
+            served = [t for t, good in during if good]
+            if served and all(
+                any(start <= t < end for start, end in self.timeline.poller_down) for t in served
+            ):
+                # Asked for before a kill, answered after it (a loaded simulator is slow) into a
+                # dead connection, while no poller was alive to ask again.
+                return "answered after the poller that asked was killed"
             # Fetched, then the poller died before writing it, and no poller saw it again.
             served_at = clock.to_real(max((t for t, good in during if good), default=born))
             kills = [clock.to_real(kill) for kill in self.timeline.poller_kills]
