@@ -454,6 +454,8 @@ class Timeline:
 
     # [simulated start, simulated end) while no poller was running, and the kill moments.
     poller_down: list[list[float]] = field(default_factory=list)
+    # Simulated moments the poller cluster was started: a down window lasts at least until the next.
+    poller_starts: list[float] = field(default_factory=list)
     poller_kills: list[float] = field(default_factory=list)
     # cloud_id -> [simulated start, simulated end) of refused credentials until reactivation.
     refused: dict[str, list[list[float]]] = field(default_factory=lambda: defaultdict(list))
@@ -565,6 +567,7 @@ class Soak:
             self.started = time.monotonic()
             self.timeline.poller_down.append([clock(), math.inf])
             poller.start()
+            self.timeline.poller_starts.append(clock())
             rotation.start()
             self._send_windows()
             self._drive(clock, simulator, poller, rotation, proxy, work / "logs", mounted)
@@ -691,6 +694,7 @@ class Soak:
                 restarts.remove((due_at, cluster))
                 cluster.start()
                 if cluster is poller:
+                    self.timeline.poller_starts.append(clock())
                     self._send_windows()
                 self.note(f"{cluster.name.rsplit('-', 1)[1]} cluster restarted")
             while plan and plan[0][0] <= elapsed:
@@ -755,6 +759,8 @@ class Soak:
                         f"{cluster.name} exited by itself ({cluster.process.returncode}); restarting"
                     )
                     cluster.start()
+                    if cluster is poller:
+                        self.timeline.poller_starts.append(clock())
             time.sleep(0.25)
         if filler is not None and filler.exists():
             filler.unlink()
@@ -776,10 +782,16 @@ class Soak:
         return count
 
     def _close_down_windows(self, simulator: Any) -> None:
-        """A down window ends at the first request any poller made after it began."""
+        """A down window ends at the first request made after the poller cluster started again
+        (a request that arrives between a kill and the restart is the killed poller's)."""
         times = sorted(simulator.request_times)
+        starts = sorted(self.timeline.poller_starts)
         for window in self.timeline.poller_down:
-            i = bisect.bisect_right(times, window[0])
+            j = bisect.bisect_left(starts, window[0])
+            if j == len(starts):
+                window[1] = math.inf
+                continue
+            i = bisect.bisect_left(times, starts[j])
             window[1] = times[i] if i < len(times) else math.inf
 
     # --- The end ----------------------------------------------------------------------------
