@@ -98,7 +98,7 @@ def _implied_errors(
     return implied
 
 
-def document_auth_errors(result: dict[str, Any], generator: Any = None, **kwargs: Any) -> dict:
+def document_implied_errors(result: dict[str, Any], generator: Any = None, **kwargs: Any) -> dict:
     """Schema post-processing: every operation that needs a sign-in documents the errors its
     shape implies (401; 403 for writes viewers may not make; 404 for a path parameter or a page
     past the end; 400 for values it validates), wherever a view did not say so itself."""

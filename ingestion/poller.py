@@ -48,6 +48,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -194,8 +195,7 @@ def newest_logged(
     newest: dict[tuple[str, str], int] = {}
     if not since:
         return newest
-    known = [hour for hour in since.values() if hour is not None]
-    earliest = None if len(known) < len(since) else min(known)
+    earliest = _earliest(since.values())
     for hour, directory in reversed(files.hour_dirs(root)):
         if earliest is not None and hour < earliest:
             break
@@ -210,10 +210,8 @@ def newest_logged(
             if first_hour is not None and hour < first_hour:
                 continue
             for record in read_tail_records(entry.path):
-                timestamp = record.get("meter_timestamp")
                 key = (cloud_id, str(record.get("record_type")))
-                if isinstance(timestamp, int) and timestamp > newest.get(key, 0):
-                    newest[key] = timestamp
+                _keep_newest(newest, key, record.get("meter_timestamp"))
     return newest
 
 
@@ -228,18 +226,28 @@ def newest_shipped(since: dict[str, datetime | None]) -> dict[tuple[str, str], i
     newest: dict[tuple[str, str], int] = {}
     for batch in _batches(list(since)):
         rows = HourFile.objects.filter(cloud_id__in=batch).exclude(newest_timestamps={})
-        known = [since[cloud_id] for cloud_id in batch if since[cloud_id] is not None]
-        if len(known) == len(batch):
-            rows = rows.filter(hour__gte=min(known))
+        earliest = _earliest(since[cloud_id] for cloud_id in batch)
+        if earliest is not None:
+            rows = rows.filter(hour__gte=earliest)
         for cloud_id, hour, stamps in rows.values_list("cloud_id", "hour", "newest_timestamps"):
             first_hour = since[cloud_id]
             if first_hour is not None and hour < first_hour:
                 continue
             for record_type, timestamp in stamps.items():
-                key = (cloud_id, record_type)
-                if isinstance(timestamp, int) and timestamp > newest.get(key, 0):
-                    newest[key] = timestamp
+                _keep_newest(newest, (cloud_id, record_type), timestamp)
     return newest
+
+
+def _earliest(hours: Iterable[datetime | None]) -> datetime | None:
+    """The earliest of the first hours to look at, or None when one of them is any hour."""
+    given = list(hours)
+    known = [hour for hour in given if hour is not None]
+    return min(known) if known and len(known) == len(given) else None
+
+
+def _keep_newest(newest: dict[tuple[str, str], int], key: tuple[str, str], timestamp: Any) -> None:
+    if isinstance(timestamp, int) and timestamp > newest.get(key, 0):
+        newest[key] = timestamp
 
 
 def latest_record(
@@ -682,10 +690,8 @@ class Poller:
             slot.last_new_at = now
             since.setdefault(slot.cloud_id, None)
         if from_files:
-            found = newest_logged(since, self.root)
-            for key, timestamp in newest_shipped(since).items():
-                found[key] = max(found.get(key, 0), timestamp)
-            for (cloud_id, record_type), timestamp in found.items():
+            found = chain(newest_logged(since, self.root).items(), newest_shipped(since).items())
+            for (cloud_id, record_type), timestamp in found:
                 slot = self._by_cloud_id[cloud_id]
                 slot.logged[record_type] = max(slot.logged.get(record_type, 0), timestamp)
 
@@ -967,12 +973,18 @@ class Poller:
         """Append every reading waiting to be written and, if `durable`, make everything written
         since the last sync durable together (once a tick: a killed process loses nothing the
         kernel holds, only a machine that stops does)."""
+        self._append_pending(batch, report)
+        if durable:
+            try:
+                self.writer.sync()
+            except OSError as exc:
+                logger.error("cannot sync the hour files under %s: %s", self.root, exc)
+
+    def _append_pending(self, batch: _TickBatch, report: TickReport) -> None:
         slots = list(self._with_pending)
         orphans, self._orphans = self._orphans, []
         readings = [reading for slot in slots for reading in slot.pending] + orphans
         if not readings:
-            if durable:
-                self._sync()
             return
         result = self.writer.append(readings)
         unwritten = {id(reading) for reading in result.unwritten}
@@ -992,14 +1004,6 @@ class Poller:
         report.readings_kept = len(result.unwritten)
         self._register(result.written, batch)
         report.new_files = len(batch.new_files)
-        if durable:
-            self._sync()
-
-    def _sync(self) -> None:
-        try:
-            self.writer.sync()
-        except OSError as exc:
-            logger.error("cannot sync the hour files under %s: %s", self.root, exc)
 
     @staticmethod
     def _logged(slot: UserSlot, reading: Reading, outcome: FetchOutcome) -> None:

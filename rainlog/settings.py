@@ -260,7 +260,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {"FailureClassEnum": "ingestion.models.FAILURE_CLASS_CHOICES"},
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "api.schema.document_auth_errors",
+        "api.schema.document_implied_errors",
     ],
 }
 
