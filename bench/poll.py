@@ -184,7 +184,7 @@ def serial_users_per_tick(cloud_url: str, accounts: list[dict[str, str]], second
 
 
 def logged_keys(root: Path) -> list[tuple[str, str, int]]:
-    from ingestion.files import iter_records
+    from ingestion.hourfiles import iter_records
 
     return [
         (record["cloud_id"], record["record_type"], record["meter_timestamp"])

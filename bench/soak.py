@@ -436,12 +436,12 @@ def rotate_closed_hours(simulated_now: float) -> dict[str, int]:
 
 
 def local_hours(root: Path) -> list[datetime]:
-    from ingestion import paths
+    from ingestion import hourfiles
 
     hours = []
     for entry in sorted(os.listdir(root)) if root.exists() else []:
         with suppress(ValueError):
-            hours.append(paths.parse_hour_label(entry))
+            hours.append(hourfiles.parse_hour_label(entry))
     return hours
 
 
@@ -827,7 +827,7 @@ class Soak:
         from django.db.models import Count, Q
 
         from ingestion import retrieval
-        from ingestion.files import iter_records
+        from ingestion.hourfiles import iter_records
         from ingestion.models import HourFile, HourFileState, Incident
         from ingestion.records import parse_line
 

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connection
 
 from ingestion.eagle.simulator import FaultPlan, Simulator
-from ingestion.files import iter_records
+from ingestion.hourfiles import iter_records
 from ingestion.leases import holder_name
 from ingestion.poller import Poller, TickReport
 from users.models import EagleUser

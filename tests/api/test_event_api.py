@@ -8,7 +8,7 @@ import time_machine
 from rest_framework.test import APIClient
 
 from ingestion.eagle.simulator import Simulator
-from ingestion.files import HourFileWriter
+from ingestion.hourfiles import HourFileWriter
 from ingestion.records import Reading, Source
 from tests.factories import EagleUserFactory
 from tests.polling import create_users

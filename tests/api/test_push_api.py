@@ -11,9 +11,9 @@ import time_machine
 from django.conf import settings
 from django.test import Client
 
-from ingestion import paths
+from ingestion import hourfiles
 from ingestion.eagle.record_types import record_json_schema
-from ingestion.files import iter_records
+from ingestion.hourfiles import iter_records
 from ingestion.models import FetchState, Incident
 from ingestion.records import FailureClass
 from tests.factories import EagleUserFactory
@@ -62,7 +62,7 @@ def post(
 
 
 def hour_records() -> list[dict]:
-    path = paths.local_path("00a1b2", paths.hour_floor(NOW))
+    path = hourfiles.local_path("00a1b2", hourfiles.hour_floor(NOW))
     return list(iter_records(path)) if path.exists() else []
 
 
