@@ -193,7 +193,7 @@ class SimulatedClock:
 
 
 def make_simulator(users: int, seed: int, clock: SimulatedClock, timeout_hold: float) -> Any:
-    from ingestion.simulator import Simulator
+    from ingestion.eagle.simulator import Simulator
 
     class RecordingSimulator(Simulator):
         """The simulator, also noting every request it answered: when, and whether it went well."""

@@ -60,8 +60,9 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from ingestion import files, paths
+from ingestion.eagle.client import EagleClient, GatewayTarget
+from ingestion.eagle.record_types import RECORD_TYPES
 from ingestion.files import HourFileWriter
-from ingestion.gateway import EagleClient, GatewayTarget
 from ingestion.leases import (
     WINDOW,
     Acquisition,
@@ -82,7 +83,6 @@ from ingestion.models import (
     PollLease,
     Tick,
 )
-from ingestion.record_types import RECORD_TYPES
 from ingestion.records import FailureClass, FetchFailure, Reading, iso_utc, parse_line
 from ingestion.reporting import redact
 from ingestion.schedules import POLL_SCHEDULE_PREFIX

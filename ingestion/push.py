@@ -42,15 +42,15 @@ from django.db.models import F
 from django_q.tasks import async_task
 
 from ingestion import paths
-from ingestion.decoding import decode_reply, judge
-from ingestion.files import HourFileWriter, iter_records
-from ingestion.models import OUTCOME_FIELDS, FetchOutcome, FetchState, Incident, IncidentSighting
-from ingestion.record_types import (
+from ingestion.eagle.decoders import decode_reply, judge
+from ingestion.eagle.record_types import (
     CURRENCIES,
     RECORD_TYPES_BY_ELEMENT,
     DecodeError,
     get_record_type,
 )
+from ingestion.files import HourFileWriter, iter_records
+from ingestion.models import OUTCOME_FIELDS, FetchOutcome, FetchState, Incident, IncidentSighting
 from ingestion.records import FailureClass, FetchFailure, Reading, Source, iso_utc
 from users.models import ConnectionType, EagleUser
 

@@ -30,8 +30,8 @@ from django_q.admin import ScheduleAdmin
 from django_q.models import Schedule
 
 from ingestion import dashboard, retrieval, shipping
-from ingestion.gateway import fetch_now
-from ingestion.record_types import RECORD_TYPES
+from ingestion.eagle.client import fetch_now
+from ingestion.eagle.record_types import RECORD_TYPES
 from ingestion.records import FetchFailure, iso_utc
 from users.credentials import check_credentials
 from users.models import EagleUser

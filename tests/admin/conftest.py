@@ -22,10 +22,10 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 
 from ingestion import files, paths
+from ingestion.eagle.simulator import FaultKind, Simulator
 from ingestion.files import HourFileWriter
 from ingestion.models import FetchState, HourFile, HourFileState, Incident, IncidentState, Tick
 from ingestion.records import FailureClass, Reading, Source
-from ingestion.simulator import FaultKind, Simulator
 from tests.factories import EagleUserFactory
 from users.models import EagleUser
 

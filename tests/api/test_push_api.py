@@ -12,9 +12,9 @@ from django.conf import settings
 from django.test import Client
 
 from ingestion import paths
+from ingestion.eagle.record_types import record_json_schema
 from ingestion.files import iter_records
 from ingestion.models import FetchState, Incident
-from ingestion.record_types import record_json_schema
 from ingestion.records import FailureClass
 from tests.factories import EagleUserFactory
 from tests.push_uploads import eagle200_json, fragment, json_item, truth, uploader_xml

@@ -17,6 +17,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from ingestion import paths, shipping
+from ingestion.eagle.simulator import FaultPlan, Simulator
 from ingestion.files import HourFileWriter
 from ingestion.leases import shard_of
 from ingestion.models import (
@@ -29,7 +30,6 @@ from ingestion.models import (
     Tick,
 )
 from ingestion.poller import DEMAND, Poller, latest_record, newest_logged, read_tail_records
-from ingestion.simulator import FaultPlan, Simulator
 from tests.polling import (
     START,
     create_users,

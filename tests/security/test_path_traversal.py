@@ -25,7 +25,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from ingestion import paths
-from ingestion.decoding import decode_payload
+from ingestion.eagle.decoders import decode_payload
 from ingestion.files import HourFileWriter
 from ingestion.models import HourFile, HourFileState
 from ingestion.records import FetchFailure, Reading

@@ -8,8 +8,8 @@ from django.contrib.admin.models import DELETION, LogEntry
 from django.test import Client
 
 from ingestion import paths
+from ingestion.eagle.simulator import Simulator
 from ingestion.models import FetchState, HourFile
-from ingestion.simulator import Simulator
 from tests.factories import EagleUserFactory
 from users.models import ConnectionType, EagleUser
 
