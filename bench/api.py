@@ -117,7 +117,7 @@ def prepare(day: datetime) -> tuple[str, list[str]]:
     from knox.models import AuthToken
 
     from ingestion import shipping
-    from ingestion.files import HourFileWriter
+    from ingestion.hourfiles import HourFileWriter
     from ingestion.models import HourFile, HourFileState
     from users.models import EagleUser
 

@@ -66,10 +66,10 @@ def cloud_id_of(n: int) -> str:
 
 def write_hour_files(hour: datetime) -> int:
     """FILES hour files of LINES_PER_FILE demand readings every 6 s; returns their total bytes."""
-    from ingestion import files, paths
+    from ingestion import hourfiles
     from ingestion.records import Reading, Source
 
-    directory = paths.hour_dir(hour)
+    directory = hourfiles.hour_dir(hour)
     directory.mkdir(parents=True)
     total = 0
     for n in range(FILES):
@@ -100,10 +100,10 @@ def write_hour_files(hour: datetime) -> int:
                 ).to_line()
             )
         data = b"".join(lines)
-        paths.local_path(cloud_id, hour).write_bytes(data)
+        hourfiles.local_path(cloud_id, hour).write_bytes(data)
         total += len(data)
     # Durable, as the poller's writer makes its files within seconds (HourFileWriter.sync).
-    files.sync_filesystem(directory)
+    hourfiles.sync_filesystem(directory)
     return total
 
 
@@ -208,7 +208,7 @@ def main() -> int:
             django.setup()
             from django.core.management import call_command
 
-            from ingestion import paths, shipping
+            from ingestion import hourfiles, shipping
             from ingestion.models import HourFile, HourFileState
             from users.models import EagleUser
 
@@ -225,7 +225,7 @@ def main() -> int:
                 f"in {time.perf_counter() - started:.1f} s"
             )
             cli_source = work / "cli"
-            link_copy(paths.hour_dir(hour), cli_source / paths.hour_label(hour))
+            link_copy(hourfiles.hour_dir(hour), cli_source / hourfiles.hour_label(hour))
 
             # The CLI runs before and after the rotation; their mean is the baseline, so a change
             # in the load of this shared machine during the run weighs on both sides alike.

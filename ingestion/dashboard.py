@@ -42,6 +42,7 @@ from django_q.models import Schedule, Task
 from redis.exceptions import RedisError
 
 from ingestion import retrieval, schedules
+from ingestion.hourfiles import HOUR, hour_floor
 from ingestion.models import (
     HourFile,
     HourFileState,
@@ -50,7 +51,6 @@ from ingestion.models import (
     Tick,
     hour_age_seconds,
 )
-from ingestion.paths import HOUR, hour_floor
 from ingestion.records import FailureClass
 from users.models import ConnectionType, EagleUser
 

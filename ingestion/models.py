@@ -161,7 +161,7 @@ class FetchState(models.Model):
         return f"fetch state of {self.user_id}"
 
     def clean(self) -> None:
-        from ingestion.record_types import RECORD_TYPES
+        from ingestion.eagle.record_types import RECORD_TYPES
 
         types = self.extra_record_types
         if not isinstance(types, list) or not all(isinstance(name, str) for name in types):

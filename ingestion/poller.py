@@ -59,9 +59,10 @@ from django.db.models import Count, Max
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from ingestion import files, paths
-from ingestion.files import HourFileWriter
-from ingestion.gateway import EagleClient, GatewayTarget
+from ingestion import hourfiles
+from ingestion.eagle.client import EagleClient, GatewayTarget
+from ingestion.eagle.record_types import RECORD_TYPES
+from ingestion.hourfiles import HourFileWriter
 from ingestion.leases import (
     WINDOW,
     Acquisition,
@@ -82,7 +83,6 @@ from ingestion.models import (
     PollLease,
     Tick,
 )
-from ingestion.record_types import RECORD_TYPES
 from ingestion.records import FailureClass, FetchFailure, Reading, iso_utc, parse_line
 from ingestion.reporting import redact
 from ingestion.schedules import POLL_SCHEDULE_PREFIX
@@ -196,12 +196,12 @@ def newest_logged(
     if not since:
         return newest
     earliest = _earliest(since.values())
-    for hour, directory in reversed(files.hour_dirs(root)):
+    for hour, directory in reversed(hourfiles.hour_dirs(root)):
         if earliest is not None and hour < earliest:
             break
         for entry in os.scandir(directory):
             try:
-                cloud_id, _, _ = paths.parse_file_name(entry.name)
+                cloud_id, _, _ = hourfiles.parse_file_name(entry.name)
             except ValueError:
                 continue
             if cloud_id not in since or entry.name.endswith(".gz"):
@@ -254,16 +254,16 @@ def latest_record(
     cloud_id: str, record_type: str = DEMAND, root: Path | None = None
 ) -> dict[str, Any] | None:
     """The newest record of a type in the user's newest local hour file (or its late parts)."""
-    paths.checked_cloud_id(cloud_id)
-    for hour, directory in reversed(files.hour_dirs(root)):
-        main = paths.local_path(cloud_id, hour, root=root)
-        if main.exists() and not paths.sealed_marker(main).exists():
+    hourfiles.checked_cloud_id(cloud_id)
+    for hour, directory in reversed(hourfiles.hour_dirs(root)):
+        main = hourfiles.local_path(cloud_id, hour, root=root)
+        if main.exists() and not hourfiles.sealed_marker(main).exists():
             # Late parts exist only beside a sealed or shipped hour: no need to list the
             # directory, which holds a file per user.
             names = [main]
         else:
             names = sorted(
-                directory.glob(f"iseif-rainforest-{cloud_id}-{paths.hour_label(hour)}*.jl")
+                directory.glob(f"iseif-rainforest-{cloud_id}-{hourfiles.hour_label(hour)}*.jl")
             )
         records = [
             record for name in names if (record := _newest_in_tail(name, record_type)) is not None
@@ -681,7 +681,7 @@ class Poller:
                 slot.auth_failures = failures if error_class == FailureClass.BAD_CREDENTIALS else 0
                 slot.next_attempt = next_attempt.timestamp() if next_attempt else None
                 oldest = min(slot.logged.values(), default=None)
-                since[slot.cloud_id] = paths.hour_of_timestamp(oldest) if oldest else None
+                since[slot.cloud_id] = hourfiles.hour_of_timestamp(oldest) if oldest else None
             for user_id, failure_class in Incident.objects.open_pairs(batch):
                 by_id[user_id].runs[FailureClass(failure_class)] = FailureRun(
                     first_seen=now, record_types=None, incident_open=True
@@ -1033,14 +1033,14 @@ class Poller:
                     hour=item.hour,
                     part=item.part,
                     local_path=str(item.path),
-                    key=paths.archive_key(item.cloud_id, item.hour, item.part, compressed),
+                    key=hourfiles.archive_key(item.cloud_id, item.hour, item.part, compressed),
                     compressed=compressed,
                     state=HourFileState.OPEN,
                     created_at=batch.now,
                 )
             )
         if batch.new_files:
-            oldest = paths.hour_floor(batch.now) - timedelta(hours=REGISTERED_HOURS_KEPT)
+            oldest = hourfiles.hour_floor(batch.now) - timedelta(hours=REGISTERED_HOURS_KEPT)
             self._registered = {key for key in self._registered if key[1] >= oldest}
 
     def _save(self, batch: _TickBatch, report: TickReport) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from ingestion.record_types import RECORD_TYPES
+from ingestion.eagle.record_types import RECORD_TYPES
 from ingestion.records import iso_local
 
 META_COLUMNS = ("cloud_id", "record_type", "meter_timestamp", "meter_time", "received_at", "source")

@@ -7,7 +7,7 @@ One run (`rotate()`):
 2. Ship, overlapping with registration: every due row (new, failed and past its backoff, or
    claimed by a run whose lease lapsed) is claimed with a conditional UPDATE of its lease
    (`claimed_until`), so two runs never ship one file at once. In a bounded thread pool, each
-   file is then sealed (`files.seal`: no writer appends to it again; later readings for the hour
+   file is then sealed (`hourfiles.seal`: no writer appends to it again; later readings for the hour
    go to the next late part), measured (size, SHA-256, line count, first and last reading;
    malformed lines are counted and shipped as they are), created in the archive only if the key
    is absent, and verified. The row is recorded verified (committed) and only then is the local
@@ -68,7 +68,7 @@ from django.db.models import Max, QuerySet
 from django.utils import timezone
 from storages.backends.s3 import S3Storage
 
-from ingestion import files, paths
+from ingestion import hourfiles
 from ingestion.models import HourFile, HourFileState, hour_age_seconds
 from ingestion.records import parse_line
 from users.models import EagleUser
@@ -277,7 +277,7 @@ class FileSystemArchive:
                     return None
             finally:
                 os.unlink(temp_name)
-            files.fsync_directory(target.parent)
+            hourfiles.fsync_directory(target.parent)
         except OSError as exc:
             raise ArchiveError(f"write {key}: {exc}") from exc
         return StoredObject(written, digest.hexdigest())
@@ -526,7 +526,7 @@ class Shipment:
 def ship_file(job: Job, archive: Archive, after_step: AfterStep = _no_hook) -> Shipment:
     """Seal, measure, create if absent and verify one file. Touches no database row."""
     try:
-        if not files.seal(job.path):
+        if not hourfiles.seal(job.path):
             return Shipment(job, Outcome.FAILED, error=f"local file {job.path} is missing")
         after_step(Step.SEALED, job.key)
         with prepared_body(job.path, job.compressed) as (body, stats):
@@ -624,24 +624,24 @@ class FoundFile:
 
 
 def _is_closed(hour: datetime, now: datetime) -> bool:
-    return hour + paths.HOUR + timedelta(seconds=settings.ROTATE_GRACE_SECONDS) <= now
+    return hour + hourfiles.HOUR + timedelta(seconds=settings.ROTATE_GRACE_SECONDS) <= now
 
 
 def _hour_dirs(only_hour: datetime | None) -> list[tuple[datetime, Path]]:
     """LOG_ROOT's hour directories, oldest first (names only: a few thousand at most)."""
     if only_hour is not None:
-        directory = paths.hour_dir(only_hour)
+        directory = hourfiles.hour_dir(only_hour)
         return [(only_hour, directory)] if directory.is_dir() else []
-    return files.hour_dirs()
+    return hourfiles.hour_dirs()
 
 
 def _found_files(hour: datetime, directory: Path, cloud_id: str | None) -> Iterator[FoundFile]:
     with os.scandir(directory) as entries:
         for entry in entries:
-            if entry.name.endswith(paths.SEALED_SUFFIX):
+            if entry.name.endswith(hourfiles.SEALED_SUFFIX):
                 continue
             try:
-                owner, file_hour, part = paths.parse_file_name(entry.name)
+                owner, file_hour, part = hourfiles.parse_file_name(entry.name)
             except ValueError:
                 continue
             if file_hour != hour or entry.name.endswith(".gz") or not entry.is_file():
@@ -691,7 +691,7 @@ def _new_row(found: FoundFile, user_pk: int | None, now: datetime) -> HourFile:
         hour=found.hour,
         part=found.part,
         local_path=str(found.path),
-        key=paths.archive_key(found.cloud_id, found.hour, found.part, compressed),
+        key=hourfiles.archive_key(found.cloud_id, found.hour, found.part, compressed),
         compressed=compressed,
         state=HourFileState.OPEN,
         created_at=now,
@@ -732,11 +732,11 @@ def register_files(
 
 def _reserve_part(cloud_id: str, hour: datetime, part: int) -> Path | None:
     """Claim late part `part` for a moved file: its sealed marker keeps writers off it."""
-    target = paths.local_path(cloud_id, hour, part)
+    target = hourfiles.local_path(cloud_id, hour, part)
     if target.exists():
         return None
     try:
-        fd = os.open(paths.sealed_marker(target), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(hourfiles.sealed_marker(target), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return None
     os.fsync(fd)
@@ -747,11 +747,11 @@ def _reserve_part(cloud_id: str, hour: datetime, part: int) -> Path | None:
 def relocate(path: Path, cloud_id: str, hour: datetime, part: int, now: datetime) -> int:
     """Move a file that reappeared under an already shipped name to a new late part of its hour,
     registered and sealed, so it ships under a key of its own. Returns the new part."""
-    files.seal(path)
+    hourfiles.seal(path)
     known = HourFile.objects.filter(cloud_id=cloud_id, hour=hour).aggregate(top=Max("part"))
     candidate = max(known["top"] or 0, part) + 1
     while True:
-        target = paths.local_path(cloud_id, hour, candidate)
+        target = hourfiles.local_path(cloud_id, hour, candidate)
         if target.exists() and os.path.samefile(path, target):
             break  # linked by a run that stopped before removing the old name
         if _reserve_part(cloud_id, hour, candidate) is not None:
@@ -762,7 +762,7 @@ def relocate(path: Path, cloud_id: str, hour: datetime, part: int, now: datetime
                 pass
         candidate += 1
     path.unlink()
-    files.fsync_directory(path.parent)
+    hourfiles.fsync_directory(path.parent)
     user_pk = EagleUser.objects.filter(cloud_id=cloud_id).values_list("pk", flat=True).first()
     row = _new_row(FoundFile(cloud_id, hour, candidate, target), user_pk, now)
     row.state, row.sealed_at = HourFileState.SEALED, now
@@ -811,7 +811,7 @@ def tidy_verified(
             continue
         try:
             # Sealed first: without its marker (cleaned up) a writer may be appending right now.
-            present = files.seal(path)
+            present = hourfiles.seal(path)
             differs = present and path.stat().st_size > 0 and sha256_of_file(path) != data_sha256
         except FileNotFoundError:
             present = differs = False  # the run that shipped it removed it meanwhile
@@ -1011,10 +1011,10 @@ def remove_old_dirs(now: datetime, only_hour: datetime | None, report: RotationR
     """Drop the sealed markers and the directory of hours long shipped (ROTATE_MARKER_RETENTION_HOURS)."""
     keep = timedelta(hours=settings.ROTATE_MARKER_RETENTION_HOURS)
     for hour, directory in _hour_dirs(only_hour):
-        if hour + paths.HOUR + keep > now:
+        if hour + hourfiles.HOUR + keep > now:
             break  # oldest first: every later directory is younger still
         with os.scandir(directory) as entries:
-            if any(not entry.name.endswith(paths.SEALED_SUFFIX) for entry in entries):
+            if any(not entry.name.endswith(hourfiles.SEALED_SUFFIX) for entry in entries):
                 continue  # a data file or something unknown: not ours to remove
         if (
             HourFile.objects.filter(hour=hour)
@@ -1024,7 +1024,7 @@ def remove_old_dirs(now: datetime, only_hour: datetime | None, report: RotationR
             continue
         with os.scandir(directory) as entries:
             for entry in entries:
-                if entry.name.endswith(paths.SEALED_SUFFIX):
+                if entry.name.endswith(hourfiles.SEALED_SUFFIX):
                     os.unlink(entry.path)
         try:
             directory.rmdir()
@@ -1052,8 +1052,8 @@ def rotate(
     to the pool at once, so the database work hides behind the uploads.
     """
     if cloud_id is not None:
-        paths.checked_cloud_id(cloud_id)
-    only_hour = paths.hour_floor(hour) if hour is not None else None
+        hourfiles.checked_cloud_id(cloud_id)
+    only_hour = hourfiles.hour_floor(hour) if hour is not None else None
     concurrency = concurrency or settings.ROTATE_CONCURRENCY
     now = timezone.now()
     report = RotationReport()
@@ -1137,7 +1137,7 @@ def _check_object(archive: Archive, key: str, size: int | None, sha256: str) -> 
 
 def _hour_of_key(key: str) -> datetime | None:
     try:
-        return paths.parse_file_name(key.rsplit("/", 1)[-1])[1]
+        return hourfiles.parse_file_name(key.rsplit("/", 1)[-1])[1]
     except ValueError:
         return None
 
@@ -1168,7 +1168,7 @@ def audit_archive(
         yield from _checked_page(pool, archive, page, report)
         on_page(report)
 
-    closed_before = timezone.now() - paths.HOUR
+    closed_before = timezone.now() - hourfiles.HOUR
     unverified = HourFile.objects.unshipped().filter(hour__lte=closed_before, **since_filter)
     for _, key, local_path, state in _pages(unverified, "key", "local_path", "state"):
         report.unverified_checked += 1
@@ -1282,8 +1282,8 @@ def plan_rotation(
 ) -> Iterator[PlannedFile]:
     """What `rotate()` would ship now, changing nothing."""
     if cloud_id is not None:
-        paths.checked_cloud_id(cloud_id)
-    only_hour = paths.hour_floor(hour) if hour is not None else None
+        hourfiles.checked_cloud_id(cloud_id)
+    only_hour = hourfiles.hour_floor(hour) if hour is not None else None
     now = timezone.now()
     compressed = settings.ARCHIVE_COMPRESS == "gzip"
     for batch in _closed_files(now, only_hour, cloud_id):
@@ -1299,7 +1299,7 @@ def plan_rotation(
             key = (
                 row.key
                 if row
-                else paths.archive_key(found.cloud_id, found.hour, found.part, compressed)
+                else hourfiles.archive_key(found.cloud_id, found.hour, found.part, compressed)
             )
             yield PlannedFile(key, found.path, size, row.state if row else "new")
     # Every due file still on disk was listed by the scan above; these cannot be shipped.

@@ -28,7 +28,7 @@ from django_q.admin import ScheduleAdmin
 from django_q.models import Schedule
 
 from ingestion import dashboard, readings_csv, retrieval, shipping
-from ingestion.gateway import fetch_now
+from ingestion.eagle.client import fetch_now
 from ingestion.records import FetchFailure, iso_utc
 from users.credentials import check_credentials
 from users.models import EagleUser

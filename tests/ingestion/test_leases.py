@@ -8,6 +8,7 @@ import pytest
 import time_machine
 from django.db import connection
 
+from ingestion.eagle.simulator import Simulator
 from ingestion.leases import (
     FOREGROUND,
     WINDOW,
@@ -19,7 +20,6 @@ from ingestion.leases import (
 )
 from ingestion.models import PollLease, Tick
 from ingestion.poller import run_window
-from ingestion.simulator import Simulator
 from tests.polling import create_users, duplicates, logged_keys
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

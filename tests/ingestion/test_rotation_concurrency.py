@@ -7,7 +7,7 @@ import pytest
 import time_machine
 from django.db import connection
 
-from ingestion import paths, shipping
+from ingestion import hourfiles, shipping
 from ingestion.models import HourFile, HourFileState
 from tests.hour_files import demand_readings, write
 
@@ -55,7 +55,7 @@ def test_concurrent_rotations_claim_each_file_once(settings, s3_archive, s3_clie
 
     assert len(reports) == 2 and all(report.ok for report in reports)
     assert overlaps == []
-    assert sorted(claims) == sorted(paths.archive_key(c, HOUR) for c in users)
+    assert sorted(claims) == sorted(hourfiles.archive_key(c, HOUR) for c in users)
     assert sum(report.shipped for report in reports) == len(users)
     listed = s3_client.list_objects_v2(Bucket=s3_archive)["Contents"]
     assert len(listed) == len(users)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import time_machine
 
-from ingestion import paths, shipping
+from ingestion import hourfiles, shipping
 from ingestion.models import HourFile, HourFileState
 from tests.hour_files import demand_readings, write
 
@@ -67,7 +67,7 @@ def test_a_run_killed_after_any_step_is_finished_by_the_next(settings, archive_b
     originals = {}
     for cloud_id in USERS:
         write(demand_readings(cloud_id, HOUR, 50))
-        originals[cloud_id] = paths.local_path(cloud_id, HOUR).read_bytes()
+        originals[cloud_id] = hourfiles.local_path(cloud_id, HOUR).read_bytes()
 
     with time_machine.travel(AFTER_CLOSE, tick=False), pytest.raises(SimulatedCrash):
         shipping.rotate(after_step=crash_after(step, "002738"))
@@ -80,15 +80,16 @@ def test_a_run_killed_after_any_step_is_finished_by_the_next(settings, archive_b
 
     stored = archive_bytes()
     assert sorted(stored) == sorted(
-        paths.archive_key(c, HOUR, compressed=settings.ARCHIVE_COMPRESS == "gzip") for c in USERS
+        hourfiles.archive_key(c, HOUR, compressed=settings.ARCHIVE_COMPRESS == "gzip")
+        for c in USERS
     )
     for cloud_id in USERS:
         row = HourFile.objects.get(cloud_id=cloud_id)
         assert stored[row.key] == originals[cloud_id]
         assert row.state == HourFileState.VERIFIED
         assert row.local_deleted_at is not None and row.claimed_until is None
-        assert not paths.local_path(cloud_id, HOUR).exists()
-        assert paths.sealed_marker(paths.local_path(cloud_id, HOUR)).exists()
+        assert not hourfiles.local_path(cloud_id, HOUR).exists()
+        assert hourfiles.sealed_marker(hourfiles.local_path(cloud_id, HOUR)).exists()
 
 
 def test_a_run_that_dies_while_holding_a_lease_blocks_nobody_after_it_lapses(

@@ -11,7 +11,7 @@ import pytest
 import time_machine
 
 from ingestion import shipping
-from ingestion.files import HourFileWriter
+from ingestion.hourfiles import HourFileWriter
 from tests.hour_files import demand_readings
 
 USERS = ("0001", "0002", "0003")

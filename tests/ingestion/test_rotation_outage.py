@@ -9,7 +9,7 @@ import time_machine
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
-from ingestion import paths, shipping
+from ingestion import hourfiles, shipping
 from ingestion.models import HourFile, HourFileState
 from tests.hour_files import demand_readings, write
 
@@ -67,7 +67,7 @@ def test_an_unreachable_archive_fails_files_with_the_reason_and_keeps_them(setti
         assert "Could not connect" in row.last_error
         assert row.attempts == 1
         assert row.next_attempt_at == AFTER_CLOSE + timedelta(seconds=60)
-        assert paths.local_path(row.cloud_id, HOUR).exists()
+        assert hourfiles.local_path(row.cloud_id, HOUR).exists()
 
 
 def test_failed_files_back_off_and_are_never_removed_however_often_they_fail(settings) -> None:  # type: ignore[no-untyped-def]
@@ -86,7 +86,7 @@ def test_failed_files_back_off_and_are_never_removed_however_often_they_fail(set
         moment = row.next_attempt_at
     assert delays == [60, 120, 240, 480, 600, 600, 600]
     assert HourFile.objects.get().attempts == 7
-    assert paths.local_path("0001", HOUR).exists()
+    assert hourfiles.local_path("0001", HOUR).exists()
 
 
 def test_an_outage_in_the_middle_of_a_run_is_recovered_by_a_later_run(settings, own_s3) -> None:  # type: ignore[no-untyped-def]
@@ -96,7 +96,9 @@ def test_an_outage_in_the_middle_of_a_run_is_recovered_by_a_later_run(settings, 
     for n in range(12):
         cloud_id = f"{n:04x}"
         write(demand_readings(cloud_id, HOUR, 20))
-        originals[paths.archive_key(cloud_id, HOUR)] = paths.local_path(cloud_id, HOUR).read_bytes()
+        originals[hourfiles.archive_key(cloud_id, HOUR)] = hourfiles.local_path(
+            cloud_id, HOUR
+        ).read_bytes()
     point_archive_at(settings, f"http://127.0.0.1:{port}")
     uploads = []
 
@@ -112,9 +114,9 @@ def test_an_outage_in_the_middle_of_a_run_is_recovered_by_a_later_run(settings, 
     assert report.failed > 0 and report.shipped >= 3
     assert report.shipped + report.failed == 12
     for row in HourFile.objects.filter(state=HourFileState.FAILED):
-        assert row.last_error and paths.local_path(row.cloud_id, HOUR).exists()
+        assert row.last_error and hourfiles.local_path(row.cloud_id, HOUR).exists()
     for row in HourFile.objects.filter(state=HourFileState.VERIFIED):
-        assert not paths.local_path(row.cloud_id, HOUR).exists()
+        assert not hourfiles.local_path(row.cloud_id, HOUR).exists()
 
     # S3 is back on the same address; the next run after the backoff ships the rest.
     revived = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

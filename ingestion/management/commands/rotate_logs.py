@@ -9,13 +9,13 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from ingestion import paths, shipping
+from ingestion import hourfiles, shipping
 from rainlog.stopping import StopRequest
 
 
 def parse_hour(value: str) -> datetime:
     try:
-        return paths.parse_hour_label(value)
+        return hourfiles.parse_hour_label(value)
     except ValueError:
         raise CommandError(f"--hour {value!r}: give a UTC hour as YYYY-MM-DD-HH") from None
 
@@ -49,7 +49,7 @@ class Command(BaseCommand):
         cloud_id = options["user"]
         if cloud_id is not None:
             try:
-                paths.checked_cloud_id(cloud_id)
+                hourfiles.checked_cloud_id(cloud_id)
             except ValueError as exc:
                 raise CommandError(f"--user: {exc}") from None
         if options["dry_run"]:

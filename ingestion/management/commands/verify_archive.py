@@ -7,13 +7,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ingestion import paths, shipping
+from ingestion import hourfiles, shipping
 
 
 def parse_since(value: str) -> datetime:
     """A UTC hour (YYYY-MM-DD-HH), a day (YYYY-MM-DD) or an ISO 8601 time (UTC if naive)."""
     try:
-        return paths.parse_hour_label(value)
+        return hourfiles.parse_hour_label(value)
     except ValueError:
         pass
     try:
