@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import Http404
-from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -22,7 +20,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.schema import FIELD_ERRORS, READ_ERRORS, error
+from api.exceptions import Problem, get_or_404, no_such
+from api.schema import FIELD_ERRORS, UNAUTHENTICATED, error
 from ingestion.eagle.client import fetch_now
 from ingestion.eagle.record_types import RECORD_TYPES
 from ingestion.poller import latest_record
@@ -60,12 +59,14 @@ class EventView(APIView):
                 description="{cloud_id, source (log or gateway), age_seconds, reading}",
             ),
             400: FIELD_ERRORS,
-            **READ_ERRORS,
-            409: error("A push user: its gateway sends readings, it is never fetched."),
-            502: OpenApiResponse(
-                OpenApiTypes.OBJECT,
-                description="The EAGLE gave no reading: {cloud_id, source, failure: "
-                "{failure_class, label, message, http_status}}",
+            401: UNAUTHENTICATED,
+            404: error("No such user (code not_found), or no reading of it on disk (no_reading)."),
+            409: error(
+                "A push user (code push_user): its gateway sends readings, it is never fetched."
+            ),
+            502: error(
+                "The EAGLE gave no reading (code fetch_failed); the problem adds cloud_id, "
+                "source, fetched_at and failure: {failure_class, label, message, http_status}."
             ),
         },
     )
@@ -77,15 +78,16 @@ class EventView(APIView):
         if fresh not in TRUE_VALUES | FALSE_VALUES:
             raise ValidationError({"fresh": ["Use 1 or 0."]})
         if fresh in TRUE_VALUES:
-            return self.fetched(get_object_or_404(EagleUser, cloud_id=cloud_id), record_type)
+            return self.fetched(get_or_404(EagleUser, "cloud_id", cloud_id), record_type)
         # Dashboards ask for this many times a second: one narrow query, not the whole user.
         if not EagleUser.objects.filter(cloud_id=cloud_id).values_list("pk").exists():
-            raise Http404
+            raise no_such(EagleUser, "cloud_id", cloud_id)
         record = latest_record(cloud_id, record_type)
         if record is None:
-            return Response(
-                {"detail": f"No {record_type} reading of {cloud_id} is on local disk."},
-                status=status.HTTP_404_NOT_FOUND,
+            raise Problem(
+                status.HTTP_404_NOT_FOUND,
+                f"No {record_type} reading of {cloud_id} is on local disk.",
+                "no_reading",
             )
         return Response(
             {
@@ -98,25 +100,26 @@ class EventView(APIView):
 
     def fetched(self, user: EagleUser, record_type: str) -> Response:
         if user.connection_type == ConnectionType.PUSH:
-            return Response(
-                {"detail": f"{user.cloud_id} pushes its readings: there is nothing to fetch."},
-                status=status.HTTP_409_CONFLICT,
+            raise Problem(
+                status.HTTP_409_CONFLICT,
+                f"{user.cloud_id} pushes its readings: there is nothing to fetch.",
+                "push_user",
             )
         result = fetch_now(user, record_type)
         if isinstance(result, FetchFailure):
-            return Response(
-                {
-                    "cloud_id": user.cloud_id,
-                    "source": "gateway",
-                    "fetched_at": iso_utc(timezone.now()),
-                    "failure": {
-                        "failure_class": result.failure_class.value,
-                        "label": result.failure_class.label,
-                        "message": result.message,
-                        "http_status": result.http_status,
-                    },
+            raise Problem(
+                status.HTTP_502_BAD_GATEWAY,
+                f"The EAGLE of {user.cloud_id} gave no reading: {result.failure_class.label}.",
+                "fetch_failed",
+                cloud_id=user.cloud_id,
+                source="gateway",
+                fetched_at=iso_utc(timezone.now()),
+                failure={
+                    "failure_class": result.failure_class.value,
+                    "label": result.failure_class.label,
+                    "message": result.message,
+                    "http_status": result.http_status,
                 },
-                status=status.HTTP_502_BAD_GATEWAY,
             )
         record = result.to_record()
         return Response(

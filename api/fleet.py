@@ -18,7 +18,6 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 from django.http import StreamingHttpResponse
-from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django_filters import rest_framework as filters
 from django_filters.fields import IsoDateTimeField
@@ -30,13 +29,14 @@ from drf_spectacular.utils import (
     extend_schema_field,
 )
 from rest_framework import generics, serializers, status
-from rest_framework.exceptions import APIException, ParseError
+from rest_framework.exceptions import APIException
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.readings import JSONErrorsMixin, ServiceUnavailable
+from api.exceptions import get_or_404
+from api.readings import ServiceUnavailable
 from api.schema import FIELD_ERRORS, FORBIDDEN, READ_ERRORS, UNAUTHENTICATED, error
 from ingestion import dashboard, retrieval
 from ingestion.models import (
@@ -170,10 +170,10 @@ def parse_flag(name: str, raw: str | None) -> bool:
         return True
     if value in FALSE_VALUES:
         return False
-    raise ParseError(f"{name}: use 1 or 0 (true/false).")
+    raise serializers.ValidationError({name: ["Use 1 or 0 (true or false)."]})
 
 
-class HourFileDownloadView(JSONErrorsMixin, APIView):
+class HourFileDownloadView(APIView):
     renderer_classes = [JSONRenderer, PassthroughRenderer]
 
     @extend_schema(
@@ -206,7 +206,7 @@ class HourFileDownloadView(JSONErrorsMixin, APIView):
         },
     )
     def get(self, request: Request, pk: int) -> Any:
-        hour_file = get_object_or_404(HourFile, pk=pk)
+        hour_file = get_or_404(HourFile, "pk", pk)
         try:
             if parse_flag("presigned", request.query_params.get("presigned")):
                 url, expires_at = retrieval.presigned_url(hour_file)
@@ -416,7 +416,7 @@ class IncidentResolveView(APIView):
     def post(self, request: Request, pk: int) -> Response:
         body = ResolveSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        incident = get_object_or_404(Incident, pk=pk)
+        incident = get_or_404(Incident, "pk", pk)
         resolution = body.validated_data.get("resolution", "")
         if not Incident.objects.filter(pk=incident.pk).resolve(request.user, resolution):
             raise Conflict(f"Incident {incident.pk} is already resolved.")

@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from ingestion import shipping
 from ingestion.models import HourFile, HourFileState
@@ -97,7 +97,7 @@ def _authorised(request: HttpRequest) -> bool:
 
 
 @never_cache
-@require_GET
+@require_safe
 def metrics(request: HttpRequest) -> HttpResponse:
     if not _authorised(request):
         return HttpResponse("Unauthorised\n", status=401, content_type="text/plain")

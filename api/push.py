@@ -10,7 +10,8 @@ the writing is done by a django-q2 worker, so the gateway gets its answer quickl
 - 401 no push token; 403 not this user's push token; 404 no such user; 409 the user is not in
   push mode, or is suspended.
 
-Every answer is JSON with `status` and a `detail` saying what was accepted or why not. A refused
+An acceptance is JSON with `status` "accepted" and a `detail` saying what was accepted; a refusal
+is a problem document (docs/api.md, "Errors") with code `push_rejected` and a `detail` saying why. A refused
 push writes nothing. The logic is in ingestion.push.
 """
 
@@ -28,6 +29,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api.exceptions import Problem
 from api.schema import error
 from ingestion import push
 
@@ -89,18 +91,18 @@ class PushView(APIView):
             declared = 0
         limit = settings.PUSH_MAX_BODY_BYTES
         if declared > limit:
-            return rejected(413, f"the body is larger than {limit} bytes")
+            raise rejected(413, f"the body is larger than {limit} bytes")
         token = push.token_from_headers(request.headers)
         try:
             # One byte over the limit tells an oversized body without reading all of it.
             accepted = push.accept_push(cloud_id, token, request.read(limit + 1), received_at)
         except push.PushRejectedError as rejection:
-            return rejected(rejection.status, rejection.message)
+            raise rejected(rejection.status, rejection.message) from None
         return Response(accepted.describe(), status=202)
 
 
-def rejected(status: int, detail: str) -> Response:
-    response = Response({"status": "rejected", "detail": detail}, status=status)
+def rejected(status: int, detail: str) -> Problem:
+    problem = Problem(status, detail, "push_rejected")
     if status == 401:
-        response["WWW-Authenticate"] = 'Bearer realm="rainlog push"'
-    return response
+        problem.auth_header = 'Bearer realm="rainlog push"'  # type: ignore[attr-defined]
+    return problem

@@ -1,6 +1,6 @@
 """A user's readings over a time range, their aggregates and their coverage.
 
-GET /api/users/{cloud_id}/readings?start=&end=              JSON lines (default), CSV or paged JSON
+GET /api/users/{cloud_id}/readings?start=&end=              paged JSON (default), JSON lines or CSV
 GET /api/users/{cloud_id}/readings/aggregate?start=&end=&interval=1m|15m|1h|1d
 GET /api/users/{cloud_id}/coverage?start=&end=&gap=
 
@@ -22,11 +22,11 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-from django.http import Http404, StreamingHttpResponse
+from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.exceptions import APIException, NotFound, ParseError
+from rest_framework.exceptions import APIException, NotFound
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -70,24 +70,6 @@ class CSVRenderer(BaseRenderer):
 
     def render(self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None):  # type: ignore[no-untyped-def]
         return orjson.dumps(data)
-
-
-class JSONErrorsMixin:
-    """Errors are JSON whatever format was asked for: a CSV or JSON-lines error body helps no one."""
-
-    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
-        try:
-            return super().perform_content_negotiation(request, force)  # type: ignore[misc]
-        except Http404:
-            # DRF answers an unknown ?format= with 404, which reads as "no such user".
-            formats = ", ".join(r.format for r in self.get_renderers())  # type: ignore[attr-defined]
-            raise ParseError(f"format: use one of {formats}.") from None
-
-    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(response, Response) and response.status_code >= 400:
-            request.accepted_renderer = JSONRenderer()
-            request.accepted_media_type = JSONRenderer.media_type
-        return super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
 
 
 # --- Query parameters ---------------------------------------------------------------------------
@@ -167,22 +149,9 @@ class RangeQuerySerializer(serializers.Serializer[Any]):
         return attrs
 
 
-def _messages(errors: Any) -> Iterator[str]:
-    if isinstance(errors, dict):
-        for name, value in errors.items():
-            for message in _messages(value):
-                yield message if name == api_settings.NON_FIELD_ERRORS_KEY else f"{name}: {message}"
-    elif isinstance(errors, list):
-        for value in errors:
-            yield from _messages(value)
-    else:
-        yield str(errors)
-
-
 def parse_query(serializer: serializers.Serializer[Any]) -> dict[str, Any]:
-    """The validated query, or 400 with every problem in one `detail` sentence."""
-    if not serializer.is_valid():
-        raise ParseError(" ".join(_messages(serializer.errors)))
+    """The validated query, or a 400 problem listing every value that does not validate."""
+    serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)
 
 
@@ -201,8 +170,8 @@ class ReadingsQuerySerializer(RangeQuerySerializer):
     format = serializers.ChoiceField(
         choices=["jsonl", "csv", "json"],
         required=False,
-        help_text="jsonl (default), csv, or json (paged, ranges up to one day). The Accept "
-        "header works too: application/x-ndjson, text/csv, application/json.",
+        help_text="json (the default: paged, ranges up to one day), jsonl or csv (streamed, any "
+        "range). The Accept header works too: application/json, application/x-ndjson, text/csv.",
     )
     page = serializers.IntegerField(
         required=False, min_value=1, help_text="Page number of the json form."
@@ -285,8 +254,8 @@ class ReadingSerializer(serializers.Serializer[Any]):
     received_at_local = serializers.CharField(required=False, help_text="With `tz`.")
 
 
-class UserReadingsView(JSONErrorsMixin, APIView):
-    renderer_classes = [JSONLinesRenderer, CSVRenderer, JSONRenderer]
+class UserReadingsView(APIView):
+    renderer_classes = [JSONRenderer, JSONLinesRenderer, CSVRenderer]
 
     @extend_schema(
         operation_id="user_readings",
@@ -300,6 +269,15 @@ class UserReadingsView(JSONErrorsMixin, APIView):
         ),
         parameters=[ReadingsQuerySerializer],
         responses={
+            (200, "application/json"): inline_serializer(
+                "PaginatedReadingList",
+                {
+                    "count": serializers.IntegerField(),
+                    "next": serializers.URLField(allow_null=True),
+                    "previous": serializers.URLField(allow_null=True),
+                    "results": ReadingSerializer(many=True),
+                },
+            ),
             (200, "application/x-ndjson"): OpenApiResponse(
                 OpenApiTypes.STR,
                 description="One Reading object per line.",
@@ -310,15 +288,6 @@ class UserReadingsView(JSONErrorsMixin, APIView):
                 description="A header row, then one reading per row, in the one CSV layout "
                 "of docs/record-format.md (the same columns whatever `tz`); with `tz`, times "
                 "carry that zone's offset.",
-            ),
-            (200, "application/json"): inline_serializer(
-                "PaginatedReadingList",
-                {
-                    "count": serializers.IntegerField(),
-                    "next": serializers.URLField(allow_null=True),
-                    "previous": serializers.URLField(allow_null=True),
-                    "results": ReadingSerializer(many=True),
-                },
             ),
             400: error(
                 "Bad time, zone or format, end not after start, or a range too long "

@@ -1,57 +1,73 @@
-from django.urls import path, re_path
+"""The API's routes. Every route answers with and without its trailing slash, the same way (no
+redirect, which would lose a POST's body); the schema and the docs list the form named here.
+Any other path under /api/ answers a 404 problem document, never an HTML page."""
+
+from collections.abc import Callable
+from typing import Any
+
+from django.urls import URLPattern, path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from api import events, fleet, push, readings
 from api.auth import ObtainTokenView, RevokeAllTokensView, RevokeTokenView
+from api.exceptions import unknown_route
 from api.users import user_detail, user_list
 
+
+class CloudIdConverter:
+    regex = "[0-9A-Fa-f]{1,32}"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(CloudIdConverter, "cloud_id")
+
 app_name = "api"
-CLOUD_ID = "[0-9A-Fa-f]{1,32}"
+
+
+def route(pattern: str, view: Callable[..., Any], name: str) -> list[URLPattern]:
+    """`pattern` under `name`, and the same pattern with its trailing slash added or removed."""
+    other = pattern.removesuffix("/") if pattern.endswith("/") else f"{pattern}/"
+    return [path(pattern, view, name=name), path(other, view)]
+
 
 urlpatterns = [
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
-    path("schema/redoc/", SpectacularRedocView.as_view(url_name="api:schema"), name="redoc"),
-    path("auth/token/", ObtainTokenView.as_view(), name="token"),
-    path("auth/logout/", RevokeTokenView.as_view(), name="logout"),
-    path("auth/logout-all/", RevokeAllTokensView.as_view(), name="logout-all"),
-    # A user's readings, aggregates and coverage (api/readings.py), before the users routes.
-    re_path(
-        rf"^users/(?P<cloud_id>{CLOUD_ID})/readings$",
-        readings.UserReadingsView.as_view(),
-        name="user-readings",
+    *route("schema/", SpectacularAPIView.as_view(), "schema"),
+    *route("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), "swagger"),
+    *route("schema/redoc/", SpectacularRedocView.as_view(url_name="api:schema"), "redoc"),
+    *route("auth/token/", ObtainTokenView.as_view(), "token"),
+    *route("auth/logout/", RevokeTokenView.as_view(), "logout"),
+    *route("auth/logout-all/", RevokeAllTokensView.as_view(), "logout-all"),
+    # A user's readings, aggregates and coverage (api/readings.py).
+    *route(
+        "users/<cloud_id:cloud_id>/readings", readings.UserReadingsView.as_view(), "user-readings"
     ),
-    re_path(
-        rf"^users/(?P<cloud_id>{CLOUD_ID})/readings/aggregate$",
+    *route(
+        "users/<cloud_id:cloud_id>/readings/aggregate",
         readings.UserAggregateView.as_view(),
-        name="user-readings-aggregate",
+        "user-readings-aggregate",
     ),
-    re_path(
-        rf"^users/(?P<cloud_id>{CLOUD_ID})/coverage$",
-        readings.UserCoverageView.as_view(),
-        name="user-coverage",
+    *route(
+        "users/<cloud_id:cloud_id>/coverage", readings.UserCoverageView.as_view(), "user-coverage"
     ),
     # Hour files, fleet status and incidents (api/fleet.py).
-    path("logfiles/", fleet.HourFileListView.as_view(), name="logfiles"),
-    path("logfiles/<int:pk>/", fleet.HourFileDetailView.as_view(), name="logfile"),
-    path(
-        "logfiles/<int:pk>/download",
-        fleet.HourFileDownloadView.as_view(),
-        name="logfile-download",
-    ),
-    path("status/", fleet.FleetStatusView.as_view(), name="status"),
-    path("incidents/", fleet.IncidentListView.as_view(), name="incidents"),
-    path("incidents/<int:pk>/", fleet.IncidentDetailView.as_view(), name="incident"),
-    path(
-        "incidents/<int:pk>/resolve",
-        fleet.IncidentResolveView.as_view(),
-        name="incident-resolve",
-    ),
+    *route("logfiles/", fleet.HourFileListView.as_view(), "logfiles"),
+    *route("logfiles/<int:pk>/", fleet.HourFileDetailView.as_view(), "logfile"),
+    *route("logfiles/<int:pk>/download", fleet.HourFileDownloadView.as_view(), "logfile-download"),
+    *route("status/", fleet.FleetStatusView.as_view(), "status"),
+    *route("incidents/", fleet.IncidentListView.as_view(), "incidents"),
+    *route("incidents/<int:pk>/", fleet.IncidentDetailView.as_view(), "incident"),
+    *route("incidents/<int:pk>/resolve", fleet.IncidentResolveView.as_view(), "incident-resolve"),
     # The seed's route: a user's latest reading, logged or ?fresh=1 from the gateway (api/events.py).
-    re_path(rf"^event/(?P<cloud_id>{CLOUD_ID})/?$", events.EventView.as_view(), name="event"),
+    *route("event/<cloud_id:cloud_id>", events.EventView.as_view(), "event"),
     # Gateways in uploader mode (api/push.py): any cloud_id reaches the view, which answers in JSON.
-    re_path(r"^push/(?P<cloud_id>[^/]+)/?$", push.PushView.as_view(), name="push"),
-    # The seed's clients call /api/users/002738 without a trailing slash: both forms work.
-    re_path(r"^users/?$", user_list, name="users"),
-    re_path(r"^users/(?P<cloud_id>[^/]+)/?$", user_detail, name="user"),
+    *route("push/<str:cloud_id>", push.PushView.as_view(), "push"),
+    # The seed's routes; any cloud_id reaches the view, so that a malformed one is a 400.
+    *route("users/", user_list, "users"),
+    *route("users/<str:cloud_id>", user_detail, "user"),
+    re_path(r"^.*$", unknown_route, name="unknown"),
 ]

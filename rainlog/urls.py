@@ -5,6 +5,8 @@ from api.health import healthz
 from api.metrics import metrics
 from ingestion.views import playground
 
+handler500 = "api.exceptions.server_error"
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("metrics", metrics, name="metrics"),

@@ -330,7 +330,7 @@ def test_a_hostile_push_gets_a_json_refusal_and_writes_no_reading(
     answer = response.json()
     assert answer["detail"]
     if response.status_code != 202:
-        assert answer["status"] == "rejected"
+        assert answer["code"] == "push_rejected"
         assert nothing_logged()
 
 
@@ -363,7 +363,7 @@ def test_bombs_in_a_push_are_refused_without_a_server_error(push_token: str, bod
     response = push(body, push_token)
 
     assert response.status_code in REFUSALS, response.content
-    assert response.json()["status"] == "rejected"
+    assert response.json()["code"] == "push_rejected"
     assert nothing_logged()
 
 
