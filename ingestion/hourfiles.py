@@ -40,6 +40,8 @@ HOUR = timedelta(hours=1)
 HOUR_FORMAT = "%Y-%m-%d-%H"
 SEALED_SUFFIX = ".sealed"
 _CLOUD_ID = re.compile(r"^[0-9A-Fa-f]{1,32}\Z")
+# Enough of a file's end to hold the lines of the last ticks, whatever the record types.
+TAIL_BYTES = 16 * 1024
 FILE_NAME = re.compile(
     r"^iseif-rainforest-(?P<cloud_id>[0-9A-Fa-f]{1,32})-(?P<hour>\d{4}-\d{2}-\d{2}-\d{2})"
     r"(?:\.late-(?P<part>[1-9]\d*))?\.jl(?P<gz>\.gz)?\Z"
@@ -355,3 +357,26 @@ def iter_records(
                 logger.warning("%s:%d: malformed record skipped: %s", path, line_number, exc)
                 if malformed is not None:
                     malformed.append(MalformedLine(path, line_number, str(exc)))
+
+
+def read_tail_records(path: Path | str, max_bytes: int = TAIL_BYTES) -> list[dict[str, Any]]:
+    """The whole records among the last `max_bytes` of an hour file, in file order.
+
+    A torn or malformed line (a crash mid-write) is skipped: it never hides the lines around it.
+    """
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        start = max(0, size - max_bytes)
+        handle.seek(start)
+        data = handle.read()
+    lines = data.split(b"\n")
+    if start > 0:
+        lines = lines[1:]
+    records = []
+    for line in lines:
+        if line.strip():
+            try:
+                records.append(parse_line(line))
+            except ValueError:
+                continue
+    return records
