@@ -465,7 +465,7 @@ ERROR_REPORT_LOOKBACK_HOURS = env_int("ERROR_REPORT_LOOKBACK_HOURS", 24, minimum
 # /dev/playground (staff only) is served when DEBUG is on, and in production only when enabled.
 PLAYGROUND_ENABLED = env_bool("PLAYGROUND_ENABLED", DEBUG)
 
-# Households whose readings estimate the fleet's demand curve on the dashboard (see dashboard.py).
+# Households whose readings estimate the fleet's demand curve on the dashboard (see ingestion/console/dashboard.py).
 CONSOLE_DEMAND_SAMPLE = env_int("CONSOLE_DEMAND_SAMPLE", 20, minimum=1)
 
 # --- Monitoring --------------------------------------------------------------------------------
