@@ -254,7 +254,7 @@ def latest_record(
     cloud_id: str, record_type: str = DEMAND, root: Path | None = None
 ) -> dict[str, Any] | None:
     """The newest record of a type in the user's newest local hour file (or its late parts)."""
-    paths.checked_cloud_id(cloud_id)
+    cloud_id = paths.checked_cloud_id(cloud_id)
     for hour, directory in reversed(files.hour_dirs(root)):
         main = paths.local_path(cloud_id, hour, root=root)
         if main.exists() and not paths.sealed_marker(main).exists():

@@ -1052,7 +1052,7 @@ def rotate(
     to the pool at once, so the database work hides behind the uploads.
     """
     if cloud_id is not None:
-        paths.checked_cloud_id(cloud_id)
+        cloud_id = paths.checked_cloud_id(cloud_id)
     only_hour = paths.hour_floor(hour) if hour is not None else None
     concurrency = concurrency or settings.ROTATE_CONCURRENCY
     now = timezone.now()
@@ -1282,7 +1282,7 @@ def plan_rotation(
 ) -> Iterator[PlannedFile]:
     """What `rotate()` would ship now, changing nothing."""
     if cloud_id is not None:
-        paths.checked_cloud_id(cloud_id)
+        cloud_id = paths.checked_cloud_id(cloud_id)
     only_hour = paths.hour_floor(hour) if hour is not None else None
     now = timezone.now()
     compressed = settings.ARCHIVE_COMPRESS == "gzip"

@@ -49,7 +49,7 @@ class Command(BaseCommand):
         cloud_id = options["user"]
         if cloud_id is not None:
             try:
-                paths.checked_cloud_id(cloud_id)
+                cloud_id = paths.checked_cloud_id(cloud_id)
             except ValueError as exc:
                 raise CommandError(f"--user: {exc}") from None
         if options["dry_run"]:
