@@ -32,7 +32,7 @@ from django.db.models import F
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from ingestion import paths
+from ingestion import hourfiles
 
 NAME_PREFIX = "iseif-rainforest-"
 VERIFIED = "verified"
@@ -57,7 +57,9 @@ def _local_files(root: Path) -> dict[str, list[Path]]:
             continue
         for path in directory.glob(f"{NAME_PREFIX}*"):
             try:
-                cloud_id, _, _ = paths.parse_file_name(path.name.removesuffix(paths.SEALED_SUFFIX))
+                cloud_id, _, _ = hourfiles.parse_file_name(
+                    path.name.removesuffix(hourfiles.SEALED_SUFFIX)
+                )
             except ValueError:
                 continue
             found[cloud_id].append(path)
@@ -163,7 +165,7 @@ def _rename_rows(hour_file_model: Any, pks: list[int], old: str, new: str) -> in
                 path.with_name(NAME_PREFIX + new + path.name.removeprefix(NAME_PREFIX + old))
             )
         if row.state != VERIFIED:
-            row.key = paths.archive_key(new, row.hour, row.part, row.compressed)
+            row.key = hourfiles.archive_key(new, row.hour, row.part, row.compressed)
     hour_file_model.objects.bulk_update(rows, ["cloud_id", "local_path", "key"])
     return len(rows)
 

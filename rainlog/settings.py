@@ -390,7 +390,7 @@ ERROR_REPORT_LOOKBACK_HOURS = env_int("ERROR_REPORT_LOOKBACK_HOURS", 24, minimum
 
 # --- Admin console -----------------------------------------------------------------------------
 
-# Households whose readings estimate the fleet's demand curve on the dashboard (see dashboard.py).
+# Households whose readings estimate the fleet's demand curve on the dashboard (see ingestion/console/dashboard.py).
 CONSOLE_DEMAND_SAMPLE = env_int("CONSOLE_DEMAND_SAMPLE", 20, minimum=1)
 
 # --- Monitoring --------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 
-from ingestion import paths
+from ingestion import hourfiles
 from ingestion.case_duplicates import fold_case_variants
 from ingestion.models import HourFile
 from tests.api.test_users_api import client_with_token
@@ -113,7 +113,7 @@ def test_a_push_to_an_upper_case_path_lands_in_the_lower_case_users_file() -> No
 
     assert response.status_code == 202, response.json()
     assert response.json()["cloud_id"] == "00a1b2"
-    hour_file = paths.local_path("00a1b2", paths.hour_floor(moment))
+    hour_file = hourfiles.local_path("00a1b2", hourfiles.hour_floor(moment))
     assert hour_file.exists()
     assert json.loads(hour_file.read_text())["cloud_id"] == "00a1b2"
     assert not list(Path(settings.LOG_ROOT).rglob("*00A1B2*"))
@@ -142,9 +142,11 @@ def test_commands_find_the_user_by_any_case() -> None:
 
 
 def test_hour_files_and_archive_keys_use_the_lower_case_id() -> None:
-    assert paths.file_name("00AA02", HOUR) == "iseif-rainforest-00aa02-2026-03-01-12.jl"
-    assert "/00aa02/2026/03/01/iseif-rainforest-00aa02-" in "/" + paths.archive_key("00AA02", HOUR)
-    assert paths.local_path("00AA02", HOUR) == paths.local_path("00aa02", HOUR)
+    assert hourfiles.file_name("00AA02", HOUR) == "iseif-rainforest-00aa02-2026-03-01-12.jl"
+    assert "/00aa02/2026/03/01/iseif-rainforest-00aa02-" in "/" + hourfiles.archive_key(
+        "00AA02", HOUR
+    )
+    assert hourfiles.local_path("00AA02", HOUR) == hourfiles.local_path("00aa02", HOUR)
 
 
 # --- Case variants created before cloud_ids were kept in lower case -------------------------
@@ -169,8 +171,8 @@ def old_hour_file(user: EagleUser, lines: list[str], state: str = "open") -> Hou
     cloud_id = user.cloud_id
     local = (
         Path(settings.LOG_ROOT)
-        / paths.hour_label(HOUR)
-        / (f"iseif-rainforest-{cloud_id}-{paths.hour_label(HOUR)}.jl")
+        / hourfiles.hour_label(HOUR)
+        / (f"iseif-rainforest-{cloud_id}-{hourfiles.hour_label(HOUR)}.jl")
     )
     local.parent.mkdir(parents=True, exist_ok=True)
     local.write_text("".join(line + "\n" for line in lines))
@@ -204,8 +206,8 @@ def test_folding_keeps_the_variant_with_readings_under_the_lower_case_id() -> No
     assert EagleUser.objects.get().email == "original@example.org"
     row.refresh_from_db()
     assert raw_cloud_ids(HourFile) == ["00aa02"]
-    assert row.key == paths.archive_key("00aa02", HOUR)
-    moved = paths.local_path("00aa02", HOUR)
+    assert row.key == hourfiles.archive_key("00aa02", HOUR)
+    moved = hourfiles.local_path("00aa02", HOUR)
     assert row.local_path == str(moved)
     assert moved.read_text() == '{"reading": 1}\n{"reading": 2}\n'
     assert not list(Path(settings.LOG_ROOT).rglob("*00AA02*"))
@@ -228,7 +230,7 @@ def test_variants_that_both_hold_readings_are_reported_and_not_merged() -> None:
     old_hour_file(upper, ['{"reading": "upper"}'])
     lower = EagleUserFactory(cloud_id="00ac04")
     HourFileFactory(user=lower, hour=HOUR)
-    paths.local_path("00ac04", HOUR).write_text('{"reading": "lower"}\n')
+    hourfiles.local_path("00ac04", HOUR).write_text('{"reading": "lower"}\n')
     lines: list[str] = []
 
     report = fold_case_variants(EagleUser, HourFile, log=lines.append)
@@ -242,8 +244,8 @@ def test_variants_that_both_hold_readings_are_reported_and_not_merged() -> None:
     assert "00AC04, 00ac04" in upper.suspended_reason
     uppercase_file = (
         Path(settings.LOG_ROOT)
-        / paths.hour_label(HOUR)
-        / (f"iseif-rainforest-00AC04-{paths.hour_label(HOUR)}.jl")
+        / hourfiles.hour_label(HOUR)
+        / (f"iseif-rainforest-00AC04-{hourfiles.hour_label(HOUR)}.jl")
     )
     assert uppercase_file.read_text() == '{"reading": "upper"}\n'
-    assert paths.local_path("00ac04", HOUR).read_text() == '{"reading": "lower"}\n'
+    assert hourfiles.local_path("00ac04", HOUR).read_text() == '{"reading": "lower"}\n'

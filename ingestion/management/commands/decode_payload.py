@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ingestion.decoding import decode_payload
-from ingestion.record_types import RECORD_TYPES
+from ingestion.eagle.decoders import decode_payload
+from ingestion.eagle.record_types import RECORD_TYPES
 from ingestion.records import FetchFailure, Source
 
 MAX_PAYLOAD_BYTES = 1 << 20

@@ -8,7 +8,7 @@ push fragments use, its EAGLE-200 variable names, and decoders from the two numb
 - EAGLE-200 local replies carry decimal strings already scaled (`-1.250000` or `-1.250 kW`).
 
 Adding a record type means adding one subclass with `@register`; the client, the poller and the
-simulator find it in RECORD_TYPES. `python -m ingestion.record_types` prints the record JSON Schema
+simulator find it in RECORD_TYPES. `python -m ingestion.eagle.record_types` prints the record JSON Schema
 (docs/record-format.schema.json is its output).
 """
 

@@ -9,8 +9,8 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from ingestion.decoding import decode_payload
-from ingestion.record_types import RECORD_TYPES
+from ingestion.eagle.decoders import decode_payload
+from ingestion.eagle.record_types import RECORD_TYPES
 from ingestion.records import FetchFailure, Source
 from users.cloud_ids import cloud_id_validator, lower_if_text
 
