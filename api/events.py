@@ -24,7 +24,7 @@ from api.exceptions import Problem, get_or_404, no_such
 from api.schema import FIELD_ERRORS, UNAUTHENTICATED, error
 from ingestion.eagle.client import fetch_now
 from ingestion.eagle.record_types import RECORD_TYPES
-from ingestion.poller import latest_record
+from ingestion.polling.latest import latest_record
 from ingestion.records import FetchFailure, iso_utc
 from users.models import ConnectionType, EagleUser
 

@@ -1,6 +1,9 @@
 """The API's routes. Every route answers with and without its trailing slash, the same way (no
 redirect, which would lose a POST's body); the schema and the docs list the form named here.
-Any other path under /api/ answers a 404 problem document, never an HTML page."""
+Any other path under /api/ answers a 404 problem document, never an HTML page.
+
+A cloud_id in a path reaches its view in lower case: `/api/users/00AA02` is the user `00aa02`,
+and every answer names it so."""
 
 from collections.abc import Callable
 from typing import Any
@@ -12,19 +15,29 @@ from api import events, fleet, push, readings
 from api.auth import ObtainTokenView, RevokeAllTokensView, RevokeTokenView
 from api.exceptions import unknown_route
 from api.users import user_detail, user_list
+from users.cloud_ids import CLOUD_ID_CHARACTERS, lower_if_text
 
 
 class CloudIdConverter:
-    regex = "[0-9A-Fa-f]{1,32}"
+    """A well-formed cloud_id, in lower case."""
+
+    regex = CLOUD_ID_CHARACTERS
 
     def to_python(self, value: str) -> str:
-        return value
+        return lower_if_text(value)
 
     def to_url(self, value: str) -> str:
         return value
 
 
+class AnyCloudIdConverter(CloudIdConverter):
+    """Any path segment, in lower case: the view answers a malformed cloud_id itself."""
+
+    regex = "[^/]+"
+
+
 register_converter(CloudIdConverter, "cloud_id")
+register_converter(AnyCloudIdConverter, "any_cloud_id")
 
 app_name = "api"
 
@@ -65,9 +78,9 @@ urlpatterns = [
     # The seed's route: a user's latest reading, logged or ?fresh=1 from the gateway (api/events.py).
     *route("event/<cloud_id:cloud_id>", events.EventView.as_view(), "event"),
     # Gateways in uploader mode (api/push.py): any cloud_id reaches the view, which answers in JSON.
-    *route("push/<str:cloud_id>", push.PushView.as_view(), "push"),
+    *route("push/<any_cloud_id:cloud_id>", push.PushView.as_view(), "push"),
     # The seed's routes; any cloud_id reaches the view, so that a malformed one is a 400.
     *route("users/", user_list, "users"),
-    *route("users/<str:cloud_id>", user_detail, "user"),
+    *route("users/<any_cloud_id:cloud_id>", user_detail, "user"),
     re_path(r"^.*$", unknown_route, name="unknown"),
 ]

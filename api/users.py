@@ -37,8 +37,9 @@ from api.exceptions import Problem, no_such
 from api.schema import error
 from ingestion.models import FAILURE_CLASS_CHOICES, FetchState, Incident, IncidentState
 from ingestion.records import iso_utc
+from users.cloud_ids import cloud_id_validator, lower_if_text
 from users.fields import SEED_NAMES, FieldConflictError, with_seed_names_replaced
-from users.models import EAGLE_PASSWORD_MAX_LENGTH, ConnectionType, EagleUser, cloud_id_validator
+from users.models import EAGLE_PASSWORD_MAX_LENGTH, ConnectionType, EagleUser
 from users.purging import PurgeIncompleteError
 
 logger = logging.getLogger(__name__)
@@ -267,7 +268,7 @@ class EagleUserViewSet(
 
     def _check_body_cloud_id(self, request: Request, cloud_id: str) -> None:
         if isinstance(request.data, Mapping) and "cloud_id" in request.data:
-            if str(request.data["cloud_id"]) != cloud_id:
+            if lower_if_text(str(request.data["cloud_id"])) != cloud_id:
                 raise ValidationError(
                     {
                         "cloud_id": [

@@ -29,8 +29,9 @@ from django.db import transaction
 from django.db.models import Q
 
 from ingestion.models import FetchState
+from users.cloud_ids import cloud_id_validator, normalise_cloud_id
 from users.fields import FieldConflictError, with_seed_names_replaced
-from users.models import EagleUser, cloud_id_validator
+from users.models import EagleUser
 
 REQUIRED_FIELDS = ("cloud_id", "email", "eagle_password")
 USER_FIELDS = EagleUser.EDITABLE_FIELDS
@@ -143,8 +144,8 @@ def parse_line(raw: bytes | str) -> ParsedLine:
     if not isinstance(cloud_id, str):
         raise LineError("cloud_id must be a JSON string (a number would lose its leading zeros)")
     try:
-        cloud_id_validator(cloud_id)
-    except ValidationError:
+        cloud_id = normalise_cloud_id(cloud_id)
+    except ValueError:
         raise LineError(f"bad cloud_id {cloud_id[:40]!r}: {cloud_id_validator.message}") from None
     for name in STRING_FIELDS:
         if name in record and not isinstance(record[name], str):
