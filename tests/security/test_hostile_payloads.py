@@ -231,7 +231,7 @@ def test_an_oversized_import_file_is_reported_line_by_line_and_only_good_lines_a
 
     text = output.getvalue()
     assert "line 1: failed: not JSON" in text
-    assert "line 2: 00c0de failed: user_email:" in text
+    assert "line 2: 00c0de failed: email:" in text
     assert "line 3: failed: not" in text
     assert "line 4: failed: not JSON" in text
     assert "line 5: 00c0de created" in text
