@@ -515,6 +515,7 @@ def schedule_role(schedule: Schedule) -> str:
     return {
         schedules.ROTATE_SCHEDULE: "Rotation: seals closed hours and ships them to the archive",
         schedules.REPORT_SCHEDULE: "Incident reports: sends them to the error endpoint",
+        schedules.PARQUET_SCHEDULE: "Parquet export: writes shipped hours to the dataset",
     }.get(name, "")
 
 
