@@ -35,8 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from django.conf import settings
 
-from ingestion import paths
-from ingestion.record_types import RECORD_TYPES
+from ingestion import hourfiles
+from ingestion.eagle.record_types import RECORD_TYPES
 
 SCHEMA_VERSION = 1
 # Readers find the schema version of any file in its key-value metadata.
@@ -101,13 +101,13 @@ def prefix() -> str:
 
 def partition_prefix(record_type: str, hour: datetime) -> str:
     base = f"{prefix()}/" if prefix() else ""
-    return f"{base}record_type={record_type}/date={paths.hour_floor(hour):%Y-%m-%d}"
+    return f"{base}record_type={record_type}/date={hourfiles.hour_floor(hour):%Y-%m-%d}"
 
 
 def file_key(record_type: str, hour: datetime, version: int, index: int) -> str:
     return (
         f"{partition_prefix(record_type, hour)}/"
-        f"hour-{paths.hour_label(hour)}-v{version}-{index}.parquet"
+        f"hour-{hourfiles.hour_label(hour)}-v{version}-{index}.parquet"
     )
 
 
@@ -308,7 +308,7 @@ def hour_objects(
 ) -> Iterator[ParquetObject]:
     """The files of one version of one fleet-hour: each record type's table in slices of at
     most MAX_ROWS_PER_FILE rows."""
-    metadata = {HOUR_KEY: paths.hour_label(hour).encode(), VERSION_KEY: str(version).encode()}
+    metadata = {HOUR_KEY: hourfiles.hour_label(hour).encode(), VERSION_KEY: str(version).encode()}
     for record_type, table in tables:
         for index, offset in enumerate(range(0, max(table.num_rows, 1), MAX_ROWS_PER_FILE)):
             piece = table.slice(offset, MAX_ROWS_PER_FILE).cast(arrow_schema(record_type))

@@ -46,7 +46,8 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from ingestion import parquet, paths, retrieval
+from ingestion import hourfiles, parquet, retrieval
+from ingestion.archive.store import Archive, ArchiveError, open_archive, stored_sha256
 from ingestion.models import (
     DatasetFile,
     DatasetFileState,
@@ -58,7 +59,6 @@ from ingestion.models import (
     HourSources,
     hour_sources,
 )
-from ingestion.shipping import Archive, ArchiveError, open_archive, stored_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def hours_between(since: datetime | None, until: datetime | None) -> list[dateti
     """Hours in [since, until) that have any hour file, oldest first."""
     rows = HourFile.objects.order_by("hour")
     if since is not None:
-        rows = rows.filter(hour__gte=paths.hour_floor(since))
+        rows = rows.filter(hour__gte=hourfiles.hour_floor(since))
     if until is not None:
         rows = rows.filter(hour__lt=until)
     return list(rows.values_list("hour", flat=True).distinct())
@@ -253,7 +253,7 @@ class _Attempt:
         if columns.lines != expected:
             raise ExportError(
                 f"read {columns.lines} lines from {len(files)} hour files of "
-                f"{paths.hour_label(self.hour)}; the manifest says {expected}"
+                f"{hourfiles.hour_label(self.hour)}; the manifest says {expected}"
             )
         newest = max((verified for *_, verified in files), default=None)
         lines = sum(lines or 0 for _, _, lines, _, _ in files)
@@ -330,14 +330,14 @@ class _Attempt:
         if columns.skipped:
             logger.warning(
                 "parquet export: %s: %d lines are no reading of a known record type",
-                paths.hour_label(self.hour),
+                hourfiles.hour_label(self.hour),
                 columns.skipped,
             )
 
     def check_lease(self, lock: bool) -> None:
         rows = DatasetHour.objects.filter(pk=self.row.pk, claimed_until=self.lease)
         if not (rows.select_for_update() if lock else rows).exists():
-            raise LeaseLostError(paths.hour_label(self.hour))
+            raise LeaseLostError(hourfiles.hour_label(self.hour))
 
     def fail(self, error: str) -> None:
         now = timezone.now()
@@ -387,15 +387,15 @@ def export_hour(
     try:
         attempt.run()
     except LeaseLostError:
-        logger.warning("parquet export: lost the lease on %s", paths.hour_label(row.hour))
+        logger.warning("parquet export: lost the lease on %s", hourfiles.hour_label(row.hour))
         return False
     except (ExportError, ArchiveError, retrieval.ArchiveReadError) as exc:
         attempt.fail(str(exc))
         report.failed += 1
-        report.note_error(f"{paths.hour_label(row.hour)}: {exc}")
+        report.note_error(f"{hourfiles.hour_label(row.hour)}: {exc}")
         logger.error(
             "parquet export: %s failed (attempt %d): %s",
-            paths.hour_label(row.hour),
+            hourfiles.hour_label(row.hour),
             row.attempts,
             exc,
         )

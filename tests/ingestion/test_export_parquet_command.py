@@ -7,7 +7,7 @@ import pytest
 import time_machine
 from django.core.management import CommandError, call_command
 
-from ingestion import shipping
+from ingestion.archive import rotation
 from ingestion.models import DatasetFile, DatasetHour
 from tests.hour_files import demand_readings, write
 
@@ -21,7 +21,7 @@ def shipped_hours() -> None:
     for n in range(3):
         write(demand_readings("00a1", HOUR + timedelta(hours=n), 10))
     with time_machine.travel(LATER, tick=False):
-        assert shipping.rotate().ok
+        assert rotation.rotate().ok
 
 
 def run(*args: str) -> str:

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 import time_machine
 
-from ingestion import parquet, parquet_export, paths, shipping
+from ingestion import hourfiles, parquet, parquet_export
+from ingestion.archive import rotation, store
 from ingestion.models import (
     DatasetFile,
     DatasetFileState,
@@ -58,13 +59,13 @@ def rotate_and_export(
     moment: datetime, conflicts: int = 0, **options: Any
 ) -> parquet_export.ExportReport:
     with time_machine.travel(moment, tick=False):
-        assert shipping.rotate().conflicts == conflicts
+        assert rotation.rotate().conflicts == conflicts
         return parquet_export.export(**options)
 
 
 def archived_records() -> Iterator[dict[str, Any]]:
     """Every record of every verified hour file, read back from the archive."""
-    archive = shipping.open_archive()
+    archive = store.open_archive()
     for key, compressed in HourFile.objects.values_list("key", "compressed"):
         with archive.open(key) as stream:
             data = stream.read()
@@ -74,7 +75,7 @@ def archived_records() -> Iterator[dict[str, Any]]:
 
 def dataset_rows() -> list[dict[str, Any]]:
     """Every row of every file under the prefix, read with pyarrow alone (no database)."""
-    filesystem, root = shipping.open_archive().arrow_filesystem()
+    filesystem, root = store.open_archive().arrow_filesystem()
     rows = []
     selector = pafs.FileSelector(f"{root}/{parquet.prefix()}", recursive=True, allow_not_found=True)
     for info in filesystem.get_file_info(selector):
@@ -157,7 +158,7 @@ def test_files_are_sorted_by_household_then_time_under_hive_partitions(settings,
     assert demand.key == (
         "rainforest-parquet/record_type=demand/date=2026-09-21/hour-2026-09-21-10-v1-0.parquet"
     )
-    filesystem, root = shipping.open_archive().arrow_filesystem()
+    filesystem, root = store.open_archive().arrow_filesystem()
     table = ds.dataset(f"{root}/{demand.key}", filesystem=filesystem).to_table()
     keys = list(zip(table["cloud_id"].to_pylist(), table["meter_time"].to_pylist(), strict=True))
     assert keys == sorted(keys)
@@ -204,15 +205,15 @@ def test_a_late_part_replaces_its_hour_with_a_new_complete_version(settings, arc
 def test_an_hour_waits_until_all_its_hour_files_are_verified(settings, archive) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("00a1", BOUNDARY, 5) + demand_readings("0b02", BOUNDARY, 5))
     # Another object at one file's key: a conflict, which keeps that file out of the archive.
-    store = shipping.open_archive()
-    key = paths.archive_key("0b02", BOUNDARY)
-    store.create(key, b"other", 5, hashlib.sha256(b"other").hexdigest(), "text/plain")
+    archive_store = store.open_archive()
+    key = hourfiles.archive_key("0b02", BOUNDARY)
+    archive_store.create(key, b"other", 5, hashlib.sha256(b"other").hexdigest(), "text/plain")
     report = rotate_and_export(AFTER_CLOSE, conflicts=1)
     assert (report.exported, report.waiting) == (0, 1)
     assert not DatasetFile.objects.exists()
 
     # The operator removes the stray object and retries: the hour is exported whole.
-    store.delete(key)
+    archive_store.delete(key)
     assert HourFile.objects.get(cloud_id="0b02").retry()
     report = rotate_and_export(AFTER_CLOSE + timedelta(minutes=10))
     assert report.exported == 1
@@ -245,6 +246,6 @@ def test_a_crash_after_any_step_leaves_a_state_the_next_export_completes(setting
     files = DatasetFile.objects.all()
     assert [f.state for f in files] == [DatasetFileState.CURRENT]
     # The prefix holds exactly the current version: nothing planned, nothing obsolete.
-    listed = {key for key, _ in shipping.open_archive().keys(parquet.prefix())}
+    listed = {key for key, _ in store.open_archive().keys(parquet.prefix())}
     assert listed == {f.key for f in files}
     assert len(dataset_rows()) == 23

@@ -10,7 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from ingestion import parquet_export, paths
+from ingestion import hourfiles, parquet_export
 from ingestion.management.commands.verify_archive import parse_since
 from rainlog.stopping import StopRequest
 
@@ -76,7 +76,7 @@ class Command(BaseCommand):
                 continue
             found = planned.sources
             self.stdout.write(
-                f"{paths.hour_label(planned.hour)} {planned.status}: {found.verified_files} "
+                f"{hourfiles.hour_label(planned.hour)} {planned.status}: {found.verified_files} "
                 f"verified hour files, {found.lines} lines, {found.unshipped_files} not verified"
             )
         due = sum(n for status, n in counts.items() if status not in ("exported", "waiting"))
