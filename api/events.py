@@ -25,7 +25,7 @@ from rest_framework.views import APIView
 from api.schema import FIELD_ERRORS, READ_ERRORS, error
 from ingestion.eagle.client import fetch_now
 from ingestion.eagle.record_types import RECORD_TYPES
-from ingestion.poller import latest_record
+from ingestion.polling.latest import latest_record
 from ingestion.records import FetchFailure, iso_utc
 from users.models import ConnectionType, EagleUser
 

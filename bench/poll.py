@@ -101,8 +101,8 @@ def poll_shard(shard: int, first_slot: float, ticks: int, conn: Connection) -> N
     import django
 
     django.setup()
-    from ingestion.leases import FOREGROUND, ShardLease, holder_name
-    from ingestion.poller import Poller, TickReport, run_ticks
+    from ingestion.polling.engine import Poller, TickReport, run_ticks
+    from ingestion.polling.leases import FOREGROUND, ShardLease, holder_name
 
     holder = holder_name(FOREGROUND)
     poller = Poller([shard], holder)

@@ -12,7 +12,7 @@ Measured in the same run, on the same server and the same files:
    verification) into a bucket of its own, once before and once after the rotation (hard links
    keep the files for it); the baseline is the mean of the two, which cancels a drift in the
    load of this shared machine;
-2. `ingestion.shipping.rotate()`: register, then seal each file and ship it with a conditional
+2. `ingestion.archive.rotation.rotate()`: register, then seal each file and ship it with a conditional
    PUT carrying its SHA-256 (verified by the server), record it verified, remove the local copy.
 Printed: the times, files/s, client and server CPU per file, the ratio (target <= 1.0), and the
 rotation's resident memory at points through the run and its peak, to show that memory does not
@@ -208,7 +208,8 @@ def main() -> int:
             django.setup()
             from django.core.management import call_command
 
-            from ingestion import hourfiles, shipping
+            from ingestion import hourfiles
+            from ingestion.archive import rotation
             from ingestion.models import HourFile, HourFileState
             from users.models import EagleUser
 
@@ -239,8 +240,8 @@ def main() -> int:
             probe = MemoryProbe(FILES)
             server_before, own_before = cpu_seconds(moto_pid), time.process_time()
             started = time.perf_counter()
-            report = shipping.rotate(progress=probe)
-            rotation = Measured(
+            report = rotation.rotate(progress=probe)
+            rotated = Measured(
                 time.perf_counter() - started,
                 time.process_time() - own_before,
                 cpu_seconds(moto_pid) - server_before,
@@ -254,11 +255,11 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     baseline = (cli_before.seconds + cli_after.seconds) / 2
-    ratio = rotation.seconds / baseline
+    ratio = rotated.seconds / baseline
     print()
     print(f"files: {FILES:,}, {total_bytes / 2**20:,.0f} MiB")
     print(cli_before.line("aws s3 cp, before:"))
-    print(rotation.line("rotation (verified):"))
+    print(rotated.line("rotation (verified):"))
     print(cli_after.line("aws s3 cp, after:"))
     print(
         f"ratio rotation / cli:  {ratio:.2f} (target <= {TARGET_RATIO:.1f}; "
@@ -269,7 +270,7 @@ def main() -> int:
     print(f"resident memory: before {rss_before:.0f} MiB; {points}; peak {peak_rss_mib():.0f} MiB")
     complete = (
         report.ok
-        and verified == FILES == rotation.objects
+        and verified == FILES == rotated.objects
         and cli_before.objects == cli_after.objects == FILES
     )
     if not complete:

@@ -421,18 +421,18 @@ def rotate_simulated_hours(seconds: float) -> dict[str, int]:
 def rotate_closed_hours(simulated_now: float) -> dict[str, int]:
     """Ship the hours that are closed at `simulated_now` (over plus ROTATE_GRACE_SECONDS).
 
-    `shipping.rotate()` takes no `now`: it judges hours by the real clock, for which every
+    `rotation.rotate()` takes no `now`: it judges hours by the real clock, for which every
     simulated hour is over, so each closed simulated hour is rotated by name instead.
     """
     from django.conf import settings
 
-    from ingestion import shipping
+    from ingestion.archive import rotation
 
     closed_before = simulated_now - HOUR - settings.ROTATE_GRACE_SECONDS
     totals: Counter[str] = Counter()
     for hour in local_hours(Path(settings.LOG_ROOT)):
         if hour.timestamp() <= closed_before:
-            report = shipping.rotate(hour=hour)
+            report = rotation.rotate(hour=hour)
             totals.update({"hours": 1, "shipped": report.shipped, "failed": report.failed})
     return dict(totals)
 
@@ -601,7 +601,7 @@ class Soak:
         from django.utils import timezone
         from django_q.models import Schedule
 
-        from ingestion.schedules import POLL_SCHEDULE_PREFIX, register_schedules
+        from ingestion.polling.schedules import POLL_SCHEDULE_PREFIX, register_schedules
 
         register_schedules()
         Schedule.objects.exclude(name__startswith=POLL_SCHEDULE_PREFIX).delete()
@@ -1021,8 +1021,8 @@ class Soak:
 
     def _late_tick_windows(self, cloud_ids: Any) -> dict[str, list[tuple[float, float]]]:
         """cloud_id -> the real [start, end) of the late ticks recorded for its shard."""
-        from ingestion.leases import shard_of
         from ingestion.models import Tick
+        from ingestion.polling.leases import shard_of
 
         by_shard: defaultdict[int, list[tuple[float, float]]] = defaultdict(list)
         for tick in Tick.objects.filter(late=True).values("shard", "scheduled_at", "finished_at"):

@@ -20,8 +20,8 @@ from django.db import connection
 
 from ingestion.eagle.simulator import FaultPlan, Simulator
 from ingestion.hourfiles import iter_records
-from ingestion.leases import holder_name
-from ingestion.poller import Poller, TickReport
+from ingestion.polling.engine import Poller, TickReport
+from ingestion.polling.leases import holder_name
 from users.models import EagleUser
 
 # A multiple of 6 and of 60: slots of the default grid start here.

@@ -27,7 +27,9 @@ from django.views.decorators.http import require_GET, require_POST
 from django_q.admin import ScheduleAdmin
 from django_q.models import Schedule
 
-from ingestion import dashboard, readings_csv, retrieval, shipping
+from ingestion import readings_csv, retrieval
+from ingestion.archive import rotation
+from ingestion.console import dashboard
 from ingestion.eagle.client import fetch_now
 from ingestion.records import FetchFailure, iso_utc
 from users.credentials import check_credentials
@@ -195,7 +197,7 @@ def _resume(request: HttpRequest, user: EagleUser) -> Outcome:
 
 
 def _rotate_now(request: HttpRequest, user: EagleUser) -> Outcome:
-    report = shipping.rotate(cloud_id=user.cloud_id)
+    report = rotation.rotate(cloud_id=user.cloud_id)
     return (messages.SUCCESS if report.ok else messages.WARNING), (
         f"{user.cloud_id}: rotation: {report.summary()}"
     )

@@ -8,11 +8,12 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_q.models import Schedule, Task
 
-from ingestion import dashboard, hourfiles
+from ingestion import hourfiles
+from ingestion.console import dashboard
 from ingestion.hourfiles import HourFileWriter
 from ingestion.models import HourFileState, IncidentState
+from ingestion.polling.schedules import register_schedules
 from ingestion.records import FailureClass, Reading, Source
-from ingestion.schedules import register_schedules
 from tests.factories import (
     EagleUserFactory,
     FetchStateFactory,

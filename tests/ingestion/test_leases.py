@@ -9,7 +9,9 @@ import time_machine
 from django.db import connection
 
 from ingestion.eagle.simulator import Simulator
-from ingestion.leases import (
+from ingestion.models import PollLease, Tick
+from ingestion.polling.engine import run_window
+from ingestion.polling.leases import (
     FOREGROUND,
     WINDOW,
     Acquisition,
@@ -18,8 +20,6 @@ from ingestion.leases import (
     holder_name,
     shard_of,
 )
-from ingestion.models import PollLease, Tick
-from ingestion.poller import run_window
 from tests.polling import create_users, duplicates, logged_keys
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -16,10 +16,10 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from ingestion import hourfiles, shipping
+from ingestion import hourfiles
+from ingestion.archive import rotation
 from ingestion.eagle.simulator import FaultPlan, Simulator
-from ingestion.hourfiles import HourFileWriter
-from ingestion.leases import shard_of
+from ingestion.hourfiles import HourFileWriter, read_tail_records
 from ingestion.models import (
     FetchState,
     HourFile,
@@ -29,7 +29,9 @@ from ingestion.models import (
     PollLease,
     Tick,
 )
-from ingestion.poller import DEMAND, Poller, latest_record, newest_logged, read_tail_records
+from ingestion.polling.engine import DEMAND, Poller, newest_logged
+from ingestion.polling.latest import latest_record
+from ingestion.polling.leases import shard_of
 from tests.polling import (
     START,
     create_users,
@@ -140,7 +142,7 @@ def test_a_restarted_poller_knows_what_a_killed_one_wrote_to_files_shipped_since
         # The rotation ships the hour and removes its files before a new poller starts.
         hour = hourfiles.hour_of_timestamp(run.clock.now)
         run.traveller.move_to(run.clock.now + 3600 + settings.ROTATE_GRACE_SECONDS)
-        shipped = shipping.rotate(hour=hour)
+        shipped = rotation.rotate(hour=hour)
         run.traveller.move_to(run.clock.now)
         assert shipped.local_deleted == 6 and logged_keys() == []
 

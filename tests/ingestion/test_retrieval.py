@@ -7,7 +7,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import time_machine
 
-from ingestion import hourfiles, retrieval, shipping
+from ingestion import hourfiles, retrieval
+from ingestion.archive import rotation
 from ingestion.models import HourFile, HourFileState, Incident, IncidentState
 from ingestion.records import FailureClass
 from tests.factories import EagleUserFactory
@@ -44,7 +45,7 @@ def test_hours_shipped_by_the_rotation_read_back_with_the_hour_still_on_disk(
     written = demand_readings(CLOUD_ID, NINE, count=1200)
     write(written)
 
-    report = shipping.rotate(hour=NINE, cloud_id=CLOUD_ID)
+    report = rotation.rotate(hour=NINE, cloud_id=CLOUD_ID)
 
     assert report.ok
     row = HourFile.objects.get(cloud_id=CLOUD_ID, hour=NINE)

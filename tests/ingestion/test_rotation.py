@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import time_machine
 
-from ingestion import hourfiles, shipping
+from ingestion import hourfiles
+from ingestion.archive import rotation
 from ingestion.models import HourFile, HourFileState
 from tests.factories import EagleUserFactory
 from tests.hour_files import demand_readings, write
@@ -29,9 +30,9 @@ def keys_in(s3_client, bucket: str) -> list[str]:  # type: ignore[no-untyped-def
     return [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
 
 
-def rotate_at(moment: datetime, **options) -> shipping.RotationReport:  # type: ignore[no-untyped-def]
+def rotate_at(moment: datetime, **options) -> rotation.RotationReport:  # type: ignore[no-untyped-def]
     with time_machine.travel(moment, tick=False):
-        return shipping.rotate(**options)
+        return rotation.rotate(**options)
 
 
 def test_it_ships_a_closed_hour_to_its_key_verified_and_removes_the_local_file(
@@ -193,7 +194,7 @@ def test_the_key_stays_what_it_was_when_the_row_was_made(
 ) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("002738", HOUR, 5))
     with time_machine.travel(AFTER_CLOSE, tick=False):
-        shipping.rotate(should_stop=lambda: True)  # registers, ships nothing
+        rotation.rotate(should_stop=lambda: True)  # registers, ships nothing
     row = HourFile.objects.get()
     assert row.state == HourFileState.OPEN and not row.compressed
     settings.ARCHIVE_COMPRESS = "gzip"
@@ -367,8 +368,8 @@ def test_open_files_stay_bounded_whatever_the_number_of_files(settings, s3_archi
         write(demand_readings(f"{n:04x}", HOUR, 2))
     open_fds: list[int] = []
 
-    def count_fds(step: shipping.Step, key: str) -> None:
-        if step == shipping.Step.MEASURED:
+    def count_fds(step: rotation.Step, key: str) -> None:
+        if step == rotation.Step.MEASURED:
             open_fds.append(len(list(Path("/proc/self/fd").iterdir())))
 
     before = len(list(Path("/proc/self/fd").iterdir()))
@@ -385,8 +386,8 @@ def test_a_file_too_large_for_memory_is_streamed_with_the_same_result(
 ) -> None:  # type: ignore[no-untyped-def]
     settings.ARCHIVE_COMPRESS = compress
     # Tiny limits, so that this file is streamed and its lines span read chunks.
-    monkeypatch.setattr(shipping, "SPOOL_BYTES", 1000)
-    monkeypatch.setattr(shipping, "READ_CHUNK", 777)
+    monkeypatch.setattr(rotation, "SPOOL_BYTES", 1000)
+    monkeypatch.setattr(rotation, "READ_CHUNK", 777)
     write(demand_readings("002738", HOUR, 40))
     local = hourfiles.local_path("002738", HOUR)
     with open(local, "ab") as handle:

@@ -1,4 +1,4 @@
-"""manage.py rotate_logs and the hourly task: thin callers of shipping.rotate."""
+"""manage.py rotate_logs and the hourly task: thin callers of rotation.rotate."""
 
 import os
 import signal

@@ -18,7 +18,8 @@ import pytest
 import time_machine
 from django.test import Client
 
-from ingestion import hourfiles, shipping
+from ingestion import hourfiles
+from ingestion.archive import rotation
 from ingestion.hourfiles import HourFileWriter
 from ingestion.models import HourFile, HourFileState, Incident, IncidentState
 from ingestion.records import FailureClass
@@ -37,17 +38,17 @@ class SimulatedKill(BaseException):
     pass
 
 
-def kill_after(step: shipping.Step, key_part: str) -> shipping.AfterStep:
-    def hook(reached: shipping.Step, key: str) -> None:
+def kill_after(step: rotation.Step, key_part: str) -> rotation.AfterStep:
+    def hook(reached: rotation.Step, key: str) -> None:
         if reached == step and key_part in key:
             raise SimulatedKill(f"killed after {step}")
 
     return hook
 
 
-def rotate_at(moment: datetime, **options) -> shipping.RotationReport:  # type: ignore[no-untyped-def]
+def rotate_at(moment: datetime, **options) -> rotation.RotationReport:  # type: ignore[no-untyped-def]
     with time_machine.travel(moment, tick=False):
-        return shipping.rotate(**options)
+        return rotation.rotate(**options)
 
 
 def after_lease(moment: datetime, settings) -> datetime:  # type: ignore[no-untyped-def]
@@ -76,7 +77,7 @@ def test_a_late_part_gone_after_its_upload_is_settled_verified_from_the_archive(
     write(late_readings())
     data = shipped_hour.read_bytes()
     with pytest.raises(SimulatedKill):
-        rotate_at(AFTER_CLOSE, after_step=kill_after(shipping.Step.UPLOADED, LATE_1))
+        rotate_at(AFTER_CLOSE, after_step=kill_after(rotation.Step.UPLOADED, LATE_1))
     # The disk that held the file is lost before the next run.
     shipped_hour.unlink()
 
@@ -97,7 +98,7 @@ def test_a_late_part_gone_before_its_upload_is_recorded_missing_with_an_incident
 ) -> None:  # type: ignore[no-untyped-def]
     write(late_readings())
     with pytest.raises(SimulatedKill):
-        rotate_at(AFTER_CLOSE, after_step=kill_after(shipping.Step.SEALED, LATE_1))
+        rotate_at(AFTER_CLOSE, after_step=kill_after(rotation.Step.SEALED, LATE_1))
     shipped_hour.unlink()
 
     later = after_lease(AFTER_CLOSE, settings)
@@ -126,7 +127,7 @@ def test_an_operator_puts_a_missing_file_back_and_ships_it_from_the_admin(
     write(late_readings())
     kept = shipped_hour.read_bytes()
     with pytest.raises(SimulatedKill):
-        rotate_at(AFTER_CLOSE, after_step=kill_after(shipping.Step.CLAIMED, LATE_1))
+        rotate_at(AFTER_CLOSE, after_step=kill_after(rotation.Step.CLAIMED, LATE_1))
     shipped_hour.unlink()
     later = after_lease(AFTER_CLOSE, settings)
     rotate_at(later)
@@ -166,7 +167,7 @@ def test_a_late_part_gone_with_another_hours_object_at_its_key_is_a_conflict(
     foreign = b"".join(r.to_line() for r in demand_readings(CLOUD_ID, HOUR + timedelta(hours=3), 5))
     other.write_bytes(foreign)
     with pytest.raises(SimulatedKill):
-        rotate_at(AFTER_CLOSE, after_step=kill_after(shipping.Step.SEALED, LATE_1))
+        rotate_at(AFTER_CLOSE, after_step=kill_after(rotation.Step.SEALED, LATE_1))
     shipped_hour.unlink()
 
     report = rotate_at(after_lease(AFTER_CLOSE, settings))
@@ -192,7 +193,7 @@ def test_a_writer_leaves_an_empty_file_sealed_under_it_to_the_rotation(
     for the lock. The writer used to remove the empty file, leaving the claimed row without it."""
     shipped_hour.touch()  # what a failed append on a full disk leaves
     with pytest.raises(SimulatedKill):
-        rotate_at(AFTER_CLOSE, after_step=kill_after(shipping.Step.CLAIMED, LATE_1))
+        rotate_at(AFTER_CLOSE, after_step=kill_after(rotation.Step.CLAIMED, LATE_1))
 
     # The seal, as hourfiles.seal makes it, with a writer waiting for the lock meanwhile.
     seal_fd = os.open(shipped_hour, os.O_RDONLY)

@@ -9,7 +9,8 @@ import time_machine
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
-from ingestion import hourfiles, shipping
+from ingestion import hourfiles
+from ingestion.archive import rotation
 from ingestion.models import HourFile, HourFileState
 from tests.hour_files import demand_readings, write
 
@@ -59,7 +60,7 @@ def test_an_unreachable_archive_fails_files_with_the_reason_and_keeps_them(setti
     point_archive_at(settings, "http://127.0.0.1:9")  # nothing listens there
 
     with time_machine.travel(AFTER_CLOSE, tick=False):
-        report = shipping.rotate()
+        report = rotation.rotate()
 
     assert report.failed == 2 and not report.ok
     for row in HourFile.objects.all():
@@ -78,10 +79,10 @@ def test_failed_files_back_off_and_are_never_removed_however_often_they_fail(set
     delays = []
     for _ in range(7):
         with time_machine.travel(moment, tick=False):
-            shipping.rotate()
+            rotation.rotate()
             # Not due again before its backoff: a run now changes nothing.
             row = HourFile.objects.get()
-            assert shipping.rotate().failed == 0
+            assert rotation.rotate().failed == 0
         delays.append((row.next_attempt_at - moment).total_seconds())
         moment = row.next_attempt_at
     assert delays == [60, 120, 240, 480, 600, 600, 600]
@@ -102,14 +103,14 @@ def test_an_outage_in_the_middle_of_a_run_is_recovered_by_a_later_run(settings, 
     point_archive_at(settings, f"http://127.0.0.1:{port}")
     uploads = []
 
-    def stop_s3_after_three_uploads(step: shipping.Step, key: str) -> None:
-        if step == shipping.Step.UPLOADED:
+    def stop_s3_after_three_uploads(step: rotation.Step, key: str) -> None:
+        if step == rotation.Step.UPLOADED:
             uploads.append(key)
             if len(uploads) == 3:
                 server.stop()
 
     with time_machine.travel(AFTER_CLOSE, tick=False):
-        report = shipping.rotate(after_step=stop_s3_after_three_uploads)
+        report = rotation.rotate(after_step=stop_s3_after_three_uploads)
 
     assert report.failed > 0 and report.shipped >= 3
     assert report.shipped + report.failed == 12
@@ -123,7 +124,7 @@ def test_an_outage_in_the_middle_of_a_run_is_recovered_by_a_later_run(settings, 
     revived.start()
     try:
         with time_machine.travel(AFTER_CLOSE + timedelta(minutes=5), tick=False):
-            assert shipping.rotate().ok
+            assert rotation.rotate().ok
         assert stored_keys(port) == sorted(originals)
         client = boto3.client(
             "s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1"

@@ -27,9 +27,9 @@ from django_q.scheduler import scheduler
 from django_q.tasks import async_task
 
 from ingestion.eagle.simulator import Simulator
-from ingestion.leases import rescue_orphaned_shards
 from ingestion.models import PollLease, Tick
-from ingestion.schedules import register_schedules
+from ingestion.polling.leases import rescue_orphaned_shards
+from ingestion.polling.schedules import register_schedules
 from tests.polling import create_users, current_database_url, duplicates, logged_keys
 
 NOW = datetime(2026, 3, 1, 12, 0, 20, tzinfo=UTC)

@@ -9,7 +9,8 @@ import time_machine
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from ingestion import hourfiles, shipping
+from ingestion import hourfiles
+from ingestion.archive import rotation
 from ingestion.models import HourFile, HourFileState
 from tests.hour_files import demand_readings, write
 
@@ -23,7 +24,7 @@ def ship(*cloud_ids: str, hour: datetime = HOUR) -> None:
     for cloud_id in cloud_ids:
         write(demand_readings(cloud_id, hour, 10))
     with time_machine.travel(hour + timedelta(hours=1, minutes=5), tick=False):
-        assert shipping.rotate().ok
+        assert rotation.rotate().ok
 
 
 def verify(*args: str) -> tuple[str, CommandError | None]:

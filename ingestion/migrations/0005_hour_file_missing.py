@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('ingestion', '0002_hour_file_newest_timestamps'),
+        ('ingestion', '0004_hour_file_cloud_id_in_lower_case'),
     ]
 
     operations = [
