@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 import msgspec
+from botocore.exceptions import BotoCoreError
 from django.conf import settings
 from django.db.models import Max, QuerySet
 from django.utils import timezone
