@@ -119,9 +119,7 @@ def test_a_broken_or_unknown_encoding_is_refused_clearly(
     assert Incident.objects.filter(failure_class=FailureClass.MALFORMED_REPLY).count() == 1
 
 
-def test_the_challenge_offers_basic_and_a_basic_retry_is_accepted(
-    token: str, frozen: None
-) -> None:
+def test_the_challenge_offers_basic_and_a_basic_retry_is_accepted(token: str, frozen: None) -> None:
     challenge = post(demand_push(), None)
 
     assert challenge.status_code == 401
@@ -152,7 +150,9 @@ def test_a_total_that_goes_down_after_a_logged_one_is_refused(token: str, frozen
 
 def test_totals_within_one_push_are_judged_in_meter_time_order(token: str, frozen: None) -> None:
     items = [
-        json_item("CurrentSummation", T0 - 20, {"summationDelivered": 10.0, "summationReceived": 0}),
+        json_item(
+            "CurrentSummation", T0 - 20, {"summationDelivered": 10.0, "summationReceived": 0}
+        ),
         json_item("CurrentSummation", T0 - 10, {"summationDelivered": 9.5, "summationReceived": 0}),
         json_item("CurrentSummation", T0, {"summationDelivered": 10.2, "summationReceived": 0}),
     ]
@@ -244,9 +244,7 @@ def test_a_chunked_push_under_gunicorn_is_read_to_the_end_and_lands_once(
     assert not Incident.objects.exists()
 
 
-def test_a_chunked_push_over_the_limit_is_refused_under_gunicorn(
-    gunicorn: int, token: str
-) -> None:
+def test_a_chunked_push_over_the_limit_is_refused_under_gunicorn(gunicorn: int, token: str) -> None:
     body = demand_push(int(time.time()) - 5) + b" " * settings.PUSH_MAX_BODY_BYTES
 
     assert chunked_post(gunicorn, URL, token, body, chunk=8192) == 413
