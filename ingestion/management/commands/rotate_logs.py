@@ -13,13 +13,6 @@ from ingestion import paths, shipping
 from rainlog.stopping import StopRequest
 
 
-def parse_hour(value: str) -> datetime:
-    try:
-        return paths.parse_hour_label(value)
-    except ValueError:
-        raise CommandError(f"--hour {value!r}: give a UTC hour as YYYY-MM-DD-HH") from None
-
-
 class ProgressBar:
     def __init__(self, bar: tqdm) -> None:  # type: ignore[type-arg]
         self.bar = bar
@@ -39,13 +32,21 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--hour", type=parse_hour, help="only this UTC hour (YYYY-MM-DD-HH)")
+        parser.add_argument(
+            "--hour", help="only this UTC hour (YYYY-MM-DD-HH or ISO 8601, e.g. 2026-12-03T14)"
+        )
         parser.add_argument("--user", metavar="CLOUD_ID", help="only this user's files")
         parser.add_argument(
             "--dry-run", action="store_true", help="list what would be shipped; change nothing"
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        hour = None
+        if options["hour"] is not None:
+            try:
+                hour = paths.parse_hour(options["hour"])
+            except ValueError as exc:
+                raise CommandError(f"--hour: {exc}") from None
         cloud_id = options["user"]
         if cloud_id is not None:
             try:
@@ -53,7 +54,7 @@ class Command(BaseCommand):
             except ValueError as exc:
                 raise CommandError(f"--user: {exc}") from None
         if options["dry_run"]:
-            self.dry_run(options["hour"], cloud_id)
+            self.dry_run(hour, cloud_id)
             return
         with StopRequest(on_request=self.announce_stop) as stop:
             # To the real stderr: the command's wrapper would end every redraw with a newline.
@@ -61,7 +62,7 @@ class Command(BaseCommand):
                 total=0, unit="file", file=sys.stderr, disable=options["verbosity"] == 0
             ) as bar:
                 report = shipping.rotate(
-                    hour=options["hour"],
+                    hour=hour,
                     cloud_id=cloud_id,
                     should_stop=stop.is_set,
                     progress=ProgressBar(bar),
