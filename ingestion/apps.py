@@ -7,6 +7,6 @@ class IngestionConfig(AppConfig):
     name = "ingestion"
 
     def ready(self) -> None:
-        from ingestion.schedules import register_after_migrate
+        from ingestion.polling.schedules import register_after_migrate
 
         post_migrate.connect(register_after_migrate, sender=self)

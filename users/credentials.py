@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ingestion.gateway import fetch_now
+from ingestion.eagle.client import fetch_now
 from ingestion.records import FetchFailure, iso_utc
 from users.models import ConnectionType, EagleUser
 

@@ -6,7 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ingestion import paths, shipping
+from ingestion import hourfiles
+from ingestion.archive import audit
 
 
 class Command(BaseCommand):
@@ -27,12 +28,12 @@ class Command(BaseCommand):
         since = None
         if options["since"] is not None:
             try:
-                since = paths.parse_utc_time(options["since"])
+                since = hourfiles.parse_utc_time(options["since"])
             except ValueError as exc:
                 raise CommandError(f"--since: {exc}") from None
-        report = shipping.AuditReport()
+        report = audit.AuditReport()
 
-        def show_progress(report: shipping.AuditReport) -> None:
+        def show_progress(report: audit.AuditReport) -> None:
             if options["verbosity"] > 0:
                 self.stderr.write(
                     f"… {report.verified_checked} verified files checked, "
@@ -40,7 +41,7 @@ class Command(BaseCommand):
                 )
 
         try:
-            for problem in shipping.audit_archive(report, since=since, on_page=show_progress):
+            for problem in audit.audit_archive(report, since=since, on_page=show_progress):
                 self.stdout.write(f"{problem.kind.upper()} {problem.key}: {problem.detail}")
         except KeyboardInterrupt:
             # The audit changes nothing: stopping it anywhere is safe.
