@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ingestion import hourfiles
 from ingestion.archive import rotation
+from ingestion.management.options import time_option
 from rainlog.stopping import StopRequest
 
 
@@ -42,12 +43,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        hour = None
-        if options["hour"] is not None:
-            try:
-                hour = hourfiles.parse_hour(options["hour"])
-            except ValueError as exc:
-                raise CommandError(f"--hour: {exc}") from None
+        hour = time_option("--hour", options["hour"], hourfiles.parse_hour)
         cloud_id = options["user"]
         if cloud_id is not None:
             try:

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ingestion import hourfiles
 from ingestion.archive import audit
+from ingestion.management.options import time_option
 
 
 class Command(BaseCommand):
@@ -25,12 +26,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        since = None
-        if options["since"] is not None:
-            try:
-                since = hourfiles.parse_utc_time(options["since"])
-            except ValueError as exc:
-                raise CommandError(f"--since: {exc}") from None
+        since = time_option("--since", options["since"], hourfiles.parse_utc_time)
         report = audit.AuditReport()
 
         def show_progress(report: audit.AuditReport) -> None:
