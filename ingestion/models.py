@@ -15,6 +15,7 @@ from users.cloud_ids import CloudIdField
 from users.models import EagleUser
 
 FAILURE_CLASS_CHOICES = [(c.value, c.label) for c in FailureClass]
+FETCH_FAILURE_CLASSES = [c.value for c in FailureClass if c.is_fetch_failure]
 
 
 def _json_rows(rows: Iterable[object]) -> str:
@@ -226,8 +227,13 @@ class IncidentQuerySet(models.QuerySet["Incident"]):
         return self.filter(state=IncidentState.OPEN)
 
     def open_pairs(self, user_ids: Collection[int]) -> set[tuple[int, str]]:
-        """(user id, failure class) of the open incidents of these users."""
-        rows = self.open().filter(user_id__in=user_ids).values_list("user_id", "failure_class")
+        """(user id, failure class) of the open fetch incidents of these users (those a working
+        fetch resolves)."""
+        rows = (
+            self.open()
+            .filter(user_id__in=user_ids, failure_class__in=FETCH_FAILURE_CLASSES)
+            .values_list("user_id", "failure_class")
+        )
         return set(rows)
 
     def record_sightings(self, sightings: Iterable[IncidentSighting]) -> None:
@@ -347,6 +353,8 @@ class HourFileState(models.TextChoices):
     VERIFIED = "verified", "Verified"
     FAILED = "failed", "Failed"
     CONFLICT = "conflict", "Conflict"
+    # Gone from the local disk and not in the archive: its readings are missing (an incident).
+    MISSING = "missing", "Missing"
 
 
 # HourFile.objects.settle on PostgreSQL: the outcomes of many attempts in one statement, each
@@ -372,6 +380,14 @@ SHIPPABLE_STATES = (
     HourFileState.UPLOADING,
     HourFileState.FAILED,
 )
+MISSING_FILE_ADVICE = (
+    "If the file can be found, put it back at that path and choose 'Retry shipping' on the hour "
+    "file in the admin; if not, resolve this incident: those readings are lost."
+)
+# Files an operator may send back to the rotation (HourFile.retry).
+RETRYABLE_STATES = (HourFileState.FAILED, HourFileState.CONFLICT, HourFileState.MISSING)
+# Files the rotation is done with, shipped or not.
+SETTLED_STATES = (HourFileState.VERIFIED, HourFileState.MISSING)
 # The first retry of a failed upload waits this long, each further one twice as long (capped).
 SHIP_FIRST_RETRY_SECONDS = 60
 
@@ -394,7 +410,9 @@ class HourFileQuerySet(models.QuerySet["HourFile"]):
             last = page[-1][0]
 
     def unshipped(self) -> "HourFileQuerySet":
-        return self.exclude(state=HourFileState.VERIFIED)
+        """Files still to be shipped: neither verified nor known to be missing (an incident says
+        so; counting them would keep the freshness alarm red for good)."""
+        return self.exclude(state__in=SETTLED_STATES)
 
     def due(self, now: datetime) -> "HourFileQuerySet":
         """Files of closed hours (over plus the grace period) that a rotation may claim now."""
@@ -510,9 +528,33 @@ class HourFileQuerySet(models.QuerySet["HourFile"]):
         )
         return list(rows[:limit] if limit is not None else rows)
 
+    def report_missing(self, pks: Collection[int], now: datetime) -> None:
+        """Open (or refresh) one incident per user for these missing files, naming each hour
+        and what is gone, and how an operator settles it."""
+        by_user: dict[int, list[str]] = {}
+        rows = self.filter(pk__in=pks, user__isnull=False).order_by("hour", "part")
+        for user_id, hour, part, local_path, key in rows.values_list(
+            "user_id", "hour", "part", "local_path", "key"
+        ):
+            by_user.setdefault(user_id, []).append(
+                f"hour {hour:%Y-%m-%d %H}:00 UTC part {part}: {local_path} is gone from the "
+                f"local disk and the archive has no object at {key}"
+            )
+        Incident.objects.record_sightings(
+            IncidentSighting(
+                user_id=user_id,
+                failure_class=FailureClass.HOUR_FILE_MISSING.value,
+                opened_at=now,
+                seen_at=now,
+                occurrences=len(lines),
+                message="; ".join(lines) + ". " + MISSING_FILE_ADVICE,
+            )
+            for user_id, lines in by_user.items()
+        )
+
     def count_by_state(self, states: list[str]) -> dict[str, int]:
         """Rows in each of `states` (0 for none). Counting verified rows reads the whole table."""
-        rows = self.unshipped() if HourFileState.VERIFIED not in states else self
+        rows = self.unshipped() if not set(states) & set(SETTLED_STATES) else self
         counts = dict(
             rows.filter(state__in=states)
             .order_by()
@@ -639,12 +681,17 @@ class HourFile(models.Model):
             "next_attempt_at": now + HourFile.retry_delay(attempts),
         }
 
+    @staticmethod
+    def missing_fields(error: str) -> dict[str, object]:
+        """Gone from disk and not in the archive: nothing left to ship (HourFile.retry if the
+        file is put back)."""
+        return {"state": HourFileState.MISSING, "last_error": error, "next_attempt_at": None}
+
     def retry(self) -> bool:
-        """Make a failed or conflicting file due again now (an operator resolved the cause)."""
+        """Make a failed, conflicting or missing file due again now (an operator resolved the
+        cause, or put the file back)."""
         now = timezone.now()
-        updated = HourFile.objects.filter(
-            pk=self.pk, state__in=(HourFileState.FAILED, HourFileState.CONFLICT)
-        ).update(
+        updated = HourFile.objects.filter(pk=self.pk, state__in=RETRYABLE_STATES).update(
             state=HourFileState.SEALED, next_attempt_at=None, claimed_until=None, updated_at=now
         )
         if updated:
