@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('ingestion', '0004_hour_file_cloud_id_in_lower_case'),
+        ('ingestion', '0005_hour_file_missing'),
         ('users', '0001_initial'),
     ]
 
