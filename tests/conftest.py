@@ -1,16 +1,29 @@
 """Fixtures shared by the whole suite: moto's S3 server, per-test log roots, operators."""
 
 import hashlib
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from moto.server import ThreadedMotoServer
 from rest_framework.test import APIClient
 
 from tests.factories import OperatorFactory, ViewerFactory
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):  # type: ignore[no-untyped-def]
+    """The suite builds its database without migrations; the readings table, which a migration
+    makes with RunSQL (it is no Django-managed table), is made here from the same SQL."""
+    migration = importlib.import_module("ingestion.migrations.0003_readings_store")
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('readings')")
+        if cursor.fetchone()[0] is None:
+            cursor.execute(migration.CREATE_READINGS)
 
 
 @pytest.fixture(scope="session")
