@@ -23,9 +23,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api.schema import FIELD_ERRORS, READ_ERRORS, error
-from ingestion.gateway import fetch_now
-from ingestion.poller import latest_record
-from ingestion.record_types import RECORD_TYPES
+from ingestion.eagle.client import fetch_now
+from ingestion.eagle.record_types import RECORD_TYPES
+from ingestion.polling.latest import latest_record
 from ingestion.records import FetchFailure, iso_utc
 from users.models import ConnectionType, EagleUser
 

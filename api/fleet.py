@@ -4,7 +4,7 @@ GET  /api/logfiles/                      the manifest; ?cloud_id=, ?hour_after=,
 GET  /api/logfiles/{id}/                 one hour file
 GET  /api/logfiles/{id}/download         its bytes, from disk or the archive; ?presigned=1 for a
                                          short-lived S3 URL instead
-GET  /api/status/                        the fleet at a glance (ingestion.dashboard.fleet_summary)
+GET  /api/status/                        the fleet at a glance (ingestion.console.dashboard.fleet_summary)
 GET  /api/incidents/                     ?cloud_id=, ?failure_class=, ?state=, ?since=, ?until=
 GET  /api/incidents/{id}/                one incident
 POST /api/incidents/{id}/resolve         staff operators close an open incident by hand
@@ -38,7 +38,8 @@ from rest_framework.views import APIView
 
 from api.readings import JSONErrorsMixin, ServiceUnavailable
 from api.schema import FIELD_ERRORS, FORBIDDEN, READ_ERRORS, UNAUTHENTICATED, error
-from ingestion import dashboard, retrieval
+from ingestion import retrieval
+from ingestion.console import dashboard
 from ingestion.models import (
     FAILURE_CLASS_CHOICES,
     HourFile,

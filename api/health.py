@@ -15,7 +15,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django_q.brokers import get_broker
 
-from ingestion import shipping
+from ingestion.archive import audit
 from ingestion.records import iso_utc
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ FRESHNESS_USERS_SHOWN = 10
 def check_archive_freshness() -> dict[str, object]:
     """The age of the oldest hour not yet verified in the archive, overall and for the most
     overdue users; an error only past ARCHIVE_FRESHNESS_ALERT_SECONDS."""
-    lag = shipping.freshness(timezone.now(), users=FRESHNESS_USERS_SHOWN)
+    lag = audit.freshness(timezone.now(), users=FRESHNESS_USERS_SHOWN)
     details: dict[str, object] = {
         "oldest_unshipped_hour": iso_utc(lag.oldest_unshipped_hour)
         if lag.oldest_unshipped_hour

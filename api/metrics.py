@@ -18,7 +18,7 @@ from django.utils.crypto import constant_time_compare
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from ingestion import shipping
+from ingestion.archive import audit
 from ingestion.models import HourFile, HourFileState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -53,7 +53,7 @@ def _escape_label(text: str) -> str:
 
 
 def archive_metrics() -> list[MetricFamily]:
-    lag = shipping.freshness(timezone.now())
+    lag = audit.freshness(timezone.now())
     oldest = MetricFamily(
         "rainlog_archive_oldest_unshipped_age_seconds",
         "Age of the oldest hour with a file not yet verified in the archive (0 if none).",

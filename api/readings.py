@@ -6,14 +6,13 @@ GET /api/users/{cloud_id}/coverage?start=&end=&gap=
 
 Times are ISO 8601 (an instant without an offset is read in `tz`, else UTC) or Unix seconds; a
 range is [start, end). `tz=` (an IANA zone such as Europe/Paris) adds local times next to the UTC
-ones, each converted from its own instant, so they are right on both sides of a DST change.
+ones in JSON, each converted from its own instant, so they are right on both sides of a DST change;
+CSV keeps its one layout (ingestion.readings_csv) and writes its times with the zone's offset.
 The reading logic is in ingestion.retrieval; these views parse, check and render.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -35,8 +34,8 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from api.schema import READ_ERRORS, error
-from ingestion import retrieval
-from ingestion.records import iso_utc
+from ingestion import readings_csv, retrieval
+from ingestion.records import iso_local, iso_utc
 
 UNENCODED_OFFSET = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$")
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
@@ -45,8 +44,6 @@ LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 JSON_MAX_RANGE = timedelta(days=1)
 # Aggregates and coverage read every reading of their range before answering.
 SUMMARY_MAX_RANGE = timedelta(days=31)
-CSV_BASE_COLUMNS = ["cloud_id", "record_type", "meter_timestamp", "meter_time"]
-CSV_TAIL_COLUMNS = ["received_at", "source"]
 
 
 class ServiceUnavailable(APIException):
@@ -194,11 +191,6 @@ def check_cloud_id(cloud_id: str) -> None:
         raise NotFound(f"No user and no hour files with cloud_id {cloud_id}.")
 
 
-def iso_local(moment: datetime, tz: tzinfo) -> str:
-    local = moment.astimezone(tz)
-    return local.isoformat(timespec="milliseconds" if local.microsecond else "seconds")
-
-
 # --- Readings -----------------------------------------------------------------------------------
 
 
@@ -250,31 +242,16 @@ def jsonl_chunks(hours: Iterable[list[dict[str, Any]]], tz: tzinfo | None) -> It
 
 
 def csv_chunks(hours: Iterator[list[dict[str, Any]]], tz: tzinfo | None) -> Iterator[bytes]:
-    """CSV with one column per value field of the first hour's records; values that appear only
-    later go to `other_values` as JSON, so nothing is dropped. `raw` is JSON too."""
-    first = next(hours, [])
-    value_columns = sorted({name for record in first for name in retrieval.value_fields(record)})
-    local = ["meter_time_local", "received_at_local"] if tz else []
-    header = [*CSV_BASE_COLUMNS, *local[:1], *CSV_TAIL_COLUMNS, *local[1:], *value_columns]
-    header += ["other_values", "raw"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    known = set(value_columns)
-    for records in chain([first], hours):
-        for record in records:
-            localized(record, tz)
-            other = {k: record[k] for k in retrieval.value_fields(record) if k not in known}
-            writer.writerow(
-                [record.get(name, "") for name in header[:-2]]
-                + [
-                    orjson.dumps(other).decode() if other else "",
-                    orjson.dumps(record.get("raw") or {}).decode(),
-                ]
-            )
-        yield buffer.getvalue().encode()
-        buffer.seek(0)
-        buffer.truncate()
+    """The layout of ingestion.readings_csv, one chunk per hour; the header goes with the first
+    hour, so that reading it decides between a 200 and a 503."""
+    header = readings_csv.header_line()
+    for records in hours:
+        yield (
+            header + "".join(readings_csv.record_line(record, tz) for record in records)
+        ).encode()
+        header = ""
+    if header:
+        yield header.encode()
 
 
 READING_EXAMPLE = {
@@ -330,8 +307,9 @@ class UserReadingsView(JSONErrorsMixin, APIView):
             ),
             (200, "text/csv"): OpenApiResponse(
                 OpenApiTypes.STR,
-                description="A header row, then one reading per row; raw and unexpected "
-                "value fields as JSON.",
+                description="A header row, then one reading per row, in the one CSV layout "
+                "of docs/record-format.md (the same columns whatever `tz`); with `tz`, times "
+                "carry that zone's offset.",
             ),
             (200, "application/json"): inline_serializer(
                 "PaginatedReadingList",

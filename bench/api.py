@@ -5,7 +5,7 @@ Set-up, in a temporary directory removed at the end:
 - moto's S3 server in a subprocess, and a fresh bench database (BENCH_DATABASE_URL, default
   postgres://postgres@127.0.0.1:5432/rainlog_bench_api), dropped and migrated;
 - one user-day, 14,400 readings at 6 s, written by the hour-file writer and shipped to the bucket
-  by the rotation (`ingestion.shipping.rotate`), so every hour is read back from the archive;
+  by the rotation (`ingestion.archive.rotation.rotate`), so every hour is read back from the archive;
 - gunicorn serving the project with BENCH_GUNICORN_ARGS (default: the production settings the README
   gives, sync workers, one per concurrent request the two cores can serve well), and a token.
 
@@ -116,8 +116,8 @@ def prepare(day: datetime) -> tuple[str, list[str]]:
     from django.db import connections
     from knox.models import AuthToken
 
-    from ingestion import shipping
-    from ingestion.files import HourFileWriter
+    from ingestion.archive import rotation
+    from ingestion.hourfiles import HourFileWriter
     from ingestion.models import HourFile, HourFileState
     from users.models import EagleUser
 
@@ -128,7 +128,7 @@ def prepare(day: datetime) -> tuple[str, list[str]]:
     with HourFileWriter() as writer:
         result = writer.append(demand_readings(day, READINGS_PER_DAY))
     assert not result.unwritten, result.errors
-    report = shipping.rotate(cloud_id=CLOUD_ID)
+    report = rotation.rotate(cloud_id=CLOUD_ID)
     # The last minutes, still on disk: what the latest-event endpoint reads.
     now = datetime.now(UTC).replace(microsecond=0)
     with HourFileWriter() as writer:

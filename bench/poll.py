@@ -4,7 +4,7 @@
                          [--serial-seconds 12]
 
 Set-up, in a temporary directory removed at the end:
-- the EAGLE simulator (`ingestion.simulator`) with --users gateways answering after --latency
+- the EAGLE simulator (`ingestion.eagle.simulator`) with --users gateways answering after --latency
   seconds, in a process of its own;
 - a fresh bench database (BENCH_DATABASE_URL, default
   postgres://postgres@127.0.0.1:5432/rainlog_bench_poll), dropped and migrated, holding one EAGLE
@@ -66,7 +66,7 @@ def serve_simulator(users: int, latency: float, conn: Connection) -> None:
     import django
 
     django.setup()
-    from ingestion.simulator import Simulator
+    from ingestion.eagle.simulator import Simulator
 
     simulator = Simulator(users, latency=latency, seed=1).start()
     conn.send((simulator.cloud_url, simulator.accounts()))
@@ -101,8 +101,8 @@ def poll_shard(shard: int, first_slot: float, ticks: int, conn: Connection) -> N
     import django
 
     django.setup()
-    from ingestion.leases import FOREGROUND, ShardLease, holder_name
-    from ingestion.poller import Poller, TickReport, run_ticks
+    from ingestion.polling.engine import Poller, TickReport, run_ticks
+    from ingestion.polling.leases import FOREGROUND, ShardLease, holder_name
 
     holder = holder_name(FOREGROUND)
     poller = Poller([shard], holder)
@@ -156,7 +156,7 @@ def serial_users_per_tick(cloud_url: str, accounts: list[dict[str, str]], second
     """The seed's pinger: one blocking request after another, each reply parsed, for `seconds`."""
     import requests
 
-    from ingestion.decoding import decode_reply
+    from ingestion.eagle.decoders import decode_reply
 
     body = b"<Command><Name>get_instantaneous_demand</Name></Command>"
     served = 0
@@ -184,7 +184,7 @@ def serial_users_per_tick(cloud_url: str, accounts: list[dict[str, str]], second
 
 
 def logged_keys(root: Path) -> list[tuple[str, str, int]]:
-    from ingestion.files import iter_records
+    from ingestion.hourfiles import iter_records
 
     return [
         (record["cloud_id"], record["record_type"], record["meter_timestamp"])

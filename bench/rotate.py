@@ -12,7 +12,7 @@ Measured in the same run, on the same server and the same files:
    verification) into a bucket of its own, once before and once after the rotation (hard links
    keep the files for it); the baseline is the mean of the two, which cancels a drift in the
    load of this shared machine;
-2. `ingestion.shipping.rotate()`: register, then seal each file and ship it with a conditional
+2. `ingestion.archive.rotation.rotate()`: register, then seal each file and ship it with a conditional
    PUT carrying its SHA-256 (verified by the server), record it verified, remove the local copy.
 Printed: the times, files/s, client and server CPU per file, the ratio (target <= 1.0), and the
 rotation's resident memory at points through the run and its peak, to show that memory does not
@@ -66,10 +66,10 @@ def cloud_id_of(n: int) -> str:
 
 def write_hour_files(hour: datetime) -> int:
     """FILES hour files of LINES_PER_FILE demand readings every 6 s; returns their total bytes."""
-    from ingestion import files, paths
+    from ingestion import hourfiles
     from ingestion.records import Reading, Source
 
-    directory = paths.hour_dir(hour)
+    directory = hourfiles.hour_dir(hour)
     directory.mkdir(parents=True)
     total = 0
     for n in range(FILES):
@@ -100,10 +100,10 @@ def write_hour_files(hour: datetime) -> int:
                 ).to_line()
             )
         data = b"".join(lines)
-        paths.local_path(cloud_id, hour).write_bytes(data)
+        hourfiles.local_path(cloud_id, hour).write_bytes(data)
         total += len(data)
     # Durable, as the poller's writer makes its files within seconds (HourFileWriter.sync).
-    files.sync_filesystem(directory)
+    hourfiles.sync_filesystem(directory)
     return total
 
 
@@ -208,7 +208,8 @@ def main() -> int:
             django.setup()
             from django.core.management import call_command
 
-            from ingestion import paths, shipping
+            from ingestion import hourfiles
+            from ingestion.archive import rotation
             from ingestion.models import HourFile, HourFileState
             from users.models import EagleUser
 
@@ -225,7 +226,7 @@ def main() -> int:
                 f"in {time.perf_counter() - started:.1f} s"
             )
             cli_source = work / "cli"
-            link_copy(paths.hour_dir(hour), cli_source / paths.hour_label(hour))
+            link_copy(hourfiles.hour_dir(hour), cli_source / hourfiles.hour_label(hour))
 
             # The CLI runs before and after the rotation; their mean is the baseline, so a change
             # in the load of this shared machine during the run weighs on both sides alike.
@@ -239,8 +240,8 @@ def main() -> int:
             probe = MemoryProbe(FILES)
             server_before, own_before = cpu_seconds(moto_pid), time.process_time()
             started = time.perf_counter()
-            report = shipping.rotate(progress=probe)
-            rotation = Measured(
+            report = rotation.rotate(progress=probe)
+            rotated = Measured(
                 time.perf_counter() - started,
                 time.process_time() - own_before,
                 cpu_seconds(moto_pid) - server_before,
@@ -254,11 +255,11 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     baseline = (cli_before.seconds + cli_after.seconds) / 2
-    ratio = rotation.seconds / baseline
+    ratio = rotated.seconds / baseline
     print()
     print(f"files: {FILES:,}, {total_bytes / 2**20:,.0f} MiB")
     print(cli_before.line("aws s3 cp, before:"))
-    print(rotation.line("rotation (verified):"))
+    print(rotated.line("rotation (verified):"))
     print(cli_after.line("aws s3 cp, after:"))
     print(
         f"ratio rotation / cli:  {ratio:.2f} (target <= {TARGET_RATIO:.1f}; "
@@ -269,7 +270,7 @@ def main() -> int:
     print(f"resident memory: before {rss_before:.0f} MiB; {points}; peak {peak_rss_mib():.0f} MiB")
     complete = (
         report.ok
-        and verified == FILES == rotation.objects
+        and verified == FILES == rotated.objects
         and cli_before.objects == cli_after.objects == FILES
     )
     if not complete:

@@ -31,7 +31,7 @@ FIXED_REPLY = (
 
 
 def serve_simulator(port: int, gateways: int, latency: float, ready: multiprocessing.Event) -> None:
-    from ingestion.simulator import Simulator
+    from ingestion.eagle.simulator import Simulator
 
     with Simulator(users=gateways, latency=latency, seed=1, port=port):
         ready.set()
@@ -83,7 +83,7 @@ class Result:
 async def poll(
     url: str, accounts: list[dict[str, str]], concurrency: int, seconds: float, pid: int
 ) -> Result:
-    from ingestion.gateway import EagleClient, GatewayTarget
+    from ingestion.eagle.client import EagleClient, GatewayTarget
     from ingestion.records import FetchFailure
 
     targets = [
@@ -169,7 +169,7 @@ def main() -> None:
     import django
 
     django.setup()
-    from ingestion.simulator import Simulator
+    from ingestion.eagle.simulator import Simulator
 
     accounts = Simulator(users=options.gateways, seed=1).accounts()
     print(

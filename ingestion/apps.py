@@ -8,6 +8,6 @@ class IngestionConfig(AppConfig):
 
     def ready(self) -> None:
         from ingestion import checks  # noqa: F401  (registers the system checks)
-        from ingestion.schedules import register_after_migrate
+        from ingestion.polling.schedules import register_after_migrate
 
         post_migrate.connect(register_after_migrate, sender=self)

@@ -1,6 +1,7 @@
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import orjson
 from django.conf import settings
@@ -10,6 +11,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ingestion.records import FailureClass
+from users.cloud_ids import CloudIdField
 from users.models import EagleUser
 
 FAILURE_CLASS_CHOICES = [(c.value, c.label) for c in FailureClass]
@@ -161,7 +163,7 @@ class FetchState(models.Model):
         return f"fetch state of {self.user_id}"
 
     def clean(self) -> None:
-        from ingestion.record_types import RECORD_TYPES
+        from ingestion.eagle.record_types import RECORD_TYPES
 
         types = self.extra_record_types
         if not isinstance(types, list) or not all(isinstance(name, str) for name in types):
@@ -380,6 +382,17 @@ def hour_age_seconds(hour: datetime, now: datetime) -> float:
 
 
 class HourFileQuerySet(models.QuerySet["HourFile"]):
+    def in_pages(self, *fields: str, size: int = 500) -> Iterator[tuple[Any, ...]]:
+        """(pk, *fields) of the rows by primary key, a page at a time, so memory stays bounded
+        and each page is fresh."""
+        last = 0
+        while True:
+            page = list(self.filter(pk__gt=last).order_by("pk").values_list("pk", *fields)[:size])
+            if not page:
+                return
+            yield from page
+            last = page[-1][0]
+
     def unshipped(self) -> "HourFileQuerySet":
         return self.exclude(state=HourFileState.VERIFIED)
 
@@ -518,7 +531,7 @@ class HourFile(models.Model):
     `data_sha256` describe the JSON lines inside it, as they were on local disk.
     """
 
-    cloud_id = models.CharField(max_length=32)
+    cloud_id = CloudIdField()
     user = models.ForeignKey(
         EagleUser, null=True, blank=True, on_delete=models.SET_NULL, related_name="hour_files"
     )
@@ -638,7 +651,7 @@ class HourFile(models.Model):
 
 
 class PollLeaseQuerySet(models.QuerySet["PollLease"]):
-    """The lease protocol (see ingestion/leases.py): every change is a conditional UPDATE whose
+    """The lease protocol (see ingestion/polling/leases.py): every change is a conditional UPDATE whose
     row count says whether it happened, so two processes never both believe they hold a shard."""
 
     def ensure(self, shards: Iterable[int]) -> None:
@@ -861,7 +874,7 @@ class IncidentReport(models.Model):
             models.UniqueConstraint(fields=["incident", "event"], name="one_report_per_event")
         ]
         indexes = [
-            # The delivery queue (reporting.deliver_due_reports).
+            # The delivery queue (incident_reports.deliver_due_reports).
             models.Index(
                 fields=["next_attempt_at"],
                 name="incidentreport_due",

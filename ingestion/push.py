@@ -41,16 +41,16 @@ from django.db import transaction
 from django.db.models import F
 from django_q.tasks import async_task
 
-from ingestion import paths
-from ingestion.decoding import decode_reply, judge
-from ingestion.files import HourFileWriter, iter_records
-from ingestion.models import OUTCOME_FIELDS, FetchOutcome, FetchState, Incident, IncidentSighting
-from ingestion.record_types import (
+from ingestion import hourfiles
+from ingestion.eagle.decoders import decode_reply, judge
+from ingestion.eagle.record_types import (
     CURRENCIES,
     RECORD_TYPES_BY_ELEMENT,
     DecodeError,
     get_record_type,
 )
+from ingestion.hourfiles import HourFileWriter, iter_records
+from ingestion.models import OUTCOME_FIELDS, FetchOutcome, FetchState, Incident, IncidentSighting
 from ingestion.records import FailureClass, FetchFailure, Reading, Source, iso_utc
 from users.models import ConnectionType, EagleUser
 
@@ -111,7 +111,7 @@ def authenticate(cloud_id: str, token: str) -> EagleUser:
     """The push user `cloud_id`, if `token` is its push token and it may push now."""
     try:
         # Anything but hexadecimal names no user (and a NUL byte would break the query).
-        user = EagleUser.objects.filter(cloud_id=paths.checked_cloud_id(cloud_id)).first()
+        user = EagleUser.objects.filter(cloud_id=hourfiles.checked_cloud_id(cloud_id)).first()
     except ValueError:
         user = None
     if user is None:
@@ -562,7 +562,7 @@ def _unlogged(
         last = last_logged_timestamp(state, reading.record_type)
         repeat = key in seen or (last is not None and reading.meter_timestamp == last)
         if not repeat and last is not None and reading.meter_timestamp < last:
-            hour = paths.hour_of_timestamp(reading.meter_timestamp)
+            hour = hourfiles.hour_of_timestamp(reading.meter_timestamp)
             if hour not in logged_by_hour:
                 logged_by_hour[hour] = _logged_keys(cloud_id, hour)
             repeat = key in logged_by_hour[hour]
@@ -579,13 +579,13 @@ def _logged_keys(cloud_id: str, hour: datetime) -> set[tuple[str, int]]:
     keys: set[tuple[str, int]] = set()
     part = 0
     while True:
-        path = paths.local_path(cloud_id, hour, part)
+        path = hourfiles.local_path(cloud_id, hour, part)
         if path.exists():
             keys.update(
                 (record.get("record_type"), record.get("meter_timestamp"))
                 for record in iter_records(path)
             )
-        elif not paths.sealed_marker(path).exists():
+        elif not hourfiles.sealed_marker(path).exists():
             return keys
         part += 1
 

@@ -37,9 +37,11 @@ database connection: one converts files while another's statements run in the se
 
 from __future__ import annotations
 
+import gzip
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,7 +53,8 @@ from django.db import DatabaseError, connection, connections, transaction
 from django.db.models import Count, Min, QuerySet
 from django.utils import timezone
 
-from ingestion import paths, retrieval
+from ingestion import hourfiles
+from ingestion.archive.store import Archive, ArchiveError, open_archive
 from ingestion.models import HourFile, HourFileState, LoadedHourFile, ReadingsLoad
 from ingestion.records import TypedReading, typed_readings
 
@@ -210,7 +213,7 @@ def due_files(
     if since is not None:
         start = max(start, since) if start else since
     if start is not None:
-        rows = rows.filter(hour__gte=paths.hour_floor(start))
+        rows = rows.filter(hour__gte=hourfiles.hour_floor(start))
     if until is not None:
         rows = rows.filter(hour__lt=until)
     return rows.order_by()
@@ -249,7 +252,7 @@ def lag(now: datetime | None = None) -> Lag:
     (0 when none), the failed loads of the last 24 hours, and when the last good load began."""
     now = now or timezone.now()
     oldest = due_files(now).aggregate(oldest=Min("hour"))["oldest"]
-    seconds = max(0.0, (now - (oldest + paths.HOUR)).total_seconds()) if oldest else 0.0
+    seconds = max(0.0, (now - (oldest + hourfiles.HOUR)).total_seconds()) if oldest else 0.0
     failures = ReadingsLoad.objects.exclude(error="").filter(
         started_at__gte=now - timedelta(days=1)
     )
@@ -353,36 +356,45 @@ class NotSealedYetError(Exception):
     """An hour file that is neither sealed on disk nor verified in the archive yet."""
 
 
-def hour_file_content(row: HourFile, archive: retrieval.ArchiveReader) -> bytes:
+def _archived_content(archive: Archive, row: HourFile) -> bytes:
+    stream = archive.open(row.key)
+    try:
+        data = stream.read()
+    finally:
+        stream.close()
+    return gzip.decompress(data) if row.compressed or row.key.endswith(".gz") else data
+
+
+def hour_file_content(row: HourFile, archive: Archive) -> bytes:
     """The JSON lines of a sealed hour file: the local copy once sealed, else the verified archived
-    object. NotSealedYetError when it is neither yet; ArchiveReadError when the archive fails.
+    object. NotSealedYetError when it is neither yet; ArchiveError or OSError when the archive
+    cannot give it.
 
     Runs while COPY streams, so it must not query the database.
     """
-    path = paths.local_path(row.cloud_id, row.hour, row.part)
-    compressed = row.compressed or row.key.endswith(".gz")
-    if paths.sealed_marker(path).exists():
+    path = hourfiles.local_path(row.cloud_id, row.hour, row.part)
+    if hourfiles.sealed_marker(path).exists():
         try:
             return path.read_bytes()
         except FileNotFoundError:
             # Removed once verified in the archive (the rotation removes nothing unverified), at
             # the key the row was made with.
-            return archive.read(row.key, compressed)
+            return _archived_content(archive, row)
     if row.state == HourFileState.VERIFIED and row.key:
-        return archive.read(row.key, compressed)
+        return _archived_content(archive, row)
     raise NotSealedYetError(f"{path.name} is not sealed yet")
 
 
 def _chunks(rows: list[HourFile], conversion: Conversion, keep_raw: bool) -> Iterator[bytes]:
-    archive = retrieval.ArchiveReader()
+    archive = open_archive()
     for row in rows:
         try:
             data = hour_file_content(row, archive)
         except NotSealedYetError:
             continue
-        except (retrieval.ArchiveReadError, OSError) as exc:
+        except (ArchiveError, OSError, EOFError, zlib.error) as exc:
             conversion.files_failed += 1
-            conversion.errors.append(f"{row.key}: {exc}")
+            conversion.errors.append(f"{row.key}: {type(exc).__name__}: {exc}")
             logger.error("readings store: cannot read %s: %s", row.key, exc)
             continue
         conversion.files.append(row)

@@ -6,7 +6,7 @@ Documented in docs/record-format.md and described by docs/record-format.schema.j
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -98,6 +98,13 @@ def iso_utc(moment: datetime) -> str:
     if moment.microsecond:
         return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_local(moment: datetime, tz: tzinfo) -> str:
+    """ISO 8601 with the UTC offset `tz` has at that instant, to the millisecond when there is a
+    fraction: each time converted on its own, so it is right on both sides of a DST change."""
+    local = moment.astimezone(tz)
+    return local.isoformat(timespec="milliseconds" if local.microsecond else "seconds")
 
 
 def parse_line(line: bytes | str) -> dict[str, Any]:

@@ -3,7 +3,7 @@ bytes of single hour files.
 
 Where an hour's records are
     Every hour file (and late part) has a manifest row (`HourFile`) once the rotation knows it, and
-    a computed local path (`paths.local_path`) while it is on disk. An hour's copies are found from
+    a computed local path (`hourfiles.local_path`) while it is on disk. An hour's copies are found from
     those two alone, never by listing the bucket: the local files of the hour (probing part 0, 1, …
     while a file or its sealed marker exists) and, for every verified manifest row, its archived
     object at `HourFile.key` (gzip when `HourFile.compressed`). During the short window in which an
@@ -58,7 +58,7 @@ from django.core.files.storage import Storage, storages
 from django.db.models import Q
 from django.utils import timezone
 
-from ingestion import paths
+from ingestion import hourfiles
 from ingestion.models import HourFile, HourFileState, Incident
 from ingestion.records import parse_line
 from users.models import EagleUser
@@ -131,16 +131,16 @@ def _plan_hour(cloud_id: str, hour: datetime, rows: list[HourFile], has_dir: boo
     # A writer opens part N+1 only after part N was sealed, and markers outlive shipped files,
     # so local parts form a chain that ends at the first part with neither file nor marker.
     while has_dir:
-        path = paths.local_path(cloud_id, hour, part)
+        path = hourfiles.local_path(cloud_id, hour, part)
         row = by_part.pop(part, None)
         on_disk = path.exists()
-        if not on_disk and row is None and not paths.sealed_marker(path).exists():
+        if not on_disk and row is None and not hourfiles.sealed_marker(path).exists():
             break
         key, compressed = _archived_key(row)
         parts.append(PartCopies(part, path if on_disk else None, key, compressed))
         part += 1
     for part, row in sorted(by_part.items()):
-        path = paths.local_path(cloud_id, hour, part)
+        path = hourfiles.local_path(cloud_id, hour, part)
         key, compressed = _archived_key(row)
         local = path if has_dir and path.exists() else None
         parts.append(PartCopies(part, local, key, compressed))
@@ -157,7 +157,7 @@ def _local_hours(first_hour: datetime, end: datetime) -> list[datetime]:
     hours = []
     for name in names:
         try:
-            hour = paths.parse_hour_label(name)
+            hour = hourfiles.parse_hour_label(name)
         except ValueError:
             continue
         if first_hour <= hour < end:
@@ -167,7 +167,7 @@ def _local_hours(first_hour: datetime, end: datetime) -> list[datetime]:
 
 def hour_plans(cloud_id: str, start: datetime, end: datetime) -> Iterator[HourPlan]:
     """The hours of [start, end) that hold any copy of `cloud_id`'s records, in order."""
-    first_hour = paths.hour_floor(start)
+    first_hour = hourfiles.hour_floor(start)
     rows = (
         HourFile.objects.filter(cloud_id=cloud_id, hour__gte=first_hour, hour__lt=end)
         .order_by("hour", "part")
@@ -283,7 +283,7 @@ def _recover_vanished(plan: HourPlan, copies: PartCopies, archive: ArchiveReader
     if key is None:
         logger.warning(
             "%s part %d vanished from disk and is not in the archive",
-            paths.local_path(plan.cloud_id, plan.hour, copies.part),
+            hourfiles.local_path(plan.cloud_id, plan.hour, copies.part),
             copies.part,
         )
         return []
@@ -391,7 +391,7 @@ def _file_chunks(handle: Any, size: int) -> Iterator[bytes]:
 def open_hour_file(hour_file: HourFile) -> HourFileStream:
     """The bytes of one hour file as stored: from local disk if it is still there, else from
     the archive (gzip objects stay compressed). HourFileUnavailableError when neither is."""
-    path = paths.local_path(hour_file.cloud_id, hour_file.hour, hour_file.part)
+    path = hourfiles.local_path(hour_file.cloud_id, hour_file.hour, hour_file.part)
     try:
         handle = open(path, "rb")  # closed by _file_chunks
     except FileNotFoundError:
@@ -606,12 +606,12 @@ def coverage(
     cadence = settings.INGEST_POLL_SECONDS
     end = max(start, min(end, now or timezone.now()))
     hours = []
-    hour = paths.hour_floor(start)
+    hour = hourfiles.hour_floor(start)
     while hour < end:
-        low, high = max(hour, start), min(hour + paths.HOUR, end)
+        low, high = max(hour, start), min(hour + hourfiles.HOUR, end)
         seconds = (high - low).total_seconds()
         hours.append(HourCoverage(hour, low, high, math.floor(seconds / cadence)))
-        hour += paths.HOUR
+        hour += hourfiles.HOUR
     hour_starts = [h.start.timestamp() for h in hours]
 
     gaps: list[Gap] = []

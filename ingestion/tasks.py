@@ -8,14 +8,16 @@ import time
 from django.conf import settings
 from django_q.tasks import async_task
 
-from ingestion import poller, readings_store, reporting, shipping
+from ingestion import incident_reports, readings_store
+from ingestion.archive import rotation
+from ingestion.polling import engine
 
 
 def rotate_hourly() -> dict[str, object]:
     """Ship every closed hour file (scheduled hourly as "rotate-hourly"). Stops claiming new
     files well before the task's timeout and, if files are left, goes on in a new task."""
     deadline = time.monotonic() + 0.8 * settings.Q_CLUSTER["timeout"]
-    report = shipping.rotate(should_stop=lambda: time.monotonic() > deadline)
+    report = rotation.rotate(should_stop=lambda: time.monotonic() > deadline)
     if report.stopped and report.attempted:
         async_task("ingestion.tasks.rotate_hourly")
     return report.as_dict()
@@ -24,14 +26,14 @@ def rotate_hourly() -> dict[str, object]:
 def poll_window(shard: int) -> str:
     """Poll one shard for a window (scheduled every minute per shard as "poll-shard-N"): wait for
     the shard's lease, run the ticks until the next window's task takes over, hand over."""
-    return poller.run_window(shard)
+    return engine.run_window(shard)
 
 
 def deliver_incident_reports() -> dict[str, object]:
     """Report incidents opened or resolved to ERROR_REPORT_URL and retry undelivered reports
     (scheduled every minute as "deliver-incident-reports"); does nothing while reporting is off.
-    A pass ends within reporting.PASS_BUDGET_SECONDS, long before the task's timeout."""
-    return reporting.run_report_pass().as_dict()
+    A pass ends within incident_reports.PASS_BUDGET_SECONDS, long before the task's timeout."""
+    return incident_reports.run_report_pass().as_dict()
 
 
 def load_readings() -> dict[str, object]:

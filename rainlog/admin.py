@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, URLResolver
 
-from ingestion import dashboard
+from ingestion.console import dashboard
 
 
 class RainlogAdminSite(admin.AdminSite):

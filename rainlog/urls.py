@@ -3,7 +3,7 @@ from django.urls import include, path
 
 from api.health import healthz
 from api.metrics import metrics
-from ingestion.views import playground
+from ingestion.console.playground import playground
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),

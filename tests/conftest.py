@@ -8,22 +8,12 @@ from pathlib import Path
 import boto3
 import pytest
 from django.contrib.auth.models import User
+from django.core.management import call_command
 from django.db import connection
 from moto.server import ThreadedMotoServer
 from rest_framework.test import APIClient
 
 from tests.factories import OperatorFactory, ViewerFactory
-
-
-@pytest.fixture(scope="session")
-def django_db_setup(django_db_setup, django_db_blocker):  # type: ignore[no-untyped-def]
-    """The suite builds its database without migrations; the readings table, which a migration
-    makes with RunSQL (it is no Django-managed table), is made here from the same SQL."""
-    migration = importlib.import_module("ingestion.migrations.0003_readings_store")
-    with django_db_blocker.unblock(), connection.cursor() as cursor:
-        cursor.execute("SELECT to_regclass('readings')")
-        if cursor.fetchone()[0] is None:
-            cursor.execute(migration.CREATE_READINGS)
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +57,19 @@ def s3_archive(settings, s3_endpoint: str, s3_client, request) -> str:  # type: 
         },
     }
     return bucket
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):  # type: ignore[no-untyped-def]
+    """The test database as `migrate` leaves it (tests skip migrations): with the cache table, and
+    the readings table, which a migration makes with RunSQL, made here from the same SQL."""
+    readings = importlib.import_module("ingestion.migrations.0005_readings_store")
+    with django_db_blocker.unblock():
+        call_command("createcachetable", verbosity=0)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regclass('readings')")
+            if cursor.fetchone()[0] is None:
+                cursor.execute(readings.CREATE_READINGS)
 
 
 @pytest.fixture(autouse=True)

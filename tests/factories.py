@@ -6,7 +6,7 @@ import factory
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from ingestion import paths
+from ingestion import hourfiles
 from users.models import ConnectionType, EagleUser
 
 OPERATOR_PASSWORD = "correct-horse-battery-staple"
@@ -69,10 +69,12 @@ class HourFileFactory(factory.django.DjangoModelFactory):
 
     user = factory.SubFactory(EagleUserFactory)
     cloud_id = factory.LazyAttribute(lambda o: o.user.cloud_id)
-    hour = factory.LazyFunction(lambda: paths.hour_floor(timezone.now()))
+    hour = factory.LazyFunction(lambda: hourfiles.hour_floor(timezone.now()))
     part = 0
-    local_path = factory.LazyAttribute(lambda o: str(paths.local_path(o.cloud_id, o.hour, o.part)))
-    key = factory.LazyAttribute(lambda o: paths.archive_key(o.cloud_id, o.hour, o.part))
+    local_path = factory.LazyAttribute(
+        lambda o: str(hourfiles.local_path(o.cloud_id, o.hour, o.part))
+    )
+    key = factory.LazyAttribute(lambda o: hourfiles.archive_key(o.cloud_id, o.hour, o.part))
 
 
 class TickFactory(factory.django.DjangoModelFactory):

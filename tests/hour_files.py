@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
-from ingestion import paths, retrieval
-from ingestion.files import HourFileWriter, iter_records
+from ingestion import hourfiles, retrieval
+from ingestion.hourfiles import HourFileWriter, iter_records
 from ingestion.models import HourFile, HourFileState
 from ingestion.records import Reading, Source
 
@@ -63,8 +63,8 @@ def manifest_row(
         part=part,
         defaults={
             "state": state,
-            "local_path": str(paths.local_path(cloud_id, hour, part)),
-            "key": paths.archive_key(cloud_id, hour, part),
+            "local_path": str(hourfiles.local_path(cloud_id, hour, part)),
+            "key": hourfiles.archive_key(cloud_id, hour, part),
         },
     )
     return row
@@ -78,10 +78,10 @@ def ship_hour(
     delete_local: bool = True,
 ) -> HourFile:
     """Archive one local hour file at its key and record it verified in the manifest."""
-    local = paths.local_path(cloud_id, hour, part)
+    local = hourfiles.local_path(cloud_id, hour, part)
     data = local.read_bytes()
     body = gzip.compress(data) if compressed else data
-    key = paths.archive_key(cloud_id, hour, part, compressed)
+    key = hourfiles.archive_key(cloud_id, hour, part, compressed)
     archive = retrieval.ArchiveReader()
     if archive.client is not None:
         content_type = "application/gzip" if compressed else "application/x-ndjson"

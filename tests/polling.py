@@ -18,10 +18,10 @@ import time_machine
 from django.conf import settings
 from django.db import connection
 
-from ingestion.files import iter_records
-from ingestion.leases import holder_name
-from ingestion.poller import Poller, TickReport
-from ingestion.simulator import FaultPlan, Simulator
+from ingestion.eagle.simulator import FaultPlan, Simulator
+from ingestion.hourfiles import iter_records
+from ingestion.polling.engine import Poller, TickReport
+from ingestion.polling.leases import holder_name
 from users.models import EagleUser
 
 # A multiple of 6 and of 60: slots of the default grid start here.

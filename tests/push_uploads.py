@@ -4,8 +4,8 @@ from typing import Any
 
 import orjson
 
-from ingestion.simulator.meters import MODELS, Meter
-from ingestion.simulator.replies import cloud_xml
+from ingestion.eagle.simulator.meters import MODELS, Meter
+from ingestion.eagle.simulator.replies import cloud_xml
 
 METER = Meter.create(seed=7, index=0)
 

@@ -16,7 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.files.storage import Storage, storages
 
-from ingestion import paths
+from ingestion import hourfiles
 from ingestion.models import HourFile
 
 logger = logging.getLogger(__name__)
@@ -57,9 +57,9 @@ class PurgeIncompleteError(Exception):
 
 
 def _belongs_to(path: Path, cloud_id: str) -> bool:
-    name = path.name.removesuffix(paths.SEALED_SUFFIX)
+    name = path.name.removesuffix(hourfiles.SEALED_SUFFIX)
     try:
-        return paths.parse_file_name(name)[0] == cloud_id
+        return hourfiles.parse_file_name(name)[0] == cloud_id
     except ValueError:
         return False
 
@@ -70,14 +70,14 @@ def local_files_of(cloud_id: str) -> list[Path]:
     Found both through the manifest and by name under LOG_ROOT, so files the manifest does not
     know yet (the open hour) are found too. Only files whose name carries this cloud_id qualify.
     """
-    paths.checked_cloud_id(cloud_id)
+    cloud_id = hourfiles.checked_cloud_id(cloud_id)
     found: set[Path] = set()
     for local_path in HourFile.objects.filter(cloud_id=cloud_id).values_list(
         "local_path", flat=True
     ):
         if local_path:
             path = Path(local_path)
-            found.update({path, paths.sealed_marker(path)})
+            found.update({path, hourfiles.sealed_marker(path)})
     # A cloud_id is hexadecimal, so the dash after it ends it: no other user's file matches.
     found.update(Path(settings.LOG_ROOT).glob(f"*/iseif-rainforest-{cloud_id}-*"))
     return sorted(p for p in found if _belongs_to(p, cloud_id) and p.is_file())
@@ -97,7 +97,7 @@ def _walk(storage: Storage, directory: str) -> Iterator[str]:
 def archive_keys_of(cloud_id: str, storage: Storage) -> list[str]:
     """The cloud_id's archived objects: every key under its prefix, plus manifest keys elsewhere
     (written under an earlier ARCHIVE_PREFIX) that still exist."""
-    paths.checked_cloud_id(cloud_id)
+    cloud_id = hourfiles.checked_cloud_id(cloud_id)
     prefix = f"{settings.ARCHIVE_PREFIX}/{cloud_id}" if settings.ARCHIVE_PREFIX else cloud_id
     keys = set(_walk(storage, prefix))
     for key in HourFile.objects.filter(cloud_id=cloud_id).values_list("key", flat=True):

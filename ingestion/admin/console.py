@@ -7,10 +7,8 @@ templates (`admin/rainlog/dashboard.html`, `admin/users/eagleuser/change_form.ht
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, timedelta
-from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -29,9 +27,10 @@ from django.views.decorators.http import require_GET, require_POST
 from django_q.admin import ScheduleAdmin
 from django_q.models import Schedule
 
-from ingestion import dashboard, retrieval, shipping
-from ingestion.gateway import fetch_now
-from ingestion.record_types import RECORD_TYPES
+from ingestion import readings_csv, retrieval
+from ingestion.archive import rotation
+from ingestion.console import dashboard
+from ingestion.eagle.client import fetch_now
 from ingestion.records import FetchFailure, iso_utc
 from users.credentials import check_credentials
 from users.models import EagleUser
@@ -132,31 +131,6 @@ def user_demand(request: HttpRequest, pk: int) -> JsonResponse:
 # --- Export -------------------------------------------------------------------------------------
 
 
-class _Echo:
-    """A file-like object whose write returns the line: lets csv.writer feed a streaming reply."""
-
-    def write(self, value: str) -> str:
-        return value
-
-
-# The record's metadata, then every value any record type can carry (empty where it has none).
-EXPORT_COLUMNS = [
-    "meter_time",
-    "meter_timestamp",
-    "record_type",
-    "received_at",
-    "source",
-    *dict.fromkeys(name for kind in RECORD_TYPES.values() for name in kind.value_schema),
-]
-
-
-def _csv_lines(records: Iterator[dict[str, Any]]) -> Iterator[str]:
-    writer = csv.writer(_Echo())
-    yield writer.writerow(EXPORT_COLUMNS)
-    for record in records:
-        yield writer.writerow([record.get(column, "") for column in EXPORT_COLUMNS])
-
-
 @require_GET
 def user_export(request: HttpRequest, pk: int) -> HttpResponse:
     """The user's readings of whole UTC days `?start=` to `?end=` (inclusive) as a CSV download."""
@@ -176,7 +150,7 @@ def user_export(request: HttpRequest, pk: int) -> HttpResponse:
         )
     start, end = dashboard.day_start(first), dashboard.day_start(last + timedelta(days=1))
     records = retrieval.iter_readings(user.cloud_id, start, end)
-    response = StreamingHttpResponse(_csv_lines(records), content_type="text/csv")
+    response = StreamingHttpResponse(readings_csv.csv_lines(records), content_type="text/csv")
     name = f"rainlog-{user.cloud_id}-{first.isoformat()}-{last.isoformat()}.csv"
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response
@@ -223,7 +197,7 @@ def _resume(request: HttpRequest, user: EagleUser) -> Outcome:
 
 
 def _rotate_now(request: HttpRequest, user: EagleUser) -> Outcome:
-    report = shipping.rotate(cloud_id=user.cloud_id)
+    report = rotation.rotate(cloud_id=user.cloud_id)
     return (messages.SUCCESS if report.ok else messages.WARNING), (
         f"{user.cloud_id}: rotation: {report.summary()}"
     )

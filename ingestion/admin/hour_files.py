@@ -16,7 +16,7 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
-from ingestion import shipping
+from ingestion.archive import audit, store
 from ingestion.models import HourFile, HourFileState
 
 # Users offered in the "user" filter: the most overdue ones (any cloud_id works in the URL).
@@ -201,7 +201,7 @@ class HourFileAdmin(admin.ModelAdmin):
         if row is None or not self.has_view_permission(request, row):
             raise Http404("No archived hour file with that id.")
         try:
-            body = shipping.open_archive().open(row.key)
+            body = store.open_archive().open(row.key)
         except FileNotFoundError:
             raise Http404(
                 f"{row.key} is not in the archive: run manage.py verify_archive."
@@ -217,7 +217,7 @@ class HourFileAdmin(admin.ModelAdmin):
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> TemplateResponse:
         context = {
-            "freshness": shipping.freshness(timezone.now(), users=USERS_IN_FRESHNESS),
+            "freshness": audit.freshness(timezone.now(), users=USERS_IN_FRESHNESS),
             **(extra_context or {}),
         }
         return super().changelist_view(request, context)  # type: ignore[return-value]

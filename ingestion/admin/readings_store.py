@@ -9,8 +9,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
-from ingestion import readings_store, shipping
+from ingestion import readings_store
 from ingestion.admin.hour_files import CappedCountPaginator
+from ingestion.archive.audit import describe_age
 from ingestion.models import ReadingsLoad
 
 
@@ -70,5 +71,5 @@ class ReadingsLoadAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         context: dict[str, Any] = {"store_off": readings_store.off_reason()}
         if not context["store_off"]:
             lag = readings_store.lag(timezone.now())
-            context.update(lag=lag, lag_text=shipping.describe_age(lag.seconds))
+            context.update(lag=lag, lag_text=describe_age(lag.seconds))
         return super().changelist_view(request, {**context, **(extra_context or {})})  # type: ignore[return-value]

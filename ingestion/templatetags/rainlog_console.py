@@ -8,7 +8,7 @@ from typing import Any
 from django import template
 from django.utils import timezone
 
-from ingestion import dashboard
+from ingestion.console import dashboard
 from users.models import EagleUser
 
 register = template.Library()

@@ -21,11 +21,11 @@ import time_machine
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 
-from ingestion import files, paths
-from ingestion.files import HourFileWriter
+from ingestion import hourfiles
+from ingestion.eagle.simulator import FaultKind, Simulator
+from ingestion.hourfiles import HourFileWriter
 from ingestion.models import FetchState, HourFile, HourFileState, Incident, IncidentState, Tick
 from ingestion.records import FailureClass, Reading, Source
-from ingestion.simulator import FaultKind, Simulator
 from tests.factories import EagleUserFactory
 from users.models import EagleUser
 
@@ -103,25 +103,25 @@ def write_history(
     the current hour (and `failed_hour`, whose upload failed) on local disk."""
     archive = storages["archive"]
     gap_seconds = [(a.timestamp(), b.timestamp()) for a, b in gaps]
-    current = paths.hour_floor(NOW)
+    current = hourfiles.hour_floor(NOW)
     failed_row = None
     rows = []
-    hour = paths.hour_floor(start)
+    hour = hourfiles.hour_floor(start)
     with HourFileWriter() as writer:
         while hour < end:
             readings = _readings(
-                user, index, max(hour, start), min(hour + paths.HOUR, end), gap_seconds
+                user, index, max(hour, start), min(hour + hourfiles.HOUR, end), gap_seconds
             )
             hour_start = hour
-            hour += paths.HOUR
+            hour += hourfiles.HOUR
             if not readings:
                 continue
             row = HourFile(
                 cloud_id=user.cloud_id,
                 user=user,
                 hour=hour_start,
-                local_path=str(paths.local_path(user.cloud_id, hour_start)),
-                key=paths.archive_key(user.cloud_id, hour_start),
+                local_path=str(hourfiles.local_path(user.cloud_id, hour_start)),
+                key=hourfiles.archive_key(user.cloud_id, hour_start),
                 line_count=len(readings),
                 first_reading_at=readings[0].meter_time,
                 last_reading_at=readings[-1].meter_time,
@@ -129,10 +129,10 @@ def write_history(
             if hour_start == current or hour_start == failed_hour:
                 written = writer.append(readings).written[0]
                 if hour_start == failed_hour:
-                    files.seal(written.path)
+                    hourfiles.seal(written.path)
                     row.state = HourFileState.FAILED
                     row.attempts = 4
-                    row.sealed_at = hour_start + paths.HOUR + timedelta(minutes=2)
+                    row.sealed_at = hour_start + hourfiles.HOUR + timedelta(minutes=2)
                     row.last_error = "S3 PutObject: 503 Slow Down; retrying with backoff"
                     row.next_attempt_at = NOW + timedelta(minutes=8)
                     failed_row = row
@@ -144,7 +144,7 @@ def write_history(
                 row.state = HourFileState.VERIFIED
                 row.size = len(data)
                 row.sha256 = hashlib.sha256(data).hexdigest()
-                row.sealed_at = hour_start + paths.HOUR + timedelta(minutes=2)
+                row.sealed_at = hour_start + hourfiles.HOUR + timedelta(minutes=2)
                 row.verified_at = row.sealed_at + timedelta(seconds=20)
                 row.local_deleted_at = row.verified_at
             rows.append(row)
@@ -203,7 +203,7 @@ def build_fleet(simulator: Simulator, week_for_failing: bool = True) -> Fleet:
     day_ago = NOW - timedelta(hours=25)
 
     for index, user in enumerate(fleet.logging):
-        failed_hour = paths.hour_floor(NOW - timedelta(hours=5)) if index == 0 else None
+        failed_hour = hourfiles.hour_floor(NOW - timedelta(hours=5)) if index == 0 else None
         row = write_history(user, index, day_ago, NOW, failed_hour=failed_hour)
         fleet.failed_upload = fleet.failed_upload or row
         fetch_state(

@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.test import Client
 from django.urls import reverse
 
-from ingestion.schedules import register_schedules
+from ingestion.polling.schedules import register_schedules
 from tests.admin.conftest import Fleet, build_fleet
 from tests.factories import OperatorFactory
 

@@ -9,8 +9,8 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
-from ingestion import paths
-from ingestion.files import HourFileWriter
+from ingestion import hourfiles
+from ingestion.hourfiles import HourFileWriter
 from ingestion.models import HourFile, HourFileState
 from ingestion.records import Reading, Source
 from tests.admin.conftest import NOW, Fleet, build_fleet, demand_kw
@@ -120,7 +120,7 @@ def test_it_checks_credentials_and_fetches_now_against_the_gateway(
 
 
 def test_it_rotates_the_closed_hours_of_one_user_only(at_now, operator_client: Client) -> None:  # type: ignore[no-untyped-def]
-    hour = paths.hour_floor(NOW) - timedelta(hours=2)
+    hour = hourfiles.hour_floor(NOW) - timedelta(hours=2)
     chosen, other = EagleUserFactory(), EagleUserFactory()
     with HourFileWriter() as writer:
         for user in (chosen, other):

@@ -7,9 +7,9 @@ import pytest
 import time_machine
 from rest_framework.test import APIClient
 
-from ingestion.files import HourFileWriter
+from ingestion.eagle.simulator import Simulator
+from ingestion.hourfiles import HourFileWriter
 from ingestion.records import Reading, Source
-from ingestion.simulator import Simulator
 from tests.factories import EagleUserFactory
 from tests.polling import create_users
 from users.models import ConnectionType

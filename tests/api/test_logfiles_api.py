@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rest_framework.test import APIClient
 
-from ingestion import paths
+from ingestion import hourfiles
 from ingestion.models import HourFileState
 from tests.hour_files import demand_readings, manifest_row, ship_hour, write
 
@@ -84,7 +84,7 @@ def test_an_open_local_file_downloads_from_disk(viewer_client: APIClient, hour_f
     response = viewer_client.get(f"/api/logfiles/{row.id}/download", HTTP_ACCEPT="*/*")
 
     assert response["Content-Type"] == "application/x-ndjson"
-    local = paths.local_path("002738", row.hour)
+    local = hourfiles.local_path("002738", row.hour)
     assert body(response) == local.read_bytes()
 
 
@@ -106,7 +106,7 @@ def test_a_presigned_url_fetches_the_archived_object_from_s3(
 
 def test_a_file_with_no_copy_to_serve_is_a_409(viewer_client: APIClient, hour_files) -> None:
     failed = hour_files["failed"]
-    paths.local_path("0abc", NINE).unlink()
+    hourfiles.local_path("0abc", NINE).unlink()
 
     assert viewer_client.get(f"/api/logfiles/{failed.id}/download").status_code == 409
     presigned = viewer_client.get(

@@ -11,10 +11,10 @@ import time_machine
 from django.conf import settings
 from django.test import Client
 
-from ingestion import paths
-from ingestion.files import iter_records
+from ingestion import hourfiles
+from ingestion.eagle.record_types import record_json_schema
+from ingestion.hourfiles import iter_records
 from ingestion.models import FetchState, Incident
-from ingestion.record_types import record_json_schema
 from ingestion.records import FailureClass
 from tests.factories import EagleUserFactory
 from tests.push_uploads import eagle200_json, fragment, json_item, truth, uploader_xml
@@ -62,7 +62,7 @@ def post(
 
 
 def hour_records() -> list[dict]:
-    path = paths.local_path("00a1b2", paths.hour_floor(NOW))
+    path = hourfiles.local_path("00a1b2", hourfiles.hour_floor(NOW))
     return list(iter_records(path)) if path.exists() else []
 
 

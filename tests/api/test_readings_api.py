@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rest_framework.test import APIClient
 
-from ingestion import paths
+from ingestion import hourfiles
 from tests.factories import EagleUserFactory
 from tests.hour_files import demand_readings, ship_hour, write
 
@@ -158,7 +158,7 @@ def test_record_type_filters(viewer_client: APIClient, three_hours) -> None:
 def test_an_unreadable_archive_is_a_503_not_an_empty_answer(
     viewer_client: APIClient, three_hours, s3_client, s3_archive
 ) -> None:
-    s3_client.delete_object(Bucket=s3_archive, Key=paths.archive_key(CLOUD_ID, NINE))
+    s3_client.delete_object(Bucket=s3_archive, Key=hourfiles.archive_key(CLOUD_ID, NINE))
 
     response = viewer_client.get(URL, {"start": "2026-03-08T09:00:00Z", "end": "2026-03-08T10Z"})
 

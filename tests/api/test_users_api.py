@@ -11,7 +11,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from rest_framework.test import APIClient
 
-from ingestion import paths
+from ingestion import hourfiles
 from ingestion.models import FetchState, HourFile, Incident
 from ingestion.records import FailureClass
 from tests.factories import OPERATOR_PASSWORD, EagleUserFactory
@@ -264,11 +264,11 @@ def test_every_route_refuses_a_client_without_a_token(krum: dict) -> None:
 def test_delete_with_purge_removes_the_data_and_lists_it(
     api: APIClient, krum: dict, s3_archive: str
 ) -> None:
-    hour = paths.parse_hour_label("2026-03-08-09")
-    local = paths.local_path("002738", hour)
+    hour = hourfiles.parse_hour_label("2026-03-08-09")
+    local = hourfiles.local_path("002738", hour)
     local.parent.mkdir(parents=True)
     local.write_text("{}\n")
-    key = paths.archive_key("002738", hour)
+    key = hourfiles.archive_key("002738", hour)
     storages["archive"].save(key, ContentFile(b"{}\n"))
     HourFile.objects.create(cloud_id="002738", hour=hour, local_path=str(local), key=key)
 
@@ -289,8 +289,8 @@ def test_delete_with_purge_removes_the_data_and_lists_it(
 
 
 def test_delete_without_purge_keeps_the_data(api: APIClient, krum: dict) -> None:
-    hour = paths.parse_hour_label("2026-03-08-09")
-    local: Path = paths.local_path("002738", hour)
+    hour = hourfiles.parse_hour_label("2026-03-08-09")
+    local: Path = hourfiles.local_path("002738", hour)
     local.parent.mkdir(parents=True)
     local.write_text("{}\n")
 
@@ -320,8 +320,8 @@ def test_a_purge_the_archive_refuses_answers_503_and_keeps_the_user(
     settings,
     s3_archive: str,  # type: ignore[no-untyped-def]
 ) -> None:
-    hour = paths.parse_hour_label("2026-03-08-09")
-    key = paths.archive_key("002738", hour)
+    hour = hourfiles.parse_hour_label("2026-03-08-09")
+    key = hourfiles.archive_key("002738", hour)
     storages["archive"].save(key, ContentFile(b"{}\n"))
     settings.STORAGES = {
         **settings.STORAGES,

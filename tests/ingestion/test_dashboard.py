@@ -8,11 +8,12 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_q.models import Schedule, Task
 
-from ingestion import dashboard, paths
-from ingestion.files import HourFileWriter
+from ingestion import hourfiles
+from ingestion.console import dashboard
+from ingestion.hourfiles import HourFileWriter
 from ingestion.models import HourFileState, IncidentState
+from ingestion.polling.schedules import register_schedules
 from ingestion.records import FailureClass, Reading, Source
-from ingestion.schedules import register_schedules
 from tests.factories import (
     EagleUserFactory,
     FetchStateFactory,
@@ -166,7 +167,7 @@ def test_it_draws_each_hour_of_the_week_as_complete_partial_missing_or_unshipped
     settings.INGEST_METER_SECONDS = 10.0
     with time_machine.travel(NOW - timedelta(days=3, hours=2), tick=False):
         user = EagleUserFactory()
-    this_hour = paths.hour_floor(NOW)
+    this_hour = hourfiles.hour_floor(NOW)
 
     def shipped(hours_ago: int, lines: int, first_second: int = 3, last_second: int = 3595):  # type: ignore[no-untyped-def]
         hour = this_hour - timedelta(hours=hours_ago)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingestion.decoding import decode_payload, decode_reply, device_list_meter
-from ingestion.record_types import PreviousReading
+from ingestion.eagle.decoders import decode_payload, decode_reply, device_list_meter
+from ingestion.eagle.record_types import PreviousReading
 from ingestion.records import FailureClass, FetchFailure, Reading
 
 ZIGBEE_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)

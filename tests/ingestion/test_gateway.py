@@ -7,9 +7,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from ingestion.gateway import EagleClient, GatewayTarget, fetch_now, local_url
+from ingestion.eagle.client import EagleClient, GatewayTarget, fetch_now, local_url
+from ingestion.eagle.simulator import FaultKind, Simulator
 from ingestion.records import FailureClass, FetchFailure, Reading
-from ingestion.simulator import FaultKind, Simulator
 from tests.factories import EagleUserFactory
 from users.models import ConnectionType
 

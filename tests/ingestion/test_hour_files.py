@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestion import files, paths
+from ingestion import hourfiles
 from ingestion.records import Reading, Source
 
 RECEIVED = datetime(2026, 3, 8, 10, 0, 5, tzinfo=UTC)
@@ -24,11 +24,11 @@ def reading(cloud_id: str, meter_time: datetime, demand_kw: float = 1.5) -> Read
 
 
 def lines_of(path: Path) -> list[dict]:
-    return list(files.iter_records(path))
+    return list(hourfiles.iter_records(path))
 
 
 def test_it_files_each_reading_under_the_utc_hour_of_its_meter_time(tmp_path: Path) -> None:
-    with files.HourFileWriter(root=tmp_path) as writer:
+    with hourfiles.HourFileWriter(root=tmp_path) as writer:
         result = writer.append(
             [
                 reading("002738", datetime(2026, 3, 8, 9, 59, 58, tzinfo=UTC)),
@@ -45,7 +45,7 @@ def test_it_files_each_reading_under_the_utc_hour_of_its_meter_time(tmp_path: Pa
 
 
 def test_it_keeps_open_files_within_the_pool_bound(tmp_path: Path) -> None:
-    with files.HourFileWriter(root=tmp_path, max_open=8) as writer:
+    with hourfiles.HourFileWriter(root=tmp_path, max_open=8) as writer:
         for n in range(50):
             writer.append([reading(f"{n:06x}", datetime(2026, 3, 8, 10, 1, tzinfo=UTC))])
             assert writer.open_files <= 8
@@ -54,51 +54,51 @@ def test_it_keeps_open_files_within_the_pool_bound(tmp_path: Path) -> None:
 
 def test_a_reading_for_a_sealed_hour_goes_to_a_late_part(tmp_path: Path) -> None:
     hour = datetime(2026, 3, 8, 9, tzinfo=UTC)
-    with files.HourFileWriter(root=tmp_path) as writer:
+    with hourfiles.HourFileWriter(root=tmp_path) as writer:
         writer.append([reading("002738", hour.replace(minute=59))])
-        main = paths.local_path("002738", hour, root=tmp_path)
+        main = hourfiles.local_path("002738", hour, root=tmp_path)
         size_at_seal = main.stat().st_size
-        assert files.seal(main)
+        assert hourfiles.seal(main)
         # The writer still holds the file open: the marker, checked under the lock, must stop it.
         result = writer.append([reading("002738", hour.replace(minute=59, second=30))])
     assert main.stat().st_size == size_at_seal
-    late = paths.local_path("002738", hour, part=1, root=tmp_path)
+    late = hourfiles.local_path("002738", hour, part=1, root=tmp_path)
     assert result.written[0].path == late and result.written[0].part == 1
     assert [r["meter_time"] for r in lines_of(late)] == ["2026-03-08T09:59:30Z"]
 
 
 def test_a_shipped_and_removed_hour_is_never_recreated_under_its_old_name(tmp_path: Path) -> None:
     hour = datetime(2026, 3, 8, 9, tzinfo=UTC)
-    with files.HourFileWriter(root=tmp_path) as writer:
+    with hourfiles.HourFileWriter(root=tmp_path) as writer:
         writer.append([reading("002738", hour)])
-    main = paths.local_path("002738", hour, root=tmp_path)
-    files.seal(main)
+    main = hourfiles.local_path("002738", hour, root=tmp_path)
+    hourfiles.seal(main)
     main.unlink()
-    with files.HourFileWriter(root=tmp_path) as writer:
+    with hourfiles.HourFileWriter(root=tmp_path) as writer:
         writer.append([reading("002738", hour.replace(minute=30))])
     assert not main.exists()
-    assert paths.local_path("002738", hour, part=1, root=tmp_path).exists()
+    assert hourfiles.local_path("002738", hour, part=1, root=tmp_path).exists()
 
 
 def test_sealing_is_idempotent_and_reports_missing_files(tmp_path: Path) -> None:
     hour = datetime(2026, 3, 8, 9, tzinfo=UTC)
-    path = paths.local_path("002738", hour, root=tmp_path)
-    assert files.seal(path) is False
-    with files.HourFileWriter(root=tmp_path) as writer:
+    path = hourfiles.local_path("002738", hour, root=tmp_path)
+    assert hourfiles.seal(path) is False
+    with hourfiles.HourFileWriter(root=tmp_path) as writer:
         writer.append([reading("002738", hour)])
-    assert files.seal(path) and files.seal(path)
-    assert files.is_sealed(path)
+    assert hourfiles.seal(path) and hourfiles.seal(path)
+    assert hourfiles.is_sealed(path)
 
 
 def test_a_torn_last_line_from_a_crash_does_not_swallow_the_next_reading(tmp_path: Path) -> None:
     hour = datetime(2026, 3, 8, 9, tzinfo=UTC)
-    path = paths.local_path("002738", hour, root=tmp_path)
+    path = hourfiles.local_path("002738", hour, root=tmp_path)
     path.parent.mkdir(parents=True)
     path.write_bytes(reading("002738", hour).to_line() + b'{"format_version": 1, "reco')
-    with files.HourFileWriter(root=tmp_path) as writer:
+    with hourfiles.HourFileWriter(root=tmp_path) as writer:
         writer.append([reading("002738", hour.replace(minute=1))])
-    malformed: list[files.MalformedLine] = []
-    records = list(files.iter_records(path, malformed))
+    malformed: list[hourfiles.MalformedLine] = []
+    records = list(hourfiles.iter_records(path, malformed))
     assert [r["meter_time"] for r in records] == ["2026-03-08T09:00:00Z", "2026-03-08T09:01:00Z"]
     assert [m.line_number for m in malformed] == [2]
 
@@ -108,12 +108,12 @@ def test_a_torn_last_line_from_a_crash_does_not_swallow_the_next_reading(tmp_pat
 )
 def test_a_full_disk_leaves_the_readings_unwritten_and_reported(tmp_path: Path) -> None:
     hour = datetime(2026, 3, 8, 9, tzinfo=UTC)
-    path = paths.local_path("002738", hour, root=tmp_path)
+    path = hourfiles.local_path("002738", hour, root=tmp_path)
     path.parent.mkdir(parents=True)
     # Every write to /dev/full fails with ENOSPC, as on a full file system.
     os.symlink("/dev/full", path)
     batch = [reading("002738", hour), reading("0abc", hour)]
-    with files.HourFileWriter(root=tmp_path) as writer:
+    with hourfiles.HourFileWriter(root=tmp_path) as writer:
         result = writer.append(batch)
     assert [r.cloud_id for r in result.unwritten] == ["002738"]
     assert "002738" in result.errors[0] and "No space" in result.errors[0]

@@ -8,7 +8,10 @@ import pytest
 import time_machine
 from django.db import connection
 
-from ingestion.leases import (
+from ingestion.eagle.simulator import Simulator
+from ingestion.models import PollLease, Tick
+from ingestion.polling.engine import run_window
+from ingestion.polling.leases import (
     FOREGROUND,
     WINDOW,
     Acquisition,
@@ -17,9 +20,6 @@ from ingestion.leases import (
     holder_name,
     shard_of,
 )
-from ingestion.models import PollLease, Tick
-from ingestion.poller import run_window
-from ingestion.simulator import Simulator
 from tests.polling import create_users, duplicates, logged_keys
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

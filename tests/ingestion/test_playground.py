@@ -9,7 +9,7 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from ingestion.views import EXAMPLES
+from ingestion.console.playground import EXAMPLES
 
 pytestmark = pytest.mark.django_db
 

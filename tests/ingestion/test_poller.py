@@ -16,9 +16,10 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from ingestion import paths, shipping
-from ingestion.files import HourFileWriter
-from ingestion.leases import shard_of
+from ingestion import hourfiles
+from ingestion.archive import rotation
+from ingestion.eagle.simulator import FaultPlan, Simulator
+from ingestion.hourfiles import HourFileWriter, read_tail_records
 from ingestion.models import (
     FetchState,
     HourFile,
@@ -28,8 +29,9 @@ from ingestion.models import (
     PollLease,
     Tick,
 )
-from ingestion.poller import DEMAND, Poller, latest_record, newest_logged, read_tail_records
-from ingestion.simulator import FaultPlan, Simulator
+from ingestion.polling.engine import DEMAND, Poller, newest_logged
+from ingestion.polling.latest import latest_record
+from ingestion.polling.leases import shard_of
 from tests.polling import (
     START,
     create_users,
@@ -138,9 +140,9 @@ def test_a_restarted_poller_knows_what_a_killed_one_wrote_to_files_shipped_since
             run.tick()
         newest_on_disk = {(c, t): ts for c, t, ts in sorted(logged_keys(), key=lambda k: k[2])}
         # The rotation ships the hour and removes its files before a new poller starts.
-        hour = paths.hour_of_timestamp(run.clock.now)
+        hour = hourfiles.hour_of_timestamp(run.clock.now)
         run.traveller.move_to(run.clock.now + 3600 + settings.ROTATE_GRACE_SECONDS)
-        shipped = shipping.rotate(hour=hour)
+        shipped = rotation.rotate(hour=hour)
         run.traveller.move_to(run.clock.now)
         assert shipped.local_deleted == 6 and logged_keys() == []
 
@@ -366,8 +368,8 @@ def test_it_registers_each_new_hour_file_in_the_manifest_once(settings) -> None:
     assert len(hours) == 2 and rows.count() == 6
     for row in rows:
         assert row.state == HourFileState.OPEN and row.part == 0
-        assert row.key == paths.archive_key(row.cloud_id, row.hour)
-        assert row.local_path == str(paths.local_path(row.cloud_id, row.hour))
+        assert row.key == hourfiles.archive_key(row.cloud_id, row.hour)
+        assert row.local_path == str(hourfiles.local_path(row.cloud_id, row.hour))
         assert row.user.cloud_id == row.cloud_id
 
 
@@ -436,7 +438,7 @@ def test_it_reads_the_newest_timestamps_from_file_tails_despite_a_torn_line(sett
     assert latest_record("000001")["meter_timestamp"] == newest
     assert latest_record("00000f") is None
     # A hint that everything of the user is newer than the files skips them.
-    later = paths.hour_floor(datetime.fromtimestamp(newest, UTC)) + timedelta(hours=1)
+    later = hourfiles.hour_floor(datetime.fromtimestamp(newest, UTC)) + timedelta(hours=1)
     assert newest_logged({"000001": later}) == {}
 
 

@@ -12,8 +12,8 @@ from django.db import connection
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingestion import paths
-from ingestion.files import iter_records
+from ingestion import hourfiles
+from ingestion.hourfiles import iter_records
 from ingestion.models import FetchState, Incident, IncidentState
 from ingestion.push import (
     PushRejectedError,
@@ -54,7 +54,7 @@ def parse(body: bytes, meter_mac: str = "") -> list[Reading]:
 
 
 def hour_records(cloud_id: str = "00a1b2", hour: datetime = NOW) -> list[dict]:
-    path = paths.local_path(cloud_id, paths.hour_floor(hour))
+    path = hourfiles.local_path(cloud_id, hourfiles.hour_floor(hour))
     return list(iter_records(path)) if path.exists() else []
 
 
@@ -284,7 +284,7 @@ def test_it_writes_nothing_for_a_user_suspended_after_its_push_was_accepted() ->
     result = ingest_readings(user, readings, NOW)
 
     assert result.written == 0 and "no longer takes pushes" in result.refused[0]
-    assert not Path(paths.hour_dir(NOW)).exists()
+    assert not Path(hourfiles.hour_dir(NOW)).exists()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -16,10 +16,11 @@ from django.test import Client
 from django.urls import reverse
 from django_q.models import Schedule
 
-from ingestion import paths, readings_store, shipping
+from ingestion import hourfiles, readings_store
+from ingestion.archive import rotation
 from ingestion.models import FetchState, HourFile, LoadedHourFile, ReadingsLoad
+from ingestion.polling.schedules import LOAD_SCHEDULE, register_schedules
 from ingestion.records import TYPED_COLUMNS
-from ingestion.schedules import LOAD_SCHEDULE, register_schedules
 from tests.factories import OperatorFactory
 from tests.hour_files import demand_readings, write
 from tests.polling import logged_keys, polling_run
@@ -51,7 +52,7 @@ def table_keys() -> list[tuple[str, str, int]]:
 
 def rotate_at(moment: datetime) -> None:
     with time_machine.travel(moment, tick=False):
-        report = shipping.rotate()
+        report = rotation.rotate()
     assert report.ok, report.errors
 
 
@@ -108,8 +109,8 @@ def test_a_polled_fleets_hours_loaded_twice_give_exactly_one_row_per_reading(
     assert first.rows_inserted == len(logged) and first.failures == 0
     assert second.rows_read == len(logged) and second.rows_inserted == 0
     assert {load.hour for load in first.loads} == {
-        paths.hour_floor(datetime.fromtimestamp(start, UTC)),
-        paths.hour_floor(datetime.fromtimestamp(start + 120, UTC)),
+        hourfiles.hour_floor(datetime.fromtimestamp(start, UTC)),
+        hourfiles.hour_floor(datetime.fromtimestamp(start + 120, UTC)),
     }
 
 
@@ -146,7 +147,7 @@ def test_it_loads_typed_values_and_raw_from_archived_and_local_files(store) -> N
         "tier": None,
         "raw": {"Price": "0x0000025b", "Note": 'a "quoted" \\ back\tslash', "é": [1, None]},
     }
-    path = paths.local_path("0b01", ten)
+    path = hourfiles.local_path("0b01", ten)
     path.parent.mkdir(parents=True)
     path.write_bytes(orjson.dumps(record) + b"\n" + b'{"torn line\n')
     HourFile.objects.create(

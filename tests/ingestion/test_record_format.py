@@ -9,11 +9,11 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from ingestion.decoding import decode_payload
-from ingestion.gateway import EagleClient, GatewayTarget
-from ingestion.record_types import RECORD_TYPES, record_json_schema, record_json_schema_text
+from ingestion.eagle.client import EagleClient, GatewayTarget
+from ingestion.eagle.decoders import decode_payload
+from ingestion.eagle.record_types import RECORD_TYPES, record_json_schema, record_json_schema_text
+from ingestion.eagle.simulator import Simulator
 from ingestion.records import FailureClass, Reading, parse_line
-from ingestion.simulator import Simulator
 from users.models import ConnectionType
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -30,7 +30,7 @@ def validator() -> Draft202012Validator:
 def test_the_schema_file_is_what_the_record_types_generate() -> None:
     assert SCHEMA_FILE.read_text() == record_json_schema_text(), (
         "docs/record-format.schema.json is out of date: "
-        "run `python -m ingestion.record_types > docs/record-format.schema.json`"
+        "run `python -m ingestion.eagle.record_types > docs/record-format.schema.json`"
     )
     variants = {variant["title"] for variant in record_json_schema()["oneOf"]}
     assert variants == set(RECORD_TYPES) >= {"demand", "summation", "price"}

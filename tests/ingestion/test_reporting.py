@@ -15,10 +15,10 @@ from django_q.models import Schedule
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from ingestion.incident_reports import create_reports, run_report_pass
 from ingestion.models import Incident, IncidentReport, IncidentState, ReportState
+from ingestion.polling.schedules import register_schedules
 from ingestion.records import FailureClass
-from ingestion.reporting import create_reports, run_report_pass
-from ingestion.schedules import register_schedules
 from ingestion.tasks import deliver_incident_reports
 from tests.factories import EagleUserFactory
 from tests.rainlog.test_settings import PRODUCTION_ENVIRONMENT, manage

@@ -7,7 +7,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import time_machine
 
-from ingestion import files, paths, retrieval, shipping
+from ingestion import hourfiles, retrieval
+from ingestion.archive import rotation
 from ingestion.models import HourFile, HourFileState, Incident, IncidentState
 from ingestion.records import FailureClass
 from tests.factories import EagleUserFactory
@@ -27,7 +28,7 @@ def test_it_returns_what_was_written_across_archived_gzip_and_local_hours(s3_arc
     write(written)
     ship_hour(CLOUD_ID, NINE)
     ship_hour(CLOUD_ID, NINE + timedelta(hours=1), compressed=True)
-    assert not paths.local_path(CLOUD_ID, NINE).exists()
+    assert not hourfiles.local_path(CLOUD_ID, NINE).exists()
 
     records = list(retrieval.iter_readings(CLOUD_ID, NINE, NINE + timedelta(hours=3)))
 
@@ -44,12 +45,12 @@ def test_hours_shipped_by_the_rotation_read_back_with_the_hour_still_on_disk(
     written = demand_readings(CLOUD_ID, NINE, count=1200)
     write(written)
 
-    report = shipping.rotate(hour=NINE, cloud_id=CLOUD_ID)
+    report = rotation.rotate(hour=NINE, cloud_id=CLOUD_ID)
 
     assert report.ok
     row = HourFile.objects.get(cloud_id=CLOUD_ID, hour=NINE)
     assert row.state == HourFileState.VERIFIED and row.key.endswith(".jl.gz")
-    assert not paths.local_path(CLOUD_ID, NINE).exists()
+    assert not hourfiles.local_path(CLOUD_ID, NINE).exists()
     records = list(retrieval.iter_readings(CLOUD_ID, NINE, NINE + timedelta(hours=2)))
     assert timestamps(records) == [r.meter_timestamp for r in written]
 
@@ -61,7 +62,7 @@ def test_it_never_lists_the_bucket_an_unrecorded_object_stays_unseen(s3_archive,
     stray_hour = NINE + timedelta(hours=1)
     s3_client.put_object(
         Bucket=s3_archive,
-        Key=paths.archive_key(CLOUD_ID, stray_hour),
+        Key=hourfiles.archive_key(CLOUD_ID, stray_hour),
         Body=demand_readings(CLOUD_ID, stray_hour, count=1)[0].to_line(),
     )
 
@@ -76,14 +77,14 @@ def test_an_hour_both_local_and_archived_with_a_late_part_comes_back_once_in_ord
 ) -> None:
     first_half = demand_readings(CLOUD_ID, NINE, count=300)
     write(first_half)
-    main = paths.local_path(CLOUD_ID, NINE)
-    files.seal(main)
+    main = hourfiles.local_path(CLOUD_ID, NINE)
+    hourfiles.seal(main)
     # Verified in the archive, local copy not yet removed: the window both copies exist.
     ship_hour(CLOUD_ID, NINE, compressed=True, delete_local=False)
     late = demand_readings(CLOUD_ID, NINE + timedelta(minutes=30), count=300, step_seconds=6)
     # A repeat of a reading already in the main file arrives late too.
     write([*late, first_half[-1]])
-    assert paths.local_path(CLOUD_ID, NINE, part=1).exists()
+    assert hourfiles.local_path(CLOUD_ID, NINE, part=1).exists()
 
     records = list(retrieval.iter_readings(CLOUD_ID, NINE, NINE + timedelta(hours=1)))
 
@@ -94,7 +95,7 @@ def test_an_hour_both_local_and_archived_with_a_late_part_comes_back_once_in_ord
 def test_it_sorts_out_of_order_lines_skips_malformed_ones_and_honours_the_range() -> None:
     readings = demand_readings(CLOUD_ID, NINE, count=20)
     write(reversed(readings))
-    with open(paths.local_path(CLOUD_ID, NINE), "ab") as handle:
+    with open(hourfiles.local_path(CLOUD_ID, NINE), "ab") as handle:
         handle.write(b'{"torn": \n')
 
     start, end = readings[5].meter_time, readings[15].meter_time

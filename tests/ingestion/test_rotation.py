@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import time_machine
 
-from ingestion import files, paths, shipping
+from ingestion import hourfiles
+from ingestion.archive import rotation
 from ingestion.models import HourFile, HourFileState
 from tests.factories import EagleUserFactory
 from tests.hour_files import demand_readings, write
@@ -29,9 +30,9 @@ def keys_in(s3_client, bucket: str) -> list[str]:  # type: ignore[no-untyped-def
     return [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
 
 
-def rotate_at(moment: datetime, **options) -> shipping.RotationReport:  # type: ignore[no-untyped-def]
+def rotate_at(moment: datetime, **options) -> rotation.RotationReport:  # type: ignore[no-untyped-def]
     with time_machine.travel(moment, tick=False):
-        return shipping.rotate(**options)
+        return rotation.rotate(**options)
 
 
 def test_it_ships_a_closed_hour_to_its_key_verified_and_removes_the_local_file(
@@ -39,7 +40,7 @@ def test_it_ships_a_closed_hour_to_its_key_verified_and_removes_the_local_file(
 ) -> None:  # type: ignore[no-untyped-def]
     user = EagleUserFactory(cloud_id="002738")
     write(demand_readings("002738", HOUR, 600))
-    local = paths.local_path("002738", HOUR)
+    local = hourfiles.local_path("002738", HOUR)
     data = local.read_bytes()
 
     report = rotate_at(AFTER_CLOSE)
@@ -59,7 +60,7 @@ def test_it_ships_a_closed_hour_to_its_key_verified_and_removes_the_local_file(
     assert row.verified_at is not None and row.local_deleted_at is not None
     assert not local.exists()
     # The marker outlives the file, so a late reading never recreates the shipped name.
-    assert paths.sealed_marker(local).exists()
+    assert hourfiles.sealed_marker(local).exists()
     assert (report.shipped, report.failed, report.conflicts) == (1, 0, 0)
 
 
@@ -69,16 +70,16 @@ def test_it_leaves_the_current_hour_and_the_grace_period_alone(s3_archive: str, 
 
     rotate_at(HOUR + timedelta(hours=1, seconds=30))
     assert keys_in(s3_client, s3_archive) == []
-    assert not files.is_sealed(paths.local_path("002738", HOUR))
+    assert not hourfiles.is_sealed(hourfiles.local_path("002738", HOUR))
 
     rotate_at(AFTER_CLOSE)
     assert [k.rsplit("-", 1)[-1] for k in keys_in(s3_client, s3_archive)] == ["09.jl"]
-    assert paths.local_path("002738", HOUR + timedelta(hours=1)).exists()
+    assert hourfiles.local_path("002738", HOUR + timedelta(hours=1)).exists()
 
 
 def test_it_ships_to_the_local_file_system_archive_the_same_way(settings) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("0abc", HOUR, 20))
-    data = paths.local_path("0abc", HOUR).read_bytes()
+    data = hourfiles.local_path("0abc", HOUR).read_bytes()
 
     report = rotate_at(AFTER_CLOSE)
 
@@ -88,7 +89,7 @@ def test_it_ships_to_the_local_file_system_archive_the_same_way(settings) -> Non
     assert row.state == HourFileState.VERIFIED and report.shipped == 1
     # No temporary file is left beside the object.
     assert [p.name for p in stored.parent.iterdir()] == [stored.name]
-    assert not paths.local_path("0abc", HOUR).exists()
+    assert not hourfiles.local_path("0abc", HOUR).exists()
 
 
 def test_a_reading_after_the_seal_goes_to_a_late_part_shipped_under_its_own_key(
@@ -98,8 +99,8 @@ def test_a_reading_after_the_seal_goes_to_a_late_part_shipped_under_its_own_key(
     rotate_at(AFTER_CLOSE)
     late_reading = demand_readings("002738", HOUR + timedelta(minutes=59), 1)
     write(late_reading)
-    late = paths.local_path("002738", HOUR, part=1)
-    assert late.exists() and not paths.local_path("002738", HOUR).exists()
+    late = hourfiles.local_path("002738", HOUR, part=1)
+    assert late.exists() and not hourfiles.local_path("002738", HOUR).exists()
 
     rotate_at(AFTER_CLOSE + timedelta(hours=1))
 
@@ -112,7 +113,7 @@ def test_a_reading_after_the_seal_goes_to_a_late_part_shipped_under_its_own_key(
 
 def test_it_counts_malformed_lines_and_ships_every_byte(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("002738", HOUR, 3))
-    local = paths.local_path("002738", HOUR)
+    local = hourfiles.local_path("002738", HOUR)
     # A line torn by a crash, then more readings after it.
     with open(local, "ab") as handle:
         handle.write(b'{"format_version": 1, "record_ty\n')
@@ -141,7 +142,7 @@ def test_the_manifest_keeps_the_newest_time_of_each_record_type(
     )
     write([*demand_readings("002738", HOUR, 3), summation])
     if torn_line:
-        with open(paths.local_path("002738", HOUR), "ab") as handle:
+        with open(hourfiles.local_path("002738", HOUR), "ab") as handle:
             handle.write(b'{"format_version": 1, "record_ty\n')
 
     rotate_at(AFTER_CLOSE)
@@ -154,10 +155,10 @@ def test_the_manifest_keeps_the_newest_time_of_each_record_type(
 
 
 def test_an_empty_sealed_file_is_nothing_to_ship(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
-    local = paths.local_path("002738", HOUR)
+    local = hourfiles.local_path("002738", HOUR)
     local.parent.mkdir(parents=True)
     local.touch()
-    files.seal(local)
+    hourfiles.seal(local)
 
     report = rotate_at(AFTER_CLOSE)
 
@@ -172,7 +173,7 @@ def test_gzip_objects_are_explicit_jl_gz_without_content_encoding(
 ) -> None:  # type: ignore[no-untyped-def]
     settings.ARCHIVE_COMPRESS = "gzip"
     write(demand_readings("002738", HOUR, 600))
-    data = paths.local_path("002738", HOUR).read_bytes()
+    data = hourfiles.local_path("002738", HOUR).read_bytes()
 
     rotate_at(AFTER_CLOSE)
 
@@ -193,7 +194,7 @@ def test_the_key_stays_what_it_was_when_the_row_was_made(
 ) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("002738", HOUR, 5))
     with time_machine.travel(AFTER_CLOSE, tick=False):
-        shipping.rotate(should_stop=lambda: True)  # registers, ships nothing
+        rotation.rotate(should_stop=lambda: True)  # registers, ships nothing
     row = HourFile.objects.get()
     assert row.state == HourFileState.OPEN and not row.compressed
     settings.ARCHIVE_COMPRESS = "gzip"
@@ -209,24 +210,24 @@ def test_an_identical_object_already_at_the_key_counts_as_shipped(
     s3_archive: str, s3_client
 ) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("002738", HOUR, 5))
-    data = paths.local_path("002738", HOUR).read_bytes()
-    key = paths.archive_key("002738", HOUR)
+    data = hourfiles.local_path("002738", HOUR).read_bytes()
+    key = hourfiles.archive_key("002738", HOUR)
     s3_client.put_object(Bucket=s3_archive, Key=key, Body=data)
 
     report = rotate_at(AFTER_CLOSE)
 
     assert (report.already_archived, report.shipped, report.conflicts) == (1, 0, 0)
     assert HourFile.objects.get().state == HourFileState.VERIFIED
-    assert not paths.local_path("002738", HOUR).exists()
+    assert not hourfiles.local_path("002738", HOUR).exists()
 
 
 def test_a_different_object_at_the_key_is_a_conflict_never_overwritten(
     s3_archive: str, s3_client
 ) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("002738", HOUR, 5))
-    local = paths.local_path("002738", HOUR)
+    local = hourfiles.local_path("002738", HOUR)
     data = local.read_bytes()
-    key = paths.archive_key("002738", HOUR)
+    key = hourfiles.archive_key("002738", HOUR)
     s3_client.put_object(Bucket=s3_archive, Key=key, Body=b"someone else's bytes\n")
 
     report = rotate_at(AFTER_CLOSE)
@@ -252,7 +253,7 @@ def test_a_different_object_at_the_key_is_a_conflict_never_overwritten(
 
 def test_a_conflict_on_the_local_archive_is_detected_too(settings) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("0abc", HOUR, 5))
-    stored = Path(settings.ARCHIVE_ROOT) / paths.archive_key("0abc", HOUR)
+    stored = Path(settings.ARCHIVE_ROOT) / hourfiles.archive_key("0abc", HOUR)
     stored.parent.mkdir(parents=True)
     stored.write_bytes(b"other\n")
 
@@ -260,7 +261,7 @@ def test_a_conflict_on_the_local_archive_is_detected_too(settings) -> None:  # t
 
     assert HourFile.objects.get().state == HourFileState.CONFLICT
     assert stored.read_bytes() == b"other\n"
-    assert paths.local_path("0abc", HOUR).exists()
+    assert hourfiles.local_path("0abc", HOUR).exists()
 
 
 def test_only_the_requested_hour_and_user_are_shipped(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
@@ -270,7 +271,7 @@ def test_only_the_requested_hour_and_user_are_shipped(s3_archive: str, s3_client
 
     rotate_at(AFTER_CLOSE, hour=HOUR, cloud_id="0002")
 
-    assert keys_in(s3_client, s3_archive) == [paths.archive_key("0002", HOUR)]
+    assert keys_in(s3_client, s3_archive) == [hourfiles.archive_key("0002", HOUR)]
     assert HourFile.objects.count() == 1
 
 
@@ -279,19 +280,19 @@ def test_a_row_registered_by_someone_else_is_shipped_too(s3_archive: str, s3_cli
     HourFile.objects.create(
         cloud_id="002738",
         hour=HOUR,
-        local_path=str(paths.local_path("002738", HOUR)),
-        key=paths.archive_key("002738", HOUR),
+        local_path=str(hourfiles.local_path("002738", HOUR)),
+        key=hourfiles.archive_key("002738", HOUR),
     )
 
     rotate_at(AFTER_CLOSE)
 
     assert HourFile.objects.get().state == HourFileState.VERIFIED
-    assert keys_in(s3_client, s3_archive) == [paths.archive_key("002738", HOUR)]
+    assert keys_in(s3_client, s3_archive) == [hourfiles.archive_key("002738", HOUR)]
 
 
 def test_a_verified_file_left_on_disk_by_a_stopped_run_is_removed(s3_archive: str) -> None:
     write(demand_readings("002738", HOUR, 3))
-    local = paths.local_path("002738", HOUR)
+    local = hourfiles.local_path("002738", HOUR)
     kept = local.read_bytes()
     rotate_at(AFTER_CLOSE)
     # As if the run had stopped after recording the row verified, before removing the file.
@@ -309,22 +310,24 @@ def test_new_readings_under_a_shipped_name_move_to_a_new_late_part(
 ) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("002738", HOUR, 3))
     rotate_at(AFTER_CLOSE)
-    first_object = object_bytes(s3_client, s3_archive, paths.archive_key("002738", HOUR))
+    first_object = object_bytes(s3_client, s3_archive, hourfiles.archive_key("002738", HOUR))
     # Markers cleaned up long ago; then a meter with a wrong clock sends readings of that hour.
-    paths.sealed_marker(paths.local_path("002738", HOUR)).unlink()
+    hourfiles.sealed_marker(hourfiles.local_path("002738", HOUR)).unlink()
     straggler = demand_readings("002738", HOUR + timedelta(minutes=40), 2)
     write(straggler)
-    assert paths.local_path("002738", HOUR).exists()
+    assert hourfiles.local_path("002738", HOUR).exists()
 
     report = rotate_at(AFTER_CLOSE + timedelta(hours=2))
 
     assert report.relocated == 1
-    assert object_bytes(s3_client, s3_archive, paths.archive_key("002738", HOUR)) == first_object
-    late_key = paths.archive_key("002738", HOUR, part=1)
+    assert (
+        object_bytes(s3_client, s3_archive, hourfiles.archive_key("002738", HOUR)) == first_object
+    )
+    late_key = hourfiles.archive_key("002738", HOUR, part=1)
     assert object_bytes(s3_client, s3_archive, late_key) == b"".join(r.to_line() for r in straggler)
     assert HourFile.objects.get(part=1).state == HourFileState.VERIFIED
-    assert not paths.local_path("002738", HOUR).exists()
-    assert not paths.local_path("002738", HOUR, part=1).exists()
+    assert not hourfiles.local_path("002738", HOUR).exists()
+    assert not hourfiles.local_path("002738", HOUR, part=1).exists()
 
 
 def test_old_hour_directories_lose_their_markers_once_all_is_verified(
@@ -334,7 +337,7 @@ def test_old_hour_directories_lose_their_markers_once_all_is_verified(
     write(demand_readings("0001", HOUR, 3))
     write(demand_readings("0002", HOUR, 3))
     rotate_at(AFTER_CLOSE)
-    directory = paths.hour_dir(HOUR)
+    directory = hourfiles.hour_dir(HOUR)
     assert sorted(p.name.endswith(".sealed") for p in directory.iterdir()) == [True, True]
 
     rotate_at(AFTER_CLOSE + timedelta(hours=12))
@@ -349,14 +352,14 @@ def test_an_hour_directory_with_an_unshipped_file_is_kept(
 ) -> None:  # type: ignore[no-untyped-def]
     settings.ROTATE_MARKER_RETENTION_HOURS = 24
     write(demand_readings("0001", HOUR, 3))
-    key = paths.archive_key("0001", HOUR)
+    key = hourfiles.archive_key("0001", HOUR)
     s3_client.put_object(Bucket=s3_archive, Key=key, Body=b"x\n")
 
     rotate_at(AFTER_CLOSE + timedelta(hours=25))
 
     assert HourFile.objects.get().state == HourFileState.CONFLICT
-    assert paths.local_path("0001", HOUR).exists()
-    assert paths.sealed_marker(paths.local_path("0001", HOUR)).exists()
+    assert hourfiles.local_path("0001", HOUR).exists()
+    assert hourfiles.sealed_marker(hourfiles.local_path("0001", HOUR)).exists()
 
 
 def test_open_files_stay_bounded_whatever_the_number_of_files(settings, s3_archive: str) -> None:  # type: ignore[no-untyped-def]
@@ -365,8 +368,8 @@ def test_open_files_stay_bounded_whatever_the_number_of_files(settings, s3_archi
         write(demand_readings(f"{n:04x}", HOUR, 2))
     open_fds: list[int] = []
 
-    def count_fds(step: shipping.Step, key: str) -> None:
-        if step == shipping.Step.MEASURED:
+    def count_fds(step: rotation.Step, key: str) -> None:
+        if step == rotation.Step.MEASURED:
             open_fds.append(len(list(Path("/proc/self/fd").iterdir())))
 
     before = len(list(Path("/proc/self/fd").iterdir()))
@@ -383,10 +386,10 @@ def test_a_file_too_large_for_memory_is_streamed_with_the_same_result(
 ) -> None:  # type: ignore[no-untyped-def]
     settings.ARCHIVE_COMPRESS = compress
     # Tiny limits, so that this file is streamed and its lines span read chunks.
-    monkeypatch.setattr(shipping, "SPOOL_BYTES", 1000)
-    monkeypatch.setattr(shipping, "READ_CHUNK", 777)
+    monkeypatch.setattr(rotation, "SPOOL_BYTES", 1000)
+    monkeypatch.setattr(rotation, "READ_CHUNK", 777)
     write(demand_readings("002738", HOUR, 40))
-    local = paths.local_path("002738", HOUR)
+    local = hourfiles.local_path("002738", HOUR)
     with open(local, "ab") as handle:
         handle.write(b"not json\n")
     data = local.read_bytes()

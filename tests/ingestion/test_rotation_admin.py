@@ -6,7 +6,8 @@ import pytest
 import time_machine
 from django.test import Client
 
-from ingestion import paths, shipping
+from ingestion import hourfiles
+from ingestion.archive import rotation
 from ingestion.models import HourFile, HourFileState
 from tests.hour_files import demand_readings, manifest_row, write
 
@@ -47,9 +48,9 @@ def test_the_list_shows_freshness_filters_and_retries(admin_client_: Client) -> 
 
 def test_a_verified_file_downloads_from_the_archive(admin_client_: Client, s3_archive: str) -> None:
     write(demand_readings("002738", HOUR, 5))
-    data = paths.local_path("002738", HOUR).read_bytes()
+    data = hourfiles.local_path("002738", HOUR).read_bytes()
     with time_machine.travel(HOUR + timedelta(hours=1, minutes=5), tick=False):
-        shipping.rotate()
+        rotation.rotate()
     row = HourFile.objects.get()
 
     listing = admin_client_.get("/admin/ingestion/hourfile/?q=002738")

@@ -1,4 +1,4 @@
-"""manage.py rotate_logs and the hourly task: thin callers of shipping.rotate."""
+"""manage.py rotate_logs and the hourly task: thin callers of rotation.rotate."""
 
 import os
 import signal
@@ -10,7 +10,7 @@ import time_machine
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from ingestion import paths, tasks
+from ingestion import hourfiles, tasks
 from ingestion.management.commands import rotate_logs as rotate_logs_module
 from ingestion.models import HourFile, HourFileState
 from tests.hour_files import demand_readings, write
@@ -37,14 +37,14 @@ def test_it_ships_and_prints_a_summary(s3_archive: str) -> None:
 
 def test_a_dry_run_lists_the_files_and_changes_nothing(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("002738", HOUR, 4))
-    local = paths.local_path("002738", HOUR)
+    local = hourfiles.local_path("002738", HOUR)
 
     output = rotate_logs("--dry-run")
 
-    assert f"{paths.archive_key('002738', HOUR)} (new, {local.stat().st_size} bytes)" in output
+    assert f"{hourfiles.archive_key('002738', HOUR)} (new, {local.stat().st_size} bytes)" in output
     assert "would ship 1 file(s)" in output
     assert not HourFile.objects.exists()
-    assert not paths.sealed_marker(local).exists()
+    assert not hourfiles.sealed_marker(local).exists()
     assert "Contents" not in s3_client.list_objects_v2(Bucket=s3_archive)
 
 
@@ -82,7 +82,7 @@ def test_it_exits_non_zero_when_a_file_fails(settings) -> None:  # type: ignore[
     with pytest.raises(CommandError, match="1 file\\(s\\) failed") as raised:
         rotate_logs()
     assert raised.value.returncode == 1
-    assert paths.local_path("002738", HOUR).exists()
+    assert hourfiles.local_path("002738", HOUR).exists()
 
 
 def test_the_hourly_task_ships_and_returns_a_json_able_report(s3_archive: str) -> None:
@@ -125,5 +125,5 @@ def test_sigterm_lets_the_files_in_flight_finish_and_stops(
     assert 1 <= verified < 12
     # Nothing is left half done: every file is either verified and gone, or untouched on disk.
     for row in HourFile.objects.exclude(state=HourFileState.VERIFIED):
-        assert row.state == HourFileState.OPEN and paths.local_path(row.cloud_id, HOUR).exists()
+        assert row.state == HourFileState.OPEN and hourfiles.local_path(row.cloud_id, HOUR).exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

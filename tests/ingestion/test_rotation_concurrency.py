@@ -7,7 +7,8 @@ import pytest
 import time_machine
 from django.db import connection
 
-from ingestion import paths, shipping
+from ingestion import hourfiles
+from ingestion.archive import rotation
 from ingestion.models import HourFile, HourFileState
 from tests.hour_files import demand_readings, write
 
@@ -26,23 +27,23 @@ def test_concurrent_rotations_claim_each_file_once(settings, s3_archive, s3_clie
     claims: list[str] = []
     overlaps: list[str] = []
 
-    def track(step: shipping.Step, key: str) -> None:
+    def track(step: rotation.Step, key: str) -> None:
         with guard:
-            if step == shipping.Step.CLAIMED:
+            if step == rotation.Step.CLAIMED:
                 claims.append(key)
                 if key in in_flight:
                     overlaps.append(key)
                 in_flight.add(key)
-            elif step == shipping.Step.RECORDED:
+            elif step == rotation.Step.RECORDED:
                 in_flight.discard(key)
 
-    reports: list[shipping.RotationReport] = []
+    reports: list[rotation.RotationReport] = []
     start = threading.Barrier(2)
 
     def run() -> None:
         try:
             start.wait()
-            reports.append(shipping.rotate(after_step=track))
+            reports.append(rotation.rotate(after_step=track))
         finally:
             connection.close()
 
@@ -55,7 +56,7 @@ def test_concurrent_rotations_claim_each_file_once(settings, s3_archive, s3_clie
 
     assert len(reports) == 2 and all(report.ok for report in reports)
     assert overlaps == []
-    assert sorted(claims) == sorted(paths.archive_key(c, HOUR) for c in users)
+    assert sorted(claims) == sorted(hourfiles.archive_key(c, HOUR) for c in users)
     assert sum(report.shipped for report in reports) == len(users)
     listed = s3_client.list_objects_v2(Bucket=s3_archive)["Contents"]
     assert len(listed) == len(users)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import time_machine
 
-from ingestion import paths, shipping
+from ingestion import hourfiles
+from ingestion.archive import rotation
 from ingestion.models import HourFile, HourFileState
 from tests.hour_files import demand_readings, write
 
@@ -54,41 +55,42 @@ def archive_bytes(request, settings):  # type: ignore[no-untyped-def]
     return read_local
 
 
-def crash_after(step: shipping.Step, key_part: str) -> shipping.AfterStep:
-    def hook(reached: shipping.Step, key: str) -> None:
+def crash_after(step: rotation.Step, key_part: str) -> rotation.AfterStep:
+    def hook(reached: rotation.Step, key: str) -> None:
         if reached == step and key_part in key:
             raise SimulatedCrash(f"killed after {step}")
 
     return hook
 
 
-@pytest.mark.parametrize("step", list(shipping.Step))
+@pytest.mark.parametrize("step", list(rotation.Step))
 def test_a_run_killed_after_any_step_is_finished_by_the_next(settings, archive_bytes, step) -> None:  # type: ignore[no-untyped-def]
     originals = {}
     for cloud_id in USERS:
         write(demand_readings(cloud_id, HOUR, 50))
-        originals[cloud_id] = paths.local_path(cloud_id, HOUR).read_bytes()
+        originals[cloud_id] = hourfiles.local_path(cloud_id, HOUR).read_bytes()
 
     with time_machine.travel(AFTER_CLOSE, tick=False), pytest.raises(SimulatedCrash):
-        shipping.rotate(after_step=crash_after(step, "002738"))
+        rotation.rotate(after_step=crash_after(step, "002738"))
 
     # The next run comes after the dead run's lease has lapsed.
     later = AFTER_CLOSE + timedelta(seconds=settings.ROTATE_LEASE_SECONDS + 1)
     with time_machine.travel(later, tick=False):
-        report = shipping.rotate()
+        report = rotation.rotate()
     assert report.ok and report.conflicts == 0
 
     stored = archive_bytes()
     assert sorted(stored) == sorted(
-        paths.archive_key(c, HOUR, compressed=settings.ARCHIVE_COMPRESS == "gzip") for c in USERS
+        hourfiles.archive_key(c, HOUR, compressed=settings.ARCHIVE_COMPRESS == "gzip")
+        for c in USERS
     )
     for cloud_id in USERS:
         row = HourFile.objects.get(cloud_id=cloud_id)
         assert stored[row.key] == originals[cloud_id]
         assert row.state == HourFileState.VERIFIED
         assert row.local_deleted_at is not None and row.claimed_until is None
-        assert not paths.local_path(cloud_id, HOUR).exists()
-        assert paths.sealed_marker(paths.local_path(cloud_id, HOUR)).exists()
+        assert not hourfiles.local_path(cloud_id, HOUR).exists()
+        assert hourfiles.sealed_marker(hourfiles.local_path(cloud_id, HOUR)).exists()
 
 
 def test_a_run_that_dies_while_holding_a_lease_blocks_nobody_after_it_lapses(
@@ -96,15 +98,15 @@ def test_a_run_that_dies_while_holding_a_lease_blocks_nobody_after_it_lapses(
 ) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("002738", HOUR, 5))
     with time_machine.travel(AFTER_CLOSE, tick=False), pytest.raises(SimulatedCrash):
-        shipping.rotate(after_step=crash_after(shipping.Step.CLAIMED, ""))
+        rotation.rotate(after_step=crash_after(rotation.Step.CLAIMED, ""))
     row = HourFile.objects.get()
     assert row.state == HourFileState.UPLOADING and row.claimed_until > AFTER_CLOSE
 
     # While the lease holds, another run keeps off the file.
     with time_machine.travel(AFTER_CLOSE + timedelta(minutes=1), tick=False):
-        assert shipping.rotate().shipped == 0
+        assert rotation.rotate().shipped == 0
     assert HourFile.objects.get().state == HourFileState.UPLOADING
 
     with time_machine.travel(row.claimed_until + timedelta(seconds=1), tick=False):
-        assert shipping.rotate().shipped == 1
+        assert rotation.rotate().shipped == 1
     assert HourFile.objects.get().attempts == 2

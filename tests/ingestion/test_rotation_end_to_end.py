@@ -10,8 +10,8 @@ import orjson
 import pytest
 import time_machine
 
-from ingestion import shipping
-from ingestion.files import HourFileWriter
+from ingestion.archive import rotation
+from ingestion.hourfiles import HourFileWriter
 from tests.hour_files import demand_readings
 
 USERS = ("0001", "0002", "0003")
@@ -55,9 +55,9 @@ def test_every_reading_is_archived_exactly_once(settings, s3_archive, s3_client,
     go, done = threading.Semaphore(0), threading.Event()
     writer = threading.Thread(target=write_continuously, args=(go, done, written))
 
-    kills: list[shipping.Step] = []
+    kills: list[rotation.Step] = []
 
-    def kill_at_random(step: shipping.Step, key: str) -> None:
+    def kill_at_random(step: rotation.Step, key: str) -> None:
         if chance.random() < 0.05:
             kills.append(step)
             raise Killed(f"killed after {step} of {key}")
@@ -68,7 +68,7 @@ def test_every_reading_is_archived_exactly_once(settings, s3_archive, s3_client,
         while not done.is_set():
             go.release(4)
             try:
-                shipping.rotate(after_step=kill_at_random)
+                rotation.rotate(after_step=kill_at_random)
             except Killed:
                 pass
             # The next run comes once a dead run's leases have lapsed.
@@ -77,8 +77,8 @@ def test_every_reading_is_archived_exactly_once(settings, s3_archive, s3_client,
         writer.join()
         # Then runs that are not killed: the first after the leases lapse finishes everything.
         clock.move_to(ALL_CLOSED)
-        first = shipping.rotate()
-        second = shipping.rotate()
+        first = rotation.rotate()
+        second = rotation.rotate()
     assert first.ok and first.attempted
     assert second.ok and not second.attempted and not second.registered
 

@@ -9,7 +9,8 @@ import time_machine
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
-from ingestion import paths, shipping
+from ingestion import hourfiles
+from ingestion.archive import rotation
 from ingestion.models import HourFile, HourFileState
 from tests.hour_files import demand_readings, write
 
@@ -59,7 +60,7 @@ def test_an_unreachable_archive_fails_files_with_the_reason_and_keeps_them(setti
     point_archive_at(settings, "http://127.0.0.1:9")  # nothing listens there
 
     with time_machine.travel(AFTER_CLOSE, tick=False):
-        report = shipping.rotate()
+        report = rotation.rotate()
 
     assert report.failed == 2 and not report.ok
     for row in HourFile.objects.all():
@@ -67,7 +68,7 @@ def test_an_unreachable_archive_fails_files_with_the_reason_and_keeps_them(setti
         assert "Could not connect" in row.last_error
         assert row.attempts == 1
         assert row.next_attempt_at == AFTER_CLOSE + timedelta(seconds=60)
-        assert paths.local_path(row.cloud_id, HOUR).exists()
+        assert hourfiles.local_path(row.cloud_id, HOUR).exists()
 
 
 def test_failed_files_back_off_and_are_never_removed_however_often_they_fail(settings) -> None:  # type: ignore[no-untyped-def]
@@ -78,15 +79,15 @@ def test_failed_files_back_off_and_are_never_removed_however_often_they_fail(set
     delays = []
     for _ in range(7):
         with time_machine.travel(moment, tick=False):
-            shipping.rotate()
+            rotation.rotate()
             # Not due again before its backoff: a run now changes nothing.
             row = HourFile.objects.get()
-            assert shipping.rotate().failed == 0
+            assert rotation.rotate().failed == 0
         delays.append((row.next_attempt_at - moment).total_seconds())
         moment = row.next_attempt_at
     assert delays == [60, 120, 240, 480, 600, 600, 600]
     assert HourFile.objects.get().attempts == 7
-    assert paths.local_path("0001", HOUR).exists()
+    assert hourfiles.local_path("0001", HOUR).exists()
 
 
 def test_an_outage_in_the_middle_of_a_run_is_recovered_by_a_later_run(settings, own_s3) -> None:  # type: ignore[no-untyped-def]
@@ -96,32 +97,34 @@ def test_an_outage_in_the_middle_of_a_run_is_recovered_by_a_later_run(settings, 
     for n in range(12):
         cloud_id = f"{n:04x}"
         write(demand_readings(cloud_id, HOUR, 20))
-        originals[paths.archive_key(cloud_id, HOUR)] = paths.local_path(cloud_id, HOUR).read_bytes()
+        originals[hourfiles.archive_key(cloud_id, HOUR)] = hourfiles.local_path(
+            cloud_id, HOUR
+        ).read_bytes()
     point_archive_at(settings, f"http://127.0.0.1:{port}")
     uploads = []
 
-    def stop_s3_after_three_uploads(step: shipping.Step, key: str) -> None:
-        if step == shipping.Step.UPLOADED:
+    def stop_s3_after_three_uploads(step: rotation.Step, key: str) -> None:
+        if step == rotation.Step.UPLOADED:
             uploads.append(key)
             if len(uploads) == 3:
                 server.stop()
 
     with time_machine.travel(AFTER_CLOSE, tick=False):
-        report = shipping.rotate(after_step=stop_s3_after_three_uploads)
+        report = rotation.rotate(after_step=stop_s3_after_three_uploads)
 
     assert report.failed > 0 and report.shipped >= 3
     assert report.shipped + report.failed == 12
     for row in HourFile.objects.filter(state=HourFileState.FAILED):
-        assert row.last_error and paths.local_path(row.cloud_id, HOUR).exists()
+        assert row.last_error and hourfiles.local_path(row.cloud_id, HOUR).exists()
     for row in HourFile.objects.filter(state=HourFileState.VERIFIED):
-        assert not paths.local_path(row.cloud_id, HOUR).exists()
+        assert not hourfiles.local_path(row.cloud_id, HOUR).exists()
 
     # S3 is back on the same address; the next run after the backoff ships the rest.
     revived = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     revived.start()
     try:
         with time_machine.travel(AFTER_CLOSE + timedelta(minutes=5), tick=False):
-            assert shipping.rotate().ok
+            assert rotation.rotate().ok
         assert stored_keys(port) == sorted(originals)
         client = boto3.client(
             "s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1"

@@ -26,10 +26,10 @@ from django_q.models import OrmQ, Schedule, Success
 from django_q.scheduler import scheduler
 from django_q.tasks import async_task
 
-from ingestion.leases import rescue_orphaned_shards
+from ingestion.eagle.simulator import Simulator
 from ingestion.models import PollLease, Tick
-from ingestion.schedules import register_schedules
-from ingestion.simulator import Simulator
+from ingestion.polling.leases import rescue_orphaned_shards
+from ingestion.polling.schedules import register_schedules
 from tests.polling import create_users, current_database_url, duplicates, logged_keys
 
 NOW = datetime(2026, 3, 1, 12, 0, 20, tzinfo=UTC)

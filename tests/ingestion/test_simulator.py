@@ -12,9 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ingestion.gateway import EagleClient, GatewayTarget
+from ingestion.eagle.client import EagleClient, GatewayTarget
+from ingestion.eagle.simulator import FaultKind, FaultPlan, FaultSpec, Simulator
 from ingestion.records import FetchFailure, Reading
-from ingestion.simulator import FaultKind, FaultPlan, FaultSpec, Simulator
 from users.models import ConnectionType
 
 BASE_DIR = Path(__file__).resolve().parents[2]

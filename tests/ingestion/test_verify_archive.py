@@ -9,7 +9,8 @@ import time_machine
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from ingestion import paths, shipping
+from ingestion import hourfiles
+from ingestion.archive import rotation
 from ingestion.models import HourFile, HourFileState
 from tests.hour_files import demand_readings, write
 
@@ -23,7 +24,7 @@ def ship(*cloud_ids: str, hour: datetime = HOUR) -> None:
     for cloud_id in cloud_ids:
         write(demand_readings(cloud_id, hour, 10))
     with time_machine.travel(hour + timedelta(hours=1, minutes=5), tick=False):
-        assert shipping.rotate().ok
+        assert rotation.rotate().ok
 
 
 def verify(*args: str) -> tuple[str, CommandError | None]:
@@ -45,7 +46,7 @@ def test_a_faithful_archive_passes(s3_archive: str) -> None:
 
 def test_it_finds_an_object_changed_behind_its_back(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
     ship("0001", "0002")
-    changed = paths.archive_key("0002", HOUR)
+    changed = hourfiles.archive_key("0002", HOUR)
     original = s3_client.get_object(Bucket=s3_archive, Key=changed)["Body"].read()
     # Same size, one byte different, written without a checksum the way another tool would.
     s3_client.put_object(Bucket=s3_archive, Key=changed, Body=original[:-2] + b"X\n")
@@ -54,19 +55,21 @@ def test_it_finds_an_object_changed_behind_its_back(s3_archive: str, s3_client) 
 
     assert error is not None and error.returncode == 1
     assert f"MISMATCHED {changed}: SHA-256" in output
-    assert "1 mismatched" in output and paths.archive_key("0001", HOUR) not in output
+    assert "1 mismatched" in output and hourfiles.archive_key("0001", HOUR) not in output
 
 
 def test_it_finds_a_missing_object_and_a_size_change(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
     ship("0001", "0002")
-    s3_client.delete_object(Bucket=s3_archive, Key=paths.archive_key("0001", HOUR))
-    s3_client.put_object(Bucket=s3_archive, Key=paths.archive_key("0002", HOUR), Body=b"short\n")
+    s3_client.delete_object(Bucket=s3_archive, Key=hourfiles.archive_key("0001", HOUR))
+    s3_client.put_object(
+        Bucket=s3_archive, Key=hourfiles.archive_key("0002", HOUR), Body=b"short\n"
+    )
 
     output, error = verify()
 
     assert error is not None
-    assert f"MISSING {paths.archive_key('0001', HOUR)}" in output
-    assert f"MISMATCHED {paths.archive_key('0002', HOUR)}: 6 bytes" in output
+    assert f"MISSING {hourfiles.archive_key('0001', HOUR)}" in output
+    assert f"MISMATCHED {hourfiles.archive_key('0002', HOUR)}: 6 bytes" in output
 
 
 def test_it_finds_objects_the_manifest_does_not_know(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
@@ -86,7 +89,7 @@ def test_since_limits_the_audit_to_later_hours(s3_archive: str, s3_client) -> No
     earlier = HOUR - timedelta(hours=3)
     ship("0001", hour=earlier)
     ship("0001")
-    s3_client.delete_object(Bucket=s3_archive, Key=paths.archive_key("0001", earlier))
+    s3_client.delete_object(Bucket=s3_archive, Key=hourfiles.archive_key("0001", earlier))
 
     output, error = verify("--since", "2026-03-08-09")
     assert error is None and "1 verified files checked" in output
@@ -97,25 +100,25 @@ def test_since_limits_the_audit_to_later_hours(s3_archive: str, s3_client) -> No
 
 def test_it_finds_an_unshipped_file_gone_from_disk(s3_archive: str) -> None:
     write(demand_readings("0001", HOUR, 3))
-    local = paths.local_path("0001", HOUR)
+    local = hourfiles.local_path("0001", HOUR)
     HourFile.objects.create(
         cloud_id="0001",
         hour=HOUR,
         state=HourFileState.FAILED,
         local_path=str(local),
-        key=paths.archive_key("0001", HOUR),
+        key=hourfiles.archive_key("0001", HOUR),
     )
     local.unlink()
 
     output, error = verify()
 
     assert error is not None
-    assert f"LOCAL-MISSING {paths.archive_key('0001', HOUR)}: failed" in output
+    assert f"LOCAL-MISSING {hourfiles.archive_key('0001', HOUR)}: failed" in output
 
 
 def test_it_audits_the_local_file_system_archive_too(settings) -> None:  # type: ignore[no-untyped-def]
     ship("0001")
-    stored = Path(settings.ARCHIVE_ROOT) / paths.archive_key("0001", HOUR)
+    stored = Path(settings.ARCHIVE_ROOT) / hourfiles.archive_key("0001", HOUR)
     stored.write_bytes(stored.read_bytes().replace(b"1", b"2"))
 
     output, error = verify()

@@ -35,9 +35,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from ingestion.eagle.simulator import Simulator
 from ingestion.models import Incident
 from ingestion.records import FailureClass
-from ingestion.simulator import Simulator
 from rainlog.wsgi import application
 from tests.factories import EagleUserFactory, HourFileFactory
 from tests.hour_files import demand_readings, manifest_row, ship_hour, write

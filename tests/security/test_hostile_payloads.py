@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pytest_httpserver import HTTPServer
 
-from ingestion.decoding import decode_payload
+from ingestion.eagle.decoders import decode_payload
 from ingestion.models import FetchState, Incident
 from ingestion.push import ParsedPush, PushRejectedError, parse_push
 from ingestion.records import FailureClass, FetchFailure, Reading

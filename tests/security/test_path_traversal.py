@@ -24,9 +24,9 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from ingestion import paths
-from ingestion.decoding import decode_payload
-from ingestion.files import HourFileWriter
+from ingestion import hourfiles
+from ingestion.eagle.decoders import decode_payload
+from ingestion.hourfiles import HourFileWriter
 from ingestion.models import HourFile, HourFileState
 from ingestion.records import FetchFailure, Reading
 from tests.factories import EagleUserFactory, OperatorFactory
@@ -215,7 +215,7 @@ def test_cloud_ids_that_leave_their_directory_are_refused_by_every_route_that_ta
 def test_hour_file_paths_and_archive_keys_refuse_a_cloud_id_that_is_not_hexadecimal(
     cloud_id: str,
 ) -> None:
-    for make in (paths.local_path, paths.archive_key, paths.file_name):
+    for make in (hourfiles.local_path, hourfiles.archive_key, hourfiles.file_name):
         with pytest.raises(ValueError, match="cloud_id"):
             make(cloud_id, NINE)
 
@@ -349,7 +349,7 @@ def test_a_manifest_row_whose_key_leaves_the_archive_is_not_served(
     row = HourFile.objects.create(
         cloud_id=PUSH_CLOUD_ID,
         hour=NINE,
-        local_path=str(paths.local_path(PUSH_CLOUD_ID, NINE)),
+        local_path=str(hourfiles.local_path(PUSH_CLOUD_ID, NINE)),
         key=key,
         state=HourFileState.VERIFIED,
         size=11,
@@ -374,7 +374,7 @@ def test_a_manifest_key_with_dot_segments_reads_no_object_outside_the_prefix_on_
     row = HourFile.objects.create(
         cloud_id=PUSH_CLOUD_ID,
         hour=NINE,
-        local_path=str(paths.local_path(PUSH_CLOUD_ID, NINE)),
+        local_path=str(hourfiles.local_path(PUSH_CLOUD_ID, NINE)),
         key=key,
         state=HourFileState.VERIFIED,
     )

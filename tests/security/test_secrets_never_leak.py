@@ -28,8 +28,8 @@ from django.test import Client
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from ingestion.incident_reports import run_report_pass
 from ingestion.models import FetchState, Incident, IncidentReport
-from ingestion.reporting import run_report_pass
 from tests.factories import OPERATOR_PASSWORD, OperatorFactory
 from tests.polling import START, polling_run
 from tests.push_uploads import fragment, uploader_xml

@@ -7,9 +7,9 @@ import pytest
 from django.contrib.admin.models import DELETION, LogEntry
 from django.test import Client
 
-from ingestion import paths
+from ingestion import hourfiles
+from ingestion.eagle.simulator import Simulator
 from ingestion.models import FetchState, HourFile
-from ingestion.simulator import Simulator
 from tests.factories import EagleUserFactory
 from users.models import ConnectionType, EagleUser
 
@@ -173,8 +173,8 @@ def test_the_check_credentials_action_reports_each_classified_result(
 def test_the_purge_action_asks_first_then_removes_the_user_and_its_data(
     admin_client: Client, krum: EagleUser
 ) -> None:
-    hour = paths.parse_hour_label("2026-03-08-09")
-    local = paths.local_path("002738", hour)
+    hour = hourfiles.parse_hour_label("2026-03-08-09")
+    local = hourfiles.local_path("002738", hour)
     local.parent.mkdir(parents=True)
     local.write_text("{}\n")
     HourFile.objects.create(

@@ -6,7 +6,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from ingestion.simulator import Simulator
+from ingestion.eagle.simulator import Simulator
 from users.models import ConnectionType, EagleUser
 
 pytestmark = pytest.mark.django_db

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 
-from ingestion import paths
+from ingestion import hourfiles
 from ingestion.models import HourFile, HourFileState
 from tests.factories import EagleUserFactory
 from users.models import PURGING_REASON, EagleUser
@@ -22,16 +22,16 @@ OPEN_HOUR = datetime(2026, 3, 8, 10, tzinfo=UTC)
 
 
 def write_local(cloud_id: str, hour: datetime, part: int = 0, sealed: bool = False) -> Path:
-    path = paths.local_path(cloud_id, hour, part)
+    path = hourfiles.local_path(cloud_id, hour, part)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('{"record_type": "demand"}\n')
     if sealed:
-        paths.sealed_marker(path).touch()
+        hourfiles.sealed_marker(path).touch()
     return path
 
 
 def archive(cloud_id: str, hour: datetime, part: int = 0) -> str:
-    key = paths.archive_key(cloud_id, hour, part)
+    key = hourfiles.archive_key(cloud_id, hour, part)
     storages["archive"].save(key, ContentFile(b'{"record_type": "demand"}\n'))
     return key
 
@@ -50,17 +50,17 @@ def data_of(cloud_id: str, user: EagleUser | None = None) -> dict:
             user=user,
             hour=SHIPPED_HOUR,
             part=part,
-            local_path=str(paths.local_path(cloud_id, SHIPPED_HOUR, part)),
-            key=paths.archive_key(cloud_id, SHIPPED_HOUR, part),
+            local_path=str(hourfiles.local_path(cloud_id, SHIPPED_HOUR, part)),
+            key=hourfiles.archive_key(cloud_id, SHIPPED_HOUR, part),
             state=state,
         )
     return {
         "local": sorted(
             str(p)
             for p in (
-                paths.sealed_marker(shipped_marker),
+                hourfiles.sealed_marker(shipped_marker),
                 late,
-                paths.sealed_marker(late),
+                hourfiles.sealed_marker(late),
                 open_file,
             )
         ),

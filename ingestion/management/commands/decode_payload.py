@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ingestion.decoding import decode_payload
-from ingestion.record_types import RECORD_TYPES
+from ingestion.eagle.decoders import decode_payload
+from ingestion.eagle.record_types import RECORD_TYPES
 from ingestion.records import FetchFailure, Source
 
 MAX_PAYLOAD_BYTES = 1 << 20
@@ -37,7 +37,7 @@ class Command(BaseCommand):
             text = self.read(name)
             result = decode_payload(
                 text,
-                cloud_id=options["cloud_id"],
+                cloud_id=options["cloud_id"].lower(),
                 source=options["source"],
                 record_type=options["record_type"],
             )

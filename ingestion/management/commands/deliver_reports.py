@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ingestion import reporting
+from ingestion import incident_reports
 from rainlog.stopping import StopRequest
 
 
@@ -20,16 +20,16 @@ class Command(BaseCommand):
         parser.add_argument(
             "--budget",
             type=float,
-            default=reporting.PASS_BUDGET_SECONDS,
+            default=incident_reports.PASS_BUDGET_SECONDS,
             help="stop sending after this many seconds (default %(default)s)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if not reporting.reporting_enabled():
+        if not incident_reports.reporting_enabled():
             raise CommandError(
                 "Incident reports are off: set ERROR_REPORT_URL and ERROR_REPORT_SECRET."
             )
         self.stdout.write("Making and delivering incident reports...")
         with StopRequest() as stop:
-            summary = reporting.run_report_pass(stop, options["budget"])
+            summary = incident_reports.run_report_pass(stop, options["budget"])
         self.stdout.write(summary.summary())

@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 from tqdm import tqdm
 
-from ingestion import paths, readings_store
+from ingestion import hourfiles, readings_store
 from ingestion.models import ReadingsLoad
 from rainlog.stopping import StopRequest
 
@@ -59,7 +59,7 @@ class Command(BaseCommand):
         files = sum(pending.files for pending in hours)
         if options["dry_run"]:
             for pending in hours:
-                self.stdout.write(f"{paths.hour_label(pending.hour)}  {pending.files} file(s)")
+                self.stdout.write(f"{hourfiles.hour_label(pending.hour)}  {pending.files} file(s)")
             self.stdout.write(f"{len(hours)} hour(s), {files} file(s) to load.")
             return
         started = time.monotonic()
@@ -91,7 +91,7 @@ class Command(BaseCommand):
         )
         failed = [load for load in loads if load.failed]
         for load in failed:
-            self.stderr.write(f"{paths.hour_label(load.hour)}: {load.error}")
+            self.stderr.write(f"{hourfiles.hour_label(load.hour)}: {load.error}")
         if failed:
             raise CommandError(
                 f"{len(failed)} load(s) failed; what they could not load is tried again by the "

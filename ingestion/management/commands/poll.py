@@ -11,9 +11,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
-from ingestion.leases import FOREGROUND, ShardLease, holder_name
 from ingestion.models import PollLease
-from ingestion.poller import Poller, TickReport, following_slot, grid_floor, run_ticks
+from ingestion.polling.engine import Poller, TickReport, following_slot, grid_floor, run_ticks
+from ingestion.polling.leases import FOREGROUND, ShardLease, holder_name
 from rainlog.stopping import StopRequest
 
 # How long `--once` waits for a shard held by someone else.

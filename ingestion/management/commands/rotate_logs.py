@@ -9,13 +9,14 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from ingestion import paths, shipping
+from ingestion import hourfiles
+from ingestion.archive import rotation
 from rainlog.stopping import StopRequest
 
 
 def parse_hour(value: str) -> datetime:
     try:
-        return paths.parse_hour_label(value)
+        return hourfiles.parse_hour_label(value)
     except ValueError:
         raise CommandError(f"--hour {value!r}: give a UTC hour as YYYY-MM-DD-HH") from None
 
@@ -28,7 +29,7 @@ class ProgressBar:
         self.bar.total += more
         self.bar.refresh()
 
-    def shipped(self, shipment: shipping.Shipment) -> None:
+    def shipped(self, shipment: rotation.Shipment) -> None:
         self.bar.update(1)
 
 
@@ -49,7 +50,7 @@ class Command(BaseCommand):
         cloud_id = options["user"]
         if cloud_id is not None:
             try:
-                paths.checked_cloud_id(cloud_id)
+                cloud_id = hourfiles.checked_cloud_id(cloud_id)
             except ValueError as exc:
                 raise CommandError(f"--user: {exc}") from None
         if options["dry_run"]:
@@ -60,7 +61,7 @@ class Command(BaseCommand):
             with tqdm(
                 total=0, unit="file", file=sys.stderr, disable=options["verbosity"] == 0
             ) as bar:
-                report = shipping.rotate(
+                report = rotation.rotate(
                     hour=options["hour"],
                     cloud_id=cloud_id,
                     should_stop=stop.is_set,
@@ -80,7 +81,7 @@ class Command(BaseCommand):
 
     def dry_run(self, hour: datetime | None, cloud_id: str | None) -> None:
         files = total = missing = 0
-        for planned in shipping.plan_rotation(hour=hour, cloud_id=cloud_id):
+        for planned in rotation.plan_rotation(hour=hour, cloud_id=cloud_id):
             if planned.size is None:
                 missing += 1
                 self.stdout.write(f"MISSING {planned.key} ({planned.state}): no {planned.path}")

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ingestion.simulator import FaultPlan, Simulator
+from ingestion.eagle.simulator import FaultPlan, Simulator
 from rainlog.stopping import StopRequest
 from users.models import ConnectionType
 

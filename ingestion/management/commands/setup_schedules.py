@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from ingestion.schedules import register_schedules
+from ingestion.polling.schedules import register_schedules
 
 
 class Command(BaseCommand):

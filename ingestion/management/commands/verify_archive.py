@@ -7,13 +7,14 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ingestion import paths, shipping
+from ingestion import hourfiles
+from ingestion.archive import audit
 
 
 def parse_since(value: str) -> datetime:
     """A UTC hour (YYYY-MM-DD-HH), a day (YYYY-MM-DD) or an ISO 8601 time (UTC if naive)."""
     try:
-        return paths.parse_hour_label(value)
+        return hourfiles.parse_hour_label(value)
     except ValueError:
         pass
     try:
@@ -43,9 +44,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        report = shipping.AuditReport()
+        report = audit.AuditReport()
 
-        def show_progress(report: shipping.AuditReport) -> None:
+        def show_progress(report: audit.AuditReport) -> None:
             if options["verbosity"] > 0:
                 self.stderr.write(
                     f"… {report.verified_checked} verified files checked, "
@@ -53,7 +54,7 @@ class Command(BaseCommand):
                 )
 
         try:
-            for problem in shipping.audit_archive(
+            for problem in audit.audit_archive(
                 report, since=options["since"], on_page=show_progress
             ):
                 self.stdout.write(f"{problem.kind.upper()} {problem.key}: {problem.detail}")

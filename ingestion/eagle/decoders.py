@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from ingestion.record_types import (
+from ingestion.eagle.record_types import (
     RECORD_TYPES,
     RECORD_TYPES_BY_ELEMENT,
     DecodeError,

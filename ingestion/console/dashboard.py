@@ -41,7 +41,8 @@ from django_q.brokers import get_broker
 from django_q.models import Schedule, Task
 from redis.exceptions import RedisError
 
-from ingestion import retrieval, schedules
+from ingestion import retrieval
+from ingestion.hourfiles import HOUR, hour_floor
 from ingestion.models import (
     HourFile,
     HourFileState,
@@ -50,7 +51,7 @@ from ingestion.models import (
     Tick,
     hour_age_seconds,
 )
-from ingestion.paths import HOUR, hour_floor
+from ingestion.polling import schedules
 from ingestion.records import FailureClass
 from users.models import ConnectionType, EagleUser
 
@@ -507,7 +508,7 @@ def recent_hour_files(user: EagleUser, limit: int = 12) -> list[HourFile]:
 
 
 def schedule_role(schedule: Schedule) -> str:
-    """What one of rainlog's recurring jobs is for (ingestion.schedules names them); "" otherwise."""
+    """What one of rainlog's recurring jobs is for (ingestion.polling.schedules names them); "" otherwise."""
     name = schedule.name or ""
     if name.startswith(schedules.POLL_SCHEDULE_PREFIX):
         shard = name.removeprefix(schedules.POLL_SCHEDULE_PREFIX)

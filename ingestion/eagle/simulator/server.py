@@ -44,10 +44,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ingestion.gateway import SIMULATOR_HEADER, basic_authorization
-from ingestion.simulator.faults import Fault, FaultKind, FaultPlan
-from ingestion.simulator.meters import COMMANDS, MODELS, VARIABLES, Meter, ReadingModel, produced
-from ingestion.simulator.replies import (
+from ingestion.eagle.client import SIMULATOR_HEADER, basic_authorization
+from ingestion.eagle.simulator.faults import Fault, FaultKind, FaultPlan
+from ingestion.eagle.simulator.meters import (
+    COMMANDS,
+    MODELS,
+    VARIABLES,
+    Meter,
+    ReadingModel,
+    produced,
+)
+from ingestion.eagle.simulator.replies import (
     HTML_PAGE,
     cloud_json,
     cloud_xml,

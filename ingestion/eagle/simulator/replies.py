@@ -10,7 +10,7 @@ from xml.sax.saxutils import escape
 
 import orjson
 
-from ingestion.simulator.meters import Meter
+from ingestion.eagle.simulator.meters import Meter
 
 
 def cloud_xml(element: str, fields: list[tuple[str, str]]) -> bytes:

@@ -28,10 +28,10 @@ import aiohttp
 from django.conf import settings
 from yarl import URL
 
-from ingestion.decoding import decode_reply, device_list_meter, failure, judge
-from ingestion.record_types import PreviousReading, RecordType, get_record_type
+from ingestion.eagle.decoders import decode_reply, device_list_meter, failure, judge
+from ingestion.eagle.record_types import PreviousReading, RecordType, get_record_type
 from ingestion.records import FailureClass, FetchFailure, Reading, Source
-from ingestion.reporting import redact
+from ingestion.redaction import redact
 
 if TYPE_CHECKING:
     from users.models import EagleUser

@@ -59,19 +59,10 @@ from django.db.models import Count, Max
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from ingestion import files, paths
-from ingestion.files import HourFileWriter
-from ingestion.gateway import EagleClient, GatewayTarget
-from ingestion.leases import (
-    WINDOW,
-    Acquisition,
-    AfterTick,
-    ShardLease,
-    holder_name,
-    is_foreground,
-    rescue_orphaned_shards,
-    shard_of,
-)
+from ingestion import hourfiles
+from ingestion.eagle.client import EagleClient, GatewayTarget
+from ingestion.eagle.record_types import RECORD_TYPES
+from ingestion.hourfiles import HourFileWriter, read_tail_records
 from ingestion.models import (
     FetchOutcome,
     FetchState,
@@ -82,33 +73,30 @@ from ingestion.models import (
     PollLease,
     Tick,
 )
-from ingestion.record_types import RECORD_TYPES
-from ingestion.records import FailureClass, FetchFailure, Reading, iso_utc, parse_line
-from ingestion.reporting import redact
-from ingestion.schedules import POLL_SCHEDULE_PREFIX
+from ingestion.polling.failures import (
+    ACTIONABLE_CLASSES,
+    BACKOFF_CLASSES,
+    FailureRun,
+    backoff_delay,
+)
+from ingestion.polling.leases import (
+    WINDOW,
+    Acquisition,
+    AfterTick,
+    ShardLease,
+    holder_name,
+    is_foreground,
+    rescue_orphaned_shards,
+    shard_of,
+)
+from ingestion.polling.schedules import POLL_SCHEDULE_PREFIX
+from ingestion.records import FailureClass, FetchFailure, Reading, iso_utc
+from ingestion.redaction import redact
 from users.models import EagleUser
 
 logger = logging.getLogger(__name__)
 
 DEMAND = "demand"
-# Failures that another try in 6 seconds would not fix: back off from the gateway or account.
-BACKOFF_CLASSES = frozenset(
-    {
-        FailureClass.GATEWAY_UNREACHABLE,
-        FailureClass.TIMEOUT,
-        FailureClass.HTTP_ERROR,
-        FailureClass.BAD_CREDENTIALS,
-        FailureClass.UNKNOWN_CLOUD_ID,
-        FailureClass.METER_NOT_JOINED,
-    }
-)
-# Failures an operator has to act on: an incident from the first one.
-ACTIONABLE_CLASSES = frozenset(
-    {FailureClass.BAD_CREDENTIALS, FailureClass.UNKNOWN_CLOUD_ID, FailureClass.METER_NOT_JOINED}
-)
-# Enough of a file's end to hold the lines of the last ticks, whatever the record types.
-TAIL_BYTES = 16 * 1024
-LATEST_TAIL_BYTES = 4 * 1024
 # During a tick, the readings fetched so far are written at least this often.
 WRITE_EVERY_SECONDS = 1.0
 # Readings kept per user while they cannot be written (disk full): ten minutes of demand.
@@ -145,42 +133,12 @@ def dispatch_budget(period: float) -> float:
     return fetch_budget(period) - min(0.5, 0.1 * period)
 
 
-def backoff_delay(failures: int) -> float:
-    """Seconds until the next attempt after `failures` consecutive failures: the next tick after
-    the first, then twice as long each time, up to INGEST_MAX_BACKOFF_SECONDS."""
-    period = settings.INGEST_POLL_SECONDS
-    return min(float(settings.INGEST_MAX_BACKOFF_SECONDS), period * 2 ** min(failures - 1, 30))
-
-
 def _batches(items: Sequence[Any], size: int = LOAD_BATCH) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-# --- Hour file tails: what is already logged ---------------------------------------------------
-
-
-def read_tail_records(path: Path | str, max_bytes: int = TAIL_BYTES) -> list[dict[str, Any]]:
-    """The whole records among the last `max_bytes` of an hour file, in file order.
-
-    A torn or malformed line (a crash mid-write) is skipped: it never hides the lines around it.
-    """
-    with open(path, "rb") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        start = max(0, size - max_bytes)
-        handle.seek(start)
-        data = handle.read()
-    lines = data.split(b"\n")
-    if start > 0:
-        lines = lines[1:]
-    records = []
-    for line in lines:
-        if line.strip():
-            try:
-                records.append(parse_line(line))
-            except ValueError:
-                continue
-    return records
+# --- What is already logged ------------------------------------------------------------------
 
 
 def newest_logged(
@@ -196,12 +154,12 @@ def newest_logged(
     if not since:
         return newest
     earliest = _earliest(since.values())
-    for hour, directory in reversed(files.hour_dirs(root)):
+    for hour, directory in reversed(hourfiles.hour_dirs(root)):
         if earliest is not None and hour < earliest:
             break
         for entry in os.scandir(directory):
             try:
-                cloud_id, _, _ = paths.parse_file_name(entry.name)
+                cloud_id, _, _ = hourfiles.parse_file_name(entry.name)
             except ValueError:
                 continue
             if cloud_id not in since or entry.name.endswith(".gz"):
@@ -250,56 +208,7 @@ def _keep_newest(newest: dict[tuple[str, str], int], key: tuple[str, str], times
         newest[key] = timestamp
 
 
-def latest_record(
-    cloud_id: str, record_type: str = DEMAND, root: Path | None = None
-) -> dict[str, Any] | None:
-    """The newest record of a type in the user's newest local hour file (or its late parts)."""
-    paths.checked_cloud_id(cloud_id)
-    for hour, directory in reversed(files.hour_dirs(root)):
-        main = paths.local_path(cloud_id, hour, root=root)
-        if main.exists() and not paths.sealed_marker(main).exists():
-            # Late parts exist only beside a sealed or shipped hour: no need to list the
-            # directory, which holds a file per user.
-            names = [main]
-        else:
-            names = sorted(
-                directory.glob(f"iseif-rainforest-{cloud_id}-{paths.hour_label(hour)}*.jl")
-            )
-        records = [
-            record for name in names if (record := _newest_in_tail(name, record_type)) is not None
-        ]
-        if records:
-            return max(records, key=lambda record: record["meter_timestamp"])
-    return None
-
-
-def _newest_in_tail(path: Path, record_type: str) -> dict[str, Any] | None:
-    # The last few lines nearly always hold the newest demand reading; a rarer record type may
-    # need the longer tail.
-    for max_bytes in (LATEST_TAIL_BYTES, TAIL_BYTES):
-        records = [
-            record
-            for record in read_tail_records(path, max_bytes)
-            if record.get("record_type") == record_type
-            and isinstance(record.get("meter_timestamp"), int)
-        ]
-        if records:
-            return max(records, key=lambda record: record["meter_timestamp"])
-    return None
-
-
 # --- Per-user state ----------------------------------------------------------------------------
-
-
-@dataclass(slots=True, eq=False)
-class FailureRun:
-    """Consecutive failures of one class for one user: the makings of an incident."""
-
-    first_seen: datetime
-    count: int = 0
-    # The record types that failed; a success of one of them ends the run. None: any success.
-    record_types: set[str] | None = field(default_factory=set)
-    incident_open: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -681,7 +590,7 @@ class Poller:
                 slot.auth_failures = failures if error_class == FailureClass.BAD_CREDENTIALS else 0
                 slot.next_attempt = next_attempt.timestamp() if next_attempt else None
                 oldest = min(slot.logged.values(), default=None)
-                since[slot.cloud_id] = paths.hour_of_timestamp(oldest) if oldest else None
+                since[slot.cloud_id] = hourfiles.hour_of_timestamp(oldest) if oldest else None
             for user_id, failure_class in Incident.objects.open_pairs(batch):
                 by_id[user_id].runs[FailureClass(failure_class)] = FailureRun(
                     first_seen=now, record_types=None, incident_open=True
@@ -1033,14 +942,14 @@ class Poller:
                     hour=item.hour,
                     part=item.part,
                     local_path=str(item.path),
-                    key=paths.archive_key(item.cloud_id, item.hour, item.part, compressed),
+                    key=hourfiles.archive_key(item.cloud_id, item.hour, item.part, compressed),
                     compressed=compressed,
                     state=HourFileState.OPEN,
                     created_at=batch.now,
                 )
             )
         if batch.new_files:
-            oldest = paths.hour_floor(batch.now) - timedelta(hours=REGISTERED_HOURS_KEPT)
+            oldest = hourfiles.hour_floor(batch.now) - timedelta(hours=REGISTERED_HOURS_KEPT)
             self._registered = {key for key in self._registered if key[1] >= oldest}
 
     def _save(self, batch: _TickBatch, report: TickReport) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ingestion.record_types import CURRENCIES, RECORD_TYPES, ZIGBEE_EPOCH
+from ingestion.eagle.record_types import CURRENCIES, RECORD_TYPES, ZIGBEE_EPOCH
 
 MASK64 = (1 << 64) - 1
 

@@ -7,7 +7,7 @@ One run (`rotate()`):
 2. Ship, overlapping with registration: every due row (new, failed and past its backoff, or
    claimed by a run whose lease lapsed) is claimed with a conditional UPDATE of its lease
    (`claimed_until`), so two runs never ship one file at once. In a bounded thread pool, each
-   file is then sealed (`files.seal`: no writer appends to it again; later readings for the hour
+   file is then sealed (`hourfiles.seal`: no writer appends to it again; later readings for the hour
    go to the next late part), measured (size, SHA-256, line count, first and last reading;
    malformed lines are counted and shipped as they are), created in the archive only if the key
    is absent, and verified. The row is recorded verified (committed) and only then is the local
@@ -22,13 +22,7 @@ One run (`rotate()`):
 A crash between any two steps (`Step`) leaves a state the next run completes: the key is in the
 row, so a retry writes the same key, and a create that finds an identical object counts as done.
 
-Archive I/O goes through `Archive`, over the storage `storages["archive"]`:
-- S3 (`S3Archive`): PUT with `If-None-Match: *` and the body's SHA-256 (`ChecksumSHA256`). S3
-  checks that checksum against the body it receives and echoes it, so a successful PUT is a
-  verified one; a HEAD (with checksum mode) is needed only when the PUT answers 412.
-- Local file system (`FileSystemArchive`): the body is written to a temporary file beside the
-  target, hashed as written, made durable, then hard-linked into place, which fails if the name
-  exists; so both backends create only when absent and report what they stored.
+Archive I/O goes through `ingestion.archive.store`.
 
 Compression (ARCHIVE_COMPRESS=gzip) stores `.jl.gz` objects with `Content-Type: application/gzip`
 and no `Content-Encoding`, so no client decompresses them on the fly and sizes and checksums
@@ -41,7 +35,6 @@ file it describes is removed.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import logging
@@ -60,24 +53,28 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 import msgspec
-from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
-from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.db.models import Max, QuerySet
 from django.utils import timezone
-from storages.backends.s3 import S3Storage
 
-from ingestion import files, paths
-from ingestion.models import HourFile, HourFileState, hour_age_seconds
+from ingestion import hourfiles
+from ingestion.archive.store import (
+    CONTENT_TYPE_GZIP,
+    CONTENT_TYPE_JSONL,
+    READ_CHUNK,
+    Archive,
+    ArchiveError,
+    Body,
+    open_archive,
+    sha256_of_file,
+    stored_sha256,
+)
+from ingestion.models import HourFile, HourFileState
 from ingestion.records import parse_line
 from users.models import EagleUser
 
 logger = logging.getLogger(__name__)
 
-CONTENT_TYPE_JSONL = "application/x-ndjson"
-CONTENT_TYPE_GZIP = "application/gzip"
-READ_CHUNK = 1 << 20
 # Files up to this size (every real hour file) are read once and sent from memory; larger ones
 # are streamed from disk, their gzip form built in a temporary file first (its size and
 # checksum go with the PUT).
@@ -111,228 +108,6 @@ def _no_hook(step: Step, key: str) -> None:
     return None
 
 
-# --- The archive -------------------------------------------------------------------------------
-
-
-# What is stored: a small file's bytes, or a file object to stream a large one from.
-Body = bytes | BinaryIO
-
-
-class ArchiveError(Exception):
-    """The archive could not be reached or did not do what was asked; worth retrying later."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredObject:
-    size: int
-    # Hex SHA-256 of the object as the archive reports it; None when it keeps none for it.
-    sha256: str | None
-
-
-class Archive(Protocol):
-    def create(
-        self, key: str, body: Body, size: int, sha256: str, content_type: str
-    ) -> StoredObject | None:
-        """Store `body` at `key` only if nothing is there. What the archive confirms it stored,
-        or None when the key already exists (nothing was written)."""
-
-    def stat(self, key: str) -> StoredObject | None:
-        """Size and checksum of the object at `key`, or None if there is none."""
-
-    def open(self, key: str) -> BinaryIO:
-        """The object's bytes as stored; FileNotFoundError if there is none."""
-
-    def keys(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """(key, size) of every object under `prefix`: an audit tool, never used to ship."""
-
-
-def _b64_to_hex(value: str) -> str:
-    return base64.b64decode(value).hex()
-
-
-def _hex_to_b64(value: str) -> str:
-    return base64.b64encode(bytes.fromhex(value)).decode()
-
-
-def _status(exc: ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-
-
-class S3Archive:
-    """The archive on S3, through the boto3 client of django-storages' S3Storage."""
-
-    def __init__(self, storage: S3Storage) -> None:
-        # boto3 clients are thread-safe (resources are not): one client for every worker.
-        self.client = storage.connection.meta.client
-        self.bucket = storage.bucket_name
-        # Operator settings such as server-side encryption or storage class apply here too; the
-        # content headers are ours (a gzip object must not carry Content-Encoding).
-        self.object_parameters = {
-            name: value
-            for name, value in storage.get_object_parameters("").items()
-            if name not in ("ContentType", "ContentEncoding")
-        }
-
-    def create(
-        self, key: str, body: Body, size: int, sha256: str, content_type: str
-    ) -> StoredObject | None:
-        checksum = _hex_to_b64(sha256)
-        try:
-            reply = self.client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=body,
-                ContentLength=size,
-                ContentType=content_type,
-                ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=checksum,
-                IfNoneMatch="*",
-                **self.object_parameters,
-            )
-        except ClientError as exc:
-            if _status(exc) == 412:
-                return None
-            raise ArchiveError(f"PUT {key}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise ArchiveError(f"PUT {key}: {exc}") from exc
-        echoed = reply.get("ChecksumSHA256")
-        return StoredObject(size, _b64_to_hex(echoed) if echoed else None)
-
-    def stat(self, key: str) -> StoredObject | None:
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        except ClientError as exc:
-            if _status(exc) == 404:
-                return None
-            raise ArchiveError(f"HEAD {key}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise ArchiveError(f"HEAD {key}: {exc}") from exc
-        checksum = head.get("ChecksumSHA256")
-        # A multipart object's checksum is of its parts ("…-N"), not of the whole object.
-        whole = checksum and head.get("ChecksumType") != "COMPOSITE" and "-" not in checksum
-        return StoredObject(int(head["ContentLength"]), _b64_to_hex(checksum) if whole else None)
-
-    def open(self, key: str) -> BinaryIO:
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]  # type: ignore[no-any-return]
-        except ClientError as exc:
-            if _status(exc) == 404:
-                raise FileNotFoundError(key) from exc
-            raise ArchiveError(f"GET {key}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise ArchiveError(f"GET {key}: {exc}") from exc
-
-    def keys(self, prefix: str) -> Iterator[tuple[str, int]]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=f"{prefix}/" if prefix else ""
-        )
-        try:
-            for page in pages:
-                for entry in page.get("Contents", ()):
-                    yield entry["Key"], int(entry["Size"])
-        except (ClientError, BotoCoreError) as exc:
-            raise ArchiveError(f"LIST {prefix}: {exc}") from exc
-
-
-class FileSystemArchive:
-    """The archive as a directory tree (FileSystemStorage), with the same create-if-absent rule."""
-
-    TEMP_PREFIX = "."
-
-    def __init__(self, storage: FileSystemStorage) -> None:
-        self.storage = storage
-        self.root = Path(storage.location)
-
-    def _path(self, key: str) -> Path:
-        return Path(self.storage.path(key))
-
-    def create(
-        self, key: str, body: Body, size: int, sha256: str, content_type: str
-    ) -> StoredObject | None:
-        target = self._path(key)
-        try:
-            if target.exists():
-                return None
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp_name = tempfile.mkstemp(
-                dir=target.parent, prefix=f"{self.TEMP_PREFIX}{target.name}.", suffix=".part"
-            )
-            try:
-                digest = hashlib.sha256()
-                written = 0
-                chunks = (
-                    [body] if isinstance(body, bytes) else iter(partial(body.read, READ_CHUNK), b"")
-                )
-                with os.fdopen(fd, "wb") as temp:
-                    for chunk in chunks:
-                        temp.write(chunk)
-                        digest.update(chunk)
-                        written += len(chunk)
-                    temp.flush()
-                    os.fsync(temp.fileno())
-                try:
-                    # A hard link, unlike a rename, fails when the target exists.
-                    os.link(temp_name, target)
-                except FileExistsError:
-                    return None
-            finally:
-                os.unlink(temp_name)
-            files.fsync_directory(target.parent)
-        except OSError as exc:
-            raise ArchiveError(f"write {key}: {exc}") from exc
-        return StoredObject(written, digest.hexdigest())
-
-    def stat(self, key: str) -> StoredObject | None:
-        try:
-            return StoredObject(self._path(key).stat().st_size, None)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise ArchiveError(f"stat {key}: {exc}") from exc
-
-    def open(self, key: str) -> BinaryIO:
-        return open(self._path(key), "rb")
-
-    def keys(self, prefix: str) -> Iterator[tuple[str, int]]:
-        top = self._path(prefix) if prefix else self.root
-        for directory, _, names in os.walk(top):
-            for name in sorted(names):
-                if name.startswith(self.TEMP_PREFIX):
-                    continue  # a create interrupted by a crash, never linked into place
-                path = Path(directory) / name
-                yield path.relative_to(self.root).as_posix(), path.stat().st_size
-
-
-def open_archive(storage: Storage | None = None) -> Archive:
-    storage = storage or storages["archive"]
-    if isinstance(storage, S3Storage):
-        return S3Archive(storage)
-    if isinstance(storage, FileSystemStorage):
-        return FileSystemArchive(storage)
-    raise ImproperlyConfigured(
-        f"STORAGES['archive'] is a {type(storage).__name__}: the archive needs S3Storage "
-        "or FileSystemStorage."
-    )
-
-
-def _sha256_of_stream(stream: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    with stream:
-        for chunk in iter(partial(stream.read, READ_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def stored_sha256(archive: Archive, key: str, stored: StoredObject) -> str:
-    """The object's SHA-256: as the archive reports it, else by reading it back."""
-    if stored.sha256 is not None:
-        return stored.sha256
-    try:
-        return _sha256_of_stream(archive.open(key))
-    except (OSError, BotoCoreError) as exc:
-        raise ArchiveError(f"read {key}: {exc}") from exc
-
-
 # --- Measuring a file --------------------------------------------------------------------------
 
 
@@ -354,10 +129,6 @@ class FileStats:
     def as_fields(self) -> dict[str, object]:
         # dataclasses.asdict deep-copies every value: too slow for once per file.
         return {name: getattr(self, name) for name in self.__slots__}
-
-
-def sha256_of_file(path: Path) -> str:
-    return _sha256_of_stream(open(path, "rb"))
 
 
 class _RecordTime(msgspec.Struct):
@@ -526,7 +297,7 @@ class Shipment:
 def ship_file(job: Job, archive: Archive, after_step: AfterStep = _no_hook) -> Shipment:
     """Seal, measure, create if absent and verify one file. Touches no database row."""
     try:
-        if not files.seal(job.path):
+        if not hourfiles.seal(job.path):
             return Shipment(job, Outcome.FAILED, error=f"local file {job.path} is missing")
         after_step(Step.SEALED, job.key)
         with prepared_body(job.path, job.compressed) as (body, stats):
@@ -624,24 +395,24 @@ class FoundFile:
 
 
 def _is_closed(hour: datetime, now: datetime) -> bool:
-    return hour + paths.HOUR + timedelta(seconds=settings.ROTATE_GRACE_SECONDS) <= now
+    return hour + hourfiles.HOUR + timedelta(seconds=settings.ROTATE_GRACE_SECONDS) <= now
 
 
 def _hour_dirs(only_hour: datetime | None) -> list[tuple[datetime, Path]]:
     """LOG_ROOT's hour directories, oldest first (names only: a few thousand at most)."""
     if only_hour is not None:
-        directory = paths.hour_dir(only_hour)
+        directory = hourfiles.hour_dir(only_hour)
         return [(only_hour, directory)] if directory.is_dir() else []
-    return files.hour_dirs()
+    return hourfiles.hour_dirs()
 
 
 def _found_files(hour: datetime, directory: Path, cloud_id: str | None) -> Iterator[FoundFile]:
     with os.scandir(directory) as entries:
         for entry in entries:
-            if entry.name.endswith(paths.SEALED_SUFFIX):
+            if entry.name.endswith(hourfiles.SEALED_SUFFIX):
                 continue
             try:
-                owner, file_hour, part = paths.parse_file_name(entry.name)
+                owner, file_hour, part = hourfiles.parse_file_name(entry.name)
             except ValueError:
                 continue
             if file_hour != hour or entry.name.endswith(".gz") or not entry.is_file():
@@ -691,7 +462,7 @@ def _new_row(found: FoundFile, user_pk: int | None, now: datetime) -> HourFile:
         hour=found.hour,
         part=found.part,
         local_path=str(found.path),
-        key=paths.archive_key(found.cloud_id, found.hour, found.part, compressed),
+        key=hourfiles.archive_key(found.cloud_id, found.hour, found.part, compressed),
         compressed=compressed,
         state=HourFileState.OPEN,
         created_at=now,
@@ -732,11 +503,11 @@ def register_files(
 
 def _reserve_part(cloud_id: str, hour: datetime, part: int) -> Path | None:
     """Claim late part `part` for a moved file: its sealed marker keeps writers off it."""
-    target = paths.local_path(cloud_id, hour, part)
+    target = hourfiles.local_path(cloud_id, hour, part)
     if target.exists():
         return None
     try:
-        fd = os.open(paths.sealed_marker(target), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(hourfiles.sealed_marker(target), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return None
     os.fsync(fd)
@@ -747,11 +518,11 @@ def _reserve_part(cloud_id: str, hour: datetime, part: int) -> Path | None:
 def relocate(path: Path, cloud_id: str, hour: datetime, part: int, now: datetime) -> int:
     """Move a file that reappeared under an already shipped name to a new late part of its hour,
     registered and sealed, so it ships under a key of its own. Returns the new part."""
-    files.seal(path)
+    hourfiles.seal(path)
     known = HourFile.objects.filter(cloud_id=cloud_id, hour=hour).aggregate(top=Max("part"))
     candidate = max(known["top"] or 0, part) + 1
     while True:
-        target = paths.local_path(cloud_id, hour, candidate)
+        target = hourfiles.local_path(cloud_id, hour, candidate)
         if target.exists() and os.path.samefile(path, target):
             break  # linked by a run that stopped before removing the old name
         if _reserve_part(cloud_id, hour, candidate) is not None:
@@ -762,7 +533,7 @@ def relocate(path: Path, cloud_id: str, hour: datetime, part: int, now: datetime
                 pass
         candidate += 1
     path.unlink()
-    files.fsync_directory(path.parent)
+    hourfiles.fsync_directory(path.parent)
     user_pk = EagleUser.objects.filter(cloud_id=cloud_id).values_list("pk", flat=True).first()
     row = _new_row(FoundFile(cloud_id, hour, candidate, target), user_pk, now)
     row.state, row.sealed_at = HourFileState.SEALED, now
@@ -781,17 +552,6 @@ def _scoped(
     return rows
 
 
-def _pages(rows: QuerySet[HourFile], *fields: str) -> Iterator[tuple[Any, ...]]:
-    """Rows by primary key, a page at a time, so memory stays bounded and each page is fresh."""
-    last = 0
-    while True:
-        page = list(rows.filter(pk__gt=last).order_by("pk").values_list("pk", *fields)[:BATCH])
-        if not page:
-            return
-        yield from page
-        last = page[-1][0]
-
-
 def tidy_verified(
     now: datetime,
     only_hour: datetime | None,
@@ -802,8 +562,8 @@ def tidy_verified(
     """Remove the local copies of verified files; move a file reappeared under a shipped name."""
     removed: list[int] = []
     rows = _scoped(HourFile.objects.awaiting_local_delete(), only_hour, cloud_id)
-    for pk, key, local_path, data_sha256, row_cloud_id, hour, part in _pages(
-        rows, "key", "local_path", "data_sha256", "cloud_id", "hour", "part"
+    for pk, key, local_path, data_sha256, row_cloud_id, hour, part in rows.in_pages(
+        "key", "local_path", "data_sha256", "cloud_id", "hour", "part"
     ):
         path = Path(local_path)
         if not data_sha256:
@@ -811,7 +571,7 @@ def tidy_verified(
             continue
         try:
             # Sealed first: without its marker (cleaned up) a writer may be appending right now.
-            present = files.seal(path)
+            present = hourfiles.seal(path)
             differs = present and path.stat().st_size > 0 and sha256_of_file(path) != data_sha256
         except FileNotFoundError:
             present = differs = False  # the run that shipped it removed it meanwhile
@@ -1011,10 +771,10 @@ def remove_old_dirs(now: datetime, only_hour: datetime | None, report: RotationR
     """Drop the sealed markers and the directory of hours long shipped (ROTATE_MARKER_RETENTION_HOURS)."""
     keep = timedelta(hours=settings.ROTATE_MARKER_RETENTION_HOURS)
     for hour, directory in _hour_dirs(only_hour):
-        if hour + paths.HOUR + keep > now:
+        if hour + hourfiles.HOUR + keep > now:
             break  # oldest first: every later directory is younger still
         with os.scandir(directory) as entries:
-            if any(not entry.name.endswith(paths.SEALED_SUFFIX) for entry in entries):
+            if any(not entry.name.endswith(hourfiles.SEALED_SUFFIX) for entry in entries):
                 continue  # a data file or something unknown: not ours to remove
         if (
             HourFile.objects.filter(hour=hour)
@@ -1024,7 +784,7 @@ def remove_old_dirs(now: datetime, only_hour: datetime | None, report: RotationR
             continue
         with os.scandir(directory) as entries:
             for entry in entries:
-                if entry.name.endswith(paths.SEALED_SUFFIX):
+                if entry.name.endswith(hourfiles.SEALED_SUFFIX):
                     os.unlink(entry.path)
         try:
             directory.rmdir()
@@ -1052,8 +812,8 @@ def rotate(
     to the pool at once, so the database work hides behind the uploads.
     """
     if cloud_id is not None:
-        paths.checked_cloud_id(cloud_id)
-    only_hour = paths.hour_floor(hour) if hour is not None else None
+        cloud_id = hourfiles.checked_cloud_id(cloud_id)
+    only_hour = hourfiles.hour_floor(hour) if hour is not None else None
     concurrency = concurrency or settings.ROTATE_CONCURRENCY
     now = timezone.now()
     report = RotationReport()
@@ -1080,192 +840,6 @@ def rotate(
     return report
 
 
-# --- Audit (verify_archive) --------------------------------------------------------------------
-
-
-class ProblemKind(StrEnum):
-    MISSING = "missing"  # the manifest says verified; the archive has no such object
-    MISMATCHED = "mismatched"  # the object differs in size or SHA-256 from the manifest
-    ORPHANED = "orphaned"  # an object under the prefix that the manifest does not know
-    LOCAL_MISSING = "local-missing"  # not verified yet, and its local file is gone
-    UNREADABLE = "unreadable"  # the archive failed to answer about this object
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    kind: ProblemKind
-    key: str
-    detail: str
-
-
-@dataclass
-class AuditReport:
-    verified_checked: int = 0
-    unverified_checked: int = 0
-    objects_listed: int = 0
-    problems: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ProblemKind, 0))
-
-    @property
-    def ok(self) -> bool:
-        return not any(self.problems.values())
-
-    def summary(self) -> str:
-        found = ", ".join(f"{count} {kind}" for kind, count in self.problems.items() if count)
-        return (
-            f"{self.verified_checked} verified files checked against the archive, "
-            f"{self.unverified_checked} unshipped files against the local disk, "
-            f"{self.objects_listed} objects listed: " + (found or "no problems")
-        )
-
-
-def _check_object(archive: Archive, key: str, size: int | None, sha256: str) -> Problem | None:
-    try:
-        stored = archive.stat(key)
-        if stored is None:
-            return Problem(ProblemKind.MISSING, key, "no such object in the archive")
-        if stored.size != size:
-            return Problem(
-                ProblemKind.MISMATCHED, key, f"{stored.size} bytes, the manifest says {size}"
-            )
-        actual = stored_sha256(archive, key, stored)
-    except ArchiveError as exc:
-        return Problem(ProblemKind.UNREADABLE, key, str(exc))
-    if actual != sha256:
-        return Problem(ProblemKind.MISMATCHED, key, f"SHA-256 {actual}, the manifest says {sha256}")
-    return None
-
-
-def _hour_of_key(key: str) -> datetime | None:
-    try:
-        return paths.parse_file_name(key.rsplit("/", 1)[-1])[1]
-    except ValueError:
-        return None
-
-
-def audit_archive(
-    report: AuditReport,
-    since: datetime | None = None,
-    concurrency: int | None = None,
-    on_page: Callable[[AuditReport], None] = lambda report: None,
-) -> Iterator[Problem]:
-    """Compare the manifest with the archive and the local disk, yielding each problem found:
-    verified files must be in the archive as recorded; files not yet verified must still be on
-    disk; every object under ARCHIVE_PREFIX must be in the manifest (listing the bucket is
-    fine here: this is the audit, never the rotation). `on_page` sees the report after each
-    page of rows or objects, for progress."""
-    archive = open_archive()
-    concurrency = concurrency or settings.ROTATE_CONCURRENCY
-    since_filter = {} if since is None else {"hour__gte": since}
-    verified = HourFile.objects.filter(state=HourFileState.VERIFIED, **since_filter)
-    with ThreadPoolExecutor(concurrency, thread_name_prefix="audit") as pool:
-        page: list[tuple[Any, ...]] = []
-        for row in _pages(verified, "key", "size", "sha256"):
-            page.append(row)
-            if len(page) == BATCH:
-                yield from _checked_page(pool, archive, page, report)
-                on_page(report)
-                page = []
-        yield from _checked_page(pool, archive, page, report)
-        on_page(report)
-
-    closed_before = timezone.now() - paths.HOUR
-    unverified = HourFile.objects.unshipped().filter(hour__lte=closed_before, **since_filter)
-    for _, key, local_path, state in _pages(unverified, "key", "local_path", "state"):
-        report.unverified_checked += 1
-        if not Path(local_path).exists():
-            report.problems[ProblemKind.LOCAL_MISSING] += 1
-            yield Problem(ProblemKind.LOCAL_MISSING, key, f"{state}, and {local_path} is gone")
-
-    listed: list[str] = []
-    for key, _ in archive.keys(settings.ARCHIVE_PREFIX):
-        report.objects_listed += 1
-        listed.append(key)
-        if len(listed) == BATCH:
-            yield from _orphans(listed, since, report)
-            on_page(report)
-            listed = []
-    yield from _orphans(listed, since, report)
-    on_page(report)
-
-
-def _checked_page(
-    pool: ThreadPoolExecutor,
-    archive: Archive,
-    page: list[tuple[Any, ...]],
-    report: AuditReport,
-) -> Iterator[Problem]:
-    for problem in pool.map(lambda row: _check_object(archive, row[1], row[2], row[3]), page):
-        report.verified_checked += 1
-        if problem is not None:
-            report.problems[problem.kind] += 1
-            yield problem
-
-
-def _orphans(keys: list[str], since: datetime | None, report: AuditReport) -> Iterator[Problem]:
-    known = set(HourFile.objects.filter(key__in=keys).values_list("key", flat=True))
-    for key in keys:
-        if key in known:
-            continue
-        hour = _hour_of_key(key)
-        if since is not None and hour is not None and hour < since:
-            continue
-        report.problems[ProblemKind.ORPHANED] += 1
-        yield Problem(ProblemKind.ORPHANED, key, "in the archive, not in the manifest")
-
-
-# --- Freshness ---------------------------------------------------------------------------------
-
-
-def describe_age(seconds: float) -> str:
-    """'2 h 05 min' style, for people."""
-    minutes = int(seconds) // 60
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
-
-
-@dataclass(frozen=True, slots=True)
-class UserFreshness:
-    cloud_id: str
-    oldest_unshipped_hour: datetime
-    age_seconds: float
-
-    @property
-    def age_text(self) -> str:
-        return describe_age(self.age_seconds)
-
-
-@dataclass(frozen=True, slots=True)
-class Freshness:
-    """How far the archive lags: the oldest hour with a file not yet verified, overall and by user.
-    An hour's age counts from its start, so the hour being written is never older than an hour."""
-
-    oldest_unshipped_hour: datetime | None
-    age_seconds: float
-    alert_after_seconds: int
-    users: list[UserFreshness]
-
-    @property
-    def stale(self) -> bool:
-        return self.age_seconds > self.alert_after_seconds
-
-    @property
-    def age_text(self) -> str:
-        return describe_age(self.age_seconds)
-
-
-def freshness(now: datetime, users: int | None = None) -> Freshness:
-    """The archive's lag now, with the `users` most overdue users (all of them if None)."""
-    oldest = HourFile.objects.oldest_unshipped()
-    return Freshness(
-        oldest_unshipped_hour=oldest,
-        age_seconds=hour_age_seconds(oldest, now) if oldest else 0.0,
-        alert_after_seconds=settings.ARCHIVE_FRESHNESS_ALERT_SECONDS,
-        users=[
-            UserFreshness(cloud_id, hour, hour_age_seconds(hour, now))
-            for cloud_id, hour in HourFile.objects.oldest_unshipped_by_user(limit=users)
-        ],
-    )
-
-
 # --- Dry run -----------------------------------------------------------------------------------
 
 
@@ -1282,8 +856,8 @@ def plan_rotation(
 ) -> Iterator[PlannedFile]:
     """What `rotate()` would ship now, changing nothing."""
     if cloud_id is not None:
-        paths.checked_cloud_id(cloud_id)
-    only_hour = paths.hour_floor(hour) if hour is not None else None
+        cloud_id = hourfiles.checked_cloud_id(cloud_id)
+    only_hour = hourfiles.hour_floor(hour) if hour is not None else None
     now = timezone.now()
     compressed = settings.ARCHIVE_COMPRESS == "gzip"
     for batch in _closed_files(now, only_hour, cloud_id):
@@ -1299,11 +873,11 @@ def plan_rotation(
             key = (
                 row.key
                 if row
-                else paths.archive_key(found.cloud_id, found.hour, found.part, compressed)
+                else hourfiles.archive_key(found.cloud_id, found.hour, found.part, compressed)
             )
             yield PlannedFile(key, found.path, size, row.state if row else "new")
     # Every due file still on disk was listed by the scan above; these cannot be shipped.
     due = _scoped(HourFile.objects.due(now), only_hour, cloud_id)
-    for _, key, local_path, state in _pages(due, "key", "local_path", "state"):
+    for _, key, local_path, state in due.in_pages("key", "local_path", "state"):
         if not Path(local_path).exists():
             yield PlannedFile(key, Path(local_path), None, state)

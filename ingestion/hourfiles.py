@@ -1,4 +1,10 @@
-"""Hour files on local disk: appending readings, sealing closed hours, reading records back.
+"""Hour files: where they live, how they are written, sealed, scanned and read back.
+
+Local:   LOG_ROOT/[Y-M-D-H]/iseif-rainforest-[cloud_id]-[Y-M-D-H].jl
+Archive: ARCHIVE_PREFIX/[cloud_id]/YYYY/MM/DD/iseif-rainforest-[cloud_id]-[Y-M-D-H].jl
+
+Hours are UTC hours of the reading's own meter time. A reading that arrives after its hour was
+sealed goes to a late part of that hour: `…-[Y-M-D-H].late-1.jl`, `.late-2.jl`, and so on.
 
 The sealing protocol, shared by every writer (poller, push) and the rotation:
 - A writer appends to a file only while holding a shared flock on it, and only after checking,
@@ -18,17 +24,88 @@ import errno
 import fcntl
 import logging
 import os
+import re
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
-from ingestion import paths
 from ingestion.records import Reading, parse_line
+from users.cloud_ids import CLOUD_ID_CHARACTERS, normalise_cloud_id
+
+HOUR = timedelta(hours=1)
+HOUR_FORMAT = "%Y-%m-%d-%H"
+SEALED_SUFFIX = ".sealed"
+# Enough of a file's end to hold the lines of the last ticks, whatever the record types.
+TAIL_BYTES = 16 * 1024
+FILE_NAME = re.compile(
+    rf"^iseif-rainforest-(?P<cloud_id>{CLOUD_ID_CHARACTERS})"
+    r"-(?P<hour>\d{4}-\d{2}-\d{2}-\d{2})"
+    r"(?:\.late-(?P<part>[1-9]\d*))?\.jl(?P<gz>\.gz)?\Z"
+)
+
+
+def checked_cloud_id(cloud_id: str) -> str:
+    """The cloud_id as it names files and keys (lower case), or ValueError."""
+    return normalise_cloud_id(cloud_id)
+
+
+def hour_floor(moment: datetime) -> datetime:
+    """The start of the UTC hour that holds `moment`."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: hours are sliced in UTC and need an aware time")
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def hour_of_timestamp(unix_seconds: float) -> datetime:
+    return hour_floor(datetime.fromtimestamp(unix_seconds, UTC))
+
+
+def hour_label(hour: datetime) -> str:
+    return hour_floor(hour).strftime(HOUR_FORMAT)
+
+
+def parse_hour_label(label: str) -> datetime:
+    return datetime.strptime(label, HOUR_FORMAT).replace(tzinfo=UTC)
+
+
+def file_name(cloud_id: str, hour: datetime, part: int = 0, compressed: bool = False) -> str:
+    late = f".late-{part}" if part else ""
+    gz = ".gz" if compressed else ""
+    return f"iseif-rainforest-{checked_cloud_id(cloud_id)}-{hour_label(hour)}{late}.jl{gz}"
+
+
+def hour_dir(hour: datetime, root: Path | None = None) -> Path:
+    return Path(root or settings.LOG_ROOT) / hour_label(hour)
+
+
+def local_path(cloud_id: str, hour: datetime, part: int = 0, root: Path | None = None) -> Path:
+    return hour_dir(hour, root) / file_name(cloud_id, hour, part)
+
+
+def sealed_marker(path: Path) -> Path:
+    """The marker whose presence means `path` is sealed: no writer may append to it any more."""
+    return path.with_name(path.name + SEALED_SUFFIX)
+
+
+def archive_key(cloud_id: str, hour: datetime, part: int = 0, compressed: bool = False) -> str:
+    hour = hour_floor(hour)
+    name = file_name(cloud_id, hour, part, compressed)
+    prefix = f"{settings.ARCHIVE_PREFIX}/" if settings.ARCHIVE_PREFIX else ""
+    return f"{prefix}{checked_cloud_id(cloud_id)}/{hour:%Y/%m/%d}/{name}"
+
+
+def parse_file_name(name: str) -> tuple[str, datetime, int]:
+    """(cloud_id, hour, part) from an hour file's name; ValueError for anything else."""
+    match = FILE_NAME.match(name)
+    if not match:
+        raise ValueError(f"not an hour file name: {name!r}")
+    return match["cloud_id"], parse_hour_label(match["hour"]), int(match["part"] or 0)
+
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +132,7 @@ def fsync_directory(directory: Path) -> None:
 
 
 def is_sealed(path: Path) -> bool:
-    return paths.sealed_marker(path).exists()
+    return sealed_marker(path).exists()
 
 
 def hour_dirs(root: Path | None = None) -> list[tuple[datetime, Path]]:
@@ -67,7 +144,7 @@ def hour_dirs(root: Path | None = None) -> list[tuple[datetime, Path]]:
         return []
     for entry in entries:
         try:
-            hour = paths.parse_hour_label(entry.name)
+            hour = parse_hour_label(entry.name)
         except ValueError:
             continue
         if entry.is_dir():
@@ -86,7 +163,7 @@ def seal(path: Path) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        marker = paths.sealed_marker(path)
+        marker = sealed_marker(path)
         if not marker.exists():
             marker_fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644)
             os.fsync(marker_fd)
@@ -178,9 +255,7 @@ class HourFileWriter:
         """
         batches: dict[tuple[str, datetime], list[Reading]] = defaultdict(list)
         for reading in readings:
-            batches[(reading.cloud_id, paths.hour_of_timestamp(reading.meter_timestamp))].append(
-                reading
-            )
+            batches[(reading.cloud_id, hour_of_timestamp(reading.meter_timestamp))].append(reading)
         result = AppendResult()
         for (cloud_id, hour), batch in batches.items():
             data = b"".join(reading.to_line() for reading in batch)
@@ -189,7 +264,7 @@ class HourFileWriter:
             except OSError as exc:
                 logger.error("cannot append %d readings for %s: %s", len(batch), cloud_id, exc)
                 result.unwritten.extend(batch)
-                result.errors.append(f"{cloud_id} {paths.hour_label(hour)}: {exc}")
+                result.errors.append(f"{cloud_id} {hour_label(hour)}: {exc}")
             else:
                 result.written.append(WrittenFile(cloud_id, hour, part, path, len(batch)))
         return result
@@ -197,8 +272,8 @@ class HourFileWriter:
     def _write(self, cloud_id: str, hour: datetime, data: bytes) -> tuple[Path, int]:
         part = 0
         while True:
-            path = paths.local_path(cloud_id, hour, part, self.root)
-            if paths.sealed_marker(path).exists():
+            path = local_path(cloud_id, hour, part, self.root)
+            if sealed_marker(path).exists():
                 # Checked before opening too, so that a shipped and removed file is not recreated.
                 self._close(path)
                 part += 1
@@ -207,7 +282,7 @@ class HourFileWriter:
             # Exclusive, so that a short write can be undone without tearing another writer's line.
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                if not paths.sealed_marker(path).exists():
+                if not sealed_marker(path).exists():
                     _append_whole(fd, data)
                     self._dirty = True
                     return path, part
@@ -281,3 +356,26 @@ def iter_records(
                 logger.warning("%s:%d: malformed record skipped: %s", path, line_number, exc)
                 if malformed is not None:
                     malformed.append(MalformedLine(path, line_number, str(exc)))
+
+
+def read_tail_records(path: Path | str, max_bytes: int = TAIL_BYTES) -> list[dict[str, Any]]:
+    """The whole records among the last `max_bytes` of an hour file, in file order.
+
+    A torn or malformed line (a crash mid-write) is skipped: it never hides the lines around it.
+    """
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        start = max(0, size - max_bytes)
+        handle.seek(start)
+        data = handle.read()
+    lines = data.split(b"\n")
+    if start > 0:
+        lines = lines[1:]
+    records = []
+    for line in lines:
+        if line.strip():
+            try:
+                records.append(parse_line(line))
+            except ValueError:
+                continue
+    return records

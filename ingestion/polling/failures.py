@@ -1,0 +1,45 @@
+"""What a failed fetch leads to: which failures back off, which open an incident at once, how long
+the backoff lasts, and the run of failures that makes an incident."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.conf import settings
+
+from ingestion.records import FailureClass
+
+# Failures that another try in 6 seconds would not fix: back off from the gateway or account.
+BACKOFF_CLASSES = frozenset(
+    {
+        FailureClass.GATEWAY_UNREACHABLE,
+        FailureClass.TIMEOUT,
+        FailureClass.HTTP_ERROR,
+        FailureClass.BAD_CREDENTIALS,
+        FailureClass.UNKNOWN_CLOUD_ID,
+        FailureClass.METER_NOT_JOINED,
+    }
+)
+# Failures an operator has to act on: an incident from the first one.
+ACTIONABLE_CLASSES = frozenset(
+    {FailureClass.BAD_CREDENTIALS, FailureClass.UNKNOWN_CLOUD_ID, FailureClass.METER_NOT_JOINED}
+)
+
+
+def backoff_delay(failures: int) -> float:
+    """Seconds until the next attempt after `failures` consecutive failures: the next tick after
+    the first, then twice as long each time, up to INGEST_MAX_BACKOFF_SECONDS."""
+    period = settings.INGEST_POLL_SECONDS
+    return min(float(settings.INGEST_MAX_BACKOFF_SECONDS), period * 2 ** min(failures - 1, 30))
+
+
+@dataclass(slots=True, eq=False)
+class FailureRun:
+    """Consecutive failures of one class for one user: the makings of an incident."""
+
+    first_seen: datetime
+    count: int = 0
+    # The record types that failed; a success of one of them ends the run. None: any success.
+    record_types: set[str] | None = field(default_factory=set)
+    incident_open: bool = False
