@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -13,19 +13,16 @@ from django.utils import timezone
 from tqdm import tqdm
 
 from ingestion import hourfiles, readings_store
+from ingestion.management.commands.verify_archive import parse_since
 from ingestion.models import ReadingsLoad
 from rainlog.stopping import StopRequest
 
 
-def parse_moment(value: str) -> datetime:
-    """An ISO 8601 date or time, UTC unless it says otherwise."""
+def parse_until(value: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise CommandError(
-            f"{value!r}: give an ISO 8601 date or time (2026-03-08 or 2026-03-08T10:00Z)"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return parse_since(value)
+    except CommandError as exc:
+        raise CommandError(str(exc).replace("--since", "--until", 1)) from None
 
 
 class Command(BaseCommand):
@@ -36,9 +33,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--since", type=parse_moment, help="only hours from this UTC date or time on"
+            "--since", type=parse_since, help="only hours from this UTC hour, day or time on"
         )
-        parser.add_argument("--until", type=parse_moment, help="only hours before this")
+        parser.add_argument("--until", type=parse_until, help="only hours before this")
         parser.add_argument(
             "--workers",
             type=int,
