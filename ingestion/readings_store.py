@@ -21,7 +21,7 @@ One load (`load_hour`): one hour's due files, one transaction, one connection
        loading this hour, skip it; then the hour's due files are read again under the lock.
     2. COPY readings_staging FROM STDIN: a temporary table (ON COMMIT DELETE ROWS) fed by
        `copy_expert` from a file-like object that converts each file, when COPY asks for more,
-       into COPY text rows (`records.typed_readings`). No row-by-row INSERT.
+       into COPY text rows (`record_lines`, the conversion the Parquet export uses too). No row-by-row INSERT.
     3. INSERT INTO readings SELECT … FROM readings_staging WHERE meter time is in the hour
        ON CONFLICT DO NOTHING: a reading already there (an earlier load, another worker at the same
        time) stays exactly once.
@@ -47,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from queue import Empty, SimpleQueue
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection, connections, transaction
@@ -56,7 +57,7 @@ from django.utils import timezone
 from ingestion import hourfiles
 from ingestion.archive.store import Archive, ArchiveError, open_archive
 from ingestion.models import HourFile, HourFileState, LoadedHourFile, ReadingsLoad
-from ingestion.records import TypedReading, typed_readings
+from ingestion.record_lines import VALUE_FIELDS, decode_lines
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ COPY_READ_BYTES = 1 << 20
 
 _CREATE_STAGING = f"""
 CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING} (
-    cloud_id text, record_type text, meter_timestamp bigint, received_ms bigint, source text,
+    cloud_id text, record_type text, meter_timestamp bigint, received_at timestamptz, source text,
     demand_kw double precision, delivered_kwh double precision, received_kwh double precision,
     price double precision, currency text, tier integer, format_version integer, raw text
 ) ON COMMIT DELETE ROWS
@@ -82,8 +83,7 @@ _COPY = f"COPY {STAGING} FROM STDIN"
 _MOVE = f"""
 INSERT INTO {TABLE} (cloud_id, record_type, meter_time, received_at, source, demand_kw,
     delivered_kwh, received_kwh, price, currency, tier, format_version, raw)
-SELECT cloud_id, record_type, to_timestamp(meter_timestamp),
-    timestamptz 'epoch' + received_ms * interval '1 millisecond', source, demand_kw,
+SELECT cloud_id, record_type, to_timestamp(meter_timestamp), received_at, source, demand_kw,
     delivered_kwh, received_kwh, price, currency, tier, format_version, raw::jsonb
 FROM {STAGING}
 WHERE meter_timestamp >= %s AND meter_timestamp < %s
@@ -262,9 +262,24 @@ def lag(now: datetime | None = None) -> Lag:
 
 # --- Converting hour files to COPY rows ---------------------------------------------------------
 
+# The table's columns, in order: those of the record format, typed (docs/readings-store.md).
+COLUMNS = (
+    "cloud_id",
+    "record_type",
+    "meter_time",
+    "received_at",
+    "source",
+    *VALUE_FIELDS,
+    "format_version",
+    "raw",
+)
 NULL = "\\N"
 # COPY text format: a backslash, tab, newline or carriage return in a value is escaped.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+# Meter times the table can hold (bigint seconds PostgreSQL turns into a timestamp) and integers
+# an integer column can.
+MAX_TIMESTAMP = 2**40
+MAX_INTEGER = 2**31
 
 
 def _text(value: str) -> str:
@@ -275,29 +290,43 @@ def _text(value: str) -> str:
     return value.translate(_COPY_ESCAPES)
 
 
-def _number(value: float | None) -> str:
-    return NULL if value is None else repr(value)
+def _integer(value: int) -> str:
+    if not -MAX_INTEGER < value < MAX_INTEGER:
+        raise ValueError(f"{value} does not fit an integer column")
+    return str(value)
 
 
-def copy_row(reading: TypedReading, keep_raw: bool) -> str:
-    """One reading as a line of COPY text for the staging table; ValueError if it cannot be one."""
+def _value(value: float | int | str | None) -> str:
+    if value is None:
+        return NULL
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, int):
+        return _integer(value)
+    return repr(value)
+
+
+def copy_row(record: Any, keep_raw: bool) -> str:
+    """One decoded reading (`record_lines.RecordLine`) as a line of COPY text for the staging
+    table; ValueError if it cannot be a row of the table."""
+    if record.received_at is None or record.source is None or record.format_version is None:
+        raise ValueError("received_at, source and format_version are required")
+    if not 0 <= record.meter_timestamp < MAX_TIMESTAMP:
+        raise ValueError(f"meter_timestamp {record.meter_timestamp} is out of range")
     raw = NULL
     if keep_raw:
         # Valid JSON (msgspec checked it) holds no raw control character; only backslashes of its
         # escapes need doubling. PostgreSQL's jsonb refuses \\u0000.
-        raw = bytes(reading.raw).decode()
+        raw = bytes(record.raw).decode()
         if "\\" in raw:
             if "\\u0000" in raw:
                 raise ValueError("raw holds \\u0000, which jsonb cannot hold")
             raw = raw.replace("\\", "\\\\")
-    currency = reading.currency
-    tier = reading.tier
+    values = "\t".join([_value(getattr(record, name)) for name in VALUE_FIELDS])
     return (
-        f"{_text(reading.cloud_id)}\t{_text(reading.record_type)}\t{reading.meter_timestamp}\t"
-        f"{reading.received_at_ms}\t{_text(reading.source)}\t{_number(reading.demand_kw)}\t"
-        f"{_number(reading.delivered_kwh)}\t{_number(reading.received_kwh)}\t"
-        f"{_number(reading.price)}\t{NULL if currency is None else _text(currency)}\t"
-        f"{NULL if tier is None else tier}\t{reading.format_version}\t{raw}\n"
+        f"{_text(record.cloud_id)}\t{_text(record.record_type)}\t{record.meter_timestamp}\t"
+        f"{_text(record.received_at)}\t{_text(record.source)}\t{values}\t"
+        f"{_integer(record.format_version)}\t{raw}\n"
     )
 
 
@@ -313,18 +342,20 @@ class Conversion:
 
 
 def copy_chunk(data: bytes, origin: str, conversion: Conversion, keep_raw: bool) -> bytes:
-    """An hour file's content as COPY text rows; bad lines are counted, logged and left out."""
-    typed = typed_readings(data)
+    """An hour file's content as COPY text rows; lines that are no typed reading are counted,
+    logged and left out (they stay in the file)."""
+    readings, not_readings = decode_lines(data)
     rows = []
-    for reading in typed.readings:
+    for record in readings:
         try:
-            rows.append(copy_row(reading, keep_raw))
+            rows.append(copy_row(record, keep_raw))
         except ValueError as exc:
-            typed.malformed.append((0, str(exc)))
-    for line_number, error in typed.malformed:
-        logger.warning("%s:%d: not loaded: %s", origin, line_number, error)
+            not_readings += 1
+            logger.warning("%s: a reading not loaded: %s", origin, exc)
+    if not_readings:
+        logger.warning("%s: %d line(s) that are no typed reading not loaded", origin, not_readings)
     conversion.rows += len(rows)
-    conversion.malformed_lines += len(typed.malformed)
+    conversion.malformed_lines += not_readings
     return "".join(rows).encode()
 
 

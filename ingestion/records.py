@@ -8,9 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Any
 
-import msgspec
 import orjson
 
 FORMAT_VERSION = 1
@@ -25,7 +24,8 @@ class Source(StrEnum):
 
 
 class FailureClass(StrEnum):
-    """Why a fetch produced no new reading; each value is something an operator can act on."""
+    """Why a fetch produced no new reading (or, one class, why an hour's readings are missing);
+    each value is something an operator can act on."""
 
     BAD_CREDENTIALS = "bad_credentials"
     UNKNOWN_CLOUD_ID = "unknown_cloud_id"
@@ -36,6 +36,13 @@ class FailureClass(StrEnum):
     MALFORMED_REPLY = "malformed_reply"
     SUSPICIOUS_READING = "suspicious_reading"
     STALE_READING = "stale_reading"
+    # Not a fetch: an hour file gone from the local disk before it reached the archive.
+    HOUR_FILE_MISSING = "hour_file_missing"
+
+    @property
+    def is_fetch_failure(self) -> bool:
+        """Whether a fetch produces it (and a working fetch resolves its incident)."""
+        return self is not FailureClass.HOUR_FILE_MISSING
 
     @property
     def label(self) -> str:
@@ -116,106 +123,3 @@ def parse_line(line: bytes | str) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
     return record
-
-
-# --- Typed readings ----------------------------------------------------------------------------
-
-# The typed columns of a reading, in order, as the columnar stores keep it (the SQL readings store's
-# `readings` table; the Parquet export): meter_time in seconds, received_at in milliseconds.
-TYPED_COLUMNS = (
-    "cloud_id",
-    "record_type",
-    "meter_time",
-    "received_at",
-    "source",
-    "demand_kw",
-    "delivered_kwh",
-    "received_kwh",
-    "price",
-    "currency",
-    "tier",
-    "format_version",
-    "raw",
-)
-# The value fields that have a typed column of their own.
-TYPED_VALUE_FIELDS = ("demand_kw", "delivered_kwh", "received_kwh", "price", "currency", "tier")
-
-
-class TypedReading(msgspec.Struct, frozen=True):
-    """One record with its fields typed: the row of TYPED_COLUMNS.
-
-    `raw` stays the JSON text of the line's raw object, as written, so a store keeps it without
-    parsing and re-serialising it. Value fields a record type does not carry are None; value
-    fields with no typed column are not kept (the hour files keep everything).
-    """
-
-    cloud_id: str
-    record_type: str
-    meter_timestamp: Annotated[int, msgspec.Meta(ge=0, lt=2**40)]
-    received_at: datetime
-    source: str
-    format_version: Annotated[int, msgspec.Meta(ge=0, lt=2**31)]
-    demand_kw: float | None = None
-    delivered_kwh: float | None = None
-    received_kwh: float | None = None
-    price: float | None = None
-    currency: str | None = None
-    tier: Annotated[int, msgspec.Meta(ge=0, lt=2**31)] | None = None
-    raw: msgspec.Raw = msgspec.Raw(b"{}")
-
-    @property
-    def meter_time(self) -> datetime:
-        return datetime.fromtimestamp(self.meter_timestamp, UTC)
-
-    @property
-    def received_at_ms(self) -> int:
-        """received_at as Unix milliseconds (records carry milliseconds, no finer)."""
-        return round(self.received_at.timestamp() * 1000)
-
-
-_typed_decoder = msgspec.json.Decoder(TypedReading)
-_typed_list_decoder = msgspec.json.Decoder(list[TypedReading])
-
-
-def typed_reading(line: bytes) -> TypedReading:
-    """One line of an hour file as a typed reading; ValueError if it is not a record whose fields
-    have the types of the record format (a torn line, a value of the wrong type)."""
-    try:
-        return _typed_decoder.decode(line)
-    except msgspec.DecodeError as exc:
-        raise ValueError(str(exc)) from None
-
-
-@dataclass(slots=True)
-class TypedLines:
-    """The typed readings of an hour file's content, and its lines that are not typed records as
-    (line number, error)."""
-
-    readings: list[TypedReading]
-    malformed: list[tuple[int, str]] = field(default_factory=list)
-
-
-def typed_readings(data: bytes) -> TypedLines:
-    """Every line of an hour file's content (JSON lines) as typed readings, in file order.
-
-    The lines are decoded as one JSON array, about twice as fast as line by line; only content
-    with a bad line is decoded again line by line, to keep every good one.
-    """
-    lines = [line for line in data.splitlines() if line.strip()]
-    try:
-        readings = _typed_list_decoder.decode(b"[" + b",".join(lines) + b"]")
-    except msgspec.DecodeError:
-        pass
-    else:
-        # A line holding two objects (or two lines one) would shift the count: check it.
-        if len(readings) == len(lines):
-            return TypedLines(readings)
-    result = TypedLines([])
-    for line_number, line in enumerate(data.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            result.readings.append(typed_reading(line))
-        except ValueError as exc:
-            result.malformed.append((line_number, str(exc)))
-    return result

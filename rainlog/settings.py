@@ -100,7 +100,7 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured(
             "SECRET_KEY is not set. Set SECRET_KEY (or SECRET_KEY_FILE) to a long random string, "
-            "or set DEBUG=1 for a development run."
+            "or set DEBUG=1 for a development run (`make run` writes a development .env)."
         )
     SECRET_KEY = "insecure-development-key-only-for-debug-runs"
 
@@ -349,8 +349,13 @@ else:
 # --- Ingestion ---------------------------------------------------------------------------------
 
 LOG_ROOT = Path(env_str("LOG_ROOT", str(VAR_DIR / "logs")))
+# A development run talks to the local simulator (`make run` starts it) unless told otherwise:
+# trying a command on a laptop never sends a household's credentials to the real cloud.
 EAGLE_CLOUD_URL = env_url(
-    "EAGLE_CLOUD_URL", "https://rainforestcloud.com:9445/cgi-bin/post_manager"
+    "EAGLE_CLOUD_URL",
+    "http://127.0.0.1:8765/cgi-bin/post_manager"
+    if DEBUG
+    else "https://rainforestcloud.com:9445/cgi-bin/post_manager",
 )
 INGEST_POLL_SECONDS = env_float("INGEST_POLL_SECONDS", 6.0, minimum=0.5)
 INGEST_REQUEST_TIMEOUT = env_float("INGEST_REQUEST_TIMEOUT", 4.0, minimum=0.1)
@@ -396,6 +401,12 @@ for _network in GATEWAY_ALLOWED_NETWORKS:
 
 ARCHIVE_BUCKET = env_str("ARCHIVE_BUCKET")
 ARCHIVE_PREFIX = env_str("ARCHIVE_PREFIX", "rainforest-logs").strip("/")
+# The Parquet dataset of every reading (ingestion/parquet.py), beside the hour files.
+PARQUET_PREFIX = env_str("PARQUET_PREFIX", "rainforest-parquet").strip("/")
+if PARQUET_PREFIX == ARCHIVE_PREFIX:
+    raise ImproperlyConfigured(
+        f"PARQUET_PREFIX={PARQUET_PREFIX!r} is ARCHIVE_PREFIX: the dataset needs a prefix of its own."
+    )
 ARCHIVE_COMPRESS = env_str("ARCHIVE_COMPRESS", "")
 if ARCHIVE_COMPRESS not in ("", "gzip"):
     raise ImproperlyConfigured(

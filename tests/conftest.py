@@ -63,7 +63,7 @@ def s3_archive(settings, s3_endpoint: str, s3_client, request) -> str:  # type: 
 def django_db_setup(django_db_setup, django_db_blocker):  # type: ignore[no-untyped-def]
     """The test database as `migrate` leaves it (tests skip migrations): with the cache table, and
     the readings table, which a migration makes with RunSQL, made here from the same SQL."""
-    readings = importlib.import_module("ingestion.migrations.0005_readings_store")
+    readings = importlib.import_module("ingestion.migrations.0007_readings_store")
     with django_db_blocker.unblock():
         call_command("createcachetable", verbosity=0)
         with connection.cursor() as cursor:

@@ -20,7 +20,7 @@ from ingestion import hourfiles, readings_store
 from ingestion.archive import rotation
 from ingestion.models import FetchState, HourFile, LoadedHourFile, ReadingsLoad
 from ingestion.polling.schedules import LOAD_SCHEDULE, register_schedules
-from ingestion.records import TYPED_COLUMNS
+from ingestion.readings_store import COLUMNS
 from tests.factories import OperatorFactory
 from tests.hour_files import demand_readings, write
 from tests.polling import logged_keys, polling_run
@@ -75,7 +75,7 @@ def test_it_is_a_table_partitioned_by_day_with_the_typed_columns_and_key() -> No
             "AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)"
         )
         key = [name for (name,) in cursor.fetchall()]
-    assert tuple(name for name, _, _ in columns) == TYPED_COLUMNS
+    assert tuple(name for name, _, _ in columns) == COLUMNS
     types = {name: (kind, precision) for name, kind, precision in columns}
     assert types["meter_time"] == ("timestamp with time zone", 0)
     assert types["received_at"] == ("timestamp with time zone", 3)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -13,16 +12,9 @@ from django.utils import timezone
 from tqdm import tqdm
 
 from ingestion import hourfiles, readings_store
-from ingestion.management.commands.verify_archive import parse_since
+from ingestion.management.options import time_option
 from ingestion.models import ReadingsLoad
 from rainlog.stopping import StopRequest
-
-
-def parse_until(value: str) -> datetime:
-    try:
-        return parse_since(value)
-    except CommandError as exc:
-        raise CommandError(str(exc).replace("--since", "--until", 1)) from None
 
 
 class Command(BaseCommand):
@@ -33,9 +25,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--since", type=parse_since, help="only hours from this UTC hour, day or time on"
+            "--since",
+            help="from this time on (included): YYYY-MM-DD-HH or ISO 8601, UTC unless an offset "
+            "is given (default: every hour)",
         )
-        parser.add_argument("--until", type=parse_until, help="only hours before this")
+        parser.add_argument("--until", help="up to this time (excluded), in the same forms")
         parser.add_argument(
             "--workers",
             type=int,
@@ -49,7 +43,8 @@ class Command(BaseCommand):
         if not readings_store.enabled():
             raise CommandError(readings_store.off_reason())
         now = timezone.now()
-        since, until = options["since"], options["until"]
+        since = time_option("--since", options["since"], hourfiles.parse_utc_time)
+        until = time_option("--until", options["until"], hourfiles.parse_utc_time)
         if since and until and until <= since:
             raise CommandError("--until must be after --since.")
         hours = readings_store.pending_hours(now, since, until)

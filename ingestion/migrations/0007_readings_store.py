@@ -45,7 +45,7 @@ COMMENT ON TABLE readings IS
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('ingestion', '0004_hour_file_cloud_id_in_lower_case'),
+        ('ingestion', '0006_parquet_dataset'),
     ]
 
     operations = [
