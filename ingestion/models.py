@@ -11,7 +11,6 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ingestion.records import FailureClass
-from users.models import EagleUser
 
 FAILURE_CLASS_CHOICES = [(c.value, c.label) for c in FailureClass]
 
@@ -133,7 +132,7 @@ class FetchState(models.Model):
     """Per-user fetch metadata, kept apart from EagleUser so operator edits never race the poller."""
 
     user = models.OneToOneField(
-        EagleUser, on_delete=models.CASCADE, primary_key=True, related_name="fetch_state"
+        "users.EagleUser", on_delete=models.CASCADE, primary_key=True, related_name="fetch_state"
     )
     total_events_logged = models.BigIntegerField(default=0)
     # Unix seconds of the first and last meter readings logged (the seed's fields).
@@ -305,7 +304,7 @@ class IncidentQuerySet(models.QuerySet["Incident"]):
 class Incident(models.Model):
     """A run of failures of one class for one user: opened on the first, resolved when fetching works."""
 
-    user = models.ForeignKey(EagleUser, on_delete=models.CASCADE, related_name="incidents")
+    user = models.ForeignKey("users.EagleUser", on_delete=models.CASCADE, related_name="incidents")
     failure_class = models.CharField(max_length=32, choices=FAILURE_CLASS_CHOICES)
     state = models.CharField(
         max_length=16, choices=IncidentState.choices, default=IncidentState.OPEN
@@ -532,7 +531,11 @@ class HourFile(models.Model):
 
     cloud_id = models.CharField(max_length=32)
     user = models.ForeignKey(
-        EagleUser, null=True, blank=True, on_delete=models.SET_NULL, related_name="hour_files"
+        "users.EagleUser",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="hour_files",
     )
     hour = models.DateTimeField(help_text="start of the UTC hour")
     part = models.PositiveSmallIntegerField(
