@@ -1,12 +1,32 @@
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest, HttpResponseBase
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from api import events, hour_files, incidents, push, readings, status
 from api.auth import ObtainTokenView, RevokeAllTokensView, RevokeTokenView
 from api.users import user_detail, user_list
+from users.cloud_ids import CLOUD_ID_CHARACTERS, lower_if_text
 
 app_name = "api"
-CLOUD_ID = "[0-9A-Fa-f]{1,32}"
+CLOUD_ID = CLOUD_ID_CHARACTERS
+
+View = Callable[..., HttpResponseBase]
+
+
+def cloud_id_lowered(view: View) -> View:
+    """The view, given the cloud_id of its path in lower case: `/api/users/00AA02` is the user
+    `00aa02`, and every answer names it so."""
+
+    @functools.wraps(view)
+    def lowered(request: HttpRequest, *args: Any, cloud_id: str, **kwargs: Any) -> HttpResponseBase:
+        return view(request, *args, cloud_id=lower_if_text(cloud_id), **kwargs)
+
+    return lowered
+
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
@@ -18,17 +38,17 @@ urlpatterns = [
     # A user's readings, aggregates and coverage (api/readings.py), before the users routes.
     re_path(
         rf"^users/(?P<cloud_id>{CLOUD_ID})/readings$",
-        readings.UserReadingsView.as_view(),
+        cloud_id_lowered(readings.UserReadingsView.as_view()),
         name="user-readings",
     ),
     re_path(
         rf"^users/(?P<cloud_id>{CLOUD_ID})/readings/aggregate$",
-        readings.UserAggregateView.as_view(),
+        cloud_id_lowered(readings.UserAggregateView.as_view()),
         name="user-readings-aggregate",
     ),
     re_path(
         rf"^users/(?P<cloud_id>{CLOUD_ID})/coverage$",
-        readings.UserCoverageView.as_view(),
+        cloud_id_lowered(readings.UserCoverageView.as_view()),
         name="user-coverage",
     ),
     # Hour files (api/hour_files.py), fleet status (api/status.py), incidents (api/incidents.py).
@@ -48,10 +68,16 @@ urlpatterns = [
         name="incident-resolve",
     ),
     # The seed's route: a user's latest reading, logged or ?fresh=1 from the gateway (api/events.py).
-    re_path(rf"^event/(?P<cloud_id>{CLOUD_ID})/?$", events.EventView.as_view(), name="event"),
+    re_path(
+        rf"^event/(?P<cloud_id>{CLOUD_ID})/?$",
+        cloud_id_lowered(events.EventView.as_view()),
+        name="event",
+    ),
     # Gateways in uploader mode (api/push.py): any cloud_id reaches the view, which answers in JSON.
-    re_path(r"^push/(?P<cloud_id>[^/]+)/?$", push.PushView.as_view(), name="push"),
+    re_path(
+        r"^push/(?P<cloud_id>[^/]+)/?$", cloud_id_lowered(push.PushView.as_view()), name="push"
+    ),
     # The seed's clients call /api/users/002738 without a trailing slash: both forms work.
     re_path(r"^users/?$", user_list, name="users"),
-    re_path(r"^users/(?P<cloud_id>[^/]+)/?$", user_detail, name="user"),
+    re_path(r"^users/(?P<cloud_id>[^/]+)/?$", cloud_id_lowered(user_detail), name="user"),
 ]

@@ -31,7 +31,8 @@ from rest_framework.response import Response
 from ingestion.models import FAILURE_CLASS_CHOICES, FetchState, Incident, IncidentState
 from ingestion.purging import PurgeIncompleteError, remove_user
 from ingestion.records import iso_utc
-from users.models import EAGLE_PASSWORD_MAX_LENGTH, ConnectionType, EagleUser, cloud_id_validator
+from users.cloud_ids import cloud_id_validator, lower_if_text
+from users.models import EAGLE_PASSWORD_MAX_LENGTH, ConnectionType, EagleUser
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ class EagleUserViewSet(
 
     def _check_body_cloud_id(self, request: Request, cloud_id: str) -> None:
         if isinstance(request.data, Mapping) and "cloud_id" in request.data:
-            if str(request.data["cloud_id"]) != cloud_id:
+            if lower_if_text(str(request.data["cloud_id"])) != cloud_id:
                 raise ValidationError(
                     {
                         "cloud_id": [

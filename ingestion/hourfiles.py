@@ -35,24 +35,23 @@ from typing import Any
 from django.conf import settings
 
 from ingestion.records import Reading, parse_line
+from users.cloud_ids import CLOUD_ID_CHARACTERS, normalise_cloud_id
 
 HOUR = timedelta(hours=1)
 HOUR_FORMAT = "%Y-%m-%d-%H"
 SEALED_SUFFIX = ".sealed"
-_CLOUD_ID = re.compile(r"^[0-9A-Fa-f]{1,32}\Z")
 # Enough of a file's end to hold the lines of the last ticks, whatever the record types.
 TAIL_BYTES = 16 * 1024
 FILE_NAME = re.compile(
-    r"^iseif-rainforest-(?P<cloud_id>[0-9A-Fa-f]{1,32})-(?P<hour>\d{4}-\d{2}-\d{2}-\d{2})"
+    rf"^iseif-rainforest-(?P<cloud_id>{CLOUD_ID_CHARACTERS})"
+    r"-(?P<hour>\d{4}-\d{2}-\d{2}-\d{2})"
     r"(?:\.late-(?P<part>[1-9]\d*))?\.jl(?P<gz>\.gz)?\Z"
 )
 
 
 def checked_cloud_id(cloud_id: str) -> str:
-    """The cloud_id unchanged, or ValueError: it becomes part of file paths and keys."""
-    if not _CLOUD_ID.match(cloud_id):
-        raise ValueError(f"invalid cloud_id {cloud_id!r}: 1 to 32 hexadecimal digits")
-    return cloud_id
+    """The cloud_id as it names files and keys (lower case), or ValueError."""
+    return normalise_cloud_id(cloud_id)
 
 
 def hour_floor(moment: datetime) -> datetime:
@@ -97,7 +96,7 @@ def archive_key(cloud_id: str, hour: datetime, part: int = 0, compressed: bool =
     hour = hour_floor(hour)
     name = file_name(cloud_id, hour, part, compressed)
     prefix = f"{settings.ARCHIVE_PREFIX}/" if settings.ARCHIVE_PREFIX else ""
-    return f"{prefix}{cloud_id}/{hour:%Y/%m/%d}/{name}"
+    return f"{prefix}{checked_cloud_id(cloud_id)}/{hour:%Y/%m/%d}/{name}"
 
 
 def parse_file_name(name: str) -> tuple[str, datetime, int]:

@@ -11,6 +11,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ingestion.records import FailureClass
+from users.cloud_ids import CloudIdField
 
 FAILURE_CLASS_CHOICES = [(c.value, c.label) for c in FailureClass]
 
@@ -529,7 +530,7 @@ class HourFile(models.Model):
     `data_sha256` describe the JSON lines inside it, as they were on local disk.
     """
 
-    cloud_id = models.CharField(max_length=32)
+    cloud_id = CloudIdField()
     user = models.ForeignKey(
         "users.EagleUser",
         null=True,

@@ -72,7 +72,7 @@ def local_files_of(cloud_id: str) -> list[Path]:
     Found both through the manifest and by name under LOG_ROOT, so files the manifest does not
     know yet (the open hour) are found too. Only files whose name carries this cloud_id qualify.
     """
-    hourfiles.checked_cloud_id(cloud_id)
+    cloud_id = hourfiles.checked_cloud_id(cloud_id)
     found: set[Path] = set()
     for local_path in HourFile.objects.filter(cloud_id=cloud_id).values_list(
         "local_path", flat=True
@@ -99,7 +99,7 @@ def _walk(storage: Storage, directory: str) -> Iterator[str]:
 def archive_keys_of(cloud_id: str, storage: Storage) -> list[str]:
     """The cloud_id's archived objects: every key under its prefix, plus manifest keys elsewhere
     (written under an earlier ARCHIVE_PREFIX) that still exist."""
-    hourfiles.checked_cloud_id(cloud_id)
+    cloud_id = hourfiles.checked_cloud_id(cloud_id)
     prefix = f"{settings.ARCHIVE_PREFIX}/{cloud_id}" if settings.ARCHIVE_PREFIX else cloud_id
     keys = set(_walk(storage, prefix))
     for key in HourFile.objects.filter(cloud_id=cloud_id).values_list("key", flat=True):

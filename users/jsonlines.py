@@ -27,7 +27,8 @@ from django.db import transaction
 from django.db.models import Q
 
 from ingestion.models import FetchState
-from users.models import EagleUser, cloud_id_validator
+from users.cloud_ids import cloud_id_validator, normalise_cloud_id
+from users.models import EagleUser
 
 REQUIRED_FIELDS = ("cloud_id", "user_email", "user_pw")
 # File field -> model field, for the user's own fields.
@@ -146,8 +147,8 @@ def parse_line(raw: bytes | str) -> ParsedLine:
     if not isinstance(cloud_id, str):
         raise LineError("cloud_id must be a JSON string (a number would lose its leading zeros)")
     try:
-        cloud_id_validator(cloud_id)
-    except ValidationError:
+        cloud_id = normalise_cloud_id(cloud_id)
+    except ValueError:
         raise LineError(f"bad cloud_id {cloud_id[:40]!r}: {cloud_id_validator.message}") from None
     for name in STRING_FIELDS:
         if name in record and not isinstance(record[name], str):

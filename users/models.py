@@ -5,20 +5,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxLengthValidator, RegexValidator
+from django.core.validators import MaxLengthValidator
 from django.db import IntegrityError, models, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from users.cloud_ids import CloudIdField, cloud_id_validator
 from users.crypto import EncryptedTextField
 
-CLOUD_ID_MAX_LENGTH = 32
 EAGLE_PASSWORD_MAX_LENGTH = 1024
-cloud_id_validator = RegexValidator(
-    regex=rf"^[0-9A-Fa-f]{{1,{CLOUD_ID_MAX_LENGTH}}}\Z",
-    message=f"A cloud_id is 1 to {CLOUD_ID_MAX_LENGTH} hexadecimal digits (leading zeros are kept).",
-    code="invalid_cloud_id",
-)
 DEFAULT_SUSPENDED_REASON = "Suspended by an operator."
 PUSH_TOKEN_PREFIX = "rlp_"
 
@@ -107,9 +102,8 @@ class EagleUserQuerySet(models.QuerySet["EagleUser"]):
 class EagleUser(models.Model):
     """An EAGLE account holder whose household is logged. Not an operator (see django.contrib.auth)."""
 
-    cloud_id = models.CharField(
-        max_length=CLOUD_ID_MAX_LENGTH, unique=True, validators=[cloud_id_validator]
-    )
+    # Kept in lower case: a hexadecimal id names one gateway whatever its case.
+    cloud_id = CloudIdField(unique=True, validators=[cloud_id_validator])
     email = models.EmailField(blank=True)
     # The Rainforest cloud password, or the install code for a local gateway. Encrypted at rest.
     eagle_password = EncryptedTextField(

@@ -812,7 +812,7 @@ def rotate(
     to the pool at once, so the database work hides behind the uploads.
     """
     if cloud_id is not None:
-        hourfiles.checked_cloud_id(cloud_id)
+        cloud_id = hourfiles.checked_cloud_id(cloud_id)
     only_hour = hourfiles.hour_floor(hour) if hour is not None else None
     concurrency = concurrency or settings.ROTATE_CONCURRENCY
     now = timezone.now()
@@ -856,7 +856,7 @@ def plan_rotation(
 ) -> Iterator[PlannedFile]:
     """What `rotate()` would ship now, changing nothing."""
     if cloud_id is not None:
-        hourfiles.checked_cloud_id(cloud_id)
+        cloud_id = hourfiles.checked_cloud_id(cloud_id)
     only_hour = hourfiles.hour_floor(hour) if hour is not None else None
     now = timezone.now()
     compressed = settings.ARCHIVE_COMPRESS == "gzip"

@@ -12,6 +12,7 @@ from django.shortcuts import render
 from ingestion.eagle.decoders import decode_payload
 from ingestion.eagle.record_types import RECORD_TYPES
 from ingestion.records import FetchFailure, Source
+from users.cloud_ids import cloud_id_validator, lower_if_text
 
 MAX_PAYLOAD_CHARS = 200_000
 
@@ -62,8 +63,9 @@ class PayloadForm(forms.Form):
         strip=False,
         help_text="A raw reply: cloud or legacy XML/JSON, EAGLE-200 XML, or a push upload.",
     )
-    cloud_id = forms.RegexField(
-        regex=r"^[0-9A-Fa-f]{1,32}\Z",
+    cloud_id = forms.CharField(
+        validators=[cloud_id_validator],
+        strip=False,
         required=False,
         help_text="Optional: the gateway's cloud_id, to see the full record.",
     )
@@ -86,7 +88,7 @@ def playground(request: HttpRequest) -> HttpResponse:
             data = form.cleaned_data
             result = decode_payload(
                 data["payload"],
-                cloud_id=data["cloud_id"],
+                cloud_id=lower_if_text(data["cloud_id"]),
                 source=data["source"] or None,
                 record_type=data["record_type"] or None,
             )

@@ -22,11 +22,10 @@ from typing import Any, ClassVar, NamedTuple
 import orjson
 
 from ingestion.records import FORMAT_VERSION, FailureClass, Source
+from users.cloud_ids import NORMALISED_CLOUD_ID_PATTERN
 
 # Seconds between the Unix epoch and the ZigBee epoch (2000-01-01T00:00:00Z) used by meter clocks.
 ZIGBEE_EPOCH = 946684800
-
-CLOUD_ID_PATTERN = r"^[0-9A-Fa-f]{1,32}$"
 
 
 class DecodeError(ValueError):
@@ -334,8 +333,9 @@ def record_json_schema() -> dict[str, Any]:
         "record_type": {"enum": sorted(RECORD_TYPES), "description": "Which values follow."},
         "cloud_id": {
             "type": "string",
-            "pattern": CLOUD_ID_PATTERN,
-            "description": "The household's gateway, hexadecimal, leading zeros kept.",
+            "pattern": NORMALISED_CLOUD_ID_PATTERN,
+            "description": "The household's gateway, hexadecimal in lower case, leading zeros "
+            "kept.",
         },
         "meter_timestamp": {
             "type": "integer",

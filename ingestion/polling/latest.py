@@ -20,7 +20,7 @@ def latest_record(
     cloud_id: str, record_type: str = Demand.name, root: Path | None = None
 ) -> dict[str, Any] | None:
     """The newest record of a type in the user's newest local hour file (or its late parts)."""
-    hourfiles.checked_cloud_id(cloud_id)
+    cloud_id = hourfiles.checked_cloud_id(cloud_id)
     for hour, directory in reversed(hourfiles.hour_dirs(root)):
         main = hourfiles.local_path(cloud_id, hour, root=root)
         if main.exists() and not hourfiles.sealed_marker(main).exists():

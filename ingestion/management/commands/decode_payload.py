@@ -37,7 +37,7 @@ class Command(BaseCommand):
             text = self.read(name)
             result = decode_payload(
                 text,
-                cloud_id=options["cloud_id"],
+                cloud_id=options["cloud_id"].lower(),
                 source=options["source"],
                 record_type=options["record_type"],
             )

@@ -50,7 +50,7 @@ class Command(BaseCommand):
         cloud_id = options["user"]
         if cloud_id is not None:
             try:
-                hourfiles.checked_cloud_id(cloud_id)
+                cloud_id = hourfiles.checked_cloud_id(cloud_id)
             except ValueError as exc:
                 raise CommandError(f"--user: {exc}") from None
         if options["dry_run"]:

@@ -13,7 +13,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("cloud_id", help="exactly as stored, leading zeros included")
+        parser.add_argument(
+            "cloud_id", help="the user's cloud_id, in any case, leading zeros included"
+        )
 
     def handle(self, *args: Any, cloud_id: str, **options: Any) -> None:
         try:

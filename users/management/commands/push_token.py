@@ -15,7 +15,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("cloud_id", help="exactly as stored, leading zeros included")
+        parser.add_argument(
+            "cloud_id", help="the user's cloud_id, in any case, leading zeros included"
+        )
         action = parser.add_mutually_exclusive_group()
         action.add_argument("--issue", action="store_true", help="issue a new token")
         action.add_argument("--revoke", action="store_true", help="revoke the current token")
