@@ -11,6 +11,8 @@ BASE_STAMP := $(VENV)/.base-$(shell cat requirements/base.txt | md5sum | cut -c1
 DEV_STAMP := $(VENV)/.dev-$(shell cat requirements/base.txt requirements/dev.txt | md5sum | cut -c1-12)
 CHROMIUM ?= /usr/bin/chromium
 RUN_PORT ?= 8000
+# The simulator's port follows the web server's, so that two checkouts run side by side.
+SIMULATOR_PORT ?= $(shell echo $$(( $(RUN_PORT) + 765 )))
 
 .PHONY: install install-dev chromium run test lint format migrate check bench bench-poll bench-rotate bench-api bench-simulator soak clean
 
@@ -40,10 +42,14 @@ chromium:
 		echo "No $(CHROMIUM) and no root to install it: browser tests will be skipped."; \
 	fi
 
+# A development .env with generated keys, written once: `manage.py` works on its own afterwards.
+.env: | $(PY)
+	$(PY) -m rainlog.local_env --simulator-port $(SIMULATOR_PORT)
+
 # Everything on embedded defaults: SQLite, the ORM broker, local archive, the EAGLE simulator.
-run: install
+run: install .env
 	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --no-input
-	DEBUG=$${DEBUG:-1} $(PY) manage.py run_all --port $(RUN_PORT)
+	DEBUG=$${DEBUG:-1} $(PY) manage.py run_all --port $(RUN_PORT) --simulator-port $(SIMULATOR_PORT)
 
 test: install-dev chromium
 	$(PY) -m pytest

@@ -12,6 +12,8 @@ import pytest
 
 TEST_ENVIRONMENT = {
     "DJANGO_SETTINGS_MODULE": "rainlog.settings",
+    # A checkout's development .env (written by `make run`) is not the suite's configuration.
+    "RAINLOG_ENV_FILE": os.devnull,
     "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/test",
     "DEBUG": "0",
     "SECRET_KEY": "test-secret-key-that-is-long-enough-for-django-checks-0123456789",

@@ -1,6 +1,7 @@
 """API tokens for operators: obtain with username and password, revoke one or all.
 
-POST /api/auth/token/       {"username", "password"} -> {"token", "expiry", "user"}; throttled
+POST /api/auth/token/       {"username", "password"} -> {"token", "expiry", "user"}; throttled,
+                            and locked out after LOGIN_FAILURE_LIMIT failures (django-axes)
 POST /api/auth/logout/      revoke the token that authenticates this request
 POST /api/auth/logout-all/  revoke every token of this operator
 
@@ -15,7 +16,7 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from knox.models import AuthToken
 from knox.views import LoginView, LogoutAllView, LogoutView
 from rest_framework import serializers
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -49,6 +50,13 @@ def role_of(user: Any) -> str:
     return "operator" if is_operator(user) else "viewer"
 
 
+class SignInLockedOut(Throttled):
+    default_detail = (
+        "Too many failed sign-ins from this address: it is locked out for a while. "
+        "An operator can unlock it (manage.py axes_reset_ip ADDRESS)."
+    )
+
+
 class ObtainTokenView(LoginView):
     """Username and password in the body (JSON or form); answers a new token and its expiry."""
 
@@ -68,17 +76,26 @@ class ObtainTokenView(LoginView):
             200: TokenResponse,
             400: FIELD_ERRORS,
             401: error("Wrong username or password, or an inactive operator."),
-            429: error("Too many attempts from this address (API_TOKEN_THROTTLE): wait, retry."),
+            429: error(
+                "Too many attempts from this address (API_TOKEN_THROTTLE), or too many failed "
+                "sign-ins (locked out for LOGIN_LOCKOUT_MINUTES): wait, retry."
+            ),
         },
     )
     def post(self, request: Request, format: str | None = None) -> Response:
         credentials = TokenRequestSerializer(data=request.data)
         credentials.is_valid(raise_exception=True)
+        # The Django request, on which django-axes records failures and marks a lockout.
+        django_request = request._request
         user = authenticate(
-            request,
+            django_request,
             username=credentials.validated_data["username"],
             password=credentials.validated_data["password"],
         )
+        if getattr(django_request, "axes_locked_out", False):
+            # Answered here in the API's shape rather than by axes' middleware (an HTML page).
+            django_request.axes_locked_out = False
+            raise SignInLockedOut()
         if user is None:
             raise AuthenticationFailed("Unable to sign in with these credentials.")
         request.user = user

@@ -73,6 +73,31 @@ def parse_hour_label(label: str) -> datetime:
     return datetime.strptime(label, HOUR_FORMAT).replace(tzinfo=UTC)
 
 
+def parse_utc_time(text: str) -> datetime:
+    """A moment given as an hour label (YYYY-MM-DD-HH) or in ISO 8601 (2026-12-03T14,
+    2026-12-03T14:00Z, 2026-12-03, ...): UTC when no offset is given. ValueError otherwise."""
+    try:
+        return parse_hour_label(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time: give YYYY-MM-DD-HH or ISO 8601 (2026-12-03T14, "
+            "2026-12-03T14:00Z, 2026-12-03)"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def parse_hour(text: str) -> datetime:
+    """The UTC hour starting at `text` (an hour label or ISO 8601, see parse_utc_time)."""
+    moment = parse_utc_time(text)
+    if moment != hour_floor(moment):
+        raise ValueError(f"{text!r} is not the start of an hour")
+    return moment
+
+
 def file_name(cloud_id: str, hour: datetime, part: int = 0, compressed: bool = False) -> str:
     late = f".late-{part}" if part else ""
     gz = ".gz" if compressed else ""
@@ -286,9 +311,9 @@ class HourFileWriter:
                     _append_whole(fd, data)
                     self._dirty = True
                     return path, part
-                if os.fstat(fd).st_size == 0:
-                    # Sealed and shipped between the check and the open, which recreated it empty.
-                    path.unlink(missing_ok=True)
+                # Sealed between the check and the lock. Even if empty (recreated by the open,
+                # or cut back after a failed append), the file is left where it is: a rotation
+                # has it registered and claimed, and settles it (an empty file's row is dropped).
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             # Sealed under us (or before): this file is closed for good, try the next late part.

@@ -49,6 +49,7 @@ from ingestion.models import (
     ReportState,
 )
 from ingestion.records import FailureClass, iso_utc
+from ingestion.redaction import redact
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +57,6 @@ SIGNATURE_HEADER = "X-Rainlog-Signature"
 TIMESTAMP_HEADER = "X-Rainlog-Timestamp"
 EVENT_HEADER = "X-Rainlog-Event"
 USER_AGENT = "rainlog-incident-reports/1"
-REDACTED = "[redacted]"
-# Secrets shorter than this are not searched for in messages: they would match ordinary words.
-MIN_REDACTED_LENGTH = 4
 # Leave room for the next scheduled pass (every minute) rather than overlap it.
 PASS_BUDGET_SECONDS = 50.0
 
@@ -68,13 +66,6 @@ def reporting_enabled() -> bool:
 
 
 # --- Making reports ---------------------------------------------------------------------------
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if len(secret) >= MIN_REDACTED_LENGTH:
-            text = text.replace(secret, REDACTED)
-    return text
 
 
 def report_payload(incident: Incident, event: ReportEvent) -> dict[str, Any]:

@@ -4,6 +4,7 @@ Only this module reads os.environ. Every variable is listed in README.md ("Confi
 A variable that is set but does not parse stops startup with a message naming it.
 """
 
+import ipaddress
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -99,7 +100,7 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured(
             "SECRET_KEY is not set. Set SECRET_KEY (or SECRET_KEY_FILE) to a long random string, "
-            "or set DEBUG=1 for a development run."
+            "or set DEBUG=1 for a development run (`make run` writes a development .env)."
         )
     SECRET_KEY = "insecure-development-key-only-for-debug-runs"
 
@@ -122,6 +123,8 @@ INSTALLED_APPS = [
     # Swagger UI and ReDoc assets served by the project, not fetched from a CDN.
     "drf_spectacular_sidecar",
     "django_q",
+    # Login throttling and lockout on every sign-in (docs/security.md, "Sign-in lockout").
+    "axes",
     "users",
     "ingestion",
     "api",
@@ -136,6 +139,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last: it turns a sign-in refused during a lockout into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "rainlog.urls"
@@ -181,6 +187,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "admin:login"
+# django-axes first: it refuses a sign-in from a locked-out address before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -205,6 +216,24 @@ SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+# Reverse proxies in front of rainlog that append the client's address to X-Forwarded-For.
+# 0: the address is REMOTE_ADDR and X-Forwarded-For is ignored (a client can write anything there).
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
+# Only these script, style, image and font sources: no inline script, no other site.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 if not DEBUG and SECURE_HSTS_SECONDS == 0:
     # An operator who turned HSTS off on purpose: say so to `check --deploy` readers.
     SILENCED_SYSTEM_CHECKS = ["security.W004"]
@@ -235,7 +264,12 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 100,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_THROTTLE_RATES": {"token": env_str("API_TOKEN_THROTTLE", "10/minute")},
+    "DEFAULT_THROTTLE_RATES": {
+        "token": env_str("API_TOKEN_THROTTLE", "10/minute"),
+        "live_fetch": env_str("LIVE_FETCH_THROTTLE", "2/minute"),
+    },
+    # The client address of throttles (and of the sign-in lockout, see api/client_address.py).
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
     "EXCEPTION_HANDLER": "api.exceptions.exception_handler",
 }
 API_TOKEN_TTL_HOURS = env_int("API_TOKEN_TTL_HOURS", 720, minimum=0)
@@ -264,6 +298,17 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
+# --- Sign-in lockout (django-axes) -------------------------------------------------------------
+# Failed sign-ins (admin, browsable API, token endpoint) are recorded in the database, so every
+# process sees them; this many from one address lock it out for LOGIN_LOCKOUT_MINUTES.
+
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_CLIENT_IP_CALLABLE = "api.client_address.client_address"
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+
 # --- Task queue (django-q2) --------------------------------------------------------------------
 
 REDIS_URL = env_url("REDIS_URL")
@@ -282,6 +327,19 @@ Q_CLUSTER = {
     "label": "Task queue",
     "sync": env_bool("Q_SYNC", False),
 }
+# Throttle counts live in a cache every process shares: Redis when there is one, else the
+# database (its table is made by a migration: `manage.py migrate`).
+if REDIS_URL:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "rainlog_cache",
+        }
+    }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
@@ -291,8 +349,13 @@ else:
 # --- Ingestion ---------------------------------------------------------------------------------
 
 LOG_ROOT = Path(env_str("LOG_ROOT", str(VAR_DIR / "logs")))
+# A development run talks to the local simulator (`make run` starts it) unless told otherwise:
+# trying a command on a laptop never sends a household's credentials to the real cloud.
 EAGLE_CLOUD_URL = env_url(
-    "EAGLE_CLOUD_URL", "https://rainforestcloud.com:9445/cgi-bin/post_manager"
+    "EAGLE_CLOUD_URL",
+    "http://127.0.0.1:8765/cgi-bin/post_manager"
+    if DEBUG
+    else "https://rainforestcloud.com:9445/cgi-bin/post_manager",
 )
 INGEST_POLL_SECONDS = env_float("INGEST_POLL_SECONDS", 6.0, minimum=0.5)
 INGEST_REQUEST_TIMEOUT = env_float("INGEST_REQUEST_TIMEOUT", 4.0, minimum=0.1)
@@ -320,10 +383,30 @@ INGEST_METER_SECONDS = env_float("INGEST_METER_SECONDS", 10.0, minimum=1.0)
 # Largest body POST /api/push/<cloud_id> accepts (an uploader fragment is under 1 KB).
 PUSH_MAX_BODY_BYTES = env_int("PUSH_MAX_BODY_BYTES", 65536, minimum=1024)
 
+# Local gateways (EAGLE-200s) live on private networks, which a server must not reach unasked:
+# a gateway_address in a private, loopback, link-local or metadata range is refused unless one of
+# these networks (CIDR, comma-separated) contains it. DEBUG allows loopback, for the simulator.
+GATEWAY_ALLOWED_NETWORKS = env_list(
+    "GATEWAY_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"] if DEBUG else []
+)
+for _network in GATEWAY_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"GATEWAY_ALLOWED_NETWORKS: {_network!r} is not a network such as 192.168.1.0/24."
+        ) from None
+
 # --- Archive -----------------------------------------------------------------------------------
 
 ARCHIVE_BUCKET = env_str("ARCHIVE_BUCKET")
 ARCHIVE_PREFIX = env_str("ARCHIVE_PREFIX", "rainforest-logs").strip("/")
+# The Parquet dataset of every reading (ingestion/parquet.py), beside the hour files.
+PARQUET_PREFIX = env_str("PARQUET_PREFIX", "rainforest-parquet").strip("/")
+if PARQUET_PREFIX == ARCHIVE_PREFIX:
+    raise ImproperlyConfigured(
+        f"PARQUET_PREFIX={PARQUET_PREFIX!r} is ARCHIVE_PREFIX: the dataset needs a prefix of its own."
+    )
 ARCHIVE_COMPRESS = env_str("ARCHIVE_COMPRESS", "")
 if ARCHIVE_COMPRESS not in ("", "gzip"):
     raise ImproperlyConfigured(
@@ -390,12 +473,16 @@ ERROR_REPORT_LOOKBACK_HOURS = env_int("ERROR_REPORT_LOOKBACK_HOURS", 24, minimum
 
 # --- Admin console -----------------------------------------------------------------------------
 
+# /dev/playground (staff only) is served when DEBUG is on, and in production only when enabled.
+PLAYGROUND_ENABLED = env_bool("PLAYGROUND_ENABLED", DEBUG)
+
 # Households whose readings estimate the fleet's demand curve on the dashboard (see ingestion/console/dashboard.py).
 CONSOLE_DEMAND_SAMPLE = env_int("CONSOLE_DEMAND_SAMPLE", 20, minimum=1)
 
 # --- Monitoring --------------------------------------------------------------------------------
 
-# When set, /metrics answers only requests with `Authorization: Bearer <METRICS_TOKEN>`.
+# /metrics answers only requests with `Authorization: Bearer <METRICS_TOKEN>`; without a token it
+# is open when DEBUG is on and closed otherwise (`check --deploy` warns).
 METRICS_TOKEN = env_secret("METRICS_TOKEN")
 
 # --- Logging -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 import boto3
 import pytest
 from django.contrib.auth.models import User
+from django.core.management import call_command
 from moto.server import ThreadedMotoServer
 from rest_framework.test import APIClient
 
@@ -54,6 +55,13 @@ def s3_archive(settings, s3_endpoint: str, s3_client, request) -> str:  # type: 
         },
     }
     return bucket
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):  # type: ignore[no-untyped-def]
+    """The test database as `migrate` leaves it: with the cache table (tests skip migrations)."""
+    with django_db_blocker.unblock():
+        call_command("createcachetable", verbosity=0)
 
 
 @pytest.fixture(autouse=True)

@@ -6,10 +6,8 @@ from dataclasses import dataclass
 
 from ingestion.eagle.client import fetch_now
 from ingestion.records import FetchFailure, iso_utc
+from ingestion.redaction import redact
 from users.models import ConnectionType, EagleUser
-
-# Shorter passwords are not masked in messages: masking "1" would garble every number.
-MIN_MASKED_LENGTH = 4
 
 
 @dataclass(frozen=True)
@@ -25,12 +23,6 @@ class CredentialCheck:
         return f"{self.cloud_id}: {verdict}: {self.summary}"
 
 
-def _without_password(text: str, password: str) -> str:
-    if len(password) >= MIN_MASKED_LENGTH:
-        return text.replace(password, "[password]")
-    return text
-
-
 def check_credentials(user: EagleUser) -> CredentialCheck:
     """Fetch one reading now and classify the outcome. Network I/O: never call inside atomic()."""
     if user.connection_type == ConnectionType.PUSH:
@@ -39,7 +31,7 @@ def check_credentials(user: EagleUser) -> CredentialCheck:
         )
     result = fetch_now(user)
     if isinstance(result, FetchFailure):
-        message = _without_password(result.message, user.eagle_password)
+        message = redact(result.message, [user.eagle_password])
         return CredentialCheck(user.cloud_id, False, str(result.failure_class), message)
     values = ", ".join(f"{name} {value}" for name, value in result.values.items())
     return CredentialCheck(

@@ -30,8 +30,8 @@ from yarl import URL
 
 from ingestion.eagle.decoders import decode_reply, device_list_meter, failure, judge
 from ingestion.eagle.record_types import PreviousReading, RecordType, get_record_type
-from ingestion.incident_reports import redact
 from ingestion.records import FailureClass, FetchFailure, Reading, Source
+from ingestion.redaction import redact
 
 if TYPE_CHECKING:
     from users.models import EagleUser

@@ -63,7 +63,6 @@ from ingestion import hourfiles
 from ingestion.eagle.client import EagleClient, GatewayTarget
 from ingestion.eagle.record_types import RECORD_TYPES
 from ingestion.hourfiles import HourFileWriter, read_tail_records
-from ingestion.incident_reports import redact
 from ingestion.models import (
     FetchOutcome,
     FetchState,
@@ -92,6 +91,7 @@ from ingestion.polling.leases import (
 )
 from ingestion.polling.schedules import POLL_SCHEDULE_PREFIX
 from ingestion.records import FailureClass, FetchFailure, Reading, iso_utc
+from ingestion.redaction import redact
 from users.models import EagleUser
 
 logger = logging.getLogger(__name__)

@@ -165,6 +165,8 @@ def test_logout_all_revokes_every_token_of_the_operator(operator: User, viewer: 
 
 def test_the_token_endpoint_is_throttled(operator: User, settings) -> None:  # type: ignore[no-untyped-def]
     limit = int(settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["token"].split("/")[0])
+    # The throttle alone: the sign-in lockout (tests/security/test_login_throttling.py) is stricter.
+    settings.AXES_FAILURE_LIMIT = limit + 1
     client = APIClient()
     statuses = [obtain(client, operator.username, "guess").status_code for _ in range(limit)]
     assert statuses == [401] * limit

@@ -58,10 +58,21 @@ def test_hour_and_user_narrow_the_run(s3_archive: str) -> None:
     assert list(HourFile.objects.values_list("cloud_id", "hour")) == [("0002", HOUR)]
 
 
+@pytest.mark.parametrize("hour", ["2026-03-08T09", "2026-03-08T09:00Z", "2026-03-08 10:00+01:00"])
+def test_it_takes_the_hour_in_iso_8601_too(s3_archive: str, hour: str) -> None:
+    write(demand_readings("0002", HOUR, 2))
+    write(demand_readings("0002", HOUR - timedelta(hours=1), 2))
+
+    rotate_logs("--hour", hour)
+
+    assert list(HourFile.objects.values_list("hour", flat=True)) == [HOUR]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--hour", "2026-03-08 09:00"], "YYYY-MM-DD-HH"),
+        (["--hour", "2026-03-08T09:30"], "--hour: '2026-03-08T09:30' is not the start of an hour"),
+        (["--hour", "yesterday"], "--hour: 'yesterday' is not a time: give YYYY-MM-DD-HH or ISO"),
         (["--user", "not/hex"], "--user"),
     ],
 )

@@ -97,6 +97,9 @@ def test_since_limits_the_audit_to_later_hours(s3_archive: str, s3_client) -> No
     _, error = verify("--since", "2026-03-08")
     assert error is not None
 
+    output, error = verify("--since", "2026-03-08T09:00Z")
+    assert error is None and "1 verified files checked" in output
+
 
 def test_it_finds_an_unshipped_file_gone_from_disk(s3_archive: str) -> None:
     write(demand_readings("0001", HOUR, 3))
@@ -126,6 +129,7 @@ def test_it_audits_the_local_file_system_archive_too(settings) -> None:  # type:
     assert error is not None and "MISMATCHED" in output
 
 
-def test_a_bad_since_is_refused() -> None:
-    with pytest.raises(CommandError, match="--since"):
-        call_command("verify_archive", "--since", "yesterday")
+def test_a_bad_since_is_refused_in_one_line() -> None:
+    with pytest.raises(CommandError, match="--since: 'garbage' is not a time") as refused:
+        call_command("verify_archive", "--since", "garbage")
+    assert "\n" not in str(refused.value)

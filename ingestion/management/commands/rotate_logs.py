@@ -11,14 +11,8 @@ from tqdm import tqdm
 
 from ingestion import hourfiles
 from ingestion.archive import rotation
+from ingestion.management.options import time_option
 from rainlog.stopping import StopRequest
-
-
-def parse_hour(value: str) -> datetime:
-    try:
-        return hourfiles.parse_hour_label(value)
-    except ValueError:
-        raise CommandError(f"--hour {value!r}: give a UTC hour as YYYY-MM-DD-HH") from None
 
 
 class ProgressBar:
@@ -40,13 +34,16 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--hour", type=parse_hour, help="only this UTC hour (YYYY-MM-DD-HH)")
+        parser.add_argument(
+            "--hour", help="only this UTC hour (YYYY-MM-DD-HH or ISO 8601, e.g. 2026-12-03T14)"
+        )
         parser.add_argument("--user", metavar="CLOUD_ID", help="only this user's files")
         parser.add_argument(
             "--dry-run", action="store_true", help="list what would be shipped; change nothing"
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        hour = time_option("--hour", options["hour"], hourfiles.parse_hour)
         cloud_id = options["user"]
         if cloud_id is not None:
             try:
@@ -54,7 +51,7 @@ class Command(BaseCommand):
             except ValueError as exc:
                 raise CommandError(f"--user: {exc}") from None
         if options["dry_run"]:
-            self.dry_run(options["hour"], cloud_id)
+            self.dry_run(hour, cloud_id)
             return
         with StopRequest(on_request=self.announce_stop) as stop:
             # To the real stderr: the command's wrapper would end every redraw with a newline.
@@ -62,7 +59,7 @@ class Command(BaseCommand):
                 total=0, unit="file", file=sys.stderr, disable=options["verbosity"] == 0
             ) as bar:
                 report = rotation.rotate(
-                    hour=options["hour"],
+                    hour=hour,
                     cloud_id=cloud_id,
                     should_stop=stop.is_set,
                     progress=ProgressBar(bar),

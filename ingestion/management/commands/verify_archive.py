@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ingestion import hourfiles
 from ingestion.archive import audit
-
-
-def parse_since(value: str) -> datetime:
-    """A UTC hour (YYYY-MM-DD-HH), a day (YYYY-MM-DD) or an ISO 8601 time (UTC if naive)."""
-    try:
-        return hourfiles.parse_hour_label(value)
-    except ValueError:
-        pass
-    try:
-        day = date.fromisoformat(value)
-        return datetime(day.year, day.month, day.day, tzinfo=UTC)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise CommandError(
-            f"--since {value!r}: give YYYY-MM-DD, YYYY-MM-DD-HH or an ISO 8601 time"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+from ingestion.management.options import time_option
 
 
 class Command(BaseCommand):
@@ -40,10 +20,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--since", type=parse_since, help="only hours from this UTC time on (default: all)"
+            "--since",
+            help="only hours from this time on: YYYY-MM-DD-HH or ISO 8601, UTC unless an offset "
+            "is given (default: all)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        since = time_option("--since", options["since"], hourfiles.parse_utc_time)
         report = audit.AuditReport()
 
         def show_progress(report: audit.AuditReport) -> None:
@@ -54,9 +37,7 @@ class Command(BaseCommand):
                 )
 
         try:
-            for problem in audit.audit_archive(
-                report, since=options["since"], on_page=show_progress
-            ):
+            for problem in audit.audit_archive(report, since=since, on_page=show_progress):
                 self.stdout.write(f"{problem.kind.upper()} {problem.key}: {problem.detail}")
         except KeyboardInterrupt:
             # The audit changes nothing: stopping it anywhere is safe.
