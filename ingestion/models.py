@@ -12,7 +12,6 @@ from django.utils import timezone
 
 from ingestion.records import FailureClass
 from users.cloud_ids import CloudIdField
-from users.models import EagleUser
 
 FAILURE_CLASS_CHOICES = [(c.value, c.label) for c in FailureClass]
 FETCH_FAILURE_CLASSES = [c.value for c in FailureClass if c.is_fetch_failure]
@@ -135,7 +134,7 @@ class FetchState(models.Model):
     """Per-user fetch metadata, kept apart from EagleUser so operator edits never race the poller."""
 
     user = models.OneToOneField(
-        EagleUser, on_delete=models.CASCADE, primary_key=True, related_name="fetch_state"
+        "users.EagleUser", on_delete=models.CASCADE, primary_key=True, related_name="fetch_state"
     )
     total_events_logged = models.BigIntegerField(default=0)
     # Unix seconds of the first and last meter readings logged (the seed's fields).
@@ -312,7 +311,7 @@ class IncidentQuerySet(models.QuerySet["Incident"]):
 class Incident(models.Model):
     """A run of failures of one class for one user: opened on the first, resolved when fetching works."""
 
-    user = models.ForeignKey(EagleUser, on_delete=models.CASCADE, related_name="incidents")
+    user = models.ForeignKey("users.EagleUser", on_delete=models.CASCADE, related_name="incidents")
     failure_class = models.CharField(max_length=32, choices=FAILURE_CLASS_CHOICES)
     state = models.CharField(
         max_length=16, choices=IncidentState.choices, default=IncidentState.OPEN
@@ -575,7 +574,11 @@ class HourFile(models.Model):
 
     cloud_id = CloudIdField()
     user = models.ForeignKey(
-        EagleUser, null=True, blank=True, on_delete=models.SET_NULL, related_name="hour_files"
+        "users.EagleUser",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="hour_files",
     )
     hour = models.DateTimeField(help_text="start of the UTC hour")
     part = models.PositiveSmallIntegerField(
