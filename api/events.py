@@ -21,15 +21,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api.exceptions import Problem, get_or_404, no_such
+from api.params import parse_flag
 from api.schema import FIELD_ERRORS, UNAUTHENTICATED, error
 from ingestion.eagle.client import fetch_now
 from ingestion.eagle.record_types import RECORD_TYPES
 from ingestion.polling.latest import latest_record
 from ingestion.records import FetchFailure, iso_utc
 from users.models import ConnectionType, EagleUser
-
-TRUE_VALUES = {"1", "true", "yes", "on"}
-FALSE_VALUES = {"", "0", "false", "no", "off"}
 
 
 def _age_seconds(record: dict[str, Any]) -> float:
@@ -74,10 +72,7 @@ class EventView(APIView):
         record_type = request.query_params.get("type", "demand")
         if record_type not in RECORD_TYPES:
             raise ValidationError({"type": [f"Choose one of: {', '.join(sorted(RECORD_TYPES))}."]})
-        fresh = request.query_params.get("fresh", "").strip().lower()
-        if fresh not in TRUE_VALUES | FALSE_VALUES:
-            raise ValidationError({"fresh": ["Use 1 or 0."]})
-        if fresh in TRUE_VALUES:
+        if parse_flag("fresh", request.query_params.get("fresh")):
             return self.fetched(get_or_404(EagleUser, "cloud_id", cloud_id), record_type)
         # Dashboards ask for this many times a second: one narrow query, not the whole user.
         if not EagleUser.objects.filter(cloud_id=cloud_id).values_list("pk").exists():

@@ -58,6 +58,11 @@ def problem_document(
     return document
 
 
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The object is not in a state that allows this."
+
+
 class Problem(exceptions.APIException):
     """An error with members beyond the usual ones: `raise Problem(503, "…", removed={…})`."""
 

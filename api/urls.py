@@ -11,7 +11,7 @@ from typing import Any
 from django.urls import URLPattern, path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from api import events, fleet, push, readings
+from api import events, hour_files, incidents, push, readings, status
 from api.auth import ObtainTokenView, RevokeAllTokensView, RevokeTokenView
 from api.exceptions import unknown_route
 from api.users import user_detail, user_list
@@ -67,14 +67,18 @@ urlpatterns = [
     *route(
         "users/<cloud_id:cloud_id>/coverage", readings.UserCoverageView.as_view(), "user-coverage"
     ),
-    # Hour files, fleet status and incidents (api/fleet.py).
-    *route("logfiles/", fleet.HourFileListView.as_view(), "logfiles"),
-    *route("logfiles/<int:pk>/", fleet.HourFileDetailView.as_view(), "logfile"),
-    *route("logfiles/<int:pk>/download", fleet.HourFileDownloadView.as_view(), "logfile-download"),
-    *route("status/", fleet.FleetStatusView.as_view(), "status"),
-    *route("incidents/", fleet.IncidentListView.as_view(), "incidents"),
-    *route("incidents/<int:pk>/", fleet.IncidentDetailView.as_view(), "incident"),
-    *route("incidents/<int:pk>/resolve", fleet.IncidentResolveView.as_view(), "incident-resolve"),
+    # Hour files (api/hour_files.py), fleet status (api/status.py), incidents (api/incidents.py).
+    *route("logfiles/", hour_files.HourFileListView.as_view(), "logfiles"),
+    *route("logfiles/<int:pk>/", hour_files.HourFileDetailView.as_view(), "logfile"),
+    *route(
+        "logfiles/<int:pk>/download", hour_files.HourFileDownloadView.as_view(), "logfile-download"
+    ),
+    *route("status/", status.FleetStatusView.as_view(), "status"),
+    *route("incidents/", incidents.IncidentListView.as_view(), "incidents"),
+    *route("incidents/<int:pk>/", incidents.IncidentDetailView.as_view(), "incident"),
+    *route(
+        "incidents/<int:pk>/resolve", incidents.IncidentResolveView.as_view(), "incident-resolve"
+    ),
     # The seed's route: a user's latest reading, logged or ?fresh=1 from the gateway (api/events.py).
     *route("event/<cloud_id:cloud_id>", events.EventView.as_view(), "event"),
     # Gateways in uploader mode (api/push.py): any cloud_id reaches the view, which answers in JSON.

@@ -34,13 +34,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from api.exceptions import Problem, no_such
+from api.params import parse_flag
 from api.schema import error
 from ingestion.models import FAILURE_CLASS_CHOICES, FetchState, Incident, IncidentState
+from ingestion.purging import PurgeIncompleteError, remove_user
 from ingestion.records import iso_utc
 from users.cloud_ids import cloud_id_validator, lower_if_text
 from users.fields import SEED_NAMES, FieldConflictError, with_seed_names_replaced
 from users.models import EAGLE_PASSWORD_MAX_LENGTH, ConnectionType, EagleUser
-from users.purging import PurgeIncompleteError
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ CREATE_HINT = (
     "(email, eagle_password, connection_type, ...) or POST /api/users/{cloud_id} with the fields "
     "to set (the seed's form)."
 )
-TRUE_VALUES = {"1", "true", "yes", "on"}
-FALSE_VALUES = {"", "0", "false", "no", "off"}
 
 
 class FetchStateSerializer(serializers.ModelSerializer[FetchState]):
@@ -237,15 +236,6 @@ class UserPagination(PageNumberPagination):
     max_page_size = 1000
 
 
-def _parse_flag(name: str, raw: str | None) -> bool:
-    value = (raw or "").strip().lower()
-    if value in TRUE_VALUES:
-        return True
-    if value in FALSE_VALUES:
-        return False
-    raise ValidationError({name: ["Use 1 or 0 (true or false)."]})
-
-
 def _model_errors(exc: DjangoValidationError) -> ValidationError:
     return ValidationError(serializers.as_serializer_error(exc))
 
@@ -361,10 +351,10 @@ class EagleUserViewSet(
         },
     )
     def destroy(self, request: Request, cloud_id: str) -> Response:
-        purge = _parse_flag("purge", request.query_params.get("purge"))
+        purge = parse_flag("purge", request.query_params.get("purge"))
         user = self.get_object()
         try:
-            report = user.remove(purge=purge)
+            report = remove_user(user, purge=purge)
         except PurgeIncompleteError as exc:
             raise Problem(
                 status.HTTP_503_SERVICE_UNAVAILABLE,
