@@ -5,8 +5,9 @@ Authenticated by the user's push token (issued by an operator: `manage.py push_t
 the writing is done by a django-q2 worker, so the gateway gets its answer quickly:
 
 - 202 accepted, with the readings queued;
-- 400 the body is not UTF-8, or broken XML or JSON; 413 it is too large; 415 it is neither XML
-  nor JSON; 422 it holds nothing rainlog records or a reading that cannot be decoded or believed;
+- 400 the body is not UTF-8, or broken XML, JSON or gzip; 413 it is too large (or unpacks to more
+  than PUSH_MAX_BODY_BYTES); 415 it is neither XML nor JSON, or has an encoding other than gzip;
+  422 it holds nothing rainlog records or a reading that cannot be decoded or believed;
 - 401 no push token; 403 not this user's push token; 404 no such user; 409 the user is not in
   push mode, or is suspended.
 
@@ -92,15 +93,49 @@ class PushView(APIView):
             return rejected(413, f"the body is larger than {limit} bytes")
         token = push.token_from_headers(request.headers)
         try:
-            # One byte over the limit tells an oversized body without reading all of it.
-            accepted = push.accept_push(cloud_id, token, request.read(limit + 1), received_at)
+            accepted = push.accept_push(
+                cloud_id,
+                token,
+                read_body(request, limit),
+                received_at,
+                request.headers.get("Content-Encoding", ""),
+            )
         except push.PushRejectedError as rejection:
             return rejected(rejection.status, rejection.message)
         return Response(accepted.describe(), status=202)
 
 
+def read_body(request: Request, limit: int) -> bytes:
+    """The request body, read to its end or to one byte over `limit` (which tells an oversized
+    body without reading all of it).
+
+    Django reads a body without Content-Length as empty; a chunked upload has none. The server
+    (gunicorn) de-chunks `wsgi.input` and ends it where the body ends, so it is read from there.
+    """
+    meta = request.META
+    if (
+        meta.get("CONTENT_LENGTH")
+        or "chunked" not in meta.get("HTTP_TRANSFER_ENCODING", "").lower()
+    ):
+        return request.read(limit + 1)
+    stream = meta["wsgi.input"]
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+# Uploaders that send HTTP Basic (the token as password) do so only when the challenge offers it.
+CHALLENGE = 'Bearer realm="rainlog push", Basic realm="rainlog push"'
+
+
 def rejected(status: int, detail: str) -> Response:
     response = Response({"status": "rejected", "detail": detail}, status=status)
     if status == 401:
-        response["WWW-Authenticate"] = 'Bearer realm="rainlog push"'
+        response["WWW-Authenticate"] = CHALLENGE
     return response

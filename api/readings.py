@@ -36,10 +36,9 @@ from rest_framework.views import APIView
 from api.schema import READ_ERRORS, error
 from ingestion import readings_csv, retrieval
 from ingestion.records import iso_local, iso_utc
+from ingestion.retrieval import EARLIEST, LATEST
 
 UNENCODED_OFFSET = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$")
-EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 # The paged JSON form materialises its range to count it; longer ranges must stream.
 JSON_MAX_RANGE = timedelta(days=1)
 # Aggregates and coverage read every reading of their range before answering.
@@ -122,14 +121,25 @@ def parse_instant(text: str, tz: tzinfo) -> datetime:
             raise serializers.ValidationError(
                 f"{text!r} is out of range for Unix seconds (milliseconds, perhaps?)."
             )
-        moment = datetime.fromtimestamp(seconds, UTC)
-    moment = moment.astimezone(UTC)
+        try:
+            moment = datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise _out_of_range(text) from None
+    try:
+        moment = moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        # Within a day of year 1 or 9999, the offset takes the instant past what Python holds.
+        raise _out_of_range(text) from None
     if not EARLIEST <= moment < LATEST:
         raise serializers.ValidationError(
             f"{text!r} is {iso_utc(moment)}, outside 2000-01-01 to 2100-01-01"
             " (Unix milliseconds instead of seconds, perhaps?)."
         )
     return moment
+
+
+def _out_of_range(text: str) -> serializers.ValidationError:
+    return serializers.ValidationError(f"{text!r} is outside 2000-01-01 to 2100-01-01.")
 
 
 class RangeQuerySerializer(serializers.Serializer[Any]):

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import logging
 import re
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -47,10 +49,12 @@ from ingestion.eagle.record_types import (
     CURRENCIES,
     RECORD_TYPES_BY_ELEMENT,
     DecodeError,
+    PreviousReading,
     get_record_type,
 )
 from ingestion.hourfiles import HourFileWriter, iter_records
 from ingestion.models import OUTCOME_FIELDS, FetchOutcome, FetchState, Incident, IncidentSighting
+from ingestion.polling.latest import latest_record
 from ingestion.records import FailureClass, FetchFailure, Reading, Source, iso_utc
 from users.models import ConnectionType, EagleUser
 
@@ -146,17 +150,48 @@ class ParsedPush:
     ignored: list[str]
 
 
-def body_text(body: bytes) -> str:
-    if len(body) > settings.PUSH_MAX_BODY_BYTES:
-        raise PushRejectedError(
-            413, f"the body is larger than {settings.PUSH_MAX_BODY_BYTES} bytes", is_failure=True
+# Content-Encoding values of a gzip body (x-gzip is the old name).
+GZIP_ENCODINGS = ("gzip", "x-gzip")
+
+
+def body_text(body: bytes, content_encoding: str = "") -> str:
+    """The text of a push body: gunzipped when `content_encoding` says gzip, never to more than
+    PUSH_MAX_BODY_BYTES, and without the UTF-8 byte order mark some uploaders start with."""
+    limit = settings.PUSH_MAX_BODY_BYTES
+    if len(body) > limit:
+        raise PushRejectedError(413, f"the body is larger than {limit} bytes", is_failure=True)
+    encoding = content_encoding.strip().lower()
+    if encoding in GZIP_ENCODINGS:
+        body = _gunzipped(body, limit)
+    elif encoding not in ("", "identity"):
+        raise _malformed(
+            415, f"Content-Encoding {encoding[:40]!r} is not understood: send gzip or none"
         )
     try:
-        return body.decode("utf-8")
+        return body.removeprefix(codecs.BOM_UTF8).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _malformed(
             400, f"the body is not UTF-8 text ({exc.reason} at byte {exc.start})"
         ) from None
+
+
+def _gunzipped(body: bytes, limit: int) -> bytes:
+    """A gzip body unpacked, or why not; a body that unpacks to more than `limit` bytes (a
+    compression bomb) is refused as too large without unpacking the rest."""
+    unpacker = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        data = unpacker.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise _malformed(400, f"the body is not valid gzip ({exc})") from None
+    if len(data) > limit:
+        raise PushRejectedError(
+            413, f"the gzip body unpacks to more than {limit} bytes", is_failure=True
+        )
+    if not unpacker.eof:
+        raise _malformed(400, "the gzip body is truncated")
+    if unpacker.unused_data:
+        raise _malformed(400, "the gzip body has data after its end")
+    return data
 
 
 def parse_push(text: str, cloud_id: str, received_at: datetime, meter_mac: str = "") -> ParsedPush:
@@ -416,11 +451,13 @@ class AcceptedPush:
         }
 
 
-def accept_push(cloud_id: str, token: str, body: bytes, received_at: datetime) -> AcceptedPush:
+def accept_push(
+    cloud_id: str, token: str, body: bytes, received_at: datetime, content_encoding: str = ""
+) -> AcceptedPush:
     """Check and decode one push, and queue it for ingestion; PushRejectedError says why not."""
     user = authenticate(cloud_id, token)
     try:
-        text = body_text(body)
+        text = body_text(body, content_encoding)
         parsed = parse_push(text, cloud_id, received_at, user.meter_mac)
     except PushRejectedError as rejection:
         if rejection.is_failure:
@@ -512,14 +549,22 @@ def ingest_readings(
             return result
         fresh, result.duplicates = _unlogged(state, user.cloud_id, readings)
         trusted: list[Reading] = []
+        previous = _last_logged(user.cloud_id, {reading.record_type for reading in fresh})
         for reading in fresh:
-            judged = judge(reading, None, None)
+            before = previous.get(reading.record_type)
+            if before is not None and before.meter_timestamp >= reading.meter_timestamp:
+                # A resent older reading is judged on its own, not against a later total.
+                before = None
+            judged = judge(reading, None, before)
             if isinstance(judged, FetchFailure):
                 result.refused.append(
                     f"{reading.record_type} at {iso_utc(reading.meter_time)}: {judged.message}"
                 )
             else:
                 trusted.append(judged)
+                previous[reading.record_type] = PreviousReading(
+                    reading.meter_timestamp, reading.values, trusted=True
+                )
         with HourFileWriter() as writer:
             appended = writer.append(trusted)
         unwritten = {id(reading) for reading in appended.unwritten}
@@ -536,6 +581,18 @@ def ingest_readings(
             + "; ".join(result.errors)
         )
     return result
+
+
+def _last_logged(cloud_id: str, record_types: Iterable[str]) -> dict[str, PreviousReading]:
+    """The newest logged reading of each type still in the local hour files: what a pushed
+    reading is judged against (totals only count up)."""
+    previous = {}
+    for name in record_types:
+        record = latest_record(cloud_id, name)
+        if record is not None:
+            values = {key: record.get(key) for key in get_record_type(name).required_values}
+            previous[name] = PreviousReading(record["meter_timestamp"], values, trusted=True)
+    return previous
 
 
 def last_logged_timestamp(state: FetchState, record_type: str) -> float | None:

@@ -80,6 +80,10 @@ META_FIELDS = (
     "raw",
 )
 DEFAULT_GAP_SECONDS = 60
+# The instants a range may start or end at (API parameters, console days): wider than any meter's
+# life, and far enough from year 1 and 9999 that every computation on them stays a datetime.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 # Archive objects fetched ahead of the one being consumed: hides S3 latency, bounds memory.
 PREFETCH_HOURS = 4
 INTERVALS = {

@@ -8,7 +8,7 @@ import time
 from django.conf import settings
 from django_q.tasks import async_task
 
-from ingestion import incident_reports
+from ingestion import incident_reports, parquet_export
 from ingestion.archive import rotation
 from ingestion.polling import engine
 
@@ -20,6 +20,17 @@ def rotate_hourly() -> dict[str, object]:
     report = rotation.rotate(should_stop=lambda: time.monotonic() > deadline)
     if report.stopped and report.attempted:
         async_task("ingestion.tasks.rotate_hourly")
+    return report.as_dict()
+
+
+def export_parquet_hourly() -> dict[str, object]:
+    """Write the hours whose hour files changed since the last run to the Parquet dataset
+    (scheduled hourly as "export-parquet-hourly", after the rotation). Stops well before the
+    task's timeout and, if hours are left, goes on in a new task."""
+    deadline = time.monotonic() + 0.8 * settings.Q_CLUSTER["timeout"]
+    report = parquet_export.export(should_stop=lambda: time.monotonic() > deadline)
+    if report.stopped:
+        async_task("ingestion.tasks.export_parquet_hourly")
     return report.as_dict()
 
 

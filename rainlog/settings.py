@@ -401,6 +401,12 @@ for _network in GATEWAY_ALLOWED_NETWORKS:
 
 ARCHIVE_BUCKET = env_str("ARCHIVE_BUCKET")
 ARCHIVE_PREFIX = env_str("ARCHIVE_PREFIX", "rainforest-logs").strip("/")
+# The Parquet dataset of every reading (ingestion/parquet.py), beside the hour files.
+PARQUET_PREFIX = env_str("PARQUET_PREFIX", "rainforest-parquet").strip("/")
+if PARQUET_PREFIX == ARCHIVE_PREFIX:
+    raise ImproperlyConfigured(
+        f"PARQUET_PREFIX={PARQUET_PREFIX!r} is ARCHIVE_PREFIX: the dataset needs a prefix of its own."
+    )
 ARCHIVE_COMPRESS = env_str("ARCHIVE_COMPRESS", "")
 if ARCHIVE_COMPRESS not in ("", "gzip"):
     raise ImproperlyConfigured(

@@ -44,8 +44,8 @@ from redis.exceptions import RedisError
 from ingestion import expected, retrieval
 from ingestion.hourfiles import HOUR, hour_floor
 from ingestion.models import (
+    SETTLED_STATES,
     HourFile,
-    HourFileState,
     Incident,
     IncidentState,
     Tick,
@@ -440,7 +440,7 @@ def coverage_strip(
         .values("hour")
         .annotate(
             lines=Sum("line_count"),
-            unshipped=Count("pk", filter=~Q(state=HourFileState.VERIFIED)),
+            unshipped=Count("pk", filter=~Q(state__in=SETTLED_STATES)),
             first_reading=Min("first_reading_at"),
             last_reading=Max("last_reading_at"),
         )
@@ -520,6 +520,7 @@ def schedule_role(schedule: Schedule) -> str:
     return {
         schedules.ROTATE_SCHEDULE: "Rotation: seals closed hours and ships them to the archive",
         schedules.REPORT_SCHEDULE: "Incident reports: sends them to the error endpoint",
+        schedules.PARQUET_SCHEDULE: "Parquet export: writes shipped hours to the dataset",
     }.get(name, "")
 
 

@@ -3,6 +3,8 @@
 - "poll-shard-N", one per shard, every minute: `ingestion.tasks.poll_window(N)`. Each task polls
   its shard until the next minute's task takes over (see poller.run_window and leases.py);
 - "rotate-hourly", every hour shortly after the hour closes: `ingestion.tasks.rotate_hourly()`.
+- "export-parquet-hourly", every hour after the rotation: `ingestion.tasks.export_parquet_hourly()`
+  writes the hours just shipped (and any changed by late parts) to the Parquet dataset.
 - "deliver-incident-reports", every minute: `ingestion.tasks.deliver_incident_reports()` (a no-op
   while ERROR_REPORT_URL is unset).
 
@@ -26,6 +28,9 @@ from django_q.models import Schedule
 POLL_SCHEDULE_PREFIX = "poll-shard-"
 ROTATE_SCHEDULE = "rotate-hourly"
 REPORT_SCHEDULE = "deliver-incident-reports"
+PARQUET_SCHEDULE = "export-parquet-hourly"
+# The export starts this long after the rotation, which ships a typical hour well within it.
+PARQUET_AFTER_ROTATION = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,17 @@ def wanted_schedules(now: datetime | None = None) -> list[ScheduleSpec]:
             minutes=None,
             # Files of an hour are shippable once it is over plus the grace period.
             first_run=next_hour + timedelta(seconds=settings.ROTATE_GRACE_SECONDS + 30),
+        )
+    )
+    rotation = next_hour + timedelta(seconds=settings.ROTATE_GRACE_SECONDS + 30)
+    specs.append(
+        ScheduleSpec(
+            name=PARQUET_SCHEDULE,
+            func="ingestion.tasks.export_parquet_hourly",
+            args="",
+            schedule_type=Schedule.HOURLY,
+            minutes=None,
+            first_run=rotation + PARQUET_AFTER_ROTATION,
         )
     )
     specs.append(
