@@ -534,11 +534,14 @@ class HourCoverageSerializer(serializers.Serializer[Any]):
     hour = serializers.DateTimeField(help_text="Start of the UTC hour.")
     hour_local = serializers.CharField(required=False, help_text="With `tz`.")
     expected = serializers.IntegerField(
-        help_text="Polls at the configured cadence in the part of the hour in range and past."
+        help_text="Readings expected at the meter's cadence in the part of the hour in range and "
+        "past, from when the user was added and polling began, outside its pauses."
     )
     present = serializers.IntegerField(help_text="Distinct meter timestamps recorded.")
-    covered_seconds = serializers.FloatField(help_text="Time not inside a gap.")
-    coverage = serializers.FloatField(help_text="covered_seconds over the hour's time in range.")
+    covered_seconds = serializers.FloatField(help_text="Expected time not inside a gap.")
+    coverage = serializers.FloatField(
+        allow_null=True, help_text="covered_seconds over the hour's expected time."
+    )
 
 
 class GapSerializer(serializers.Serializer[Any]):
@@ -581,7 +584,7 @@ def coverage_document(
             expected=hour.expected,
             present=hour.present,
             covered_seconds=round(hour.covered_seconds, 3),
-            coverage=_ratio(hour.covered_seconds, (hour.end - hour.start).total_seconds()),
+            coverage=_ratio(hour.covered_seconds, hour.expected_seconds),
         )
         hours.append(document)
     return {
@@ -593,7 +596,7 @@ def coverage_document(
         "expected": result.expected,
         "present": result.present,
         "covered_seconds": round(result.covered_seconds, 3),
-        "coverage": _ratio(result.covered_seconds, (result.end - result.start).total_seconds()),
+        "coverage": _ratio(result.covered_seconds, result.expected_seconds),
         "hours": hours,
         "gaps": [
             {
@@ -615,11 +618,12 @@ class UserCoverageView(APIView):
         operation_id="user_coverage",
         summary="Readings expected and present per hour, and the gaps with their causes",
         description=(
-            "Meters publish every 8-10 s while rainlog polls every INGEST_POLL_SECONDS, so a "
-            "perfect hour has fewer readings (`present`) than polls (`expected`); `coverage` is "
-            "the share of time not inside a gap. A gap is a stretch longer than `gap` seconds "
-            "with no reading; it lists the failure classes of incidents overlapping it. Time "
-            "after now is neither expected nor a gap."
+            "`expected` counts one reading per INGEST_METER_SECONDS (`cadence_seconds`) of the "
+            "time the user is expected to be logged: from when it was added and polling began, "
+            "outside its pauses (suspensions), as the console and /api/status/ count them. "
+            "`coverage` is the share of that time not inside a gap. A gap is a stretch of it "
+            "longer than `gap` seconds with no reading; it lists the failure classes of "
+            "incidents overlapping it. Time after now is neither expected nor a gap."
         ),
         parameters=[CoverageQuerySerializer],
         responses={
