@@ -1202,3 +1202,53 @@ class IncidentReport(models.Model):
         self.attempts = 0
         self.next_attempt_at = timezone.now()
         self.save(update_fields=["state", "attempts", "next_attempt_at"])
+
+
+class ReadingsLoad(models.Model):
+    """One load of sealed hour files of one hour into the SQL readings store (readings_store.py):
+    committed in the same transaction as the rows it added, or, when the load failed, on its own
+    afterwards with the error."""
+
+    hour = models.DateTimeField(help_text="start of the UTC hour loaded")
+    started_at = models.DateTimeField(default=timezone.now)
+    duration_seconds = models.FloatField(default=0.0)
+    files = models.IntegerField(default=0, help_text="hour files loaded")
+    files_failed = models.IntegerField(default=0, help_text="hour files that could not be read")
+    rows_read = models.BigIntegerField(default=0, help_text="typed readings streamed")
+    rows_inserted = models.BigIntegerField(default=0, help_text="of them new in the table")
+    malformed_lines = models.IntegerField(
+        default=0, help_text="lines that are not a typed record (they stay in the hour files)"
+    )
+    raw_kept = models.BooleanField(default=True, help_text="raw objects stored (READINGS_KEEP_RAW)")
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [
+            models.Index(fields=["hour"]),
+            # The admin's failures filter and the lag figure.
+            models.Index(
+                fields=["-started_at"], name="readingsload_failed", condition=~Q(error="")
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 loaded {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error)
+
+
+class LoadedHourFile(models.Model):
+    """An hour file whose readings are in the SQL readings store, recorded with them: files without
+    one are what the next load pass loads; the API reads an hour from the table only when every
+    file of it has one."""
+
+    hour_file = models.OneToOneField(
+        HourFile, primary_key=True, on_delete=models.CASCADE, related_name="store_load"
+    )
+    load = models.ForeignKey(ReadingsLoad, on_delete=models.CASCADE, related_name="loaded_files")
+
+    def __str__(self) -> str:
+        return f"{self.hour_file_id} in load {self.load_id}"

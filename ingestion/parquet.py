@@ -15,7 +15,8 @@ Columns (SCHEMA_VERSION 1, docs/record-format.md "Parquet"): cloud_id string, me
 timestamp[s, UTC], received_at timestamp[ms, UTC], source string, the record type's value columns
 (typed from its `value_schema`), format_version int16, raw string (the reply's fields as JSON).
 
-Lines are decoded with msgspec straight into these columns; `raw` is kept as the exact JSON text
+Lines are decoded with msgspec straight into these columns (ingestion/record_lines.py, shared
+with the SQL readings store); `raw` is kept as the exact JSON text
 of the line, never parsed and re-serialised.
 """
 
@@ -30,6 +31,7 @@ from itertools import accumulate
 from typing import Any
 
 import msgspec
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -37,6 +39,7 @@ from django.conf import settings
 
 from ingestion import hourfiles
 from ingestion.eagle.record_types import RECORD_TYPES
+from ingestion.record_lines import VALUES, decoder, is_reading, json_kind
 
 SCHEMA_VERSION = 1
 # Readers find the schema version of any file in its key-value metadata.
@@ -68,15 +71,8 @@ TAIL_COLUMNS = [
 ]
 
 
-def _json_kind(schema: dict[str, Any]) -> tuple[str, bool]:
-    """(JSON type, whether null is allowed) of a value's JSON Schema."""
-    kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-    (kind,) = [k for k in kinds if k != "null"]
-    return kind, "null" in kinds
-
-
 def _value_type(schema: dict[str, Any]) -> pa.DataType:
-    return _JSON_TYPES[_json_kind(schema)[0]]
+    return _JSON_TYPES[json_kind(schema)[0]]
 
 
 def value_columns(record_type: str) -> list[pa.Field]:
@@ -114,41 +110,6 @@ def file_key(record_type: str, hour: datetime, version: int, index: int) -> str:
 # --- Decoding hour files ------------------------------------------------------------------------
 
 
-def _line_struct() -> type[msgspec.Struct]:
-    """One record line: the common fields, every registered record type's values (each
-    optional, checked against its type by msgspec), and `raw` kept as undecoded JSON."""
-    value_fields: dict[str, Any] = {}
-    python_types = {"number": float, "integer": int, "string": str, "boolean": bool}
-    for record_type in RECORD_TYPES.values():
-        for name, schema in record_type.value_schema.items():
-            value_fields[name] = python_types[_json_kind(schema)[0]] | None
-    return msgspec.defstruct(
-        "RecordLine",
-        [
-            ("record_type", str),
-            ("cloud_id", str),
-            ("meter_timestamp", int),
-            ("received_at", str | None, None),
-            ("source", str | None, None),
-            ("format_version", int | None, None),
-            *((name, kind, None) for name, kind in value_fields.items()),
-            ("raw", msgspec.Raw, msgspec.Raw(b"{}")),
-        ],
-    )
-
-
-RecordLine = _line_struct()
-_decoder = msgspec.json.Decoder(RecordLine)
-# Per record type: (its value columns, those of them a reading must have).
-_VALUES = {
-    name: (
-        tuple(record_type.value_schema),
-        tuple(n for n, s in record_type.value_schema.items() if not _json_kind(s)[1]),
-    )
-    for name, record_type in RECORD_TYPES.items()
-}
-
-
 @dataclass
 class HourColumns:
     """The readings of one fleet-hour gathered column by column, one set per record type,
@@ -166,7 +127,7 @@ class HourColumns:
     def add_lines(self, data: bytes) -> None:
         """Every line of one hour file (or late part)."""
         try:
-            records = _decoder.decode_lines(data)
+            records = decoder.decode_lines(data)
         except (msgspec.DecodeError, msgspec.ValidationError):
             records = list(self._one_by_one(data))
         else:
@@ -180,16 +141,16 @@ class HourColumns:
                 continue
             self.lines += 1
             try:
-                yield _decoder.decode(line)
+                yield decoder.decode(line)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 self.skipped += 1
 
     def _add(self, record: Any) -> None:
         kind = record.record_type
-        values, required = _VALUES.get(kind, ((), ("record_type",)))
-        if any(getattr(record, name, None) is None for name in required):
+        if not is_reading(record):
             self.skipped += 1
             return
+        values = VALUES[kind][0]
         identity = (record.cloud_id, kind, record.meter_timestamp)
         if identity in self.seen:
             self.duplicates += 1
@@ -325,3 +286,33 @@ def hour_objects(
 def rows_in(body: bytes) -> int:
     """The number of rows a Parquet file's footer declares."""
     return int(pq.read_metadata(pa.BufferReader(body)).num_rows)
+
+
+def readings_table(records: Iterable[dict[str, Any]]) -> pa.Table:
+    """Records of any record types as one table in meter-time order: `record_type`, then the
+    dataset's columns with every registered record type's value columns (null where a record
+    has none), typed as in the dataset's files."""
+    columns = HourColumns()
+    columns.add_lines(b"".join(orjson.dumps(record) + b"\n" for record in records))
+    fields = [pa.field("record_type", pa.string()), *COMMON_COLUMNS]
+    for record_type in sorted(RECORD_TYPES):
+        known = {f.name for f in fields}
+        fields += [f for f in value_columns(record_type) if f.name not in known]
+    schema = pa.schema([*fields, *TAIL_COLUMNS])
+    tables = [
+        table.cast(arrow_schema(kind)).append_column(
+            "record_type", pa.array([kind] * table.num_rows, pa.string())
+        )
+        for kind, table in columns.tables()
+    ]
+    if not tables:
+        return schema.empty_table()
+    merged = pa.concat_tables(tables, promote_options="default")
+    arrays = [
+        merged.column(f.name).cast(f.type)
+        if f.name in merged.column_names
+        else pa.nulls(merged.num_rows, f.type)
+        for f in schema
+    ]
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    return table.sort_by([("meter_time", "ascending"), ("record_type", "ascending")])
