@@ -750,41 +750,12 @@ def demand_part(
     return part
 
 
-_COVERAGE = f"""
-WITH t AS (
-    SELECT DISTINCT extract(epoch FROM meter_time)::float8 AS t FROM {TABLE}
-    WHERE cloud_id = %(cloud_id)s AND meter_time >= %(a)s AND meter_time < %(b)s
-),
-l AS (SELECT t, lag(t) OVER (ORDER BY t) AS previous FROM t)
-SELECT 'hour', floor(t / 3600) * 3600, count(*)::float8 FROM t GROUP BY 2
-UNION ALL
-SELECT 'gap', previous, t FROM l WHERE t - previous > %(gap)s
-UNION ALL
-SELECT 'ends', min(t), max(t) FROM t HAVING count(*) > 0
-"""
-
-
-@dataclass(slots=True)
-class CoveragePart:
-    """A range's share of retrieval.coverage, from the table: distinct meter times per UTC hour
-    (Unix seconds of its start), the gaps between its own readings, its first and last reading."""
-
-    present: dict[float, int] = field(default_factory=dict)
-    gaps: list[tuple[float, float]] = field(default_factory=list)
-    first: float | None = None
-    last: float | None = None
-
-
-def coverage_part(cloud_id: str, a: datetime, b: datetime, gap_seconds: float) -> CoveragePart:
-    part = CoveragePart()
+def meter_timestamps(cloud_id: str, start: datetime, end: datetime) -> list[int]:
+    """The distinct meter times (Unix seconds) of `cloud_id`'s readings in [start, end), in order."""
     with connection.cursor() as cursor:
-        cursor.execute(_COVERAGE, {"cloud_id": cloud_id, "a": a, "b": b, "gap": gap_seconds})
-        for kind, x, y in cursor.fetchall():
-            if kind == "hour":
-                part.present[x] = int(y)
-            elif kind == "gap":
-                part.gaps.append((x, y))
-            else:
-                part.first, part.last = x, y
-    part.gaps.sort()
-    return part
+        cursor.execute(
+            f"SELECT DISTINCT extract(epoch FROM meter_time)::bigint FROM {TABLE} "
+            "WHERE cloud_id = %s AND meter_time >= %s AND meter_time < %s ORDER BY 1",
+            [cloud_id, start, end],
+        )
+        return [timestamp for (timestamp,) in cursor.fetchall()]
