@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponseBase
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from api import events, hour_files, incidents, push, readings, status
+from api import events, fleet_readings, hour_files, incidents, push, readings, status
 from api.auth import ObtainTokenView, RevokeAllTokensView, RevokeTokenView
 from api.users import user_detail, user_list
 from users.cloud_ids import CLOUD_ID_CHARACTERS, lower_if_text
@@ -35,6 +35,12 @@ urlpatterns = [
     path("auth/token/", ObtainTokenView.as_view(), name="token"),
     path("auth/logout/", RevokeTokenView.as_view(), name="logout"),
     path("auth/logout-all/", RevokeAllTokensView.as_view(), name="logout-all"),
+    # The fleet's readings from the Parquet dataset (api/fleet_readings.py).
+    path(
+        "fleet/readings/aggregate",
+        fleet_readings.FleetAggregateView.as_view(),
+        name="fleet-readings-aggregate",
+    ),
     # A user's readings, aggregates and coverage (api/readings.py), before the users routes.
     re_path(
         rf"^users/(?P<cloud_id>{CLOUD_ID})/readings$",
