@@ -802,7 +802,7 @@ class Soak:
     def _final_rotation(self, clock: SimulatedClock, proxy: S3Proxy) -> list[str]:
         """Ship everything: move the clock past the last hour, retry failed files as an operator
         would (`HourFile.retry()`), until nothing is left or a bounded number of passes."""
-        from ingestion.models import HourFile, HourFileState
+        from ingestion.models import SETTLED_STATES, HourFile, HourFileState
 
         proxy.set_down(False)
         after = clock() + HOUR + 600
@@ -811,13 +811,19 @@ class Soak:
             for row in HourFile.objects.filter(state=HourFileState.FAILED):
                 row.retry()
             totals = rotate_closed_hours(after)
-            left = HourFile.objects.exclude(state=HourFileState.VERIFIED).count()
-            self.note(f"final rotation pass: {totals}; {left} manifest rows not verified")
+            left = HourFile.objects.exclude(state__in=SETTLED_STATES).count()
+            self.note(f"final rotation pass: {totals}; {left} manifest rows not settled")
             if not left or time.monotonic() > deadline:
                 break
             # Claims by a killed rotation lapse after ROTATE_LEASE_SECONDS.
             time.sleep(5)
-        return [f"{left} manifest rows not verified after the final rotation"] if left else []
+        problems = [f"{left} manifest rows not settled after the final rotation"] if left else []
+        missing = HourFile.objects.filter(state=HourFileState.MISSING)
+        for row in missing[:20]:
+            self.note(f"missing hour file: {row.key}: {row.last_error}")
+        if missing.exists():
+            problems.append(f"{missing.count()} hour files missing (gone from disk, not archived)")
+        return problems
 
     def _verify(
         self,

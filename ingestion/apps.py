@@ -7,6 +7,7 @@ class IngestionConfig(AppConfig):
     name = "ingestion"
 
     def ready(self) -> None:
+        from ingestion import checks  # noqa: F401  (registers the system checks)
         from ingestion.polling.schedules import register_after_migrate
 
         post_migrate.connect(register_after_migrate, sender=self)

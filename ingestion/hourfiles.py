@@ -311,9 +311,9 @@ class HourFileWriter:
                     _append_whole(fd, data)
                     self._dirty = True
                     return path, part
-                if os.fstat(fd).st_size == 0:
-                    # Sealed and shipped between the check and the open, which recreated it empty.
-                    path.unlink(missing_ok=True)
+                # Sealed between the check and the lock. Even if empty (recreated by the open,
+                # or cut back after a failed append), the file is left where it is: a rotation
+                # has it registered and claimed, and settles it (an empty file's row is dropped).
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             # Sealed under us (or before): this file is closed for good, try the next late part.

@@ -12,9 +12,9 @@ from django.utils import timezone
 
 from ingestion.records import FailureClass
 from users.cloud_ids import CloudIdField
-from users.models import EagleUser
 
 FAILURE_CLASS_CHOICES = [(c.value, c.label) for c in FailureClass]
+FETCH_FAILURE_CLASSES = [c.value for c in FailureClass if c.is_fetch_failure]
 
 
 def _json_rows(rows: Iterable[object]) -> str:
@@ -134,7 +134,7 @@ class FetchState(models.Model):
     """Per-user fetch metadata, kept apart from EagleUser so operator edits never race the poller."""
 
     user = models.OneToOneField(
-        EagleUser, on_delete=models.CASCADE, primary_key=True, related_name="fetch_state"
+        "users.EagleUser", on_delete=models.CASCADE, primary_key=True, related_name="fetch_state"
     )
     total_events_logged = models.BigIntegerField(default=0)
     # Unix seconds of the first and last meter readings logged (the seed's fields).
@@ -226,8 +226,13 @@ class IncidentQuerySet(models.QuerySet["Incident"]):
         return self.filter(state=IncidentState.OPEN)
 
     def open_pairs(self, user_ids: Collection[int]) -> set[tuple[int, str]]:
-        """(user id, failure class) of the open incidents of these users."""
-        rows = self.open().filter(user_id__in=user_ids).values_list("user_id", "failure_class")
+        """(user id, failure class) of the open fetch incidents of these users (those a working
+        fetch resolves)."""
+        rows = (
+            self.open()
+            .filter(user_id__in=user_ids, failure_class__in=FETCH_FAILURE_CLASSES)
+            .values_list("user_id", "failure_class")
+        )
         return set(rows)
 
     def record_sightings(self, sightings: Iterable[IncidentSighting]) -> None:
@@ -306,7 +311,7 @@ class IncidentQuerySet(models.QuerySet["Incident"]):
 class Incident(models.Model):
     """A run of failures of one class for one user: opened on the first, resolved when fetching works."""
 
-    user = models.ForeignKey(EagleUser, on_delete=models.CASCADE, related_name="incidents")
+    user = models.ForeignKey("users.EagleUser", on_delete=models.CASCADE, related_name="incidents")
     failure_class = models.CharField(max_length=32, choices=FAILURE_CLASS_CHOICES)
     state = models.CharField(
         max_length=16, choices=IncidentState.choices, default=IncidentState.OPEN
@@ -347,6 +352,8 @@ class HourFileState(models.TextChoices):
     VERIFIED = "verified", "Verified"
     FAILED = "failed", "Failed"
     CONFLICT = "conflict", "Conflict"
+    # Gone from the local disk and not in the archive: its readings are missing (an incident).
+    MISSING = "missing", "Missing"
 
 
 # HourFile.objects.settle on PostgreSQL: the outcomes of many attempts in one statement, each
@@ -372,6 +379,14 @@ SHIPPABLE_STATES = (
     HourFileState.UPLOADING,
     HourFileState.FAILED,
 )
+MISSING_FILE_ADVICE = (
+    "If the file can be found, put it back at that path and choose 'Retry shipping' on the hour "
+    "file in the admin; if not, resolve this incident: those readings are lost."
+)
+# Files an operator may send back to the rotation (HourFile.retry).
+RETRYABLE_STATES = (HourFileState.FAILED, HourFileState.CONFLICT, HourFileState.MISSING)
+# Files the rotation is done with, shipped or not.
+SETTLED_STATES = (HourFileState.VERIFIED, HourFileState.MISSING)
 # The first retry of a failed upload waits this long, each further one twice as long (capped).
 SHIP_FIRST_RETRY_SECONDS = 60
 
@@ -394,7 +409,9 @@ class HourFileQuerySet(models.QuerySet["HourFile"]):
             last = page[-1][0]
 
     def unshipped(self) -> "HourFileQuerySet":
-        return self.exclude(state=HourFileState.VERIFIED)
+        """Files still to be shipped: neither verified nor known to be missing (an incident says
+        so; counting them would keep the freshness alarm red for good)."""
+        return self.exclude(state__in=SETTLED_STATES)
 
     def due(self, now: datetime) -> "HourFileQuerySet":
         """Files of closed hours (over plus the grace period) that a rotation may claim now."""
@@ -510,9 +527,33 @@ class HourFileQuerySet(models.QuerySet["HourFile"]):
         )
         return list(rows[:limit] if limit is not None else rows)
 
+    def report_missing(self, pks: Collection[int], now: datetime) -> None:
+        """Open (or refresh) one incident per user for these missing files, naming each hour
+        and what is gone, and how an operator settles it."""
+        by_user: dict[int, list[str]] = {}
+        rows = self.filter(pk__in=pks, user__isnull=False).order_by("hour", "part")
+        for user_id, hour, part, local_path, key in rows.values_list(
+            "user_id", "hour", "part", "local_path", "key"
+        ):
+            by_user.setdefault(user_id, []).append(
+                f"hour {hour:%Y-%m-%d %H}:00 UTC part {part}: {local_path} is gone from the "
+                f"local disk and the archive has no object at {key}"
+            )
+        Incident.objects.record_sightings(
+            IncidentSighting(
+                user_id=user_id,
+                failure_class=FailureClass.HOUR_FILE_MISSING.value,
+                opened_at=now,
+                seen_at=now,
+                occurrences=len(lines),
+                message="; ".join(lines) + ". " + MISSING_FILE_ADVICE,
+            )
+            for user_id, lines in by_user.items()
+        )
+
     def count_by_state(self, states: list[str]) -> dict[str, int]:
         """Rows in each of `states` (0 for none). Counting verified rows reads the whole table."""
-        rows = self.unshipped() if HourFileState.VERIFIED not in states else self
+        rows = self.unshipped() if not set(states) & set(SETTLED_STATES) else self
         counts = dict(
             rows.filter(state__in=states)
             .order_by()
@@ -533,7 +574,11 @@ class HourFile(models.Model):
 
     cloud_id = CloudIdField()
     user = models.ForeignKey(
-        EagleUser, null=True, blank=True, on_delete=models.SET_NULL, related_name="hour_files"
+        "users.EagleUser",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="hour_files",
     )
     hour = models.DateTimeField(help_text="start of the UTC hour")
     part = models.PositiveSmallIntegerField(
@@ -601,6 +646,8 @@ class HourFile(models.Model):
                 name="hourfile_undeleted",
                 condition=Q(state="verified", local_deleted_at__isnull=True),
             ),
+            # The Parquet export: hours whose files were verified since its last look.
+            models.Index(fields=["verified_at"], name="hourfile_verified_at"),
         ]
 
     def __str__(self) -> str:
@@ -637,17 +684,221 @@ class HourFile(models.Model):
             "next_attempt_at": now + HourFile.retry_delay(attempts),
         }
 
+    @staticmethod
+    def missing_fields(error: str) -> dict[str, object]:
+        """Gone from disk and not in the archive: nothing left to ship (HourFile.retry if the
+        file is put back)."""
+        return {"state": HourFileState.MISSING, "last_error": error, "next_attempt_at": None}
+
     def retry(self) -> bool:
-        """Make a failed or conflicting file due again now (an operator resolved the cause)."""
+        """Make a failed, conflicting or missing file due again now (an operator resolved the
+        cause, or put the file back)."""
         now = timezone.now()
-        updated = HourFile.objects.filter(
-            pk=self.pk, state__in=(HourFileState.FAILED, HourFileState.CONFLICT)
-        ).update(
+        updated = HourFile.objects.filter(pk=self.pk, state__in=RETRYABLE_STATES).update(
             state=HourFileState.SEALED, next_attempt_at=None, claimed_until=None, updated_at=now
         )
         if updated:
             self.refresh_from_db()
         return updated == 1
+
+
+@dataclass(frozen=True, slots=True)
+class HourSources:
+    """What the archive holds of one fleet-hour: its verified hour files, their readable lines,
+    the newest verification, and how many of its files are not verified yet."""
+
+    verified_files: int
+    lines: int
+    newest_verified_at: datetime | None
+    unshipped_files: int
+
+
+def hour_sources(hours: Collection[datetime]) -> dict[datetime, HourSources]:
+    """HourSources of each of `hours` that has any hour file, in one grouped query."""
+    verified = Q(state=HourFileState.VERIFIED)
+    rows = (
+        HourFile.objects.filter(hour__in=list(hours))
+        .order_by()
+        .values("hour")
+        .annotate(
+            verified_files=models.Count("pk", filter=verified),
+            lines=models.Sum("line_count", filter=verified, default=0),
+            newest_verified_at=models.Max("verified_at", filter=verified),
+            unshipped_files=models.Count("pk", filter=~verified),
+        )
+    )
+    return {
+        row["hour"]: HourSources(
+            row["verified_files"],
+            row["lines"],
+            row["newest_verified_at"],
+            row["unshipped_files"],
+        )
+        for row in rows
+    }
+
+
+class DatasetHourState(models.TextChoices):
+    PENDING = "pending", "Pending"  # never exported, or its hour files changed since
+    EXPORTING = "exporting", "Exporting"
+    EXPORTED = "exported", "Exported"
+    FAILED = "failed", "Failed"
+
+
+# The first retry of a failed export waits this long, each further one twice as long (capped).
+EXPORT_FIRST_RETRY_SECONDS = 60
+
+
+class DatasetHourQuerySet(models.QuerySet["DatasetHour"]):
+    def mark_changed(self, sources: dict[datetime, HourSources]) -> int:
+        """Make due every hour of `sources` whose Parquet is missing or was built from other hour
+        files (a late part, a purge); returns how many. Rows being exported are left alone: the
+        export compares its sources again when it publishes."""
+        known = {row.hour: row for row in self.filter(hour__in=list(sources))}
+        now = timezone.now()
+        new = [
+            DatasetHour(hour=hour, created_at=now, updated_at=now)
+            for hour, found in sources.items()
+            if hour not in known and found.verified_files
+        ]
+        self.bulk_create(new, ignore_conflicts=True)
+        changed = [
+            row.pk
+            for hour, row in known.items()
+            if row.state == DatasetHourState.EXPORTED and not row.built_from(sources[hour])
+        ]
+        self.filter(pk__in=changed, state=DatasetHourState.EXPORTED).update(
+            state=DatasetHourState.PENDING, next_attempt_at=None, updated_at=now
+        )
+        return len(new) + len(changed)
+
+    def due(self, now: datetime) -> "DatasetHourQuerySet":
+        """Hours an export may claim now: pending, failed past their backoff, or held by an
+        export whose lease lapsed."""
+        return self.filter(
+            Q(state=DatasetHourState.PENDING)
+            | Q(state=DatasetHourState.FAILED, next_attempt_at__lte=now)
+            | Q(state=DatasetHourState.EXPORTING, claimed_until__lte=now)
+        )
+
+    def claim(self, pk: int, now: datetime) -> "DatasetHour | None":
+        """Lease one due hour for ROTATE_LEASE_SECONDS with a conditional UPDATE, giving its
+        attempt a version number never used before; None if another export has it."""
+        until = now + timedelta(seconds=settings.ROTATE_LEASE_SECONDS)
+        claimed = (
+            self.due(now)
+            .filter(pk=pk)
+            .update(
+                state=DatasetHourState.EXPORTING,
+                claimed_until=until,
+                attempts=models.F("attempts") + 1,
+                attempt_version=models.F("attempt_version") + 1,
+                updated_at=now,
+            )
+        )
+        return self.get(pk=pk) if claimed else None
+
+
+class DatasetHour(models.Model):
+    """One UTC hour of the Parquet dataset (the readings of every household in that hour).
+
+    `version` is the published one (0: none yet); each export attempt writes its files under a
+    new `attempt_version`, so an attempt never meets the objects of another. The `source_*`
+    fields say which hour files the published version was built from: when they no longer match
+    the manifest, the hour is exported again as a whole.
+    """
+
+    hour = models.DateTimeField(unique=True, help_text="start of the UTC hour")
+    state = models.CharField(
+        max_length=16, choices=DatasetHourState.choices, default=DatasetHourState.PENDING
+    )
+    version = models.PositiveIntegerField(default=0, help_text="published version; 0 for none")
+    attempt_version = models.PositiveIntegerField(
+        default=0, help_text="version of the latest attempt (each attempt takes a new one)"
+    )
+    rows = models.BigIntegerField(null=True, blank=True, help_text="readings in the Parquet files")
+    households = models.IntegerField(null=True, blank=True)
+    source_files = models.IntegerField(default=0, help_text="verified hour files read")
+    source_lines = models.BigIntegerField(default=0, help_text="their readable lines")
+    source_verified_at = models.DateTimeField(
+        null=True, blank=True, help_text="the newest verification among them"
+    )
+    duplicates = models.IntegerField(default=0, help_text="lines repeating a reading kept")
+    skipped = models.IntegerField(
+        default=0, help_text="lines that are no reading of a known record type"
+    )
+    attempts = models.IntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    exported_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = DatasetHourQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-hour"]
+        indexes = [
+            # The export queue.
+            models.Index(fields=["hour"], name="datasethour_due", condition=~Q(state="exported"))
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 v{self.version}"
+
+    def built_from(self, sources: HourSources) -> bool:
+        """Whether the published version was built from exactly these hour files."""
+        return (
+            self.version > 0
+            and self.source_files == sources.verified_files
+            and self.source_lines == sources.lines
+            and self.source_verified_at == sources.newest_verified_at
+        )
+
+    @staticmethod
+    def retry_delay(attempts: int) -> timedelta:
+        seconds = EXPORT_FIRST_RETRY_SECONDS * 2 ** min(max(attempts - 1, 0), 20)
+        return timedelta(seconds=min(seconds, settings.ROTATE_RETRY_MAX_SECONDS))
+
+
+class DatasetFileState(models.TextChoices):
+    PLANNED = "planned", "Planned"  # key fixed before writing; written or not
+    CURRENT = "current", "Current"  # part of the published version, verified
+    OBSOLETE = "obsolete", "Obsolete"  # of a replaced version or a dead attempt: to delete
+
+
+class DatasetFile(models.Model):
+    """One Parquet object of the dataset, recorded before it is written and until it is gone."""
+
+    dataset_hour = models.ForeignKey(DatasetHour, on_delete=models.CASCADE, related_name="files")
+    version = models.PositiveIntegerField()
+    record_type = models.CharField(max_length=32)
+    key = models.CharField(max_length=500, unique=True)
+    state = models.CharField(
+        max_length=16, choices=DatasetFileState.choices, default=DatasetFileState.PLANNED
+    )
+    rows = models.BigIntegerField()
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["dataset_hour", "record_type", "key"]
+        indexes = [models.Index(fields=["state", "record_type"])]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class DatasetScan(models.Model):
+    """Where the scheduled export's search for changed hours starts: hour files verified since
+    `verified_since` (one row)."""
+
+    verified_since = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"hour files verified since {self.verified_since:%Y-%m-%d %H:%M:%S}"
 
 
 class PollLeaseQuerySet(models.QuerySet["PollLease"]):
@@ -921,3 +1172,53 @@ class IncidentReport(models.Model):
         self.attempts = 0
         self.next_attempt_at = timezone.now()
         self.save(update_fields=["state", "attempts", "next_attempt_at"])
+
+
+class ReadingsLoad(models.Model):
+    """One load of sealed hour files of one hour into the SQL readings store (readings_store.py):
+    committed in the same transaction as the rows it added, or, when the load failed, on its own
+    afterwards with the error."""
+
+    hour = models.DateTimeField(help_text="start of the UTC hour loaded")
+    started_at = models.DateTimeField(default=timezone.now)
+    duration_seconds = models.FloatField(default=0.0)
+    files = models.IntegerField(default=0, help_text="hour files loaded")
+    files_failed = models.IntegerField(default=0, help_text="hour files that could not be read")
+    rows_read = models.BigIntegerField(default=0, help_text="typed readings streamed")
+    rows_inserted = models.BigIntegerField(default=0, help_text="of them new in the table")
+    malformed_lines = models.IntegerField(
+        default=0, help_text="lines that are not a typed record (they stay in the hour files)"
+    )
+    raw_kept = models.BooleanField(default=True, help_text="raw objects stored (READINGS_KEEP_RAW)")
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [
+            models.Index(fields=["hour"]),
+            # The admin's failures filter and the lag figure.
+            models.Index(
+                fields=["-started_at"], name="readingsload_failed", condition=~Q(error="")
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 loaded {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error)
+
+
+class LoadedHourFile(models.Model):
+    """An hour file whose readings are in the SQL readings store, recorded with them: files without
+    one are what the next load pass loads; the API reads an hour from the table only when every
+    file of it has one."""
+
+    hour_file = models.OneToOneField(
+        HourFile, primary_key=True, on_delete=models.CASCADE, related_name="store_load"
+    )
+    load = models.ForeignKey(ReadingsLoad, on_delete=models.CASCADE, related_name="loaded_files")
+
+    def __str__(self) -> str:
+        return f"{self.hour_file_id} in load {self.load_id}"

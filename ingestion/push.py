@@ -117,22 +117,23 @@ def token_from_headers(headers: Mapping[str, str]) -> str:
 
 
 def authenticate(cloud_id: str, token: str) -> EagleUser:
-    """The push user `cloud_id`, if `token` is its push token and it may push now."""
-    try:
-        # Anything but hexadecimal names no user (and a NUL byte would break the query).
-        user = EagleUser.objects.filter(cloud_id=hourfiles.checked_cloud_id(cloud_id)).first()
-    except ValueError:
-        user = None
-    if user is None:
-        raise PushRejectedError(404, f"no user with cloud_id {cloud_id[:40]}")
+    """The push user `cloud_id`, if `token` is its push token and it may push now.
+
+    A missing token is 401 and a wrong one 403 whether or not `cloud_id` names a user: the answer
+    does not tell which cloud ids exist."""
     if not token:
         raise PushRejectedError(
             401,
             "no push token: send 'Authorization: Bearer <token>', 'X-Push-Token: <token>' or "
             "HTTP Basic auth with the token as password",
         )
-    if not user.check_push_token(token):
-        raise PushRejectedError(403, f"this is not the push token of {cloud_id}")
+    try:
+        # Anything but hexadecimal names no user (and a NUL byte would break the query).
+        user = EagleUser.objects.filter(cloud_id=hourfiles.checked_cloud_id(cloud_id)).first()
+    except ValueError:
+        user = None
+    if user is None or not user.check_push_token(token):
+        raise PushRejectedError(403, f"this is not the push token of {cloud_id[:40]}")
     if user.connection_type != ConnectionType.PUSH:
         raise PushRejectedError(
             409,

@@ -24,7 +24,8 @@ class Source(StrEnum):
 
 
 class FailureClass(StrEnum):
-    """Why a fetch produced no new reading; each value is something an operator can act on."""
+    """Why a fetch produced no new reading (or, one class, why an hour's readings are missing);
+    each value is something an operator can act on."""
 
     BAD_CREDENTIALS = "bad_credentials"
     UNKNOWN_CLOUD_ID = "unknown_cloud_id"
@@ -35,6 +36,13 @@ class FailureClass(StrEnum):
     MALFORMED_REPLY = "malformed_reply"
     SUSPICIOUS_READING = "suspicious_reading"
     STALE_READING = "stale_reading"
+    # Not a fetch: an hour file gone from the local disk before it reached the archive.
+    HOUR_FILE_MISSING = "hour_file_missing"
+
+    @property
+    def is_fetch_failure(self) -> bool:
+        """Whether a fetch produces it (and a working fetch resolves its incident)."""
+        return self is not FailureClass.HOUR_FILE_MISSING
 
     @property
     def label(self) -> str:

@@ -25,12 +25,13 @@ Aggregates (`aggregate_demand`)
     demand) counts negative: the energy is net.
 
 Coverage (`coverage`)
-    Meters update every 8 to 10 seconds while we poll every INGEST_POLL_SECONDS (6), so a perfect
-    hour holds fewer readings than polls. Per UTC hour we report `expected` = the polls the cadence
-    allows in the part of the hour that is in range and in the past, `present` = distinct meter
-    timestamps found, and `covered_seconds` = the time not inside a gap. A gap is a stretch longer
-    than the threshold (default 60 s) without any reading, between consecutive readings or between
-    a range edge and the nearest reading; each gap lists the failure classes of the incidents
+    Per UTC hour we report `expected` = the readings expected in the part of the hour that is in
+    range and in the past (`ingestion.expected`, the one definition shared with the console and
+    /api/status/: one per meter period, from when the user was added and polling began, never
+    while it was paused), `present` = distinct meter timestamps found, and `covered_seconds` = the
+    expected time not inside a gap. A gap is a stretch of expected time longer than the threshold
+    (default 60 s) without any reading, between consecutive readings or between the edge of
+    expected time and the nearest reading; each gap lists the failure classes of the incidents
     whose span [opened_at, resolved_at or now] overlaps it.
 """
 
@@ -58,7 +59,7 @@ from django.core.files.storage import Storage, storages
 from django.db.models import Q
 from django.utils import timezone
 
-from ingestion import hourfiles
+from ingestion import expected, hourfiles
 from ingestion.models import HourFile, HourFileState, Incident
 from ingestion.records import parse_line
 from users.models import EagleUser
@@ -79,6 +80,10 @@ META_FIELDS = (
     "raw",
 )
 DEFAULT_GAP_SECONDS = 60
+# The instants a range may start or end at (API parameters, console days): wider than any meter's
+# life, and far enough from year 1 and 9999 that every computation on them stays a datetime.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 # Archive objects fetched ahead of the one being consumed: hides S3 latency, bounds memory.
 PREFETCH_HOURS = 4
 INTERVALS = {
@@ -545,6 +550,7 @@ class HourCoverage:
     start: datetime
     end: datetime
     expected: int
+    expected_seconds: float
     present: int = 0
     covered_seconds: float = 0.0
 
@@ -575,6 +581,10 @@ class Coverage:
         return sum(hour.expected for hour in self.hours)
 
     @property
+    def expected_seconds(self) -> float:
+        return sum(hour.expected_seconds for hour in self.hours)
+
+    @property
     def present(self) -> int:
         return sum(hour.present for hour in self.hours)
 
@@ -592,6 +602,37 @@ def _distinct_timestamps(records: Iterable[Record]) -> Iterator[int]:
             last = timestamp
 
 
+def _gaps(timestamps: Iterable[float], spans: list[expected.Span], gap_seconds: float) -> list[Gap]:
+    """Stretches longer than `gap_seconds` of expected time without a reading, in one pass over
+    all the readings (in time order); readings outside the spans neither open nor close a gap."""
+    gaps: list[Gap] = []
+    edges = [(a.timestamp(), b.timestamp()) for a, b in spans]
+    index, previous = 0, None
+
+    def close(span: int, last: float | None) -> None:
+        low, high = edges[span]
+        last = low if last is None else last
+        if high - last > gap_seconds:
+            gaps.append(Gap(_utc(last), spans[span][1]))
+
+    for timestamp in timestamps:
+        while index < len(edges) and timestamp >= edges[index][1]:
+            close(index, previous)
+            index, previous = index + 1, None
+        if index == len(edges):
+            continue
+        low = edges[index][0]
+        if timestamp < low:
+            continue
+        last = low if previous is None else previous
+        if timestamp - last > gap_seconds:
+            gaps.append(Gap(_utc(last), _utc(timestamp)))
+        previous = timestamp
+    for span in range(index, len(edges)):
+        close(span, previous if span == index else None)
+    return gaps
+
+
 def coverage(
     cloud_id: str,
     start: datetime,
@@ -603,35 +644,34 @@ def coverage(
 
     Time after `now` is neither expected nor a gap.
     """
-    cadence = settings.INGEST_POLL_SECONDS
-    end = max(start, min(end, now or timezone.now()))
+    now = now or timezone.now()
+    end = max(start, min(end, now))
+    user = EagleUser.objects.filter(cloud_id=cloud_id).first()
+    spans = expected.expected_spans(user, start, end)
     hours = []
     hour = hourfiles.hour_floor(start)
     while hour < end:
         low, high = max(hour, start), min(hour + hourfiles.HOUR, end)
-        seconds = (high - low).total_seconds()
-        hours.append(HourCoverage(hour, low, high, math.floor(seconds / cadence)))
+        seconds = expected.seconds_in(expected.clip(spans, low, high))
+        hours.append(HourCoverage(hour, low, high, expected.readings_in(seconds), seconds))
         hour += hourfiles.HOUR
     hour_starts = [h.start.timestamp() for h in hours]
 
-    gaps: list[Gap] = []
-    start_ts, end_ts = start.timestamp(), end.timestamp()
-    previous = start_ts
-    for timestamp in _distinct_timestamps(iter_readings(cloud_id, start, end)):
-        hours[bisect_right(hour_starts, timestamp) - 1].present += 1
-        if timestamp - previous > gap_seconds:
-            gaps.append(Gap(_utc(previous), _utc(timestamp)))
-        previous = timestamp
-    if end_ts - previous > gap_seconds:
-        gaps.append(Gap(_utc(previous), end))
+    def counted(timestamps: Iterable[int]) -> Iterator[int]:
+        for timestamp in timestamps:
+            hours[bisect_right(hour_starts, timestamp) - 1].present += 1
+            yield timestamp
+
+    readings = counted(_distinct_timestamps(iter_readings(cloud_id, start, end)))
+    gaps = _gaps(readings, spans, gap_seconds)
 
     for hour_coverage in hours:
-        hour_coverage.covered_seconds = (hour_coverage.end - hour_coverage.start).total_seconds()
+        hour_coverage.covered_seconds = hour_coverage.expected_seconds
         for gap in gaps:
             overlap = min(gap.end, hour_coverage.end) - max(gap.start, hour_coverage.start)
             hour_coverage.covered_seconds -= max(overlap.total_seconds(), 0.0)
-    _attach_incidents(cloud_id, gaps, now or timezone.now())
-    return Coverage(start, end, cadence, gap_seconds, hours, gaps)
+    _attach_incidents(cloud_id, gaps, now)
+    return Coverage(start, end, settings.INGEST_METER_SECONDS, gap_seconds, hours, gaps)
 
 
 def _utc(timestamp: float) -> datetime:

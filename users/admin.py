@@ -14,10 +14,10 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 
 from ingestion.models import FetchState, HourFile
+from ingestion.purging import PurgeIncompleteError, remove_user
 from ingestion.records import iso_utc
 from users.credentials import check_credentials
 from users.models import ConnectionType, EagleUser, EagleUserQuerySet
-from users.purging import PurgeIncompleteError
 
 # Each check waits for a gateway (up to INGEST_REQUEST_TIMEOUT): keep one admin request short.
 MAX_CREDENTIAL_CHECKS = 10
@@ -288,10 +288,10 @@ class EagleUserAdmin(admin.ModelAdmin):
             )
         for user in queryset:
             cloud_id = user.cloud_id
-            # remove() clears the pk; the admin's history needs it, and only once it succeeded.
+            # remove_user() clears the pk; the admin's history needs it, and only once it succeeded.
             history_record = copy(user)
             try:
-                report = user.remove(purge=True)
+                report = remove_user(user, purge=True)
             except PurgeIncompleteError as exc:
                 self.message_user(
                     request,

@@ -17,7 +17,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from ingestion.archive import audit, store
-from ingestion.models import HourFile, HourFileState
+from ingestion.models import RETRYABLE_STATES, HourFile, HourFileState
 
 # Users offered in the "user" filter: the most overdue ones (any cloud_id works in the URL).
 USERS_IN_FILTER = 20
@@ -164,6 +164,8 @@ class HourFileAdmin(admin.ModelAdmin):
     def on_disk(self, row: HourFile) -> str:
         if row.local_deleted_at:
             return "removed"
+        if row.state == HourFileState.MISSING:
+            return "gone"
         return "on disk" if row.state != HourFileState.VERIFIED else "to remove"
 
     @admin.display(description="archive")
@@ -174,17 +176,15 @@ class HourFileAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">download</a>', url)
 
     @admin.action(
-        description="Retry shipping (failed or conflicting files)", permissions=["change"]
+        description="Retry shipping (failed, conflicting or missing files)", permissions=["change"]
     )
     def retry(self, request: HttpRequest, queryset: QuerySet[HourFile]) -> None:
-        retried = sum(
-            row.retry()
-            for row in queryset.filter(state__in=[HourFileState.FAILED, HourFileState.CONFLICT])
-        )
+        retried = sum(row.retry() for row in queryset.filter(state__in=RETRYABLE_STATES))
         self.message_user(
             request,
             f"{retried} file(s) will be shipped by the next rotation "
-            "(manage.py rotate_logs ships them now). Resolve a conflict in the bucket first.",
+            "(manage.py rotate_logs ships them now). Resolve a conflict in the bucket first; "
+            "put a missing file back at its path first.",
             messages.SUCCESS,
         )
 

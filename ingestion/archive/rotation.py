@@ -44,7 +44,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 import msgspec
+from botocore.exceptions import BotoCoreError
 from django.conf import settings
 from django.db.models import Max, QuerySet
 from django.utils import timezone
@@ -270,6 +271,7 @@ class Outcome(StrEnum):
     CONFLICT = "conflict"
     FAILED = "failed"
     EMPTY = "empty"
+    MISSING = "missing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +284,10 @@ class Job:
     compressed: bool
     lease: datetime
     attempts: int
+    # The start of the file's hour, and the object's SHA-256 the manifest recorded (a
+    # conflict's) or "" if none yet: what an archived object is checked against.
+    hour: datetime | None = None
+    sha256: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +304,7 @@ def ship_file(job: Job, archive: Archive, after_step: AfterStep = _no_hook) -> S
     """Seal, measure, create if absent and verify one file. Touches no database row."""
     try:
         if not hourfiles.seal(job.path):
-            return Shipment(job, Outcome.FAILED, error=f"local file {job.path} is missing")
+            return settle_without_local_file(job, archive)
         after_step(Step.SEALED, job.key)
         with prepared_body(job.path, job.compressed) as (body, stats):
             after_step(Step.MEASURED, job.key)
@@ -321,8 +327,86 @@ def ship_file(job: Job, archive: Archive, after_step: AfterStep = _no_hook) -> S
             return Shipment(job, Outcome.CONFLICT, stats, error)
         after_step(Step.VERIFIED, job.key)
         return Shipment(job, Outcome.VERIFIED, stats, already_archived=already_archived)
+    except FileNotFoundError as exc:
+        if not job.path.exists():
+            return settle_without_local_file(job, archive)
+        return Shipment(job, Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
     except (ArchiveError, OSError) as exc:
         return Shipment(job, Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
+
+
+def settle_without_local_file(job: Job, archive: Archive) -> Shipment:
+    """Settle a file gone from the local disk (removed by hand, a lost disk) from the archive.
+
+    The object at its key, read back whole, matching the checksum the archive keeps for it (and
+    the manifest's, if it recorded one) and holding readings of the file's hour only, is the file
+    as shipped by an earlier attempt: verified, its figures measured from the object. Without an object the file's readings are
+    missing: the row says so and an incident names the hour, instead of a retry that can never
+    succeed. A read that fails is an outage like any other: tried again later.
+    """
+    try:
+        stored = archive.stat(job.key)
+        if stored is None:
+            return Shipment(
+                job,
+                Outcome.MISSING,
+                error=f"local file {job.path} is gone and the archive has no object at {job.key}",
+            )
+        stats = measure_archived(archive, job.key, job.compressed)
+    except ArchiveError as exc:
+        return Shipment(job, Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
+    expected = {checksum for checksum in (stored.sha256, job.sha256) if checksum}
+    if stats.size != stored.size or expected - {stats.sha256}:
+        error = (
+            f"local file {job.path} is gone, and the object at {job.key} ({stats.size} bytes, "
+            f"SHA-256 {stats.sha256}) does not match what the archive or the manifest recorded "
+            f"({stored.size} bytes, SHA-256 {', '.join(sorted(expected)) or 'none'}). "
+            "Nothing was changed."
+        )
+        return Shipment(job, Outcome.CONFLICT, error=error)
+    if not _within_hour(stats, job.hour):
+        error = (
+            f"local file {job.path} is gone, and the object at {job.key} holds no readings or "
+            f"readings of another hour (from {stats.first_reading_at} to "
+            f"{stats.last_reading_at}): not this file. Nothing was changed."
+        )
+        return Shipment(job, Outcome.CONFLICT, error=error)
+    return Shipment(job, Outcome.VERIFIED, stats, already_archived=True)
+
+
+def _within_hour(stats: FileStats, hour: datetime | None) -> bool:
+    first, last = stats.first_reading_at, stats.last_reading_at
+    if hour is None or first is None or last is None:
+        return False
+    return hour <= first and last < hour + hourfiles.HOUR
+
+
+def measure_archived(archive: Archive, key: str, compressed: bool) -> FileStats:
+    """The manifest's figures of an archived object, read back in one pass (gzip inflated)."""
+    digest = hashlib.sha256()
+    size = 0
+    inflater = zlib.decompressobj(31) if compressed else None
+
+    def lines() -> Iterator[bytes]:
+        nonlocal size
+        with archive.open(key) as stream:
+            for chunk in iter(partial(stream.read, READ_CHUNK), b""):
+                digest.update(chunk)
+                size += len(chunk)
+                yield inflater.decompress(chunk) if inflater is not None else chunk
+        if inflater is not None:
+            yield inflater.flush()
+
+    try:
+        stats = _measure(lines(), None)
+    except (OSError, BotoCoreError, zlib.error) as exc:
+        raise ArchiveError(f"read {key}: {exc}") from exc
+    return replace(
+        stats,
+        size=size,
+        sha256=digest.hexdigest(),
+        content_type=CONTENT_TYPE_GZIP if compressed else CONTENT_TYPE_JSONL,
+    )
 
 
 # --- A rotation run ----------------------------------------------------------------------------
@@ -337,6 +421,7 @@ class RotationReport:
     conflicts: int = 0
     failed: int = 0
     empty: int = 0
+    missing: int = 0
     local_deleted: int = 0
     relocated: int = 0
     dirs_removed: int = 0
@@ -347,12 +432,19 @@ class RotationReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.conflicts
+        return not self.failed and not self.conflicts and not self.missing
 
     @property
     def attempted(self) -> int:
         """Files this run took a decision on (a stopped run that attempted none made no progress)."""
-        return self.shipped + self.already_archived + self.failed + self.conflicts + self.empty
+        return (
+            self.shipped
+            + self.already_archived
+            + self.failed
+            + self.conflicts
+            + self.empty
+            + self.missing
+        )
 
     def note_error(self, message: str) -> None:
         if len(self.errors) < MAX_REPORTED_ERRORS:
@@ -373,6 +465,8 @@ class RotationReport:
             f"{self.relocated} relocated",
             f"{self.dirs_removed} hour directories removed",
         ]
+        if self.missing:
+            parts.append(f"{self.missing} missing (gone from disk, not in the archive)")
         if self.malformed_lines:
             parts.append(f"{self.malformed_lines} malformed lines shipped as they were")
         if self.stopped:
@@ -598,6 +692,8 @@ def _outcome_fields(shipment: Shipment, now: datetime) -> dict[str, object]:
         return HourFile.verified_fields(now, stats)
     if shipment.outcome == Outcome.CONFLICT:
         return HourFile.conflict_fields(shipment.error, stats)
+    if shipment.outcome == Outcome.MISSING:
+        return HourFile.missing_fields(shipment.error)
     return HourFile.failed_fields(now, shipment.error, shipment.job.attempts)
 
 
@@ -649,7 +745,7 @@ class _Shipper:
     def feed(self) -> bool:
         """Claim and ship the due files not looked at yet (in primary key order, so rows made
         since the last call come next). False if asked to stop."""
-        fields = ("key", "local_path", "compressed", "attempts")
+        fields = ("key", "local_path", "compressed", "attempts", "hour", "sha256")
         while page := list(
             self.due.filter(pk__gt=self.last_pk).order_by("pk").values_list("pk", *fields)[:BATCH]
         ):
@@ -670,11 +766,11 @@ class _Shipper:
         if self.progress is not None:
             self.progress.expect(len(claimed))
         mine = set(claimed)
-        for pk, key, local_path, compressed, attempts in candidates:
+        for pk, key, local_path, compressed, attempts, hour, sha256 in candidates:
             if pk not in mine:
                 continue  # another run has it, or it is no longer due
             self.after_step(Step.CLAIMED, key)
-            job = Job(pk, key, Path(local_path), compressed, lease, attempts + 1)
+            job = Job(pk, key, Path(local_path), compressed, lease, attempts + 1, hour, sha256)
             future = self.pool.submit(ship_file, job, self.archive, self.after_step)
             self.shipping[future] = job
 
@@ -722,6 +818,9 @@ class _Shipper:
                 self.count(shipment)
             if self.progress is not None:
                 self.progress.shipped(shipment)
+        missing = [s.job.pk for s in settled if s.outcome == Outcome.MISSING and s.job.pk in held]
+        if missing:
+            HourFile.objects.report_missing(missing, now)
 
     def count(self, shipment: Shipment) -> None:
         job, report = shipment.job, self.report
@@ -739,6 +838,10 @@ class _Shipper:
             report.conflicts += 1
             report.note_error(shipment.error)
             logger.error("rotation: conflict: %s", shipment.error)
+        elif shipment.outcome == Outcome.MISSING:
+            report.missing += 1
+            report.note_error(shipment.error)
+            logger.error("rotation: missing: %s", shipment.error)
         else:
             report.failed += 1
             report.note_error(f"{job.key}: {shipment.error}")

@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+import pyarrow.fs
 from botocore.exceptions import BotoCoreError, ClientError
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.storage import FileSystemStorage, Storage, storages
@@ -67,6 +68,13 @@ class Archive(Protocol):
     def keys(self, prefix: str) -> Iterator[tuple[str, int]]:
         """(key, size) of every object under `prefix`: an audit tool, never used to ship."""
 
+    def delete(self, key: str) -> None:
+        """Remove the object at `key`; nothing happens if there is none."""
+
+    def arrow_filesystem(self) -> tuple[pyarrow.fs.FileSystem, str]:
+        """A pyarrow file system over the archive and the path of the archive's root in it,
+        for readers that scan objects in place (the Parquet dataset)."""
+
 
 def _b64_to_hex(value: str) -> str:
     return base64.b64decode(value).hex()
@@ -87,6 +95,7 @@ class S3Archive:
         # boto3 clients are thread-safe (resources are not): one client for every worker.
         self.client = storage.connection.meta.client
         self.bucket = storage.bucket_name
+        self.endpoint_url: str | None = storage.endpoint_url or None
         # Operator settings such as server-side encryption or storage class apply here too; the
         # content headers are ours (a gzip object must not carry Content-Encoding).
         self.object_parameters = {
@@ -154,6 +163,26 @@ class S3Archive:
                     yield entry["Key"], int(entry["Size"])
         except (ClientError, BotoCoreError) as exc:
             raise ArchiveError(f"LIST {prefix}: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise ArchiveError(f"DELETE {key}: {exc}") from exc
+
+    def arrow_filesystem(self) -> tuple[pyarrow.fs.FileSystem, str]:
+        # The credentials boto3 resolved (environment, profile or instance role), handed over as
+        # they are, so pyarrow never looks for any of its own.
+        credentials = self.client._request_signer._credentials.get_frozen_credentials()
+        filesystem = pyarrow.fs.S3FileSystem(
+            access_key=credentials.access_key,
+            secret_key=credentials.secret_key,
+            session_token=credentials.token,
+            region=self.client.meta.region_name,
+            endpoint_override=self.endpoint_url,
+            scheme=self.endpoint_url.split("://", 1)[0] if self.endpoint_url else "https",
+        )
+        return filesystem, self.bucket
 
 
 class FileSystemArchive:
@@ -223,6 +252,15 @@ class FileSystemArchive:
                     continue  # a create interrupted by a crash, never linked into place
                 path = Path(directory) / name
                 yield path.relative_to(self.root).as_posix(), path.stat().st_size
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise ArchiveError(f"delete {key}: {exc}") from exc
+
+    def arrow_filesystem(self) -> tuple[pyarrow.fs.FileSystem, str]:
+        return pyarrow.fs.LocalFileSystem(), self.root.as_posix()
 
 
 def open_archive(storage: Storage | None = None) -> Archive:

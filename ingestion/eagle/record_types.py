@@ -276,6 +276,18 @@ class Summation(RecordType):
         return None
 
 
+_CURRENCY_CODE = re.compile(r"[A-Z]{3}|[0-9]{1,4}")
+
+
+def currency_code(text: str) -> str:
+    """An ISO 4217 code (USD) or numeric code (840) from a gateway's text; anything else, such as
+    a spreadsheet formula, is refused."""
+    code = text.strip().upper()
+    if code and not _CURRENCY_CODE.fullmatch(code):
+        raise DecodeError(f"currency {text[:20]!r} is not an ISO 4217 code or number")
+    return code
+
+
 @register
 class Price(RecordType):
     name = "price"
@@ -317,7 +329,7 @@ class Price(RecordType):
             raise DecodeError(f"zigbee:PriceTier={tier_text[:20]!r} is not a tier number")
         return {
             "price": decimal_variable(variables, "zigbee:Price"),
-            "currency": (variables.get("zigbee:PriceCurrency") or "").strip(),
+            "currency": currency_code(variables.get("zigbee:PriceCurrency") or ""),
             "tier": int(tier_text) if tier_text else None,
         }
 

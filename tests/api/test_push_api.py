@@ -150,7 +150,7 @@ GOOD_BODY = uploader_xml(fragment("demand", T0, (900,)), sent_at=T0)
         ("no token", 401, "no push token"),
         ("wrong token", 403, "not the push token"),
         ("another user's token", 403, "not the push token"),
-        ("unknown user", 404, "no user with cloud_id 0badbad"),
+        ("unknown user", 403, "not the push token of 0badbad"),
         ("polled user", 409, "not in push mode"),
         ("suspended user", 409, "suspended"),
         ("oversized body", 413, "larger than"),

@@ -18,11 +18,13 @@ from django.core.files.storage import Storage, storages
 
 from ingestion import hourfiles
 from ingestion.models import HourFile
+from users.models import EagleUser
 
 logger = logging.getLogger(__name__)
 
 # What the archive may raise when it cannot be reached or refuses a request.
 STORAGE_ERRORS = (OSError, BotoCoreError, ClientError)
+PURGING_REASON = "Being deleted together with its data."
 
 
 @dataclass
@@ -128,4 +130,21 @@ def purge_user_data(cloud_id: str) -> PurgeReport:
         raise PurgeIncompleteError(report, exc) from exc
     report.manifest_rows, _ = HourFile.objects.filter(cloud_id=cloud_id).delete()
     logger.info("purge %s: removed %s", cloud_id, report.summary())
+    return report
+
+
+def remove_user(user: EagleUser, purge: bool) -> PurgeReport | None:
+    """Delete the user; with `purge`, its hour files, archived objects and manifest rows too.
+
+    Without purge the data stays (manifest rows keep the cloud_id). With purge the user is
+    suspended first, so the poller stops writing for it, and deleted only once its data is
+    gone: a purge that fails (PurgeIncompleteError) leaves the user suspended, to be retried.
+    """
+    if not purge:
+        user.delete()
+        return None
+    if user.is_active or user.suspended_reason != PURGING_REASON:
+        user.suspend(PURGING_REASON)
+    report = purge_user_data(user.cloud_id)
+    user.delete()
     return report
