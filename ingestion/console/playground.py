@@ -51,6 +51,21 @@ EXAMPLES = {
         "<Units>kW</Units></Variable>\n"
         "</Variables></Component></Components></Device>\n",
     ),
+    "eagle200-upload": (
+        "EAGLE-200 push (JSON upload)",
+        '{"timestamp": "1772366400000", "deviceGuid": "d8d5b9000001", "body": [\n'
+        '  {"timestamp": "1772366395000", "subdeviceGuid": "001350050047376f", '
+        '"componentId": "all", "dataType": "InstantaneousDemand", '
+        '"data": {"demand": 0.472, "units": "kW"}}\n]}\n',
+    ),
+    "cgi-manager": (
+        "Legacy cgi_manager get_usage_data (local time)",
+        '{"meter_status": "Connected", "demand": "0.4980", "demand_units": "kW", '
+        '"demand_timestamp": "1394505386", "summation_received": "37.283", '
+        '"summation_delivered": "2667.867", "summation_units": "kWh", '
+        '"usage_timestamp": "1394505386", "timezone_localTime": "1394502011", '
+        '"timezone_utcTime": "1394527211", "timezone_utcOffset": "UTC-07:00"}\n',
+    ),
     "error": (
         "Cloud Error reply",
         "<Error>\n  <Text>Invalid user name or password</Text>\n</Error>\n",
@@ -63,7 +78,8 @@ class PayloadForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 16, "cols": 100, "spellcheck": "false"}),
         max_length=MAX_PAYLOAD_CHARS,
         strip=False,
-        help_text="A raw reply: cloud or legacy XML/JSON, EAGLE-200 XML, or a push upload.",
+        help_text="A raw reply: cloud or legacy XML/JSON, legacy cgi_manager JSON, EAGLE-200 XML, "
+        "or a push upload (uploader XML or EAGLE-200 JSON).",
     )
     cloud_id = forms.CharField(
         validators=[cloud_id_validator],
