@@ -59,7 +59,7 @@ from django.core.files.storage import Storage, storages
 from django.db.models import Q
 from django.utils import timezone
 
-from ingestion import expected, hourfiles
+from ingestion import expected, hourfiles, readings_store
 from ingestion.models import HourFile, HourFileState, Incident
 from ingestion.records import parse_line
 from users.models import EagleUser
@@ -320,15 +320,26 @@ def iter_hours(
     archive = ArchiveReader()
     start_ts, end_ts = start.timestamp(), end.timestamp()
     plans = hour_plans(cloud_id, start, end)
-    pending: list[tuple[HourPlan, Future[HourContent]]] = []
+    # Hours the SQL readings store holds whole are read from its table, in this thread.
+    in_table = readings_store.table_hours(cloud_id, start, end, need_raw=True)
+    pending: list[tuple[HourPlan, Future[HourContent] | None]] = []
     executor = ThreadPoolExecutor(max_workers=PREFETCH_HOURS, thread_name_prefix="retrieval")
     try:
         while True:
             while len(pending) < PREFETCH_HOURS and (plan := next(plans, None)) is not None:
-                pending.append((plan, executor.submit(_load_hour, plan, archive)))
+                if plan.hour in in_table:
+                    pending.append((plan, None))
+                else:
+                    pending.append((plan, executor.submit(_load_hour, plan, archive)))
             if not pending:
                 return
             plan, future = pending.pop(0)
+            if future is None:
+                low = max(start, plan.hour)
+                high = min(end, plan.hour + hourfiles.HOUR)
+                if table_records := readings_store.records(cloud_id, low, high, record_type):
+                    yield table_records
+                continue
             content = future.result()
             for copies in content.vanished:
                 content.records.extend(_recover_vanished(plan, copies, archive))
@@ -510,15 +521,66 @@ def aggregate_demand(
     edges = [b.timestamp() for b in boundaries]
     start_ts, end_ts = edges[0], edges[-1]
     margin = timedelta(seconds=gap_seconds)
-    points = demand_readings(cloud_id, start - margin, end + margin)
     previous: tuple[float, float] | None = None
-    for moment, demand in points:
-        if start_ts <= moment < end_ts:
-            buckets[bisect_right(edges, moment) - 1].add_reading(demand)
-        if previous is not None and moment - previous[0] <= gap_seconds:
-            _integrate(previous, (moment, demand), edges, buckets)
-        previous = (moment, demand)
+    for low, high, in_table in _runs(cloud_id, start - margin, end + margin):
+        if in_table:
+            previous = _add_table_part(
+                readings_store.demand_part(cloud_id, low, high, edges, gap_seconds),
+                previous,
+                gap_seconds,
+                edges,
+                buckets,
+            )
+            continue
+        for moment, demand in demand_readings(cloud_id, low, high):
+            if start_ts <= moment < end_ts:
+                buckets[bisect_right(edges, moment) - 1].add_reading(demand)
+            if previous is not None and moment - previous[0] <= gap_seconds:
+                _integrate(previous, (moment, demand), edges, buckets)
+            previous = (moment, demand)
     return buckets
+
+
+def _runs(cloud_id: str, start: datetime, end: datetime) -> list[tuple[datetime, datetime, bool]]:
+    """[start, end) cut at hour boundaries into runs read alike: (low, high, from the table)."""
+    in_table = readings_store.table_hours(cloud_id, start, end)
+    if not in_table:
+        return [(start, end, False)]
+    runs: list[tuple[datetime, datetime, bool]] = []
+    hour = hourfiles.hour_floor(start)
+    while hour < end:
+        low, high, table = max(hour, start), min(hour + hourfiles.HOUR, end), hour in in_table
+        if runs and runs[-1][2] == table:
+            runs[-1] = (runs[-1][0], high, table)
+        else:
+            runs.append((low, high, table))
+        hour += hourfiles.HOUR
+    return runs
+
+
+def _add_table_part(
+    part: readings_store.DemandPart,
+    previous: tuple[float, float] | None,
+    gap_seconds: float,
+    edges: list[float],
+    buckets: list[DemandBucket],
+) -> tuple[float, float] | None:
+    """Add what the table aggregated for a run, joined to the reading before it; returns the
+    run's last reading (or `previous` when it has none)."""
+    if part.first is None:
+        return previous
+    if previous is not None and part.first[0] - previous[0] <= gap_seconds:
+        _integrate(previous, part.first, edges, buckets)
+    for index, (count, total, low, high) in part.stats.items():
+        bucket = buckets[index]
+        bucket.readings += count
+        bucket.total_kw += total
+        bucket.min_kw = low if bucket.min_kw is None else min(bucket.min_kw, low)
+        bucket.max_kw = high if bucket.max_kw is None else max(bucket.max_kw, high)
+    for index, (energy, covered) in part.energy.items():
+        buckets[index].energy_kwh += energy
+        buckets[index].covered_seconds += covered
+    return part.last
 
 
 def _integrate(
@@ -593,6 +655,16 @@ class Coverage:
         return sum(hour.covered_seconds for hour in self.hours)
 
 
+def _meter_timestamps(cloud_id: str, start: datetime, end: datetime) -> Iterator[int]:
+    """The distinct meter times of `cloud_id`'s readings in [start, end), in order: from the
+    readings table (SELECT DISTINCT) for the hours it holds, from files for the others."""
+    for low, high, in_table in _runs(cloud_id, start, end):
+        if in_table:
+            yield from readings_store.meter_timestamps(cloud_id, low, high)
+        else:
+            yield from _distinct_timestamps(iter_readings(cloud_id, low, high))
+
+
 def _distinct_timestamps(records: Iterable[Record]) -> Iterator[int]:
     last = None
     for record in records:
@@ -662,8 +734,7 @@ def coverage(
             hours[bisect_right(hour_starts, timestamp) - 1].present += 1
             yield timestamp
 
-    readings = counted(_distinct_timestamps(iter_readings(cloud_id, start, end)))
-    gaps = _gaps(readings, spans, gap_seconds)
+    gaps = _gaps(counted(_meter_timestamps(cloud_id, start, end)), spans, gap_seconds)
 
     for hour_coverage in hours:
         hour_coverage.covered_seconds = hour_coverage.expected_seconds
