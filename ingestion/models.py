@@ -162,7 +162,7 @@ class FetchState(models.Model):
     objects = FetchStateQuerySet.as_manager()
 
     def __str__(self) -> str:
-        return f"fetch state of {self.user_id}"
+        return f"fetch state of {self.user.cloud_id}"
 
     def clean(self) -> None:
         from ingestion.eagle.record_types import DEMAND, RECORD_TYPES
@@ -344,7 +344,7 @@ class Incident(models.Model):
         indexes = [models.Index(fields=["state", "failure_class"])]
 
     def __str__(self) -> str:
-        return f"{self.get_failure_class_display()} for {self.user_id}"
+        return f"{self.get_failure_class_display()} for {self.user.cloud_id}"
 
 
 class HourFileState(models.TextChoices):
