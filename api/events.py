@@ -5,6 +5,10 @@ in seconds (now minus the meter's time of the reading). `?fresh=1` asks the user
 instead and returns what it said: the reading (200), or the classified failure (502). `?type=`
 picks another record type (summation, price). Nothing fetched here is written to the hour files:
 the poller logs every reading.
+
+Each live fetch sends the household's stored credentials, so they are limited per household
+(LIVE_FETCH_THROTTLE, whoever asks) and refused while the user is suspended or while polling
+backs off from its gateway: a burst of them could get the account locked.
 """
 
 from __future__ import annotations
@@ -18,16 +22,27 @@ from rest_framework import status
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
 from api.exceptions import Problem, get_or_404, no_such
 from api.params import parse_flag
 from api.schema import FIELD_ERRORS, UNAUTHENTICATED, error
 from ingestion.eagle.client import fetch_now
-from ingestion.eagle.record_types import RECORD_TYPES
+from ingestion.eagle.record_types import DEMAND, RECORD_TYPES
+from ingestion.polling.failures import live_fetch_refusal
 from ingestion.polling.latest import latest_record
 from ingestion.records import FetchFailure, iso_utc
 from users.models import ConnectionType, EagleUser
+
+
+class LiveFetchThrottle(SimpleRateThrottle):
+    """Live fetches per household, whoever asks (LIVE_FETCH_THROTTLE, in the shared cache)."""
+
+    scope = "live_fetch"
+
+    def get_cache_key(self, request: Request, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": view.kwargs["cloud_id"]}
 
 
 def _age_seconds(record: dict[str, Any]) -> float:
@@ -60,8 +75,11 @@ class EventView(APIView):
             401: UNAUTHENTICATED,
             404: error("No such user (code not_found), or no reading of it on disk (no_reading)."),
             409: error(
-                "A push user (code push_user): its gateway sends readings, it is never fetched."
+                "?fresh=1 of a push user (code push_user: its gateway sends readings, it is never "
+                "fetched), of a suspended user, or of one whose gateway polling backs off from "
+                "(code not_fetched)."
             ),
+            429: error("Too many live fetches of this household (LIVE_FETCH_THROTTLE): wait."),
             502: error(
                 "The EAGLE gave no reading (code fetch_failed); the problem adds cloud_id, "
                 "source, fetched_at and failure: {failure_class, label, message, http_status}."
@@ -69,11 +87,11 @@ class EventView(APIView):
         },
     )
     def get(self, request: Request, cloud_id: str) -> Response:
-        record_type = request.query_params.get("type", "demand")
+        record_type = request.query_params.get("type", DEMAND)
         if record_type not in RECORD_TYPES:
             raise ValidationError({"type": [f"Choose one of: {', '.join(sorted(RECORD_TYPES))}."]})
         if parse_flag("fresh", request.query_params.get("fresh")):
-            return self.fetched(get_or_404(EagleUser, "cloud_id", cloud_id), record_type)
+            return self.fetched(request, get_or_404(EagleUser, "cloud_id", cloud_id), record_type)
         # Dashboards ask for this many times a second: one narrow query, not the whole user.
         if not EagleUser.objects.filter(cloud_id=cloud_id).values_list("pk").exists():
             raise no_such(EagleUser, "cloud_id", cloud_id)
@@ -93,13 +111,19 @@ class EventView(APIView):
             }
         )
 
-    def fetched(self, user: EagleUser, record_type: str) -> Response:
+    def fetched(self, request: Request, user: EagleUser, record_type: str) -> Response:
         if user.connection_type == ConnectionType.PUSH:
             raise Problem(
                 status.HTTP_409_CONFLICT,
                 f"{user.cloud_id} pushes its readings: there is nothing to fetch.",
                 "push_user",
             )
+        refusal = live_fetch_refusal(user, timezone.now())
+        if refusal:
+            raise Problem(status.HTTP_409_CONFLICT, refusal, "not_fetched")
+        throttle = LiveFetchThrottle()
+        if not throttle.allow_request(request, self):
+            self.throttled(request, throttle.wait())
         result = fetch_now(user, record_type)
         if isinstance(result, FetchFailure):
             raise Problem(

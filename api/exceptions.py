@@ -28,12 +28,10 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from api.authentication import SEED_PASSWORD_HINT
+
 M = TypeVar("M", bound=Model)
 PROBLEM_CONTENT_TYPE = "application/problem+json"
-SEED_PASSWORD_HINT = (
-    "The ?pw= query parameter is no longer accepted. Obtain a token with "
-    "POST /api/auth/token/ (username and password) and send it as 'Authorization: Token <token>'."
-)
 
 
 def problem_document(

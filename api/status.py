@@ -47,9 +47,13 @@ class FleetStatusSerializer(serializers.Serializer[Any]):
     users = UserCountsSerializer()
     readings_last_hour = serializers.IntegerField(help_text="Written by the poll ticks.")
     readings_expected_last_hour = serializers.IntegerField(
-        help_text="Polled users times the readings a meter publishes in an hour."
+        help_text="One reading per INGEST_METER_SECONDS of each active polled user, from when it "
+        "was added and polling began, outside its pauses (as coverage counts them)."
     )
-    ticks_last_hour = CountsField(help_text="expected, recorded, on_time, late, missing.")
+    ticks_last_hour = CountsField(
+        help_text="expected (slots over since the poller's first tick), recorded, on_time, late, "
+        "missing."
+    )
     open_incidents_by_class = CountsField()
     oldest_unshipped_hour = OldestUnshippedSerializer(allow_null=True)
 

@@ -11,7 +11,7 @@ from typing import Any
 from django.urls import URLPattern, path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from api import events, hour_files, incidents, push, readings, status
+from api import events, fleet_readings, hour_files, incidents, push, readings, root, status
 from api.auth import ObtainTokenView, RevokeAllTokensView, RevokeTokenView
 from api.exceptions import unknown_route
 from api.users import user_detail, user_list
@@ -48,13 +48,23 @@ def route(pattern: str, view: Callable[..., Any], name: str) -> list[URLPattern]
     return [path(pattern, view, name=name), path(other, view)]
 
 
+api_root = root.ApiRootView.as_view()
+
 urlpatterns = [
+    # `/api` without the slash is routed in rainlog/urls.py, outside this prefix.
+    path("", api_root, name="root"),
     *route("schema/", SpectacularAPIView.as_view(), "schema"),
     *route("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), "swagger"),
     *route("schema/redoc/", SpectacularRedocView.as_view(url_name="api:schema"), "redoc"),
     *route("auth/token/", ObtainTokenView.as_view(), "token"),
     *route("auth/logout/", RevokeTokenView.as_view(), "logout"),
     *route("auth/logout-all/", RevokeAllTokensView.as_view(), "logout-all"),
+    # The fleet's readings from the Parquet dataset (api/fleet_readings.py).
+    *route(
+        "fleet/readings/aggregate",
+        fleet_readings.FleetAggregateView.as_view(),
+        "fleet-readings-aggregate",
+    ),
     # A user's readings, aggregates and coverage (api/readings.py).
     *route(
         "users/<cloud_id:cloud_id>/readings", readings.UserReadingsView.as_view(), "user-readings"

@@ -31,6 +31,7 @@ from itertools import accumulate
 from typing import Any
 
 import msgspec
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -285,3 +286,33 @@ def hour_objects(
 def rows_in(body: bytes) -> int:
     """The number of rows a Parquet file's footer declares."""
     return int(pq.read_metadata(pa.BufferReader(body)).num_rows)
+
+
+def readings_table(records: Iterable[dict[str, Any]]) -> pa.Table:
+    """Records of any record types as one table in meter-time order: `record_type`, then the
+    dataset's columns with every registered record type's value columns (null where a record
+    has none), typed as in the dataset's files."""
+    columns = HourColumns()
+    columns.add_lines(b"".join(orjson.dumps(record) + b"\n" for record in records))
+    fields = [pa.field("record_type", pa.string()), *COMMON_COLUMNS]
+    for record_type in sorted(RECORD_TYPES):
+        known = {f.name for f in fields}
+        fields += [f for f in value_columns(record_type) if f.name not in known]
+    schema = pa.schema([*fields, *TAIL_COLUMNS])
+    tables = [
+        table.cast(arrow_schema(kind)).append_column(
+            "record_type", pa.array([kind] * table.num_rows, pa.string())
+        )
+        for kind, table in columns.tables()
+    ]
+    if not tables:
+        return schema.empty_table()
+    merged = pa.concat_tables(tables, promote_options="default")
+    arrays = [
+        merged.column(f.name).cast(f.type)
+        if f.name in merged.column_names
+        else pa.nulls(merged.num_rows, f.type)
+        for f in schema
+    ]
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    return table.sort_by([("meter_time", "ascending"), ("record_type", "ascending")])

@@ -72,6 +72,14 @@ def django_db_setup(django_db_setup, django_db_blocker):  # type: ignore[no-unty
                 cursor.execute(readings.CREATE_READINGS)
 
 
+@pytest.fixture(params=["s3", "local"])
+def any_archive(request: pytest.FixtureRequest) -> str:
+    """A test using it runs against moto's S3 server and against the local archive."""
+    if request.param == "s3":
+        request.getfixturevalue("s3_archive")
+    return str(request.param)
+
+
 @pytest.fixture(autouse=True)
 def fast_password_hasher(settings) -> None:  # type: ignore[no-untyped-def]
     """Operators' passwords hashed cheaply: PBKDF2's deliberate slowness costs ~0.3 s a hash."""

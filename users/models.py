@@ -2,6 +2,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -34,8 +35,8 @@ LOCAL_CONNECTION_TYPES = (ConnectionType.EAGLE200, ConnectionType.LEGACY)
 
 def _has_open_incident() -> Exists:
     # The ingestion app depends on this one, not the other way round: its Incident model is
-    # reached through the reverse relation, never imported.
-    incident_model = EagleUser._meta.get_field("incidents").related_model
+    # reached through the reverse relation, never imported (hence Any: no static type for it).
+    incident_model: Any = EagleUser._meta.get_field("incidents").related_model
     return Exists(incident_model.objects.open().filter(user=OuterRef("pk")))
 
 
@@ -147,6 +148,25 @@ class EagleUser(models.Model):
     def __str__(self) -> str:
         return self.cloud_id
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        suspended_since = getattr(self, "_stored_suspension", None)
+        super().save(*args, **kwargs)
+        if suspended_since is not None and self.is_active:
+            # Resumed: the suspension becomes a pause, a stretch of time with no readings expected.
+            Pause.objects.create(user=self, started_at=suspended_since, ended_at=timezone.now())
+        self._stored_suspension = self._suspension()
+
+    @classmethod
+    def from_db(cls, db: Any, field_names: Any, values: Any) -> "EagleUser":
+        user = super().from_db(db, field_names, values)
+        user._stored_suspension = user._suspension()
+        return user
+
+    def _suspension(self) -> datetime | None:
+        """When the current suspension began; None while active (or with those fields deferred)."""
+        loaded = self.__dict__
+        return None if loaded.get("is_active", True) else loaded.get("suspended_at")
+
     def clean(self) -> None:
         self.normalize_state()
         errors: dict[str, str] = {}
@@ -224,6 +244,27 @@ class EagleUser(models.Model):
     def ensure_fetch_state(self) -> models.Model:
         """The user's fetch metadata row (an ingestion FetchState), created if missing (every
         user has one). Reached through the reverse relation: this app does not import ingestion."""
-        state_model = self._meta.get_field("fetch_state").related_model
+        # Any: the model is looked up, not imported, so its manager is not known statically.
+        state_model: Any = self._meta.get_field("fetch_state").related_model
         state, _ = state_model.objects.get_or_create(user=self)
         return state
+
+
+class Pause(models.Model):
+    """A past suspension of a user: polling was stopped on purpose, so no readings were expected.
+
+    Written when a suspended user is resumed; the current suspension is the user's suspended_at.
+    """
+
+    user = models.ForeignKey(EagleUser, on_delete=models.CASCADE, related_name="pauses")
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["user", "started_at"]
+        indexes = [models.Index(fields=["ended_at"])]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.user} paused {self.started_at:%Y-%m-%d %H:%M} to {self.ended_at:%Y-%m-%d %H:%M}"
+        )

@@ -4,10 +4,8 @@ version; a crash at any step leaves a state the next export completes."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -18,59 +16,24 @@ import pytest
 import time_machine
 
 from ingestion import hourfiles, parquet, parquet_export
-from ingestion.archive import rotation, store
+from ingestion.archive import store
 from ingestion.models import (
     DatasetFile,
     DatasetFileState,
     DatasetHour,
     DatasetHourState,
-    FetchState,
     HourFile,
 )
+from tests.fleet_dataset import (
+    AFTER_CLOSE,
+    BOUNDARY,
+    archived_records,
+    poll_across_the_hour,
+    rotate_and_export,
+)
 from tests.hour_files import demand_readings, write
-from tests.polling import polling_run
-
-# Polling starts a minute before 10:00 and runs past it.
-BOUNDARY = datetime(2026, 9, 21, 10, tzinfo=UTC)
-POLL_START = BOUNDARY.timestamp() - 60
-AFTER_CLOSE = BOUNDARY + timedelta(hours=1, minutes=5)
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(params=["s3", "local"])
-def archive(request: pytest.FixtureRequest) -> str:
-    """Each test runs against moto's S3 server and against the local archive."""
-    if request.param == "s3":
-        request.getfixturevalue("s3_archive")
-    return str(request.param)
-
-
-def poll_across_the_hour(settings: Any, users: int = 4, ticks: int = 25) -> None:
-    settings.INGEST_EXTRA_POLL_SECONDS = 30
-    with polling_run(settings, users=users, start=POLL_START) as run:
-        FetchState.objects.update(extra_record_types=["summation", "price"])
-        run.restart()
-        for _ in range(ticks):
-            run.tick()
-
-
-def rotate_and_export(
-    moment: datetime, conflicts: int = 0, **options: Any
-) -> parquet_export.ExportReport:
-    with time_machine.travel(moment, tick=False):
-        assert rotation.rotate().conflicts == conflicts
-        return parquet_export.export(**options)
-
-
-def archived_records() -> Iterator[dict[str, Any]]:
-    """Every record of every verified hour file, read back from the archive."""
-    archive = store.open_archive()
-    for key, compressed in HourFile.objects.values_list("key", "compressed"):
-        with archive.open(key) as stream:
-            data = stream.read()
-        for line in (gzip.decompress(data) if compressed else data).splitlines():
-            yield orjson.loads(line)
 
 
 def dataset_rows() -> list[dict[str, Any]]:
@@ -122,7 +85,7 @@ def identity(record: dict[str, Any]) -> tuple[str, str, int]:
     return record["cloud_id"], record["record_type"], record["meter_timestamp"]
 
 
-def test_it_exports_every_polled_reading_once_with_equal_values(settings, archive) -> None:  # type: ignore[no-untyped-def]
+def test_it_exports_every_polled_reading_once_with_equal_values(settings, any_archive) -> None:  # type: ignore[no-untyped-def]
     poll_across_the_hour(settings)
     report = rotate_and_export(AFTER_CLOSE)
 
@@ -139,7 +102,7 @@ def test_it_exports_every_polled_reading_once_with_equal_values(settings, archiv
     ]
 
 
-def test_a_second_export_finds_nothing_to_do(settings, archive) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_export_finds_nothing_to_do(settings, any_archive) -> None:  # type: ignore[no-untyped-def]
     poll_across_the_hour(settings, users=2, ticks=15)
     rotate_and_export(AFTER_CLOSE)
     keys = set(DatasetFile.objects.values_list("key", "sha256"))
@@ -150,7 +113,9 @@ def test_a_second_export_finds_nothing_to_do(settings, archive) -> None:  # type
     assert set(DatasetFile.objects.values_list("key", "sha256")) == keys
 
 
-def test_files_are_sorted_by_household_then_time_under_hive_partitions(settings, archive) -> None:  # type: ignore[no-untyped-def]
+def test_files_are_sorted_by_household_then_time_under_hive_partitions(
+    settings, any_archive
+) -> None:  # type: ignore[no-untyped-def]
     poll_across_the_hour(settings, users=3, ticks=15)
     rotate_and_export(AFTER_CLOSE)
 
@@ -174,7 +139,7 @@ def test_files_are_sorted_by_household_then_time_under_hive_partitions(settings,
     ]
 
 
-def test_a_late_part_replaces_its_hour_with_a_new_complete_version(settings, archive) -> None:  # type: ignore[no-untyped-def]
+def test_a_late_part_replaces_its_hour_with_a_new_complete_version(settings, any_archive) -> None:  # type: ignore[no-untyped-def]
     hour = BOUNDARY
     write(demand_readings("00a1", hour, 20) + demand_readings("0b02", hour, 10))
     rotate_and_export(AFTER_CLOSE)
@@ -202,7 +167,7 @@ def test_a_late_part_replaces_its_hour_with_a_new_complete_version(settings, arc
     )
 
 
-def test_an_hour_waits_until_all_its_hour_files_are_verified(settings, archive) -> None:  # type: ignore[no-untyped-def]
+def test_an_hour_waits_until_all_its_hour_files_are_verified(settings, any_archive) -> None:  # type: ignore[no-untyped-def]
     write(demand_readings("00a1", BOUNDARY, 5) + demand_readings("0b02", BOUNDARY, 5))
     # Another object at one file's key: a conflict, which keeps that file out of the archive.
     archive_store = store.open_archive()
