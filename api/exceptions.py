@@ -175,7 +175,7 @@ def problem_response(
 
 
 @csrf_exempt
-def unknown_route(request: HttpRequest) -> JsonResponse:
+def unknown_route(request: HttpRequest, route: str) -> JsonResponse:
     return problem_response(
         request,
         status.HTTP_404_NOT_FOUND,

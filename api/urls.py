@@ -96,5 +96,5 @@ urlpatterns = [
     # The seed's routes; any cloud_id reaches the view, so that a malformed one is a 400.
     *route("users/", user_list, "users"),
     *route("users/<any_cloud_id:cloud_id>", user_detail, "user"),
-    re_path(r"^.*$", unknown_route, name="unknown"),
+    re_path(r"^(?P<route>.+)$", unknown_route, name="unknown"),
 ]

@@ -127,6 +127,7 @@ def test_every_get_answers_a_token_without_a_server_error_and_strangers_with_401
         assert response.status_code < 500, (url, response.status_code)
         if url.startswith(OWN_PATHS):
             assert response.status_code == 200, (url, response.status_code, response.content)
-        assert APIClient().get(url, query).status_code == 401, url
+        if {"tokenAuth": []} in operation.get("security", []):
+            assert APIClient().get(url, query).status_code == 401, url
         called.append(path)
     assert "/api/logfiles/{id}/download" in called and "/api/status/" in called
