@@ -310,6 +310,19 @@ def _cell(value: float | int | str | None) -> str:
     return value  # type: ignore[return-value]
 
 
+def _instant(text: str) -> str:
+    """An ISO 8601 time with an offset, in a form PostgreSQL reads; ValueError otherwise (one bad
+    time must not fail the COPY of a whole hour)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"received_at {text[:40]!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"received_at {text[:40]!r} has no UTC offset")
+    # The record format's own form (2026-03-08T10:00:05.120Z) goes as it is.
+    return text if text.endswith("Z") and text[10] == "T" and text[4] == "-" else moment.isoformat()
+
+
 def copy_row(record: Any, keep_raw: bool) -> str:
     """One decoded reading (`record_lines.RecordLine`) as a line of COPY text for the staging
     table; ValueError if it cannot be a row of the table."""
@@ -320,6 +333,7 @@ def copy_row(record: Any, keep_raw: bool) -> str:
         raise ValueError(f"meter_timestamp {record.meter_timestamp} is out of range")
     if not -MAX_INTEGER < version < MAX_INTEGER:
         raise ValueError(f"format_version {version} does not fit an integer column")
+    received_at = _instant(received_at)
     # Valid JSON (msgspec checked it) holds no raw control character.
     raw = bytes(record.raw).decode() if keep_raw else NULL
     values = [NULL] * len(VALUE_FIELDS)
@@ -478,7 +492,8 @@ def load_hour(hour: datetime, now: datetime | None = None) -> ReadingsLoad | Non
             # Empty already after a commit; not so when the load runs inside a caller's transaction.
             cursor.execute(f"TRUNCATE {STAGING}")
             stream = CopyStream(_chunks(rows, conversion, keep_raw))
-            cursor.cursor.copy_expert(_COPY, stream, size=COPY_READ_BYTES)
+            with connection.wrap_database_errors:  # psycopg2's errors as Django's
+                cursor.cursor.copy_expert(_COPY, stream, size=COPY_READ_BYTES)
             start_ts = int(hour.timestamp())
             cursor.execute(_MOVE, [start_ts, start_ts + 3600])
             load.rows_inserted = cursor.rowcount
