@@ -21,6 +21,9 @@ TEST_ENVIRONMENT = {
     "ALLOWED_HOSTS": "testserver,localhost,127.0.0.1",
     "SECURE_SSL_REDIRECT": "0",
     "Q_SYNC": "1",
+    # The EAGLE simulator and test gateways listen on loopback; DEBUG is off in tests.
+    "GATEWAY_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+    "PLAYGROUND_ENABLED": "1",
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",

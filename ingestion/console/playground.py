@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import orjson
 from django import forms
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from ingestion.eagle.decoders import decode_payload
@@ -97,6 +99,11 @@ class PayloadForm(forms.Form):
 
 @login_required
 def playground(request: HttpRequest) -> HttpResponse:
+    # A development tool: staff only, and in production only where PLAYGROUND_ENABLED says so.
+    if not settings.PLAYGROUND_ENABLED:
+        raise Http404("The playground is off (PLAYGROUND_ENABLED).")
+    if not request.user.is_staff:
+        raise PermissionDenied("The playground is for staff operators.")
     result = None
     if request.method == "POST":
         form = PayloadForm(request.POST)
