@@ -53,6 +53,7 @@ from ingestion.eagle.decoders import (
     judge,
 )
 from ingestion.eagle.record_types import (
+    DEMAND,
     DecodeError,
     PreviousReading,
     get_record_type,
@@ -429,7 +430,7 @@ def _last_logged(cloud_id: str, record_types: Iterable[str]) -> dict[str, Previo
 
 def last_logged_timestamp(state: FetchState, record_type: str) -> float | None:
     """Meter time of the last reading of this type logged for the user (unix seconds)."""
-    if record_type == "demand":
+    if record_type == DEMAND:
         return state.last_timestamp
     return state.extra_timestamps.get(record_type)
 
@@ -466,26 +467,22 @@ def _unlogged(
 def _logged_keys(cloud_id: str, hour: datetime) -> set[tuple[str, int]]:
     """(record type, meter timestamp) of every reading in the hour's local files (all parts)."""
     keys: set[tuple[str, int]] = set()
-    part = 0
-    while True:
-        path = hourfiles.local_path(cloud_id, hour, part)
+    for path in hourfiles.part_chain(cloud_id, hour):
         if path.exists():
             keys.update(
                 (record.get("record_type"), record.get("meter_timestamp"))
                 for record in iter_records(path)
             )
-        elif not hourfiles.sealed_marker(path).exists():
-            return keys
-        part += 1
+    return keys
 
 
 def _outcome(
     state: FetchState, written: list[Reading], result: PushIngest, received_at: datetime
 ) -> FetchOutcome:
-    demand = [r.meter_timestamp for r in written if r.record_type == "demand"]
+    demand = [r.meter_timestamp for r in written if r.record_type == DEMAND]
     extra: dict[str, int] = {}
     for reading in written:
-        if reading.record_type != "demand":
+        if reading.record_type != DEMAND:
             previous = (
                 extra.get(reading.record_type)
                 or state.extra_timestamps.get(reading.record_type)

@@ -36,8 +36,8 @@ LOCAL_CONNECTION_TYPES = (ConnectionType.EAGLE200, ConnectionType.LEGACY)
 
 def _has_open_incident() -> Exists:
     # The ingestion app depends on this one, not the other way round: its Incident model is
-    # reached through the reverse relation, never imported.
-    incident_model = EagleUser._meta.get_field("incidents").related_model
+    # reached through the reverse relation, never imported (hence Any: no static type for it).
+    incident_model: Any = EagleUser._meta.get_field("incidents").related_model
     return Exists(incident_model.objects.open().filter(user=OuterRef("pk")))
 
 
@@ -251,7 +251,8 @@ class EagleUser(models.Model):
     def ensure_fetch_state(self) -> models.Model:
         """The user's fetch metadata row (an ingestion FetchState), created if missing (every
         user has one). Reached through the reverse relation: this app does not import ingestion."""
-        state_model = self._meta.get_field("fetch_state").related_model
+        # Any: the model is looked up, not imported, so its manager is not known statically.
+        state_model: Any = self._meta.get_field("fetch_state").related_model
         state, _ = state_model.objects.get_or_create(user=self)
         return state
 

@@ -29,7 +29,7 @@ from django.conf import settings
 from yarl import URL
 
 from ingestion.eagle.decoders import decode_reply, device_list_meter, failure, judge
-from ingestion.eagle.record_types import PreviousReading, RecordType, get_record_type
+from ingestion.eagle.record_types import DEMAND, PreviousReading, RecordType, get_record_type
 from ingestion.records import FailureClass, FetchFailure, Reading, Source
 from ingestion.redaction import redact
 from users.gateway_addresses import address_refusal
@@ -182,7 +182,7 @@ class EagleClient:
     async def fetch(
         self,
         target: GatewayTarget,
-        record_type: str = "demand",
+        record_type: str = DEMAND,
         previous_timestamp: int | None = None,
     ) -> Reading | FetchFailure:
         """One reading of `record_type` from the target's gateway, or why there is none.
@@ -410,7 +410,7 @@ def run_sync(awaitable: Awaitable[T]) -> T:
         return pool.submit(asyncio.run, main()).result()
 
 
-def fetch_now(user: EagleUser, record_type: str = "demand") -> Reading | FetchFailure:
+def fetch_now(user: EagleUser, record_type: str = DEMAND) -> Reading | FetchFailure:
     """One reading from the user's gateway now (for commands, admin actions and the API)."""
     target = GatewayTarget.for_user(user)
 

@@ -41,7 +41,6 @@ import gc
 import hashlib
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -61,13 +60,12 @@ from django_q.tasks import async_task
 
 from ingestion import hourfiles
 from ingestion.eagle.client import EagleClient, GatewayTarget
-from ingestion.eagle.record_types import RECORD_TYPES
+from ingestion.eagle.record_types import DEMAND, RECORD_TYPES
 from ingestion.hourfiles import HourFileWriter, read_tail_records
 from ingestion.models import (
     FetchOutcome,
     FetchState,
     HourFile,
-    HourFileState,
     Incident,
     IncidentSighting,
     PollLease,
@@ -96,7 +94,6 @@ from users.models import EagleUser
 
 logger = logging.getLogger(__name__)
 
-DEMAND = "demand"
 # During a tick, the readings fetched so far are written at least this often.
 WRITE_EVERY_SECONDS = 1.0
 # Readings kept per user while they cannot be written (disk full): ten minutes of demand.
@@ -157,18 +154,14 @@ def newest_logged(
     for hour, directory in reversed(hourfiles.hour_dirs(root)):
         if earliest is not None and hour < earliest:
             break
-        for entry in os.scandir(directory):
-            try:
-                cloud_id, _, _ = hourfiles.parse_file_name(entry.name)
-            except ValueError:
+        for found in hourfiles.files_in(hour, directory):
+            if found.cloud_id not in since:
                 continue
-            if cloud_id not in since or entry.name.endswith(".gz"):
-                continue
-            first_hour = since[cloud_id]
+            first_hour = since[found.cloud_id]
             if first_hour is not None and hour < first_hour:
                 continue
-            for record in read_tail_records(entry.path):
-                key = (cloud_id, str(record.get("record_type")))
+            for record in read_tail_records(found.path):
+                key = (found.cloud_id, str(record.get("record_type")))
                 _keep_newest(newest, key, record.get("meter_timestamp"))
     return newest
 
@@ -928,7 +921,6 @@ class Poller:
 
     def _register(self, written: Iterable[Any], batch: _TickBatch) -> None:
         """Manifest rows (state open) for files this process has not registered yet."""
-        compressed = settings.ARCHIVE_COMPRESS == "gzip"
         for item in written:
             key = (item.cloud_id, item.hour, item.part)
             if key in self._registered:
@@ -936,16 +928,13 @@ class Poller:
             self._registered.add(key)
             slot = self._by_cloud_id.get(item.cloud_id)
             batch.new_files.append(
-                HourFile(
-                    cloud_id=item.cloud_id,
-                    user_id=slot.user_id if slot else None,
-                    hour=item.hour,
-                    part=item.part,
-                    local_path=str(item.path),
-                    key=hourfiles.archive_key(item.cloud_id, item.hour, item.part, compressed),
-                    compressed=compressed,
-                    state=HourFileState.OPEN,
-                    created_at=batch.now,
+                HourFile.new_row(
+                    item.cloud_id,
+                    item.hour,
+                    item.part,
+                    item.path,
+                    slot.user_id if slot else None,
+                    batch.now,
                 )
             )
         if batch.new_files:

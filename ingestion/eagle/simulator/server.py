@@ -45,6 +45,7 @@ import orjson
 from aiohttp import web
 
 from ingestion.eagle.client import SIMULATOR_HEADER, basic_authorization
+from ingestion.eagle.record_types import DEMAND
 from ingestion.eagle.simulator.faults import Fault, FaultKind, FaultPlan
 from ingestion.eagle.simulator.meters import (
     COMMANDS,
@@ -529,7 +530,7 @@ class Simulator:
             if kind is FaultKind.ERROR_REPLY:
                 return _reply(error_reply(TEXT_UNREACHABLE))
             meter = gateway.meter
-            demand = meter.schedules["demand"]
+            demand = meter.schedules[DEMAND]
             last_contact = demand.timestamp(demand.index_at(stall.starts_at if stall else now))
             status = "Not joined" if not_joined else "Connected"
             return _reply(_distort(device_list(meter, last_contact, status), kind, meter))
