@@ -32,6 +32,7 @@ from ingestion.eagle.decoders import decode_reply, device_list_meter, failure, j
 from ingestion.eagle.record_types import DEMAND, PreviousReading, RecordType, get_record_type
 from ingestion.records import FailureClass, FetchFailure, Reading, Source
 from ingestion.redaction import redact
+from users.gateway_addresses import address_refusal
 
 if TYPE_CHECKING:
     from users.models import EagleUser
@@ -119,6 +120,21 @@ def local_url(address: str) -> URL:
     return url.with_path(path).with_query(None).with_fragment(None)
 
 
+class GuardedResolver(aiohttp.ThreadedResolver):
+    """Name resolution that refuses addresses a gateway may not have (users.gateway_addresses):
+    a host name pointing into a private network, whenever it is resolved."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: int = 0
+    ) -> list[aiohttp.abc.ResolveResult]:
+        results = await super().resolve(host, port, family)
+        for result in results:
+            refusal = address_refusal(result["host"])
+            if refusal:
+                raise OSError(f"{host} resolves to {refusal}")
+        return results
+
+
 class EagleClient:
     """Fetches readings from many gateways over one pooled aiohttp session.
 
@@ -144,7 +160,11 @@ class EagleClient:
 
     async def __aenter__(self) -> EagleClient:
         connector = aiohttp.TCPConnector(
-            limit=self.limit, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
+            limit=self.limit,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            keepalive_timeout=30,
+            resolver=GuardedResolver(),
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -303,7 +323,11 @@ class EagleClient:
         url = self._local_urls.get(target.address)
         if url is None:
             try:
-                url = self._local_urls[target.address] = local_url(target.address)
+                url = local_url(target.address)
+                refusal = address_refusal(url.host or "")
+                if refusal:
+                    raise ValueError(refusal)
+                self._local_urls[target.address] = url
             except ValueError as exc:
                 return failure(FailureClass.GATEWAY_UNREACHABLE, f"{target.cloud_id}: {exc}")
         return url
