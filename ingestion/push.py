@@ -60,6 +60,7 @@ from ingestion.eagle.record_types import (
 )
 from ingestion.hourfiles import HourFileWriter, iter_records
 from ingestion.models import OUTCOME_FIELDS, FetchOutcome, FetchState, Incident, IncidentSighting
+from ingestion.polling.failures import PUSH_FAILURE_CLASSES, PUSH_RESOLUTION
 from ingestion.polling.latest import latest_record
 from ingestion.records import FailureClass, FetchFailure, Reading, Source, iso_utc
 from users.models import ConnectionType, EagleUser
@@ -70,9 +71,6 @@ logger = logging.getLogger(__name__)
 # an hour file far from every other.
 MAX_CLOCK_AHEAD = timedelta(days=1)
 MAX_AGE = timedelta(days=7)
-# Incidents a push can open, and which an accepted push therefore resolves.
-PUSH_FAILURE_CLASSES = (FailureClass.MALFORMED_REPLY, FailureClass.SUSPICIOUS_READING)
-PUSH_RESOLUTION = "Pushes are accepted again."
 INGEST_TASK = "ingestion.push.ingest_upload"
 
 
