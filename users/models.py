@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from users.cloud_ids import CloudIdField, cloud_id_validator
 from users.crypto import EncryptedTextField
+from users.gateway_addresses import validate_gateway_address, validate_meter_mac
 
 EAGLE_PASSWORD_MAX_LENGTH = 1024
 DEFAULT_SUSPENDED_REASON = "Suspended by an operator."
@@ -114,10 +115,16 @@ class EagleUser(models.Model):
         max_length=16, choices=ConnectionType.choices, default=ConnectionType.CLOUD
     )
     gateway_address = models.CharField(
-        max_length=255, blank=True, help_text="host[:port] or URL of a local gateway"
+        max_length=255,
+        blank=True,
+        validators=[validate_gateway_address],
+        help_text="host[:port] or http(s) URL of a local gateway",
     )
     meter_mac = models.CharField(
-        max_length=32, blank=True, help_text="MacId of the meter, if known"
+        max_length=32,
+        blank=True,
+        validators=[validate_meter_mac],
+        help_text="MacId of the meter, if known (0x and up to 16 hexadecimal digits)",
     )
     is_active = models.BooleanField(default=True)
     suspended_reason = models.TextField(blank=True)
