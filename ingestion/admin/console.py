@@ -20,6 +20,7 @@ from django.http import (
     JsonResponse,
     StreamingHttpResponse,
 )
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -135,7 +136,7 @@ def user_demand(request: HttpRequest, pk: int) -> JsonResponse:
 
 
 @require_GET
-def user_export(request: HttpRequest, pk: int) -> HttpResponse:
+def user_export(request: HttpRequest, pk: int) -> HttpResponseBase:
     """The user's readings of whole UTC days `?start=` to `?end=` (inclusive) as a CSV download."""
     _require(request, "users.view_eagleuser")
     user = get_object_or_404(EagleUser, pk=pk)
