@@ -1081,7 +1081,7 @@ def window_wait_seconds() -> float:
 def window_max_seconds() -> float:
     """How long a window task polls when no successor comes (the scheduler is late or down):
     long enough to bridge a missed minute, short enough to end well within the task timeout."""
-    timeout = task_timeout()
+    timeout = task_timeout() or 300
     budget = timeout - window_wait_seconds() - 2 * settings.INGEST_POLL_SECONDS
     return max(settings.INGEST_POLL_SECONDS, min(budget, 2 * settings.INGEST_WINDOW_SECONDS))
 

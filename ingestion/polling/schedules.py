@@ -42,7 +42,7 @@ PARQUET_AFTER_ROTATION = timedelta(minutes=10)
 def task_timeout() -> int:
     """Seconds a django-q2 task may run before the cluster kills it (Q_CLUSTER["timeout"])."""
     # cast: the settings dict mixes value types, so its values are typed object.
-    return cast(int, settings.Q_CLUSTER.get("timeout") or 300)
+    return cast(int, settings.Q_CLUSTER["timeout"])
 
 
 @dataclass(frozen=True, slots=True)
