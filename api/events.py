@@ -29,7 +29,7 @@ from rest_framework.views import APIView
 
 from api.schema import FIELD_ERRORS, READ_ERRORS, error
 from ingestion.eagle.client import fetch_now
-from ingestion.eagle.record_types import RECORD_TYPES
+from ingestion.eagle.record_types import DEMAND, RECORD_TYPES
 from ingestion.polling.failures import live_fetch_refusal
 from ingestion.polling.latest import latest_record
 from ingestion.records import FetchFailure, iso_utc
@@ -89,7 +89,7 @@ class EventView(APIView):
         },
     )
     def get(self, request: Request, cloud_id: str) -> Response:
-        record_type = request.query_params.get("type", "demand")
+        record_type = request.query_params.get("type", DEMAND)
         if record_type not in RECORD_TYPES:
             raise ValidationError({"type": [f"Choose one of: {', '.join(sorted(RECORD_TYPES))}."]})
         fresh = request.query_params.get("fresh", "").strip().lower()

@@ -53,12 +53,14 @@ from ingestion.eagle.decoders import (
     judge,
 )
 from ingestion.eagle.record_types import (
+    DEMAND,
     DecodeError,
     PreviousReading,
     get_record_type,
 )
 from ingestion.hourfiles import HourFileWriter, iter_records
 from ingestion.models import OUTCOME_FIELDS, FetchOutcome, FetchState, Incident, IncidentSighting
+from ingestion.polling.failures import PUSH_FAILURE_CLASSES, PUSH_RESOLUTION
 from ingestion.polling.latest import latest_record
 from ingestion.records import FailureClass, FetchFailure, Reading, Source, iso_utc
 from users.models import ConnectionType, EagleUser
@@ -69,9 +71,6 @@ logger = logging.getLogger(__name__)
 # an hour file far from every other.
 MAX_CLOCK_AHEAD = timedelta(days=1)
 MAX_AGE = timedelta(days=7)
-# Incidents a push can open, and which an accepted push therefore resolves.
-PUSH_FAILURE_CLASSES = (FailureClass.MALFORMED_REPLY, FailureClass.SUSPICIOUS_READING)
-PUSH_RESOLUTION = "Pushes are accepted again."
 INGEST_TASK = "ingestion.push.ingest_upload"
 
 
@@ -288,6 +287,8 @@ def accept_push(
 ) -> AcceptedPush:
     """Check and decode one push, and queue it for ingestion; PushRejectedError says why not."""
     user = authenticate(cloud_id, token)
+    # The user's own id, in lower case, names its readings and files whatever case was sent.
+    cloud_id = user.cloud_id
     try:
         text = body_text(body, content_encoding)
         parsed = parse_push(text, cloud_id, received_at, user.meter_mac)
@@ -361,7 +362,7 @@ def ingest_upload(cloud_id: str, text: str, received_at_iso: str) -> dict[str, A
     user = EagleUser.objects.filter(cloud_id=cloud_id).first()
     if user is None:
         return PushIngest(cloud_id, refused=["the user was deleted meanwhile"]).as_dict()
-    parsed = parse_push(text, cloud_id, received_at, user.meter_mac)
+    parsed = parse_push(text, user.cloud_id, received_at, user.meter_mac)
     return ingest_readings(user, parsed.readings, received_at).as_dict()
 
 
@@ -429,7 +430,7 @@ def _last_logged(cloud_id: str, record_types: Iterable[str]) -> dict[str, Previo
 
 def last_logged_timestamp(state: FetchState, record_type: str) -> float | None:
     """Meter time of the last reading of this type logged for the user (unix seconds)."""
-    if record_type == "demand":
+    if record_type == DEMAND:
         return state.last_timestamp
     return state.extra_timestamps.get(record_type)
 
@@ -466,26 +467,22 @@ def _unlogged(
 def _logged_keys(cloud_id: str, hour: datetime) -> set[tuple[str, int]]:
     """(record type, meter timestamp) of every reading in the hour's local files (all parts)."""
     keys: set[tuple[str, int]] = set()
-    part = 0
-    while True:
-        path = hourfiles.local_path(cloud_id, hour, part)
+    for path in hourfiles.part_chain(cloud_id, hour):
         if path.exists():
             keys.update(
                 (record.get("record_type"), record.get("meter_timestamp"))
                 for record in iter_records(path)
             )
-        elif not hourfiles.sealed_marker(path).exists():
-            return keys
-        part += 1
+    return keys
 
 
 def _outcome(
     state: FetchState, written: list[Reading], result: PushIngest, received_at: datetime
 ) -> FetchOutcome:
-    demand = [r.meter_timestamp for r in written if r.record_type == "demand"]
+    demand = [r.meter_timestamp for r in written if r.record_type == DEMAND]
     extra: dict[str, int] = {}
     for reading in written:
-        if reading.record_type != "demand":
+        if reading.record_type != DEMAND:
             previous = (
                 extra.get(reading.record_type)
                 or state.extra_timestamps.get(reading.record_type)

@@ -35,6 +35,7 @@ import orjson
 
 from ingestion.eagle.record_types import (
     CURRENCIES,
+    DEMAND,
     RECORD_TYPES,
     RECORD_TYPES_BY_ELEMENT,
     DecodeError,
@@ -545,7 +546,7 @@ class JsonDataType:
 
 JSON_DATA_TYPES: dict[str, JsonDataType] = {
     "InstantaneousDemand": JsonDataType(
-        "demand", {"demand": "zigbee:InstantaneousDemand"}, {"kW": 1, "W": 1000}
+        DEMAND, {"demand": "zigbee:InstantaneousDemand"}, {"kW": 1, "W": 1000}
     ),
     "CurrentSummation": JsonDataType(
         "summation",
