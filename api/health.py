@@ -10,7 +10,6 @@ A check raises to report an error, and may return details to show beside its sta
 import logging
 from collections.abc import Callable
 
-from django.core.files.storage import storages
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
@@ -19,7 +18,7 @@ from django.views.decorators.http import require_GET
 from django_q.brokers import get_broker
 
 from api.permissions import is_operator
-from ingestion.archive import audit
+from ingestion.archive import audit, store
 from ingestion.records import iso_utc
 
 logger = logging.getLogger(__name__)
@@ -36,8 +35,8 @@ def check_broker() -> None:
 
 
 def check_storage() -> None:
-    # exists() on a key that is never written: a HEAD on S3, a stat on the local file system.
-    storages["archive"].exists("healthz-probe")
+    # A key that is never written: a HEAD on S3, a stat on the local file system.
+    store.open_archive().stat("healthz-probe")
 
 
 # The most overdue users listed under archive_freshness; /metrics has them all.

@@ -31,6 +31,7 @@ from api.params import UTCIsoDateTimeFilter, parse_flag
 from api.readings import JSONErrorsMixin, ServiceUnavailable
 from api.schema import FIELD_ERRORS, READ_ERRORS, UNAUTHENTICATED, error
 from ingestion import retrieval
+from ingestion.archive.store import CONTENT_TYPE_GZIP, CONTENT_TYPE_JSONL
 from ingestion.models import (
     HourFile,
     HourFileState,
@@ -143,10 +144,10 @@ class HourFileDownloadView(JSONErrorsMixin, APIView):
             )
         ],
         responses={
-            (200, "application/x-ndjson"): OpenApiResponse(
+            (200, CONTENT_TYPE_JSONL): OpenApiResponse(
                 OpenApiTypes.BINARY, description="The hour file, JSON lines."
             ),
-            (200, "application/gzip"): OpenApiResponse(
+            (200, CONTENT_TYPE_GZIP): OpenApiResponse(
                 OpenApiTypes.BINARY, description="An archived gzip object, as stored."
             ),
             (200, "application/json"): PresignedURLSerializer,

@@ -35,6 +35,7 @@ from rest_framework.views import APIView
 
 from api.schema import READ_ERRORS, error
 from ingestion import parquet, readings_csv, retrieval
+from ingestion.archive.store import CONTENT_TYPE_JSONL
 from ingestion.records import iso_local, iso_utc
 from ingestion.retrieval import EARLIEST, LATEST
 
@@ -54,7 +55,7 @@ class ServiceUnavailable(APIException):
 
 
 class JSONLinesRenderer(BaseRenderer):
-    media_type = "application/x-ndjson"
+    media_type = CONTENT_TYPE_JSONL
     format = "jsonl"
     charset = None
 
@@ -328,7 +329,7 @@ class UserReadingsView(JSONErrorsMixin, APIView):
         ),
         parameters=[ReadingsQuerySerializer],
         responses={
-            (200, "application/x-ndjson"): OpenApiResponse(
+            (200, CONTENT_TYPE_JSONL): OpenApiResponse(
                 OpenApiTypes.STR,
                 description="One Reading object per line.",
                 examples=[OpenApiExample("demand", value=READING_EXAMPLE)],

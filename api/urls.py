@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponseBase
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from api import events, fleet_readings, hour_files, incidents, push, readings, status
+from api import events, fleet_readings, hour_files, incidents, push, readings, root, status
 from api.auth import ObtainTokenView, RevokeAllTokensView, RevokeTokenView
 from api.users import user_detail, user_list
 from users.cloud_ids import CLOUD_ID_CHARACTERS, lower_if_text
@@ -29,6 +29,7 @@ def cloud_id_lowered(view: View) -> View:
 
 
 urlpatterns = [
+    path("", root.ApiRootView.as_view(), name="root"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
     path("schema/redoc/", SpectacularRedocView.as_view(url_name="api:schema"), name="redoc"),

@@ -1,6 +1,7 @@
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -10,6 +11,7 @@ from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from ingestion import hourfiles
 from ingestion.records import FailureClass
 from users.cloud_ids import CloudIdField
 
@@ -160,15 +162,15 @@ class FetchState(models.Model):
     objects = FetchStateQuerySet.as_manager()
 
     def __str__(self) -> str:
-        return f"fetch state of {self.user_id}"
+        return f"fetch state of {self.user.cloud_id}"
 
     def clean(self) -> None:
-        from ingestion.eagle.record_types import RECORD_TYPES
+        from ingestion.eagle.record_types import DEMAND, RECORD_TYPES
 
         types = self.extra_record_types
         if not isinstance(types, list) or not all(isinstance(name, str) for name in types):
             raise ValidationError({"extra_record_types": "A list of record type names."})
-        extras = sorted(set(RECORD_TYPES) - {"demand"})
+        extras = sorted(set(RECORD_TYPES) - {DEMAND})
         unknown = [name for name in types if name not in extras]
         if unknown:
             message = f"Unknown: {', '.join(unknown)}. Choose from: {', '.join(extras)}."
@@ -342,7 +344,7 @@ class Incident(models.Model):
         indexes = [models.Index(fields=["state", "failure_class"])]
 
     def __str__(self) -> str:
-        return f"{self.get_failure_class_display()} for {self.user_id}"
+        return f"{self.get_failure_class_display()} for {self.user.cloud_id}"
 
 
 class HourFileState(models.TextChoices):
@@ -486,8 +488,9 @@ class HourFileQuerySet(models.QuerySet["HourFile"]):
         group: list[tuple[int, datetime, dict[str, object]]],
         now: datetime,
     ) -> list[int]:
-        columns = [HourFile._meta.get_field(name).column for name in names]
-        types = [HourFile._meta.get_field(name).db_type(connection) for name in names]
+        concrete = [HourFile._meta.get_field(name) for name in names]
+        columns = [f.column for f in concrete if isinstance(f, models.Field)]
+        types = [f.db_type(connection) for f in concrete if isinstance(f, models.Field)]
         sql = _SETTLE_SQL.format(
             table=HourFile._meta.db_table,
             assignments=", ".join(f"{column} = v.{column}" for column in columns),
@@ -652,6 +655,33 @@ class HourFile(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+    @classmethod
+    def new_row(
+        cls,
+        cloud_id: str,
+        hour: datetime,
+        part: int,
+        local_path: Path,
+        user_id: int | None,
+        now: datetime,
+    ) -> "HourFile":
+        """The manifest row of an hour file seen for the first time (unsaved). Its archive key
+        and whether it is stored compressed are fixed here, before any upload, so every retry
+        ships to the same key; this is the one place that reads ARCHIVE_COMPRESS, and changing
+        it never changes the key of a file already registered."""
+        compressed = settings.ARCHIVE_COMPRESS == "gzip"
+        return cls(
+            cloud_id=cloud_id,
+            user_id=user_id,
+            hour=hour,
+            part=part,
+            local_path=str(local_path),
+            key=hourfiles.archive_key(cloud_id, hour, part, compressed),
+            compressed=compressed,
+            state=HourFileState.OPEN,
+            created_at=now,
+        )
 
     @staticmethod
     def retry_delay(attempts: int) -> timedelta:

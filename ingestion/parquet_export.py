@@ -47,7 +47,13 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from ingestion import hourfiles, parquet, retrieval
-from ingestion.archive.store import Archive, ArchiveError, open_archive, stored_sha256
+from ingestion.archive.store import (
+    Archive,
+    ArchiveError,
+    open_archive,
+    read_hour_file,
+    stored_sha256,
+)
 from ingestion.models import (
     DatasetFile,
     DatasetFileState,
@@ -242,12 +248,12 @@ class _Attempt:
             .order_by("cloud_id", "part")
             .values_list("key", "compressed", "line_count", "malformed_lines", "verified_at")
         )
-        reader = retrieval.ArchiveReader()
+        archive = open_archive()
         columns = parquet.HourColumns()
         with ThreadPoolExecutor(settings.ROTATE_CONCURRENCY, thread_name_prefix="export") as pool:
             for start in range(0, len(files), READ_AHEAD):
                 batch = files[start : start + READ_AHEAD]
-                for data in pool.map(lambda f: reader.read(f[0], f[1]), batch):
+                for data in pool.map(lambda f: read_hour_file(archive, f[0], f[1]), batch):
                     columns.add_lines(data)
         expected = sum((lines or 0) + malformed for _, _, lines, malformed, _ in files)
         if columns.lines != expected:

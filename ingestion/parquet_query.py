@@ -30,7 +30,6 @@ from ingestion.eagle.record_types import RECORD_TYPES
 from ingestion.models import DatasetFile, DatasetFileState
 from ingestion.parquet import arrow_schema
 
-DEMAND = "demand"
 # DuckDB may use every core, and no more memory than this, whatever the query.
 MEMORY_LIMIT = "2GB"
 

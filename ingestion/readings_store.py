@@ -49,15 +49,17 @@ from datetime import UTC, date, datetime, timedelta
 from queue import Empty, SimpleQueue
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import DatabaseError, connection, connections, transaction
-from django.db.models import Count, Min, QuerySet
+from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
 from ingestion import hourfiles
 from ingestion.archive.store import Archive, ArchiveError, open_archive
 from ingestion.models import HourFile, HourFileState, LoadedHourFile, ReadingsLoad
-from ingestion.record_lines import VALUE_FIELDS, decode_lines
+from ingestion.record_lines import VALUE_FIELDS, VALUES, decode_lines
+from ingestion.records import iso_utc
 
 logger = logging.getLogger(__name__)
 
@@ -589,3 +591,171 @@ def run_pass(
     report.partitions_made, report.partitions_dropped = keep_partitions(now)
     report.loads = load_pending(pending_hours(now, since, until), now=now, should_stop=should_stop)
     return report
+
+
+# --- Reading the table (the API's readings, aggregates and coverage) ---------------------------
+
+
+def table_hours(
+    cloud_id: str, start: datetime, end: datetime, need_raw: bool = False
+) -> set[datetime]:
+    """The UTC hours of [start, end) whose readings of `cloud_id` are all in the table: every hour
+    file of the hour is loaded (with its raw objects, if `need_raw`), no part is on disk that the
+    manifest does not know yet, and the hour is within the retention. An hour without any file
+    counts as served: the table holds nothing for it either. Empty when the store is off."""
+    if not enabled():
+        return set()
+    first = hourfiles.hour_floor(start)
+    rows = (
+        HourFile.objects.filter(cloud_id=cloud_id, hour__gte=first, hour__lt=end)
+        .order_by()
+        .values("hour")
+        .annotate(
+            parts=Count("pk"),
+            loaded=Count("store_load"),
+            with_raw=Count("store_load", filter=Q(store_load__load__raw_kept=True)),
+        )
+        .values_list("hour", "parts", "loaded", "with_raw")
+    )
+    files = {hour: (parts, loaded, with_raw) for hour, parts, loaded, with_raw in rows}
+    kept_from = retention_start(timezone.now())
+    served = set()
+    hour = first
+    while hour < end:
+        parts, loaded, with_raw = files.get(hour, (0, 0, 0))
+        complete = loaded == parts and (with_raw == parts or not need_raw)
+        if (
+            complete
+            and (kept_from is None or hour >= kept_from)
+            # The next part would be a file the rotation has not registered yet (being written).
+            and not hourfiles.local_path(cloud_id, hour, parts).exists()
+        ):
+            served.add(hour)
+        hour += hourfiles.HOUR
+    return served
+
+
+_RECORDS = f"""
+SELECT record_type, extract(epoch FROM meter_time)::bigint, received_at, source,
+    {", ".join(VALUE_FIELDS)}, format_version, raw::text
+FROM {TABLE}
+WHERE cloud_id = %s AND meter_time >= %s AND meter_time < %s {{type_filter}}
+ORDER BY meter_time, record_type
+"""
+
+
+def records(
+    cloud_id: str, start: datetime, end: datetime, record_type: str | None = None
+) -> list[dict[str, Any]]:
+    """`cloud_id`'s readings in [start, end) from the table, as records of the record format
+    (docs/record-format.md), in the order and form the hour files give them."""
+    sql = _RECORDS.format(type_filter="AND record_type = %s" if record_type else "")
+    params: list[Any] = [cloud_id, start, end] + ([record_type] if record_type else [])
+    result = []
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for row in cursor.fetchall():
+            kind, timestamp, received_at, source = row[:4]
+            by_name = dict(zip(VALUE_FIELDS, row[4:-2], strict=True))
+            record = {
+                "format_version": row[-2],
+                "record_type": kind,
+                "cloud_id": cloud_id,
+                "meter_timestamp": timestamp,
+                "meter_time": iso_utc(datetime.fromtimestamp(timestamp, UTC)),
+                "received_at": iso_utc(received_at),
+                "source": source,
+            }
+            for name in VALUES.get(kind, ((), ()))[0]:
+                record[name] = by_name[name]
+            record["raw"] = orjson.loads(row[-1]) if row[-1] is not None else {}
+            result.append(record)
+    return result
+
+
+# Demand statistics and trapezoid energy per interval, over the readings of [a, b): the same
+# arithmetic, in the same order, as retrieval.aggregate_demand's, so both give the same figures.
+# %(edges)s are the interval boundaries (Unix seconds); width_bucket() is Python's bisect_right.
+_DEMAND = f"""
+WITH edges AS (SELECT %(edges)s::float8[] AS e),
+p AS (
+    SELECT extract(epoch FROM meter_time)::float8 AS t, demand_kw AS d
+    FROM {TABLE}
+    WHERE cloud_id = %(cloud_id)s AND record_type = 'demand' AND demand_kw IS NOT NULL
+      AND meter_time >= %(a)s AND meter_time < %(b)s
+),
+seg AS (
+    SELECT t0, d0, (d1 - d0) / (t1 - t0) AS slope, greatest(t0, %(low)s) AS lo,
+        least(t1, %(high)s) AS hi
+    FROM (SELECT lag(t) OVER w AS t0, lag(d) OVER w AS d0, t AS t1, d AS d1
+          FROM p WINDOW w AS (ORDER BY t)) AS pairs
+    WHERE t1 - t0 <= %(gap)s
+),
+piece AS (
+    SELECT i, t0, d0, slope, greatest(lo, e[i]) AS plo, least(hi, e[i + 1]) AS phi
+    FROM seg, edges, LATERAL generate_series(width_bucket(lo, e), width_bucket(hi, e)) AS i
+    WHERE hi > lo
+)
+SELECT i, NULL::bigint, NULL::float8, NULL::float8, NULL::float8,
+    sum(((d0 + slope * (plo - t0)) + (d0 + slope * (phi - t0))) / 2 * (phi - plo) / 3600
+        ORDER BY plo),
+    sum(phi - plo ORDER BY plo)
+FROM piece WHERE phi > plo GROUP BY i
+UNION ALL
+SELECT width_bucket(t, e), count(*), sum(d ORDER BY t), min(d), max(d), NULL, NULL
+FROM p, edges WHERE t >= %(low)s AND t < %(high)s GROUP BY 1
+UNION ALL
+(SELECT 0, NULL, t, d, NULL, NULL, NULL FROM p ORDER BY t LIMIT 1)
+UNION ALL
+(SELECT -1, NULL, t, d, NULL, NULL, NULL FROM p ORDER BY t DESC LIMIT 1)
+"""
+
+
+@dataclass(slots=True)
+class DemandPart:
+    """A range's share of retrieval.aggregate_demand, from the table: per interval (0-based),
+    (readings, total kW, min, max) and (energy kWh, covered seconds) of the segments between its
+    own readings; its first and last demand readings, to join it to its neighbours."""
+
+    stats: dict[int, tuple[int, float, float, float]] = field(default_factory=dict)
+    energy: dict[int, tuple[float, float]] = field(default_factory=dict)
+    first: tuple[float, float] | None = None
+    last: tuple[float, float] | None = None
+
+
+def demand_part(
+    cloud_id: str, a: datetime, b: datetime, edges: list[float], gap_seconds: float
+) -> DemandPart:
+    part = DemandPart()
+    params = {
+        "edges": edges,
+        "cloud_id": cloud_id,
+        "a": a,
+        "b": b,
+        "low": edges[0],
+        "high": edges[-1],
+        "gap": gap_seconds,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_DEMAND, params)
+        for index, count, total, low, high, energy, covered in cursor.fetchall():
+            if index == 0:
+                part.first = (total, low)
+            elif index == -1:
+                part.last = (total, low)
+            elif count is None:
+                part.energy[index - 1] = (energy, covered)
+            else:
+                part.stats[index - 1] = (count, total, low, high)
+    return part
+
+
+def meter_timestamps(cloud_id: str, start: datetime, end: datetime) -> list[int]:
+    """The distinct meter times (Unix seconds) of `cloud_id`'s readings in [start, end), in order."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT DISTINCT extract(epoch FROM meter_time)::bigint FROM {TABLE} "
+            "WHERE cloud_id = %s AND meter_time >= %s AND meter_time < %s ORDER BY 1",
+            [cloud_id, start, end],
+        )
+        return [timestamp for (timestamp,) in cursor.fetchall()]

@@ -194,6 +194,8 @@ AUTHENTICATION_BACKENDS = [
 ]
 
 LANGUAGE_CODE = "en-us"
+# Times are written one way everywhere in the admin: 2026-12-03 15:59:00 UTC.
+FORMAT_MODULE_PATH = ["rainlog.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from users.cloud_ids import CloudIdField, cloud_id_validator
 from users.crypto import EncryptedTextField
+from users.gateway_addresses import validate_gateway_address, validate_meter_mac
 
 EAGLE_PASSWORD_MAX_LENGTH = 1024
 DEFAULT_SUSPENDED_REASON = "Suspended by an operator."
@@ -35,8 +36,8 @@ LOCAL_CONNECTION_TYPES = (ConnectionType.EAGLE200, ConnectionType.LEGACY)
 
 def _has_open_incident() -> Exists:
     # The ingestion app depends on this one, not the other way round: its Incident model is
-    # reached through the reverse relation, never imported.
-    incident_model = EagleUser._meta.get_field("incidents").related_model
+    # reached through the reverse relation, never imported (hence Any: no static type for it).
+    incident_model: Any = EagleUser._meta.get_field("incidents").related_model
     return Exists(incident_model.objects.open().filter(user=OuterRef("pk")))
 
 
@@ -114,10 +115,16 @@ class EagleUser(models.Model):
         max_length=16, choices=ConnectionType.choices, default=ConnectionType.CLOUD
     )
     gateway_address = models.CharField(
-        max_length=255, blank=True, help_text="host[:port] or URL of a local gateway"
+        max_length=255,
+        blank=True,
+        validators=[validate_gateway_address],
+        help_text="host[:port] or http(s) URL of a local gateway",
     )
     meter_mac = models.CharField(
-        max_length=32, blank=True, help_text="MacId of the meter, if known"
+        max_length=32,
+        blank=True,
+        validators=[validate_meter_mac],
+        help_text="MacId of the meter, if known (0x and up to 16 hexadecimal digits)",
     )
     is_active = models.BooleanField(default=True)
     suspended_reason = models.TextField(blank=True)
@@ -244,7 +251,8 @@ class EagleUser(models.Model):
     def ensure_fetch_state(self) -> models.Model:
         """The user's fetch metadata row (an ingestion FetchState), created if missing (every
         user has one). Reached through the reverse relation: this app does not import ingestion."""
-        state_model = self._meta.get_field("fetch_state").related_model
+        # Any: the model is looked up, not imported, so its manager is not known statically.
+        state_model: Any = self._meta.get_field("fetch_state").related_model
         state, _ = state_model.objects.get_or_create(user=self)
         return state
 

@@ -179,9 +179,13 @@ def get_record_type(name: str) -> RecordType:
         raise ValueError(f"unknown record type {name!r} (known: {known})") from None
 
 
+# The record type every polled user gets each tick; the others are extras, enabled per user.
+DEMAND = "demand"
+
+
 @register
 class Demand(RecordType):
-    name = "demand"
+    name = DEMAND
     description = "Instantaneous demand in kW; negative when the household exports (solar)."
     cloud_command = "get_instantaneous_demand"
     cloud_elements = ("InstantaneousDemand",)

@@ -32,6 +32,8 @@ PUBLIC = {
     "metrics": "Prometheus scrapes it with METRICS_TOKEN; closed without one unless DEBUG "
     "(tests/security/test_no_enumeration.py)",
     "api:token": "where operators trade their password for a token (throttled)",
+    "api:root": "links to the API's routes, no data: where a new client finds how to get a token",
+    "favicon": "the site's icon, asked for by every browser",
     "api:push": "gateways authenticate with their own push token, checked by the view",
     "admin:login": "the sign-in page",
     "admin:logout": "signing out needs no sign-in",
