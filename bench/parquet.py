@@ -197,6 +197,7 @@ def run(work: Path, archive_root: Path) -> int:
     from django.core.management import call_command
 
     from ingestion import parquet, parquet_export, parquet_query, retrieval
+    from ingestion.eagle.record_types import DEMAND
     from ingestion.models import DatasetFile, DatasetHour
 
     call_command("migrate", verbosity=0)
@@ -252,7 +253,7 @@ def run(work: Path, archive_root: Path) -> int:
     start, end = DAY, DAY + timedelta(hours=HOURS)
 
     def from_parquet() -> list[tuple[float, int, float, float]]:
-        with parquet_query.open_dataset(start, end, [parquet_query.DEMAND]) as dataset:
+        with parquet_query.open_dataset(start, end, [DEMAND]) as dataset:
             buckets = parquet_query.fleet_demand(dataset, start, end, timedelta(minutes=15))
         return [(b.start.timestamp(), b.households, b.mean_kw, b.total_kw) for b in buckets]
 
@@ -279,7 +280,7 @@ def run(work: Path, archive_root: Path) -> int:
     cloud_id = f"{HOUSEHOLDS // 2:06x}"
 
     def household_from_parquet() -> int:
-        with parquet_query.open_dataset(start, end, [parquet_query.DEMAND]) as dataset:
+        with parquet_query.open_dataset(start, end, [DEMAND]) as dataset:
             table = dataset.execute(
                 "SELECT * FROM demand WHERE cloud_id = $cloud_id ORDER BY meter_time",
                 {"cloud_id": cloud_id},
