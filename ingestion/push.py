@@ -287,6 +287,8 @@ def accept_push(
 ) -> AcceptedPush:
     """Check and decode one push, and queue it for ingestion; PushRejectedError says why not."""
     user = authenticate(cloud_id, token)
+    # The user's own id, in lower case, names its readings and files whatever case was sent.
+    cloud_id = user.cloud_id
     try:
         text = body_text(body, content_encoding)
         parsed = parse_push(text, cloud_id, received_at, user.meter_mac)
@@ -360,7 +362,7 @@ def ingest_upload(cloud_id: str, text: str, received_at_iso: str) -> dict[str, A
     user = EagleUser.objects.filter(cloud_id=cloud_id).first()
     if user is None:
         return PushIngest(cloud_id, refused=["the user was deleted meanwhile"]).as_dict()
-    parsed = parse_push(text, cloud_id, received_at, user.meter_mac)
+    parsed = parse_push(text, user.cloud_id, received_at, user.meter_mac)
     return ingest_readings(user, parsed.readings, received_at).as_dict()
 
 
