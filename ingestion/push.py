@@ -60,6 +60,7 @@ from ingestion.eagle.record_types import (
 )
 from ingestion.hourfiles import HourFileWriter, iter_records
 from ingestion.models import OUTCOME_FIELDS, FetchOutcome, FetchState, Incident, IncidentSighting
+from ingestion.polling.failures import PUSH_FAILURE_CLASSES, PUSH_RESOLUTION
 from ingestion.polling.latest import latest_record
 from ingestion.records import FailureClass, FetchFailure, Reading, Source, iso_utc
 from users.models import ConnectionType, EagleUser
@@ -70,9 +71,6 @@ logger = logging.getLogger(__name__)
 # an hour file far from every other.
 MAX_CLOCK_AHEAD = timedelta(days=1)
 MAX_AGE = timedelta(days=7)
-# Incidents a push can open, and which an accepted push therefore resolves.
-PUSH_FAILURE_CLASSES = (FailureClass.MALFORMED_REPLY, FailureClass.SUSPICIOUS_READING)
-PUSH_RESOLUTION = "Pushes are accepted again."
 INGEST_TASK = "ingestion.push.ingest_upload"
 
 
@@ -289,6 +287,8 @@ def accept_push(
 ) -> AcceptedPush:
     """Check and decode one push, and queue it for ingestion; PushRejectedError says why not."""
     user = authenticate(cloud_id, token)
+    # The user's own id, in lower case, names its readings and files whatever case was sent.
+    cloud_id = user.cloud_id
     try:
         text = body_text(body, content_encoding)
         parsed = parse_push(text, cloud_id, received_at, user.meter_mac)
@@ -362,7 +362,7 @@ def ingest_upload(cloud_id: str, text: str, received_at_iso: str) -> dict[str, A
     user = EagleUser.objects.filter(cloud_id=cloud_id).first()
     if user is None:
         return PushIngest(cloud_id, refused=["the user was deleted meanwhile"]).as_dict()
-    parsed = parse_push(text, cloud_id, received_at, user.meter_mac)
+    parsed = parse_push(text, user.cloud_id, received_at, user.meter_mac)
     return ingest_readings(user, parsed.readings, received_at).as_dict()
 
 

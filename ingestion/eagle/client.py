@@ -12,7 +12,7 @@ How each connection type is reached (`users.models.ConnectionType`):
 - legacy: the same URL and auth, with the cloud's XML commands and replies.
 
 A gateway address is `host[:port]` or a URL; `/cgi-bin/post_manager` is appended unless the path
-already ends with it (`http://127.0.0.1:8765/gw/00a1b2` is a gateway of the simulator).
+already ends with it (`http://127.0.0.1:8765/eagle200/00a1b2` is a gateway of the simulator).
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 MAX_REPLY_BYTES = 1 << 20
 LOCAL_PATH = "/cgi-bin/post_manager"
 
-# The response header by which rainlog's simulator marks its replies.
-SIMULATOR_HEADER = "X-Rainlog-Simulator"
 # Connection type -> source recorded with its readings.
 SOURCES = {"cloud": Source.CLOUD, "eagle200": Source.EAGLE200, "legacy": Source.LEGACY}
 
@@ -85,8 +83,6 @@ class ReplyTooLargeError(Exception):
 class Reply:
     status: int
     text: str
-    # Sent by rainlog's EAGLE simulator: its readings are recorded with source "simulator".
-    simulated: bool
 
 
 def cloud_command(record_type: RecordType) -> bytes:
@@ -313,11 +309,7 @@ class EagleClient:
                         raise ReplyTooLargeError
                     chunks.append(chunk)
                 payload = b"".join(chunks)
-            return Reply(
-                response.status,
-                payload.decode("utf-8", errors="replace"),
-                SIMULATOR_HEADER in response.headers,
-            )
+            return Reply(response.status, payload.decode("utf-8", errors="replace"))
 
     def _local_url(self, target: GatewayTarget) -> URL | FetchFailure:
         url = self._local_urls.get(target.address)
@@ -376,7 +368,6 @@ def _reply_result(
     reply: Reply, cloud_id: str, kind: RecordType, source: Source
 ) -> Reading | FetchFailure:
     status, text = reply.status, reply.text
-    source = Source.SIMULATOR if reply.simulated else source
     if status == 200:
         return decode_reply(text, cloud_id=cloud_id, source=source, record_type=kind.name)
     if status in (401, 403):

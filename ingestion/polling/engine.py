@@ -37,7 +37,6 @@ of the per-minute django-q2 task, and `manage.py poll` runs the same loop in the
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import logging
 import math
@@ -72,11 +71,12 @@ from ingestion.models import (
     Tick,
 )
 from ingestion.polling.failures import (
-    ACTIONABLE_CLASSES,
     BACKOFF_CLASSES,
     FailureRun,
     backoff_delay,
+    incident_threshold,
 )
+from ingestion.polling.gc_tuning import lighter_garbage_collection
 from ingestion.polling.leases import (
     WINDOW,
     Acquisition,
@@ -104,8 +104,6 @@ MISSED_TICKS_LIMIT = 600
 LOAD_BATCH = 5000
 # Older hours are no longer created by the writer, so their manifest keys need not be remembered.
 REGISTERED_HOURS_KEPT = 3
-# Allocations between young-generation collections while polling (the default is 700).
-GC_YOUNG_THRESHOLD = 50_000
 
 
 def grid_floor(moment: float, period: float) -> float:
@@ -387,38 +385,6 @@ def count_statements() -> Iterator[list[int]]:
 
     with connection.execute_wrapper(counting):
         yield counter
-
-
-_gc_lock = threading.Lock()
-# Loops running in this process, and the thresholds to restore when the last one ends.
-_gc_loops = 0
-_gc_thresholds = gc.get_threshold()
-
-
-@contextmanager
-def lighter_garbage_collection() -> Iterator[None]:
-    """Collect garbage less eagerly while ticks run (restored when the last loop ends).
-
-    Each request allocates many short-lived objects, so with the default thresholds the collector
-    runs hundreds of times a tick and keeps scanning the poller's long-lived state (thousands of
-    users): measured at 5,000 users, that cost as much CPU as the requests themselves. What exists
-    when the loop starts is frozen out of collection, and young collections are rarer.
-    """
-    global _gc_loops, _gc_thresholds
-    with _gc_lock:
-        if not _gc_loops:
-            _gc_thresholds = gc.get_threshold()
-            gc.freeze()
-            gc.set_threshold(GC_YOUNG_THRESHOLD, *_gc_thresholds[1:])
-        _gc_loops += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_loops -= 1
-            if not _gc_loops:
-                gc.set_threshold(*_gc_thresholds)
-                gc.unfreeze()
 
 
 def users_marker() -> tuple[int, datetime | None]:
@@ -828,10 +794,7 @@ class Poller:
         run.count += 1
         if run.record_types is not None:
             run.record_types.add(record_type)
-        threshold = (
-            1 if failure_class in ACTIONABLE_CLASSES else settings.INGEST_INCIDENT_AFTER_FAILURES
-        )
-        if run.incident_open or run.count >= threshold:
+        if run.incident_open or run.count >= incident_threshold(failure_class):
             batch.sightings.append(
                 IncidentSighting(
                     user_id=slot.user_id,

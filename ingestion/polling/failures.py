@@ -1,5 +1,6 @@
-"""What a failed fetch leads to: which failures back off, which open an incident at once, how long
-the backoff lasts, and the run of failures that makes an incident."""
+"""What a failure leads to, for polled and pushing gateways alike: which failures back off and for
+how long, after how many failures in a row an incident opens, which incidents a push opens and
+resolves, and when a live fetch is refused."""
 
 from __future__ import annotations
 
@@ -27,6 +28,17 @@ BACKOFF_CLASSES = frozenset(
 ACTIONABLE_CLASSES = frozenset(
     {FailureClass.BAD_CREDENTIALS, FailureClass.UNKNOWN_CLOUD_ID, FailureClass.METER_NOT_JOINED}
 )
+
+
+# A push is a deliberate upload: one refused is already worth an incident. An accepted push
+# resolves the incidents a push can open.
+PUSH_FAILURE_CLASSES = (FailureClass.MALFORMED_REPLY, FailureClass.SUSPICIOUS_READING)
+PUSH_RESOLUTION = "Pushes are accepted again."
+
+
+def incident_threshold(failure_class: FailureClass) -> int:
+    """Failures of a class in a row, for one polled user, that open an incident."""
+    return 1 if failure_class in ACTIONABLE_CLASSES else settings.INGEST_INCIDENT_AFTER_FAILURES
 
 
 def backoff_delay(failures: int) -> float:

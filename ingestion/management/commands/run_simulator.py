@@ -18,7 +18,8 @@ STATS_EVERY_SECONDS = 10.0
 class Command(BaseCommand):
     help = (
         "Serve simulated EAGLE gateways: the cloud API at /cgi-bin/post_manager and each "
-        "gateway's local API at /gw/<cloud_id>/cgi-bin/post_manager."
+        "gateway's local API at /eagle200/<cloud_id>/cgi-bin/post_manager (as an EAGLE-200) and "
+        "/legacy/<cloud_id>/cgi-bin/post_manager (as a legacy EAGLE)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -64,19 +65,24 @@ class Command(BaseCommand):
                 f"cannot listen on {options['host']}:{options['port']}: {exc}"
             ) from None
 
+        # Signals are handled before readiness is announced: a caller that reads the banner and
+        # then sends SIGTERM gets a clean stop, however late this process is scheduled.
         try:
-            self.stdout.write(
-                f"EAGLE simulator: {options['users']} gateways at {simulator.url} "
-                f"(seed {options['seed']}, latency {options['latency']:g} s)\n"
-                f"  cloud API:  EAGLE_CLOUD_URL={simulator.cloud_url}\n"
-                f"  local APIs: gateway_address={simulator.url}/gw/<cloud_id>"
-            )
-            if plan.specs:
-                self.stdout.write(f"  faults: {options['faults']}")
-            if options["users_file"]:
-                path = simulator.write_users_file(options["users_file"], options["connection_type"])
-                self.stdout.write(f"  accounts written to {path}")
             with StopRequest() as stopping:
+                self.stdout.write(
+                    f"EAGLE simulator: {options['users']} gateways at {simulator.url} "
+                    f"(seed {options['seed']}, latency {options['latency']:g} s)\n"
+                    f"  cloud API:  EAGLE_CLOUD_URL={simulator.cloud_url}\n"
+                    f"  local APIs: gateway_address={simulator.url}/eagle200/<cloud_id> or "
+                    f"{simulator.url}/legacy/<cloud_id>"
+                )
+                if plan.specs:
+                    self.stdout.write(f"  faults: {options['faults']}")
+                if options["users_file"]:
+                    path = simulator.write_users_file(
+                        options["users_file"], options["connection_type"]
+                    )
+                    self.stdout.write(f"  accounts written to {path}")
                 self.report_until(stopping, simulator)
         finally:
             simulator.stop()
