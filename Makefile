@@ -14,7 +14,7 @@ RUN_PORT ?= 8000
 # The simulator's port follows the web server's, so that two checkouts run side by side.
 SIMULATOR_PORT ?= $(shell echo $$(( $(RUN_PORT) + 765 )))
 
-.PHONY: install install-dev chromium run test lint format migrate check bench bench-poll bench-rotate bench-api bench-simulator bench-load soak clean
+.PHONY: install install-dev chromium run test lint format migrate check bench bench-poll bench-rotate bench-api bench-simulator bench-load bench-parquet soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -68,7 +68,7 @@ migrate: install
 check: install
 	$(PY) manage.py check
 
-bench: bench-poll bench-rotate bench-api bench-simulator bench-load
+bench: bench-poll bench-rotate bench-api bench-simulator bench-load bench-parquet
 
 bench-poll: install-dev
 	$(PY) -m bench.poll
@@ -84,6 +84,9 @@ bench-simulator: install-dev
 
 bench-load: install-dev
 	$(PY) -m bench.load
+
+bench-parquet: install-dev
+	$(PY) -m bench.parquet
 
 soak: install-dev
 	$(PY) -m bench.soak
