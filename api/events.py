@@ -19,7 +19,7 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
@@ -123,7 +123,7 @@ class EventView(APIView):
             raise Problem(status.HTTP_409_CONFLICT, refusal, "not_fetched")
         throttle = LiveFetchThrottle()
         if not throttle.allow_request(request, self):
-            self.throttled(request, throttle.wait())
+            raise Throttled(throttle.wait())
         result = fetch_now(user, record_type)
         if isinstance(result, FetchFailure):
             raise Problem(

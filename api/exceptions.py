@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any, TypeVar
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.db.models import Model, QuerySet
+from django.db.models import Model
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
@@ -104,17 +105,16 @@ def no_such(model: type[Model], field: str, value: Any) -> exceptions.NotFound:
     return exceptions.NotFound(f"No {model._meta.verbose_name} with {name} {value}.")
 
 
-def get_or_404(queryset: type[M] | QuerySet[M], field: str, value: Any) -> M:
-    queryset = queryset._default_manager.all() if isinstance(queryset, type) else queryset
+def get_or_404(model: type[M], field: str, value: Any) -> M:
     try:
-        return queryset.get(**{field: value})
-    except queryset.model.DoesNotExist:
-        raise no_such(queryset.model, field, value) from None
+        return model._default_manager.get(**{field: value})
+    except ObjectDoesNotExist:
+        raise no_such(model, field, value) from None
 
 
 def _not_found(exc: Http404, view: Any) -> exceptions.NotFound:
     """The lookup of a generic view (DRF's get_object) as no_such() says it; else as raised."""
-    lookup = getattr(view, "lookup_url_kwarg", None) or getattr(view, "lookup_field", None)
+    lookup = str(getattr(view, "lookup_url_kwarg", None) or getattr(view, "lookup_field", ""))
     kwargs = getattr(view, "kwargs", None) or {}
     if str(exc).endswith("matches the given query.") and lookup in kwargs:
         return no_such(view.get_queryset().model, lookup, kwargs[lookup])
@@ -150,8 +150,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         code = getattr(exc.detail, "code", None) or exc.default_code
     if isinstance(exc, Problem):
         members, code = exc.members, exc.code
-    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-        members["wait"] = exc.wait
+    wait = getattr(exc, "wait", None)  # set by DRF on Throttled, absent from its stubs
+    if isinstance(exc, exceptions.Throttled) and wait is not None:
+        members["wait"] = wait
     response.data = problem_document(
         response.status_code, detail, instance, code, errors, **members
     )

@@ -2,6 +2,7 @@
 which is JSON wherever a view serves JSON), with an unknown `?format=` answered as a 400 naming
 the formats served, where DRF answers a 404 that reads as "no such object"."""
 
+from collections.abc import Iterable
 from typing import Any
 
 from rest_framework.exceptions import ValidationError
@@ -10,7 +11,8 @@ from rest_framework.renderers import BaseRenderer
 
 
 class FormatNegotiation(DefaultContentNegotiation):
-    def filter_renderers(self, renderers: list[BaseRenderer], format: str) -> list[Any]:
+    def filter_renderers(self, renderers: Iterable[BaseRenderer], format: str) -> list[Any]:
+        renderers = list(renderers)
         chosen = [renderer for renderer in renderers if renderer.format == format]
         if not chosen:
             served = ", ".join(dict.fromkeys(str(renderer.format) for renderer in renderers))

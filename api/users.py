@@ -41,7 +41,7 @@ from ingestion.purging import PurgeIncompleteError, remove_user
 from ingestion.records import iso_utc
 from users.cloud_ids import cloud_id_validator, lower_if_text
 from users.fields import SEED_NAMES, FieldConflictError, with_seed_names_replaced
-from users.models import EAGLE_PASSWORD_MAX_LENGTH, ConnectionType, EagleUser
+from users.models import EAGLE_PASSWORD_MAX_LENGTH, ConnectionType, EagleUser, EagleUserQuerySet
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class EagleUserSerializer(serializers.ModelSerializer[EagleUser]):
         return super().to_internal_value(data)
 
     def _unknown(self, name: str) -> str:
-        writable = [field.field_name for field in self._writable_fields]
+        writable = [str(field.field_name) for field in self._writable_fields]
         guess = difflib.get_close_matches(name, [*writable, *SEED_NAMES], n=1)
         hint = f"did you mean {guess[0]}?" if guess else f"the fields are {', '.join(writable)}."
         return f"Unknown field: {hint}"
@@ -225,7 +225,8 @@ class EagleUserFilter(filters.FilterSet):
         fields = ["is_active", "failing", "connection_type", "search"]
 
     def filter_failing(self, queryset: QuerySet[EagleUser], name: str, value: bool) -> Any:
-        return queryset.failing() if value else queryset.healthy()  # type: ignore[attr-defined]
+        assert isinstance(queryset, EagleUserQuerySet)
+        return queryset.failing() if value else queryset.healthy()
 
     def filter_search(self, queryset: QuerySet[EagleUser], name: str, value: str) -> Any:
         return queryset.filter(Q(cloud_id__icontains=value) | Q(email__icontains=value))
@@ -291,11 +292,11 @@ class EagleUserViewSet(
         fresh = self.get_queryset().get(pk=user.pk)
         return Response(self.get_serializer(fresh).data, status=status_code)
 
-    def http_method_not_allowed(self, request: Request, *args: Any, **kwargs: Any) -> Any:
+    # DRF calls it with its own Request, which django-stubs does not know as an HttpRequest.
+    def http_method_not_allowed(self, request: Request, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         if "cloud_id" not in kwargs:
-            raise MethodNotAllowed(
-                request.method, f"{request.method} is not allowed. {CREATE_HINT}"
-            )
+            method = str(request.method)
+            raise MethodNotAllowed(method, f"{method} is not allowed. {CREATE_HINT}")
         return super().http_method_not_allowed(request, *args, **kwargs)
 
     def _create_or_save(self, request: Request, cloud_id: str, whole: bool) -> Response:
