@@ -21,6 +21,10 @@ TEST_ENVIRONMENT = {
     "ALLOWED_HOSTS": "testserver,localhost,127.0.0.1",
     "SECURE_SSL_REDIRECT": "0",
     "Q_SYNC": "1",
+    # The EAGLE simulator and test gateways listen on loopback, and test users name LAN gateways;
+    # DEBUG is off in tests (tests/security/test_gateway_addresses.py narrows it).
+    "GATEWAY_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128,10.0.0.0/8,192.168.0.0/16",
+    "PLAYGROUND_ENABLED": "1",
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",

@@ -31,6 +31,10 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
 INVALID_TOKEN = "Invalid token."
+SEED_PASSWORD_HINT = (
+    "The ?pw= query parameter is no longer accepted. Obtain a token with "
+    "POST /api/auth/token/ (username and password) and send it as 'Authorization: Token <token>'."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,10 @@ class TokenAuthentication(KnoxTokenAuthentication):
     accepted_prefixes = (b"token", b"bearer")
 
     def authenticate(self, request: Request):  # type: ignore[no-untyped-def]
+        if "pw" in request.query_params:
+            # A password in the URL lands in access logs and browser history: refused outright,
+            # even next to a valid token or session, so that no client keeps sending it.
+            raise AuthenticationFailed(SEED_PASSWORD_HINT)
         parts = get_authorization_header(request).split()
         if not parts or parts[0].lower() not in self.accepted_prefixes:
             return None

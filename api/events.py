@@ -5,6 +5,10 @@ in seconds (now minus the meter's time of the reading). `?fresh=1` asks the user
 instead and returns what it said: the reading (200), or the classified failure (502). `?type=`
 picks another record type (summation, price). Nothing fetched here is written to the hour files:
 the poller logs every reading.
+
+Each live fetch sends the household's stored credentials, so they are limited per household
+(LIVE_FETCH_THROTTLE, whoever asks) and refused while the user is suspended or while polling
+backs off from its gateway: a burst of them could get the account locked.
 """
 
 from __future__ import annotations
@@ -20,17 +24,28 @@ from rest_framework import status
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
 from api.schema import FIELD_ERRORS, READ_ERRORS, error
 from ingestion.eagle.client import fetch_now
-from ingestion.eagle.record_types import RECORD_TYPES
+from ingestion.eagle.record_types import DEMAND, RECORD_TYPES
+from ingestion.polling.failures import live_fetch_refusal
 from ingestion.polling.latest import latest_record
 from ingestion.records import FetchFailure, iso_utc
 from users.models import ConnectionType, EagleUser
 
 TRUE_VALUES = {"1", "true", "yes", "on"}
 FALSE_VALUES = {"", "0", "false", "no", "off"}
+
+
+class LiveFetchThrottle(SimpleRateThrottle):
+    """Live fetches per household, whoever asks (LIVE_FETCH_THROTTLE, in the shared cache)."""
+
+    scope = "live_fetch"
+
+    def get_cache_key(self, request: Request, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": view.kwargs["cloud_id"]}
 
 
 def _age_seconds(record: dict[str, Any]) -> float:
@@ -61,7 +76,11 @@ class EventView(APIView):
             ),
             400: FIELD_ERRORS,
             **READ_ERRORS,
-            409: error("A push user: its gateway sends readings, it is never fetched."),
+            409: error(
+                "?fresh=1 of a push user (its gateway sends readings, it is never fetched), of a "
+                "suspended user, or of one whose gateway polling backs off from."
+            ),
+            429: error("Too many live fetches of this household (LIVE_FETCH_THROTTLE): wait."),
             502: OpenApiResponse(
                 OpenApiTypes.OBJECT,
                 description="The EAGLE gave no reading: {cloud_id, source, failure: "
@@ -70,14 +89,16 @@ class EventView(APIView):
         },
     )
     def get(self, request: Request, cloud_id: str) -> Response:
-        record_type = request.query_params.get("type", "demand")
+        record_type = request.query_params.get("type", DEMAND)
         if record_type not in RECORD_TYPES:
             raise ValidationError({"type": [f"Choose one of: {', '.join(sorted(RECORD_TYPES))}."]})
         fresh = request.query_params.get("fresh", "").strip().lower()
         if fresh not in TRUE_VALUES | FALSE_VALUES:
             raise ValidationError({"fresh": ["Use 1 or 0."]})
         if fresh in TRUE_VALUES:
-            return self.fetched(get_object_or_404(EagleUser, cloud_id=cloud_id), record_type)
+            return self.fetched(
+                request, get_object_or_404(EagleUser, cloud_id=cloud_id), record_type
+            )
         # Dashboards ask for this many times a second: one narrow query, not the whole user.
         if not EagleUser.objects.filter(cloud_id=cloud_id).values_list("pk").exists():
             raise Http404
@@ -96,12 +117,18 @@ class EventView(APIView):
             }
         )
 
-    def fetched(self, user: EagleUser, record_type: str) -> Response:
+    def fetched(self, request: Request, user: EagleUser, record_type: str) -> Response:
         if user.connection_type == ConnectionType.PUSH:
             return Response(
                 {"detail": f"{user.cloud_id} pushes its readings: there is nothing to fetch."},
                 status=status.HTTP_409_CONFLICT,
             )
+        refusal = live_fetch_refusal(user, timezone.now())
+        if refusal:
+            return Response({"detail": refusal}, status=status.HTTP_409_CONFLICT)
+        throttle = LiveFetchThrottle()
+        if not throttle.allow_request(request, self):
+            self.throttled(request, throttle.wait())
         result = fetch_now(user, record_type)
         if isinstance(result, FetchFailure):
             return Response(

@@ -1,11 +1,14 @@
 from rest_framework import exceptions, status
+from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-SEED_PASSWORD_HINT = (
-    "The ?pw= query parameter is no longer accepted. Obtain a token with "
-    "POST /api/auth/token/ (username and password) and send it as 'Authorization: Token <token>'."
-)
+from api.authentication import SEED_PASSWORD_HINT
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The object is not in a state that allows this."
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:

@@ -1,5 +1,8 @@
 """/healthz: is each dependency reachable? JSON with 200 when all are, 503 otherwise.
 
+Anyone may ask (load balancers, uptime checks): they get each check's status and its numbers.
+Signed-in staff also get the details: error texts and the most overdue users' cloud ids.
+
 A check raises to report an error, and may return details to show beside its status; a
 "status" among those details replaces "ok" (the archive's freshness reports its lag that way).
 """
@@ -7,7 +10,6 @@ A check raises to report an error, and may return details to show beside its sta
 import logging
 from collections.abc import Callable
 
-from django.core.files.storage import storages
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
@@ -15,7 +17,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django_q.brokers import get_broker
 
-from ingestion.archive import audit
+from api.permissions import is_operator
+from ingestion.archive import audit, store
 from ingestion.records import iso_utc
 
 logger = logging.getLogger(__name__)
@@ -32,8 +35,8 @@ def check_broker() -> None:
 
 
 def check_storage() -> None:
-    # exists() on a key that is never written: a HEAD on S3, a stat on the local file system.
-    storages["archive"].exists("healthz-probe")
+    # A key that is never written: a HEAD on S3, a stat on the local file system.
+    store.open_archive().stat("healthz-probe")
 
 
 # The most overdue users listed under archive_freshness; /metrics has them all.
@@ -90,11 +93,25 @@ def run_checks() -> dict[str, dict[str, object]]:
     return results
 
 
+def without_details(checks: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+    """Each check's status and numbers only: no cloud ids, host names or error texts."""
+    return {
+        name: {
+            key: value
+            for key, value in result.items()
+            if key == "status" or (isinstance(value, int | float) and not isinstance(value, bool))
+        }
+        for name, result in checks.items()
+    }
+
+
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     checks = run_checks()
     healthy = all(result["status"] == "ok" for result in checks.values())
+    if not is_operator(request.user):
+        checks = without_details(checks)
     return JsonResponse(
         {"status": "ok" if healthy else "error", "checks": checks}, status=200 if healthy else 503
     )

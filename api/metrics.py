@@ -90,8 +90,6 @@ def render_metrics() -> str:
 
 
 def _authorised(request: HttpRequest) -> bool:
-    if not settings.METRICS_TOKEN:
-        return True
     supplied = request.headers.get("Authorization", "").removeprefix("Bearer ")
     return constant_time_compare(supplied, settings.METRICS_TOKEN)
 
@@ -99,6 +97,14 @@ def _authorised(request: HttpRequest) -> bool:
 @never_cache
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
-    if not _authorised(request):
+    if not settings.METRICS_TOKEN and not settings.DEBUG:
+        # Every cloud id is a label here: without a token, production keeps the page closed.
+        return HttpResponse(
+            "/metrics is closed: set METRICS_TOKEN and scrape with "
+            "'Authorization: Bearer <METRICS_TOKEN>'.\n",
+            status=403,
+            content_type="text/plain",
+        )
+    if settings.METRICS_TOKEN and not _authorised(request):
         return HttpResponse("Unauthorised\n", status=401, content_type="text/plain")
     return HttpResponse(render_metrics(), content_type=CONTENT_TYPE)

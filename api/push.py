@@ -8,8 +8,9 @@ the writing is done by a django-q2 worker, so the gateway gets its answer quickl
 - 400 the body is not UTF-8, or broken XML, JSON or gzip; 413 it is too large (or unpacks to more
   than PUSH_MAX_BODY_BYTES); 415 it is neither XML nor JSON, or has an encoding other than gzip;
   422 it holds nothing rainlog records or a reading that cannot be decoded or believed;
-- 401 no push token; 403 not this user's push token; 404 no such user; 409 the user is not in
-  push mode, or is suspended.
+- 401 no push token; 403 not the push token of this cloud_id (also when there is no such user:
+  the answers do not tell which cloud ids exist); 409 the user is not in push mode, or is
+  suspended.
 
 Every answer is JSON with `status` and a `detail` saying what was accepted or why not. A refused
 push writes nothing. The logic is in ingestion.push.
@@ -71,8 +72,7 @@ class PushView(APIView):
             202: OpenApiResponse(OpenApiTypes.OBJECT, description="Accepted and queued."),
             400: error("Not UTF-8, or broken XML or JSON."),
             401: error("No push token."),
-            403: error("Not this user's push token."),
-            404: error("No such user."),
+            403: error("Not the push token of this cloud_id, or no such user."),
             409: error("The user is not in push mode, or is suspended."),
             413: error("The body is too large."),
             415: error("Neither XML nor JSON."),

@@ -22,7 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
@@ -34,12 +34,12 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from api.schema import READ_ERRORS, error
-from ingestion import readings_csv, retrieval
+from ingestion import parquet, readings_csv, retrieval
+from ingestion.archive.store import CONTENT_TYPE_JSONL
 from ingestion.records import iso_local, iso_utc
+from ingestion.retrieval import EARLIEST, LATEST
 
 UNENCODED_OFFSET = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$")
-EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 # The paged JSON form materialises its range to count it; longer ranges must stream.
 JSON_MAX_RANGE = timedelta(days=1)
 # Aggregates and coverage read every reading of their range before answering.
@@ -55,7 +55,7 @@ class ServiceUnavailable(APIException):
 
 
 class JSONLinesRenderer(BaseRenderer):
-    media_type = "application/x-ndjson"
+    media_type = CONTENT_TYPE_JSONL
     format = "jsonl"
     charset = None
 
@@ -67,6 +67,15 @@ class CSVRenderer(BaseRenderer):
     media_type = "text/csv"
     format = "csv"
     charset = "utf-8"
+
+    def render(self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None):  # type: ignore[no-untyped-def]
+        return orjson.dumps(data)
+
+
+class ParquetRenderer(BaseRenderer):
+    media_type = parquet.CONTENT_TYPE
+    format = "parquet"
+    charset = None
 
     def render(self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None):  # type: ignore[no-untyped-def]
         return orjson.dumps(data)
@@ -122,14 +131,25 @@ def parse_instant(text: str, tz: tzinfo) -> datetime:
             raise serializers.ValidationError(
                 f"{text!r} is out of range for Unix seconds (milliseconds, perhaps?)."
             )
-        moment = datetime.fromtimestamp(seconds, UTC)
-    moment = moment.astimezone(UTC)
+        try:
+            moment = datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise _out_of_range(text) from None
+    try:
+        moment = moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        # Within a day of year 1 or 9999, the offset takes the instant past what Python holds.
+        raise _out_of_range(text) from None
     if not EARLIEST <= moment < LATEST:
         raise serializers.ValidationError(
             f"{text!r} is {iso_utc(moment)}, outside 2000-01-01 to 2100-01-01"
             " (Unix milliseconds instead of seconds, perhaps?)."
         )
     return moment
+
+
+def _out_of_range(text: str) -> serializers.ValidationError:
+    return serializers.ValidationError(f"{text!r} is outside 2000-01-01 to 2100-01-01.")
 
 
 class RangeQuerySerializer(serializers.Serializer[Any]):
@@ -199,10 +219,11 @@ class ReadingsQuerySerializer(RangeQuerySerializer):
         required=False, help_text="Only records of this type (demand, summation, price, …)."
     )
     format = serializers.ChoiceField(
-        choices=["jsonl", "csv", "json"],
+        choices=["jsonl", "csv", "json", "parquet"],
         required=False,
-        help_text="jsonl (default), csv, or json (paged, ranges up to one day). The Accept "
-        "header works too: application/x-ndjson, text/csv, application/json.",
+        help_text="jsonl (default), csv, json (paged, ranges up to one day) or parquet (one "
+        "file in the dataset's columns, ranges up to 31 days). The Accept header works too: "
+        "application/x-ndjson, text/csv, application/json, application/vnd.apache.parquet.",
     )
     page = serializers.IntegerField(
         required=False, min_value=1, help_text="Page number of the json form."
@@ -215,6 +236,14 @@ class JSONReadingsQuerySerializer(ReadingsQuerySerializer):
         f"The range is longer than {JSON_MAX_RANGE.days} day, the most the paged JSON form "
         "serves: ask for format=jsonl or format=csv (Accept: application/x-ndjson or text/csv), "
         "which stream any range."
+    )
+
+
+class ParquetReadingsQuerySerializer(ReadingsQuerySerializer):
+    max_range = SUMMARY_MAX_RANGE
+    too_long = (
+        f"The range is longer than {SUMMARY_MAX_RANGE.days} days, the most one Parquet file "
+        "serves: ask for less at a time, or query the dataset (manage.py query)."
     )
 
 
@@ -286,7 +315,7 @@ class ReadingSerializer(serializers.Serializer[Any]):
 
 
 class UserReadingsView(JSONErrorsMixin, APIView):
-    renderer_classes = [JSONLinesRenderer, CSVRenderer, JSONRenderer]
+    renderer_classes = [JSONLinesRenderer, CSVRenderer, JSONRenderer, ParquetRenderer]
 
     @extend_schema(
         operation_id="user_readings",
@@ -300,7 +329,7 @@ class UserReadingsView(JSONErrorsMixin, APIView):
         ),
         parameters=[ReadingsQuerySerializer],
         responses={
-            (200, "application/x-ndjson"): OpenApiResponse(
+            (200, CONTENT_TYPE_JSONL): OpenApiResponse(
                 OpenApiTypes.STR,
                 description="One Reading object per line.",
                 examples=[OpenApiExample("demand", value=READING_EXAMPLE)],
@@ -310,6 +339,11 @@ class UserReadingsView(JSONErrorsMixin, APIView):
                 description="A header row, then one reading per row, in the one CSV layout "
                 "of docs/record-format.md (the same columns whatever `tz`); with `tz`, times "
                 "carry that zone's offset.",
+            ),
+            (200, parquet.CONTENT_TYPE): OpenApiResponse(
+                OpenApiTypes.BINARY,
+                description="One Parquet file: record_type, then the columns of the Parquet "
+                "dataset (docs/record-format.md), every record type's value columns included.",
             ),
             (200, "application/json"): inline_serializer(
                 "PaginatedReadingList",
@@ -331,13 +365,25 @@ class UserReadingsView(JSONErrorsMixin, APIView):
     )
     def get(self, request: Request, cloud_id: str) -> Any:
         fmt = request.accepted_renderer.format
-        serializer_class = JSONReadingsQuerySerializer if fmt == "json" else ReadingsQuerySerializer
+        serializer_class = {
+            "json": JSONReadingsQuerySerializer,
+            "parquet": ParquetReadingsQuerySerializer,
+        }.get(fmt, ReadingsQuerySerializer)
         query = parse_query(serializer_class(data=request.query_params))
         check_cloud_id(cloud_id)
         hours = retrieval.iter_hours(
             cloud_id, query["start"], query["end"], query.get("record_type") or None
         )
         tz = query["tz"]
+        name = f"{cloud_id}-{query['start']:%Y%m%dT%H%M%SZ}-{query['end']:%Y%m%dT%H%M%SZ}"
+        if fmt == "parquet":
+            try:
+                table = parquet.readings_table(record for records in hours for record in records)
+            except retrieval.ArchiveReadError as exc:
+                raise ServiceUnavailable(str(exc)) from exc
+            response = HttpResponse(parquet.parquet_bytes(table), content_type=parquet.CONTENT_TYPE)
+            response["Content-Disposition"] = f'attachment; filename="{name}.parquet"'
+            return response
         if fmt == "json":
             try:
                 records = [record for records in hours for record in records]
@@ -356,7 +402,6 @@ class UserReadingsView(JSONErrorsMixin, APIView):
             chain([first], chunks), content_type=request.accepted_renderer.media_type
         )
         if fmt == "csv":
-            name = f"{cloud_id}-{query['start']:%Y%m%dT%H%M%SZ}-{query['end']:%Y%m%dT%H%M%SZ}"
             response["Content-Disposition"] = f'attachment; filename="{name}.csv"'
         return response
 
@@ -490,11 +535,14 @@ class HourCoverageSerializer(serializers.Serializer[Any]):
     hour = serializers.DateTimeField(help_text="Start of the UTC hour.")
     hour_local = serializers.CharField(required=False, help_text="With `tz`.")
     expected = serializers.IntegerField(
-        help_text="Polls at the configured cadence in the part of the hour in range and past."
+        help_text="Readings expected at the meter's cadence in the part of the hour in range and "
+        "past, from when the user was added and polling began, outside its pauses."
     )
     present = serializers.IntegerField(help_text="Distinct meter timestamps recorded.")
-    covered_seconds = serializers.FloatField(help_text="Time not inside a gap.")
-    coverage = serializers.FloatField(help_text="covered_seconds over the hour's time in range.")
+    covered_seconds = serializers.FloatField(help_text="Expected time not inside a gap.")
+    coverage = serializers.FloatField(
+        allow_null=True, help_text="covered_seconds over the hour's expected time."
+    )
 
 
 class GapSerializer(serializers.Serializer[Any]):
@@ -537,7 +585,7 @@ def coverage_document(
             expected=hour.expected,
             present=hour.present,
             covered_seconds=round(hour.covered_seconds, 3),
-            coverage=_ratio(hour.covered_seconds, (hour.end - hour.start).total_seconds()),
+            coverage=_ratio(hour.covered_seconds, hour.expected_seconds),
         )
         hours.append(document)
     return {
@@ -549,7 +597,7 @@ def coverage_document(
         "expected": result.expected,
         "present": result.present,
         "covered_seconds": round(result.covered_seconds, 3),
-        "coverage": _ratio(result.covered_seconds, (result.end - result.start).total_seconds()),
+        "coverage": _ratio(result.covered_seconds, result.expected_seconds),
         "hours": hours,
         "gaps": [
             {
@@ -571,11 +619,12 @@ class UserCoverageView(APIView):
         operation_id="user_coverage",
         summary="Readings expected and present per hour, and the gaps with their causes",
         description=(
-            "Meters publish every 8-10 s while rainlog polls every INGEST_POLL_SECONDS, so a "
-            "perfect hour has fewer readings (`present`) than polls (`expected`); `coverage` is "
-            "the share of time not inside a gap. A gap is a stretch longer than `gap` seconds "
-            "with no reading; it lists the failure classes of incidents overlapping it. Time "
-            "after now is neither expected nor a gap."
+            "`expected` counts one reading per INGEST_METER_SECONDS (`cadence_seconds`) of the "
+            "time the user is expected to be logged: from when it was added and polling began, "
+            "outside its pauses (suspensions), as the console and /api/status/ count them. "
+            "`coverage` is the share of that time not inside a gap. A gap is a stretch of it "
+            "longer than `gap` seconds with no reading; it lists the failure classes of "
+            "incidents overlapping it. Time after now is neither expected nor a gap."
         ),
         parameters=[CoverageQuerySerializer],
         responses={

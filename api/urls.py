@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponseBase
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from api import events, fleet, push, readings
+from api import events, fleet_readings, hour_files, incidents, push, readings, root, status
 from api.auth import ObtainTokenView, RevokeAllTokensView, RevokeTokenView
 from api.users import user_detail, user_list
 from users.cloud_ids import CLOUD_ID_CHARACTERS, lower_if_text
@@ -29,12 +29,19 @@ def cloud_id_lowered(view: View) -> View:
 
 
 urlpatterns = [
+    path("", root.ApiRootView.as_view(), name="root"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="swagger"),
     path("schema/redoc/", SpectacularRedocView.as_view(url_name="api:schema"), name="redoc"),
     path("auth/token/", ObtainTokenView.as_view(), name="token"),
     path("auth/logout/", RevokeTokenView.as_view(), name="logout"),
     path("auth/logout-all/", RevokeAllTokensView.as_view(), name="logout-all"),
+    # The fleet's readings from the Parquet dataset (api/fleet_readings.py).
+    path(
+        "fleet/readings/aggregate",
+        fleet_readings.FleetAggregateView.as_view(),
+        name="fleet-readings-aggregate",
+    ),
     # A user's readings, aggregates and coverage (api/readings.py), before the users routes.
     re_path(
         rf"^users/(?P<cloud_id>{CLOUD_ID})/readings$",
@@ -51,20 +58,20 @@ urlpatterns = [
         cloud_id_lowered(readings.UserCoverageView.as_view()),
         name="user-coverage",
     ),
-    # Hour files, fleet status and incidents (api/fleet.py).
-    path("logfiles/", fleet.HourFileListView.as_view(), name="logfiles"),
-    path("logfiles/<int:pk>/", fleet.HourFileDetailView.as_view(), name="logfile"),
+    # Hour files (api/hour_files.py), fleet status (api/status.py), incidents (api/incidents.py).
+    path("logfiles/", hour_files.HourFileListView.as_view(), name="logfiles"),
+    path("logfiles/<int:pk>/", hour_files.HourFileDetailView.as_view(), name="logfile"),
     path(
         "logfiles/<int:pk>/download",
-        fleet.HourFileDownloadView.as_view(),
+        hour_files.HourFileDownloadView.as_view(),
         name="logfile-download",
     ),
-    path("status/", fleet.FleetStatusView.as_view(), name="status"),
-    path("incidents/", fleet.IncidentListView.as_view(), name="incidents"),
-    path("incidents/<int:pk>/", fleet.IncidentDetailView.as_view(), name="incident"),
+    path("status/", status.FleetStatusView.as_view(), name="status"),
+    path("incidents/", incidents.IncidentListView.as_view(), name="incidents"),
+    path("incidents/<int:pk>/", incidents.IncidentDetailView.as_view(), name="incident"),
     path(
         "incidents/<int:pk>/resolve",
-        fleet.IncidentResolveView.as_view(),
+        incidents.IncidentResolveView.as_view(),
         name="incident-resolve",
     ),
     # The seed's route: a user's latest reading, logged or ?fresh=1 from the gateway (api/events.py).

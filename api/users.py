@@ -29,10 +29,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ingestion.models import FAILURE_CLASS_CHOICES, FetchState, Incident, IncidentState
+from ingestion.purging import PurgeIncompleteError, remove_user
 from ingestion.records import iso_utc
 from users.cloud_ids import cloud_id_validator, lower_if_text
 from users.models import EAGLE_PASSWORD_MAX_LENGTH, ConnectionType, EagleUser
-from users.purging import PurgeIncompleteError
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ class EagleUserViewSet(
         purge = _parse_flag("purge", request.query_params.get("purge"))
         user = self.get_object()
         try:
-            report = user.remove(purge=purge)
+            report = remove_user(user, purge=purge)
         except PurgeIncompleteError as exc:
             return Response(
                 {

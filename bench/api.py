@@ -143,14 +143,16 @@ def prepare(day: datetime) -> tuple[str, list[str]]:
 
 def baseline_day(keys: list[str]) -> float:
     """The same 24 objects straight from S3 with boto3, parsed line by line."""
-    from ingestion import retrieval
+    from ingestion.archive.store import open_archive, read_hour_file
 
-    archive = retrieval.ArchiveReader()
+    archive = open_archive()
     started = time.perf_counter()
     lines = 0
     for key in keys:
         lines += sum(
-            1 for line in archive.read(key, key.endswith(".gz")).splitlines() if orjson.loads(line)
+            1
+            for line in read_hour_file(archive, key, key.endswith(".gz")).splitlines()
+            if orjson.loads(line)
         )
     elapsed = time.perf_counter() - started
     assert lines == READINGS_PER_DAY, lines

@@ -9,6 +9,7 @@ class IngestionConfig(AppConfig):
     def ready(self) -> None:
         from django_q.signals import post_spawn
 
+        from ingestion import checks  # noqa: F401  (registers the system checks)
         from ingestion.polling.schedules import register_after_migrate
         from rainlog.stopping import worker_stopping
 

@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from ingestion import hourfiles
 
-NAME_PREFIX = "iseif-rainforest-"
+NAME_PREFIX = hourfiles.NAME_PREFIX
 VERIFIED = "verified"
 
 

@@ -40,10 +40,11 @@ from users.cloud_ids import CLOUD_ID_CHARACTERS, normalise_cloud_id
 HOUR = timedelta(hours=1)
 HOUR_FORMAT = "%Y-%m-%d-%H"
 SEALED_SUFFIX = ".sealed"
+NAME_PREFIX = "iseif-rainforest-"
 # Enough of a file's end to hold the lines of the last ticks, whatever the record types.
 TAIL_BYTES = 16 * 1024
 FILE_NAME = re.compile(
-    rf"^iseif-rainforest-(?P<cloud_id>{CLOUD_ID_CHARACTERS})"
+    rf"^{NAME_PREFIX}(?P<cloud_id>{CLOUD_ID_CHARACTERS})"
     r"-(?P<hour>\d{4}-\d{2}-\d{2}-\d{2})"
     r"(?:\.late-(?P<part>[1-9]\d*))?\.jl(?P<gz>\.gz)?\Z"
 )
@@ -101,7 +102,7 @@ def parse_hour(text: str) -> datetime:
 def file_name(cloud_id: str, hour: datetime, part: int = 0, compressed: bool = False) -> str:
     late = f".late-{part}" if part else ""
     gz = ".gz" if compressed else ""
-    return f"iseif-rainforest-{checked_cloud_id(cloud_id)}-{hour_label(hour)}{late}.jl{gz}"
+    return f"{NAME_PREFIX}{checked_cloud_id(cloud_id)}-{hour_label(hour)}{late}.jl{gz}"
 
 
 def hour_dir(hour: datetime, root: Path | None = None) -> Path:
@@ -117,11 +118,16 @@ def sealed_marker(path: Path) -> Path:
     return path.with_name(path.name + SEALED_SUFFIX)
 
 
+def archive_prefix(cloud_id: str) -> str:
+    """The archive prefix under which every object of `cloud_id` is stored (no trailing slash)."""
+    cloud_id = checked_cloud_id(cloud_id)
+    return f"{settings.ARCHIVE_PREFIX}/{cloud_id}" if settings.ARCHIVE_PREFIX else cloud_id
+
+
 def archive_key(cloud_id: str, hour: datetime, part: int = 0, compressed: bool = False) -> str:
     hour = hour_floor(hour)
     name = file_name(cloud_id, hour, part, compressed)
-    prefix = f"{settings.ARCHIVE_PREFIX}/" if settings.ARCHIVE_PREFIX else ""
-    return f"{prefix}{checked_cloud_id(cloud_id)}/{hour:%Y/%m/%d}/{name}"
+    return f"{archive_prefix(cloud_id)}/{hour:%Y/%m/%d}/{name}"
 
 
 def parse_file_name(name: str) -> tuple[str, datetime, int]:
@@ -158,6 +164,63 @@ def fsync_directory(directory: Path) -> None:
 
 def is_sealed(path: Path) -> bool:
     return sealed_marker(path).exists()
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """One hour file (or late part) found on local disk."""
+
+    cloud_id: str
+    hour: datetime
+    part: int
+    path: Path
+
+
+def files_in(hour: datetime, directory: Path) -> Iterator[LocalFile]:
+    """The hour files of one hour directory, every user's and every part. Sealed markers are
+    skipped; anything else that is not an hour file of that hour is logged and left alone."""
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.endswith(SEALED_SUFFIX):
+                continue
+            try:
+                cloud_id, file_hour, part = parse_file_name(entry.name)
+            except ValueError:
+                continue
+            if file_hour != hour or entry.name.endswith(".gz") or not entry.is_file():
+                logger.warning("%s is not an hour file of %s, left alone", entry.path, hour)
+                continue
+            yield LocalFile(cloud_id, hour, part, Path(entry.path))
+
+
+def part_chain(cloud_id: str, hour: datetime, root: Path | None = None) -> Iterator[Path]:
+    """The parts of one user-hour that writers opened, in order, on disk or shipped and removed.
+
+    A writer opens part N+1 only after part N was sealed, and markers outlive shipped files, so
+    the chain ends at the first part with neither a file nor a sealed marker.
+    """
+    part = 0
+    while True:
+        path = local_path(cloud_id, hour, part, root)
+        if not path.exists() and not sealed_marker(path).exists():
+            return
+        yield path
+        part += 1
+
+
+def local_files_of(cloud_id: str, root: Path | None = None) -> list[Path]:
+    """Every local file named for `cloud_id`: the files and late parts of all its hours, and
+    their sealed markers."""
+    cloud_id = checked_cloud_id(cloud_id)
+    # A cloud_id is hexadecimal, so the dash after it ends it: no other user's file matches.
+    return sorted(Path(root or settings.LOG_ROOT).glob(f"*/{NAME_PREFIX}{cloud_id}-*"))
+
+
+def parts_on_disk(cloud_id: str, hour: datetime, root: Path | None = None) -> list[Path]:
+    """The data files of one user-hour on local disk (the file and its late parts), in order."""
+    directory = hour_dir(hour, root)
+    prefix = f"{NAME_PREFIX}{checked_cloud_id(cloud_id)}-{hour_label(hour)}"
+    return sorted(directory.glob(f"{prefix}*.jl"))
 
 
 def hour_dirs(root: Path | None = None) -> list[tuple[datetime, Path]]:

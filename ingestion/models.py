@@ -1,6 +1,7 @@
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -10,9 +11,9 @@ from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from ingestion import hourfiles
 from ingestion.records import FailureClass
 from users.cloud_ids import CloudIdField
-from users.models import EagleUser
 
 FAILURE_CLASS_CHOICES = [(c.value, c.label) for c in FailureClass]
 FETCH_FAILURE_CLASSES = [c.value for c in FailureClass if c.is_fetch_failure]
@@ -135,7 +136,7 @@ class FetchState(models.Model):
     """Per-user fetch metadata, kept apart from EagleUser so operator edits never race the poller."""
 
     user = models.OneToOneField(
-        EagleUser, on_delete=models.CASCADE, primary_key=True, related_name="fetch_state"
+        "users.EagleUser", on_delete=models.CASCADE, primary_key=True, related_name="fetch_state"
     )
     total_events_logged = models.BigIntegerField(default=0)
     # Unix seconds of the first and last meter readings logged (the seed's fields).
@@ -161,15 +162,15 @@ class FetchState(models.Model):
     objects = FetchStateQuerySet.as_manager()
 
     def __str__(self) -> str:
-        return f"fetch state of {self.user_id}"
+        return f"fetch state of {self.user.cloud_id}"
 
     def clean(self) -> None:
-        from ingestion.eagle.record_types import RECORD_TYPES
+        from ingestion.eagle.record_types import DEMAND, RECORD_TYPES
 
         types = self.extra_record_types
         if not isinstance(types, list) or not all(isinstance(name, str) for name in types):
             raise ValidationError({"extra_record_types": "A list of record type names."})
-        extras = sorted(set(RECORD_TYPES) - {"demand"})
+        extras = sorted(set(RECORD_TYPES) - {DEMAND})
         unknown = [name for name in types if name not in extras]
         if unknown:
             message = f"Unknown: {', '.join(unknown)}. Choose from: {', '.join(extras)}."
@@ -312,7 +313,7 @@ class IncidentQuerySet(models.QuerySet["Incident"]):
 class Incident(models.Model):
     """A run of failures of one class for one user: opened on the first, resolved when fetching works."""
 
-    user = models.ForeignKey(EagleUser, on_delete=models.CASCADE, related_name="incidents")
+    user = models.ForeignKey("users.EagleUser", on_delete=models.CASCADE, related_name="incidents")
     failure_class = models.CharField(max_length=32, choices=FAILURE_CLASS_CHOICES)
     state = models.CharField(
         max_length=16, choices=IncidentState.choices, default=IncidentState.OPEN
@@ -343,7 +344,7 @@ class Incident(models.Model):
         indexes = [models.Index(fields=["state", "failure_class"])]
 
     def __str__(self) -> str:
-        return f"{self.get_failure_class_display()} for {self.user_id}"
+        return f"{self.get_failure_class_display()} for {self.user.cloud_id}"
 
 
 class HourFileState(models.TextChoices):
@@ -487,8 +488,9 @@ class HourFileQuerySet(models.QuerySet["HourFile"]):
         group: list[tuple[int, datetime, dict[str, object]]],
         now: datetime,
     ) -> list[int]:
-        columns = [HourFile._meta.get_field(name).column for name in names]
-        types = [HourFile._meta.get_field(name).db_type(connection) for name in names]
+        concrete = [HourFile._meta.get_field(name) for name in names]
+        columns = [f.column for f in concrete if isinstance(f, models.Field)]
+        types = [f.db_type(connection) for f in concrete if isinstance(f, models.Field)]
         sql = _SETTLE_SQL.format(
             table=HourFile._meta.db_table,
             assignments=", ".join(f"{column} = v.{column}" for column in columns),
@@ -575,7 +577,11 @@ class HourFile(models.Model):
 
     cloud_id = CloudIdField()
     user = models.ForeignKey(
-        EagleUser, null=True, blank=True, on_delete=models.SET_NULL, related_name="hour_files"
+        "users.EagleUser",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="hour_files",
     )
     hour = models.DateTimeField(help_text="start of the UTC hour")
     part = models.PositiveSmallIntegerField(
@@ -643,10 +649,39 @@ class HourFile(models.Model):
                 name="hourfile_undeleted",
                 condition=Q(state="verified", local_deleted_at__isnull=True),
             ),
+            # The Parquet export: hours whose files were verified since its last look.
+            models.Index(fields=["verified_at"], name="hourfile_verified_at"),
         ]
 
     def __str__(self) -> str:
         return self.key
+
+    @classmethod
+    def new_row(
+        cls,
+        cloud_id: str,
+        hour: datetime,
+        part: int,
+        local_path: Path,
+        user_id: int | None,
+        now: datetime,
+    ) -> "HourFile":
+        """The manifest row of an hour file seen for the first time (unsaved). Its archive key
+        and whether it is stored compressed are fixed here, before any upload, so every retry
+        ships to the same key; this is the one place that reads ARCHIVE_COMPRESS, and changing
+        it never changes the key of a file already registered."""
+        compressed = settings.ARCHIVE_COMPRESS == "gzip"
+        return cls(
+            cloud_id=cloud_id,
+            user_id=user_id,
+            hour=hour,
+            part=part,
+            local_path=str(local_path),
+            key=hourfiles.archive_key(cloud_id, hour, part, compressed),
+            compressed=compressed,
+            state=HourFileState.OPEN,
+            created_at=now,
+        )
 
     @staticmethod
     def retry_delay(attempts: int) -> timedelta:
@@ -695,6 +730,205 @@ class HourFile(models.Model):
         if updated:
             self.refresh_from_db()
         return updated == 1
+
+
+@dataclass(frozen=True, slots=True)
+class HourSources:
+    """What the archive holds of one fleet-hour: its verified hour files, their readable lines,
+    the newest verification, and how many of its files are not verified yet."""
+
+    verified_files: int
+    lines: int
+    newest_verified_at: datetime | None
+    unshipped_files: int
+
+
+def hour_sources(hours: Collection[datetime]) -> dict[datetime, HourSources]:
+    """HourSources of each of `hours` that has any hour file, in one grouped query."""
+    verified = Q(state=HourFileState.VERIFIED)
+    rows = (
+        HourFile.objects.filter(hour__in=list(hours))
+        .order_by()
+        .values("hour")
+        .annotate(
+            verified_files=models.Count("pk", filter=verified),
+            lines=models.Sum("line_count", filter=verified, default=0),
+            newest_verified_at=models.Max("verified_at", filter=verified),
+            unshipped_files=models.Count("pk", filter=~verified),
+        )
+    )
+    return {
+        row["hour"]: HourSources(
+            row["verified_files"],
+            row["lines"],
+            row["newest_verified_at"],
+            row["unshipped_files"],
+        )
+        for row in rows
+    }
+
+
+class DatasetHourState(models.TextChoices):
+    PENDING = "pending", "Pending"  # never exported, or its hour files changed since
+    EXPORTING = "exporting", "Exporting"
+    EXPORTED = "exported", "Exported"
+    FAILED = "failed", "Failed"
+
+
+# The first retry of a failed export waits this long, each further one twice as long (capped).
+EXPORT_FIRST_RETRY_SECONDS = 60
+
+
+class DatasetHourQuerySet(models.QuerySet["DatasetHour"]):
+    def mark_changed(self, sources: dict[datetime, HourSources]) -> int:
+        """Make due every hour of `sources` whose Parquet is missing or was built from other hour
+        files (a late part, a purge); returns how many. Rows being exported are left alone: the
+        export compares its sources again when it publishes."""
+        known = {row.hour: row for row in self.filter(hour__in=list(sources))}
+        now = timezone.now()
+        new = [
+            DatasetHour(hour=hour, created_at=now, updated_at=now)
+            for hour, found in sources.items()
+            if hour not in known and found.verified_files
+        ]
+        self.bulk_create(new, ignore_conflicts=True)
+        changed = [
+            row.pk
+            for hour, row in known.items()
+            if row.state == DatasetHourState.EXPORTED and not row.built_from(sources[hour])
+        ]
+        self.filter(pk__in=changed, state=DatasetHourState.EXPORTED).update(
+            state=DatasetHourState.PENDING, next_attempt_at=None, updated_at=now
+        )
+        return len(new) + len(changed)
+
+    def due(self, now: datetime) -> "DatasetHourQuerySet":
+        """Hours an export may claim now: pending, failed past their backoff, or held by an
+        export whose lease lapsed."""
+        return self.filter(
+            Q(state=DatasetHourState.PENDING)
+            | Q(state=DatasetHourState.FAILED, next_attempt_at__lte=now)
+            | Q(state=DatasetHourState.EXPORTING, claimed_until__lte=now)
+        )
+
+    def claim(self, pk: int, now: datetime) -> "DatasetHour | None":
+        """Lease one due hour for ROTATE_LEASE_SECONDS with a conditional UPDATE, giving its
+        attempt a version number never used before; None if another export has it."""
+        until = now + timedelta(seconds=settings.ROTATE_LEASE_SECONDS)
+        claimed = (
+            self.due(now)
+            .filter(pk=pk)
+            .update(
+                state=DatasetHourState.EXPORTING,
+                claimed_until=until,
+                attempts=models.F("attempts") + 1,
+                attempt_version=models.F("attempt_version") + 1,
+                updated_at=now,
+            )
+        )
+        return self.get(pk=pk) if claimed else None
+
+
+class DatasetHour(models.Model):
+    """One UTC hour of the Parquet dataset (the readings of every household in that hour).
+
+    `version` is the published one (0: none yet); each export attempt writes its files under a
+    new `attempt_version`, so an attempt never meets the objects of another. The `source_*`
+    fields say which hour files the published version was built from: when they no longer match
+    the manifest, the hour is exported again as a whole.
+    """
+
+    hour = models.DateTimeField(unique=True, help_text="start of the UTC hour")
+    state = models.CharField(
+        max_length=16, choices=DatasetHourState.choices, default=DatasetHourState.PENDING
+    )
+    version = models.PositiveIntegerField(default=0, help_text="published version; 0 for none")
+    attempt_version = models.PositiveIntegerField(
+        default=0, help_text="version of the latest attempt (each attempt takes a new one)"
+    )
+    rows = models.BigIntegerField(null=True, blank=True, help_text="readings in the Parquet files")
+    households = models.IntegerField(null=True, blank=True)
+    source_files = models.IntegerField(default=0, help_text="verified hour files read")
+    source_lines = models.BigIntegerField(default=0, help_text="their readable lines")
+    source_verified_at = models.DateTimeField(
+        null=True, blank=True, help_text="the newest verification among them"
+    )
+    duplicates = models.IntegerField(default=0, help_text="lines repeating a reading kept")
+    skipped = models.IntegerField(
+        default=0, help_text="lines that are no reading of a known record type"
+    )
+    attempts = models.IntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    exported_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = DatasetHourQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-hour"]
+        indexes = [
+            # The export queue.
+            models.Index(fields=["hour"], name="datasethour_due", condition=~Q(state="exported"))
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 v{self.version}"
+
+    def built_from(self, sources: HourSources) -> bool:
+        """Whether the published version was built from exactly these hour files."""
+        return (
+            self.version > 0
+            and self.source_files == sources.verified_files
+            and self.source_lines == sources.lines
+            and self.source_verified_at == sources.newest_verified_at
+        )
+
+    @staticmethod
+    def retry_delay(attempts: int) -> timedelta:
+        seconds = EXPORT_FIRST_RETRY_SECONDS * 2 ** min(max(attempts - 1, 0), 20)
+        return timedelta(seconds=min(seconds, settings.ROTATE_RETRY_MAX_SECONDS))
+
+
+class DatasetFileState(models.TextChoices):
+    PLANNED = "planned", "Planned"  # key fixed before writing; written or not
+    CURRENT = "current", "Current"  # part of the published version, verified
+    OBSOLETE = "obsolete", "Obsolete"  # of a replaced version or a dead attempt: to delete
+
+
+class DatasetFile(models.Model):
+    """One Parquet object of the dataset, recorded before it is written and until it is gone."""
+
+    dataset_hour = models.ForeignKey(DatasetHour, on_delete=models.CASCADE, related_name="files")
+    version = models.PositiveIntegerField()
+    record_type = models.CharField(max_length=32)
+    key = models.CharField(max_length=500, unique=True)
+    state = models.CharField(
+        max_length=16, choices=DatasetFileState.choices, default=DatasetFileState.PLANNED
+    )
+    rows = models.BigIntegerField()
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["dataset_hour", "record_type", "key"]
+        indexes = [models.Index(fields=["state", "record_type"])]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class DatasetScan(models.Model):
+    """Where the scheduled export's search for changed hours starts: hour files verified since
+    `verified_since` (one row)."""
+
+    verified_since = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"hour files verified since {self.verified_since:%Y-%m-%d %H:%M:%S}"
 
 
 class PollLeaseQuerySet(models.QuerySet["PollLease"]):
@@ -968,3 +1202,53 @@ class IncidentReport(models.Model):
         self.attempts = 0
         self.next_attempt_at = timezone.now()
         self.save(update_fields=["state", "attempts", "next_attempt_at"])
+
+
+class ReadingsLoad(models.Model):
+    """One load of sealed hour files of one hour into the SQL readings store (readings_store.py):
+    committed in the same transaction as the rows it added, or, when the load failed, on its own
+    afterwards with the error."""
+
+    hour = models.DateTimeField(help_text="start of the UTC hour loaded")
+    started_at = models.DateTimeField(default=timezone.now)
+    duration_seconds = models.FloatField(default=0.0)
+    files = models.IntegerField(default=0, help_text="hour files loaded")
+    files_failed = models.IntegerField(default=0, help_text="hour files that could not be read")
+    rows_read = models.BigIntegerField(default=0, help_text="typed readings streamed")
+    rows_inserted = models.BigIntegerField(default=0, help_text="of them new in the table")
+    malformed_lines = models.IntegerField(
+        default=0, help_text="lines that are not a typed record (they stay in the hour files)"
+    )
+    raw_kept = models.BooleanField(default=True, help_text="raw objects stored (READINGS_KEEP_RAW)")
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [
+            models.Index(fields=["hour"]),
+            # The admin's failures filter and the lag figure.
+            models.Index(
+                fields=["-started_at"], name="readingsload_failed", condition=~Q(error="")
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 loaded {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error)
+
+
+class LoadedHourFile(models.Model):
+    """An hour file whose readings are in the SQL readings store, recorded with them: files without
+    one are what the next load pass loads; the API reads an hour from the table only when every
+    file of it has one."""
+
+    hour_file = models.OneToOneField(
+        HourFile, primary_key=True, on_delete=models.CASCADE, related_name="store_load"
+    )
+    load = models.ForeignKey(ReadingsLoad, on_delete=models.CASCADE, related_name="loaded_files")
+
+    def __str__(self) -> str:
+        return f"{self.hour_file_id} in load {self.load_id}"

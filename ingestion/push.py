@@ -14,6 +14,9 @@ Two body formats are understood:
   "data": {"demand": 0.472, "units": "kW"}}, …]}` with data types `InstantaneousDemand`,
   `CurrentSummation` and `Price`, decoded by the record types' EAGLE-200 decoders.
 
+Both are shapes of the one decoder registry (ingestion.eagle.decoders), so `decode_payload` and
+the playground decode them exactly as a push is.
+
 A push is judged whole when it arrives (`accept_push`): the user, its push token and its mode are
 checked and the body is decoded; either every reading in it is understood or it is refused with an
 HTTP status and a message, and nothing of it is written. An accepted push is queued for a
@@ -29,31 +32,35 @@ import base64
 import binascii
 import codecs
 import logging
-import re
-import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django_q.tasks import async_task
 
 from ingestion import hourfiles
-from ingestion.eagle.decoders import decode_reply, judge
+from ingestion.eagle.decoders import (
+    UPLOAD_SHAPES,
+    BrokenTextError,
+    ErrorReplyError,
+    UnknownFormatError,
+    decode_text,
+    judge,
+)
 from ingestion.eagle.record_types import (
-    CURRENCIES,
-    RECORD_TYPES_BY_ELEMENT,
+    DEMAND,
     DecodeError,
     PreviousReading,
     get_record_type,
 )
 from ingestion.hourfiles import HourFileWriter, iter_records
 from ingestion.models import OUTCOME_FIELDS, FetchOutcome, FetchState, Incident, IncidentSighting
+from ingestion.polling.failures import PUSH_FAILURE_CLASSES, PUSH_RESOLUTION
 from ingestion.polling.latest import latest_record
 from ingestion.records import FailureClass, FetchFailure, Reading, Source, iso_utc
 from users.models import ConnectionType, EagleUser
@@ -64,9 +71,6 @@ logger = logging.getLogger(__name__)
 # an hour file far from every other.
 MAX_CLOCK_AHEAD = timedelta(days=1)
 MAX_AGE = timedelta(days=7)
-# Incidents a push can open, and which an accepted push therefore resolves.
-PUSH_FAILURE_CLASSES = (FailureClass.MALFORMED_REPLY, FailureClass.SUSPICIOUS_READING)
-PUSH_RESOLUTION = "Pushes are accepted again."
 INGEST_TASK = "ingestion.push.ingest_upload"
 
 
@@ -112,22 +116,23 @@ def token_from_headers(headers: Mapping[str, str]) -> str:
 
 
 def authenticate(cloud_id: str, token: str) -> EagleUser:
-    """The push user `cloud_id`, if `token` is its push token and it may push now."""
-    try:
-        # Anything but hexadecimal names no user (and a NUL byte would break the query).
-        user = EagleUser.objects.filter(cloud_id=hourfiles.checked_cloud_id(cloud_id)).first()
-    except ValueError:
-        user = None
-    if user is None:
-        raise PushRejectedError(404, f"no user with cloud_id {cloud_id[:40]}")
+    """The push user `cloud_id`, if `token` is its push token and it may push now.
+
+    A missing token is 401 and a wrong one 403 whether or not `cloud_id` names a user: the answer
+    does not tell which cloud ids exist."""
     if not token:
         raise PushRejectedError(
             401,
             "no push token: send 'Authorization: Bearer <token>', 'X-Push-Token: <token>' or "
             "HTTP Basic auth with the token as password",
         )
-    if not user.check_push_token(token):
-        raise PushRejectedError(403, f"this is not the push token of {cloud_id}")
+    try:
+        # Anything but hexadecimal names no user (and a NUL byte would break the query).
+        user = EagleUser.objects.filter(cloud_id=hourfiles.checked_cloud_id(cloud_id)).first()
+    except ValueError:
+        user = None
+    if user is None or not user.check_push_token(token):
+        raise PushRejectedError(403, f"this is not the push token of {cloud_id[:40]}")
     if user.connection_type != ConnectionType.PUSH:
         raise PushRejectedError(
             409,
@@ -195,211 +200,37 @@ def _gunzipped(body: bytes, limit: int) -> bytes:
 
 
 def parse_push(text: str, cloud_id: str, received_at: datetime, meter_mac: str = "") -> ParsedPush:
-    """The readings of an uploader's XML or an EAGLE-200's JSON push; PushRejectedError if any part
-    of it cannot be decoded or believed, or if it holds no reading at all."""
-    start = text.lstrip()[:1]
-    if start == "<":
-        push_format = "xml"
-        readings, ignored = _xml_readings(text, cloud_id, received_at)
-    elif start == "{":
-        push_format = "json"
-        readings, ignored = _json_readings(text, cloud_id, received_at)
-    elif not start:
-        raise _malformed(400, "the body is empty")
-    else:
+    """The readings of an uploader's XML or an EAGLE-200's JSON push, decoded by the shared
+    decoders; PushRejectedError if any part of it cannot be decoded or believed, or if it holds
+    no reading at all."""
+    try:
+        payload = decode_text(
+            text,
+            cloud_id=cloud_id,
+            source=Source.PUSH,
+            received_at=received_at,
+            shapes=UPLOAD_SHAPES,
+        )
+    except BrokenTextError as exc:
+        raise _malformed(400, str(exc).replace("reply", "body")) from None
+    except UnknownFormatError:
         raise _malformed(
             415,
             "the body is neither XML (an uploader's <rainforest> push) nor JSON "
             "(an EAGLE-200 push)",
-        )
-    if not readings:
+        ) from None
+    except (DecodeError, ErrorReplyError) as exc:
+        raise _malformed(422, str(exc)) from None
+    if not payload.readings:
         raise PushRejectedError(
             422,
-            "nothing rainlog records in this push: " + "; ".join(ignored or ["it is empty"]),
+            "nothing rainlog records in this push: "
+            + "; ".join(payload.ignored or ["it is empty"]),
         )
-    for reading in readings:
+    for reading in payload.readings:
         _check_believable(reading, received_at, meter_mac)
-    return ParsedPush(push_format, readings, ignored)
-
-
-def _xml_readings(
-    text: str, cloud_id: str, received_at: datetime
-) -> tuple[list[Reading], list[str]]:
-    lowered = text.lower()
-    if "<!doctype" in lowered or "<!entity" in lowered:
-        # Uploaders never declare a DTD; refusing them avoids entity expansion.
-        raise _malformed(400, "XML with a document type declaration is not an uploader push")
-    try:
-        root = ET.fromstring(text)
-    except (ET.ParseError, ValueError) as exc:
-        raise _malformed(400, f"malformed XML: {exc}") from None
-    if root.tag.lower() != "rainforest":
-        raise _malformed(
-            422,
-            f'expected an uploader push <rainforest macId="…" timestamp="…s">, got <{root.tag[:60]}>',
-        )
-    readings: list[Reading] = []
-    ignored: list[str] = []
-    for fragment in root:
-        if fragment.tag not in RECORD_TYPES_BY_ELEMENT:
-            known = ", ".join(f"<{name}>" for name in RECORD_TYPES_BY_ELEMENT)
-            ignored.append(f"<{fragment.tag[:60]}> is not a fragment rainlog records ({known} are)")
-            continue
-        fragment.tail = None
-        try:
-            fragment_text = ET.tostring(fragment, encoding="unicode")
-        except RecursionError:
-            # Serialising recurses per level; a reading's fields are one level deep.
-            raise _malformed(422, f"<{fragment.tag}> nests elements too deeply") from None
-        result = decode_reply(
-            fragment_text,
-            cloud_id=cloud_id,
-            source=Source.PUSH,
-            received_at=received_at,
-        )
-        if isinstance(result, FetchFailure):
-            raise _malformed(422, f"<{fragment.tag}>: {result.message}")
-        readings.append(result)
-    return readings, ignored
-
-
-@dataclass(frozen=True, slots=True)
-class JsonDataType:
-    """How one EAGLE-200 JSON data type maps onto a record type's EAGLE-200 variables."""
-
-    record_type: str
-    # JSON data member -> EAGLE-200 variable name.
-    variables: Mapping[str, str]
-    # Accepted `units` -> what a value in them is divided by to get the record type's unit;
-    # empty: units are not checked.
-    units: Mapping[str, int] = field(default_factory=dict)
-
-
-JSON_DATA_TYPES: dict[str, JsonDataType] = {
-    "InstantaneousDemand": JsonDataType(
-        "demand", {"demand": "zigbee:InstantaneousDemand"}, {"kW": 1, "W": 1000}
-    ),
-    "CurrentSummation": JsonDataType(
-        "summation",
-        {
-            "summationDelivered": "zigbee:CurrentSummationDelivered",
-            "summationReceived": "zigbee:CurrentSummationReceived",
-        },
-        {"kWh": 1, "Wh": 1000},
-    ),
-    "Price": JsonDataType(
-        "price",
-        {
-            "price": "zigbee:Price",
-            "currency": "zigbee:PriceCurrency",
-            "PriceCurrency": "zigbee:PriceCurrency",
-            "tier": "zigbee:PriceTier",
-            "PriceTier": "zigbee:PriceTier",
-        },
-    ),
-}
-
-_HEX_NUMBER = re.compile(r"0[xX][0-9a-fA-F]{1,8}")
-
-
-def _json_readings(
-    text: str, cloud_id: str, received_at: datetime
-) -> tuple[list[Reading], list[str]]:
-    try:
-        document = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise _malformed(400, f"malformed JSON: {exc}") from None
-    body = document.get("body") if isinstance(document, dict) else None
-    if not isinstance(body, list):
-        raise _malformed(
-            422,
-            'expected an EAGLE-200 push: {"timestamp": "<ms>", "body": '
-            '[{"timestamp": "<ms>", "dataType": "InstantaneousDemand", "data": {…}}, …]}',
-        )
-    readings: list[Reading] = []
-    ignored: list[str] = []
-    for index, item in enumerate(body):
-        where = f"body[{index}]"
-        if not isinstance(item, dict):
-            raise _malformed(422, f"{where} is not an object")
-        data_type = item.get("dataType")
-        spec = JSON_DATA_TYPES.get(data_type) if isinstance(data_type, str) else None
-        if spec is None:
-            known = ", ".join(JSON_DATA_TYPES)
-            ignored.append(
-                f"{where}: dataType {str(data_type)[:40]!r} is not recorded ({known} are)"
-            )
-            continue
-        readings.append(_json_reading(spec, item, f"{where} ({data_type})", cloud_id, received_at))
-    return readings, ignored
-
-
-def _json_reading(
-    spec: JsonDataType, item: dict[str, Any], where: str, cloud_id: str, received_at: datetime
-) -> Reading:
-    data = item.get("data")
-    if not isinstance(data, dict):
-        raise _malformed(422, f"{where} has no data object")
-    timestamp = _milliseconds(item.get("timestamp"), where)
-    divisor = 1
-    if spec.units:
-        units = data.get("units")
-        if units is not None and (not isinstance(units, str) or units not in spec.units):
-            expected = ", ".join(spec.units)
-            raise _malformed(422, f"{where}: units {str(units)[:20]!r} (expected {expected})")
-        divisor = spec.units.get(units, 1) if units is not None else 1
-    variables: dict[str, str | None] = {}
-    for member, variable in spec.variables.items():
-        if data.get(member) is not None:
-            variables[variable] = _variable_text(data[member], divisor, variable)
-    kind = get_record_type(spec.record_type)
-    try:
-        values = kind.decode_variables(variables)
-    except DecodeError as exc:
-        raise _malformed(422, f"{where}: {exc}") from None
-    raw: dict[str, str | None] = {
-        name: str(item[name])
-        for name in ("dataType", "timestamp", "subdeviceGuid", "componentId")
-        if item.get(name) is not None
-    }
-    raw.update({name: None if value is None else str(value) for name, value in data.items()})
-    return Reading(
-        cloud_id=cloud_id,
-        record_type=kind.name,
-        meter_timestamp=timestamp,
-        received_at=received_at,
-        source=str(Source.PUSH),
-        values=values,
-        raw=raw,
-    )
-
-
-def _milliseconds(value: Any, where: str) -> int:
-    """Unix seconds from an EAGLE-200 millisecond timestamp (a string or a number)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise _malformed(422, f"{where}: no timestamp in milliseconds")
-    try:
-        seconds = int(float(value)) // 1000
-    except (ValueError, OverflowError):
-        raise _malformed(422, f"{where}: timestamp {str(value)[:30]!r} is not a number") from None
-    if not 0 < seconds < 1 << 32:
-        raise _malformed(422, f"{where}: timestamp {str(value)[:30]!r} is not a time")
-    return seconds
-
-
-def _variable_text(value: Any, divisor: int, variable: str) -> str:
-    """A JSON value as the decimal text an EAGLE-200 variable holds, in the record type's unit."""
-    if (
-        variable == "zigbee:PriceCurrency"
-        and isinstance(value, str)
-        and _HEX_NUMBER.fullmatch(value)
-    ):
-        # An ISO 4217 numeric code in hex (0x0348 is 840, USD).
-        code = int(value, 16)
-        return CURRENCIES.get(code, str(code))
-    if divisor != 1 and isinstance(value, int | float) and not isinstance(value, bool):
-        return repr(value / divisor)
-    return str(value)
+    push_format = "xml" if payload.shape == "uploader-xml" else "json"
+    return ParsedPush(push_format, payload.readings, payload.ignored)
 
 
 def _check_believable(reading: Reading, received_at: datetime, meter_mac: str) -> None:
@@ -597,7 +428,7 @@ def _last_logged(cloud_id: str, record_types: Iterable[str]) -> dict[str, Previo
 
 def last_logged_timestamp(state: FetchState, record_type: str) -> float | None:
     """Meter time of the last reading of this type logged for the user (unix seconds)."""
-    if record_type == "demand":
+    if record_type == DEMAND:
         return state.last_timestamp
     return state.extra_timestamps.get(record_type)
 
@@ -634,26 +465,22 @@ def _unlogged(
 def _logged_keys(cloud_id: str, hour: datetime) -> set[tuple[str, int]]:
     """(record type, meter timestamp) of every reading in the hour's local files (all parts)."""
     keys: set[tuple[str, int]] = set()
-    part = 0
-    while True:
-        path = hourfiles.local_path(cloud_id, hour, part)
+    for path in hourfiles.part_chain(cloud_id, hour):
         if path.exists():
             keys.update(
                 (record.get("record_type"), record.get("meter_timestamp"))
                 for record in iter_records(path)
             )
-        elif not hourfiles.sealed_marker(path).exists():
-            return keys
-        part += 1
+    return keys
 
 
 def _outcome(
     state: FetchState, written: list[Reading], result: PushIngest, received_at: datetime
 ) -> FetchOutcome:
-    demand = [r.meter_timestamp for r in written if r.record_type == "demand"]
+    demand = [r.meter_timestamp for r in written if r.record_type == DEMAND]
     extra: dict[str, int] = {}
     for reading in written:
-        if reading.record_type != "demand":
+        if reading.record_type != DEMAND:
             previous = (
                 extra.get(reading.record_type)
                 or state.extra_timestamps.get(reading.record_type)

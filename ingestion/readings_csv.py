@@ -13,7 +13,8 @@ say), so nothing is lost and nothing is written twice; `raw` is the meter's fiel
 offset of the zone asked for (`+01:00`), which names the same instant; `meter_timestamp` is
 always Unix seconds.
 
-Every cell goes through `cell()`, the one place that turns a value into CSV text.
+Every cell goes through `cell()`, the one place that turns a value into CSV text; a text cell
+that a spreadsheet would run as a formula gets a leading `'` there (`without_formula`).
 """
 
 from __future__ import annotations
@@ -55,7 +56,29 @@ def cell(value: Any) -> str:
         return orjson.dumps(value).decode() if value else ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    if isinstance(value, int | float):
+        return str(value)
+    return without_formula(str(value))
+
+
+# A spreadsheet takes a cell starting with one of these for a formula (OWASP, "CSV Injection").
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def without_formula(text: str) -> str:
+    """Text a spreadsheet shows as text: a leading quote before a formula trigger. Numbers (a
+    negative demand) stay numbers."""
+    if not text.startswith(FORMULA_TRIGGERS) or _is_number(text):
+        return text
+    return "'" + text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip() == text
 
 
 def _in_zone(iso_time: Any, tz: tzinfo | None) -> Any:

@@ -25,23 +25,22 @@ Aggregates (`aggregate_demand`)
     demand) counts negative: the energy is net.
 
 Coverage (`coverage`)
-    Meters update every 8 to 10 seconds while we poll every INGEST_POLL_SECONDS (6), so a perfect
-    hour holds fewer readings than polls. Per UTC hour we report `expected` = the polls the cadence
-    allows in the part of the hour that is in range and in the past, `present` = distinct meter
-    timestamps found, and `covered_seconds` = the time not inside a gap. A gap is a stretch longer
-    than the threshold (default 60 s) without any reading, between consecutive readings or between
-    a range edge and the nearest reading; each gap lists the failure classes of the incidents
+    Per UTC hour we report `expected` = the readings expected in the part of the hour that is in
+    range and in the past (`ingestion.expected`, the one definition shared with the console and
+    /api/status/: one per meter period, from when the user was added and polling began, never
+    while it was paused), `present` = distinct meter timestamps found, and `covered_seconds` = the
+    expected time not inside a gap. A gap is a stretch of expected time longer than the threshold
+    (default 60 s) without any reading, between consecutive readings or between the edge of
+    expected time and the nearest reading; each gap lists the failure classes of the incidents
     whose span [opened_at, resolved_at or now] overlaps it.
 """
 
 from __future__ import annotations
 
-import gzip
 import heapq
 import logging
 import math
 import os
-import zlib
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,20 +51,25 @@ from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
-from django.core.files.storage import Storage, storages
 from django.db.models import Q
 from django.utils import timezone
 
-from ingestion import hourfiles
+from ingestion import expected, hourfiles, readings_store
+from ingestion.archive.store import (
+    Archive,
+    ArchiveError,
+    content_type,
+    open_archive,
+    read_hour_file,
+)
+from ingestion.eagle.record_types import DEMAND
 from ingestion.models import HourFile, HourFileState, Incident
 from ingestion.records import parse_line
 from users.models import EagleUser
 
 logger = logging.getLogger(__name__)
 
-DEMAND = "demand"
 DEMAND_FIELD = "demand_kw"
 # Record keys that describe a reading rather than being one of its measured values.
 META_FIELDS = (
@@ -79,6 +83,10 @@ META_FIELDS = (
     "raw",
 )
 DEFAULT_GAP_SECONDS = 60
+# The instants a range may start or end at (API parameters, console days): wider than any meter's
+# life, and far enough from year 1 and 9999 that every computation on them stays a datetime.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 # Archive objects fetched ahead of the one being consumed: hides S3 latency, bounds memory.
 PREFETCH_HOURS = 4
 INTERVALS = {
@@ -189,47 +197,11 @@ def hour_plans(cloud_id: str, start: datetime, end: datetime) -> Iterator[HourPl
 # --- Reading copies -----------------------------------------------------------------------------
 
 
-def archive_storage() -> Storage:
-    return storages["archive"]
-
-
-class ArchiveReader:
-    """Reads archived objects by key. Make it in the thread that serves the request and share it
-    with helper threads: django-storages keeps one boto3 connection per thread, costly to make,
-    while the boto3 client it holds is safe to use from any thread."""
-
-    def __init__(self, storage: Storage | None = None) -> None:
-        self.storage = storage or archive_storage()
-        self.client = (
-            self.storage.connection.meta.client  # type: ignore[attr-defined]
-            if getattr(self.storage, "bucket_name", None)
-            else None
-        )
-
-    def open(self, key: str) -> tuple[Any, int]:
-        """A readable stream of the object as stored, and its size; ArchiveReadError if absent."""
-        try:
-            if self.client is not None:
-                reply = self.client.get_object(
-                    Bucket=self.storage.bucket_name,  # type: ignore[attr-defined]
-                    Key=self.storage._normalize_name(key),  # type: ignore[attr-defined]
-                )
-                return reply["Body"], reply["ContentLength"]
-            handle = self.storage.open(key, "rb")
-            return handle, handle.size
-        except (ClientError, BotoCoreError, OSError) as exc:
-            raise ArchiveReadError(f"cannot read archived {key}: {exc}") from exc
-
-    def read(self, key: str, compressed: bool) -> bytes:
-        """The uncompressed content of an archived hour file; ArchiveReadError if unreadable."""
-        stream, _ = self.open(key)
-        try:
-            data = stream.read()
-            return gzip.decompress(data) if compressed else data
-        except (ClientError, BotoCoreError, OSError, EOFError, zlib.error) as exc:
-            raise ArchiveReadError(f"cannot read archived {key}: {exc}") from exc
-        finally:
-            stream.close()
+def _read_archived(archive: Archive, key: str, compressed: bool) -> bytes:
+    try:
+        return read_hour_file(archive, key, compressed)
+    except (ArchiveError, OSError) as exc:
+        raise ArchiveReadError(f"cannot read archived {key}: {exc}") from exc
 
 
 def _parse_lines(data: bytes, origin: str) -> Iterator[Record]:
@@ -249,7 +221,7 @@ class HourContent:
     vanished: list[PartCopies] = field(default_factory=list)
 
 
-def _load_hour(plan: HourPlan, archive: ArchiveReader) -> HourContent:
+def _load_hour(plan: HourPlan, archive: Archive) -> HourContent:
     content = HourContent()
     for copies in plan.parts:
         found = False
@@ -264,7 +236,7 @@ def _load_hour(plan: HourPlan, archive: ArchiveReader) -> HourContent:
                 found = True
         if copies.key is not None:
             try:
-                data = archive.read(copies.key, copies.compressed)
+                data = _read_archived(archive, copies.key, copies.compressed)
             except ArchiveReadError:
                 if not found:
                     raise
@@ -277,7 +249,7 @@ def _load_hour(plan: HourPlan, archive: ArchiveReader) -> HourContent:
     return content
 
 
-def _recover_vanished(plan: HourPlan, copies: PartCopies, archive: ArchiveReader) -> list[Record]:
+def _recover_vanished(plan: HourPlan, copies: PartCopies, archive: Archive) -> list[Record]:
     row = HourFile.objects.filter(cloud_id=plan.cloud_id, hour=plan.hour, part=copies.part).first()
     key, compressed = _archived_key(row)
     if key is None:
@@ -287,7 +259,7 @@ def _recover_vanished(plan: HourPlan, copies: PartCopies, archive: ArchiveReader
             copies.part,
         )
         return []
-    return list(_parse_lines(archive.read(key, compressed), key))
+    return list(_parse_lines(_read_archived(archive, key, compressed), key))
 
 
 def _in_order(
@@ -312,18 +284,31 @@ def iter_hours(
 
     Raises ArchiveReadError when a verified hour has no readable copy.
     """
-    archive = ArchiveReader()
+    # Made in the thread that serves the request and shared with the prefetching threads: the
+    # boto3 client it holds is safe to use from any thread, and costly to make.
+    archive = open_archive()
     start_ts, end_ts = start.timestamp(), end.timestamp()
     plans = hour_plans(cloud_id, start, end)
-    pending: list[tuple[HourPlan, Future[HourContent]]] = []
+    # Hours the SQL readings store holds whole are read from its table, in this thread.
+    in_table = readings_store.table_hours(cloud_id, start, end, need_raw=True)
+    pending: list[tuple[HourPlan, Future[HourContent] | None]] = []
     executor = ThreadPoolExecutor(max_workers=PREFETCH_HOURS, thread_name_prefix="retrieval")
     try:
         while True:
             while len(pending) < PREFETCH_HOURS and (plan := next(plans, None)) is not None:
-                pending.append((plan, executor.submit(_load_hour, plan, archive)))
+                if plan.hour in in_table:
+                    pending.append((plan, None))
+                else:
+                    pending.append((plan, executor.submit(_load_hour, plan, archive)))
             if not pending:
                 return
             plan, future = pending.pop(0)
+            if future is None:
+                low = max(start, plan.hour)
+                high = min(end, plan.hour + hourfiles.HOUR)
+                if table_records := readings_store.records(cloud_id, low, high, record_type):
+                    yield table_records
+                continue
             content = future.result()
             for copies in content.vanished:
                 content.records.extend(_recover_vanished(plan, copies, archive))
@@ -358,8 +343,6 @@ def has_records(cloud_id: str) -> bool:
 # --- One hour file ------------------------------------------------------------------------------
 
 DOWNLOAD_CHUNK_BYTES = 256 * 1024
-JSON_LINES_TYPE = "application/x-ndjson"
-GZIP_TYPE = "application/gzip"
 
 
 class HourFileUnavailableError(Exception):
@@ -398,17 +381,19 @@ def open_hour_file(hour_file: HourFile) -> HourFileStream:
         pass
     else:
         size = os.fstat(handle.fileno()).st_size
-        return HourFileStream(_file_chunks(handle, size), size, JSON_LINES_TYPE, path.name)
+        return HourFileStream(_file_chunks(handle, size), size, content_type(False), path.name)
     key, compressed = _archived_key(hour_file)
     if key is None:
         raise HourFileUnavailableError(
             f"hour file {hour_file.id} is not on disk and not verified in the archive "
             f"(state {hour_file.state})"
         )
-    stream, size = ArchiveReader().open(key)
-    content_type = GZIP_TYPE if compressed else JSON_LINES_TYPE
+    try:
+        stream, size = open_archive().open_sized(key)
+    except (ArchiveError, OSError) as exc:
+        raise ArchiveReadError(f"cannot read archived {key}: {exc}") from exc
     filename = key.rsplit("/", 1)[-1]
-    return HourFileStream(_file_chunks(stream, size), size, content_type, filename)
+    return HourFileStream(_file_chunks(stream, size), size, content_type(compressed), filename)
 
 
 def presigned_url(hour_file: HourFile) -> tuple[str, datetime]:
@@ -421,12 +406,10 @@ def presigned_url(hour_file: HourFile) -> tuple[str, datetime]:
         raise HourFileUnavailableError(
             f"hour file {hour_file.id} is not verified in the archive (state {hour_file.state})"
         )
-    archive = ArchiveReader()
-    if archive.client is None:
+    presigned = open_archive().presigned_url(key)
+    if presigned is None:
         raise HourFileUnavailableError("presigned URLs need an S3 archive (ARCHIVE_BUCKET)")
-    expires_in = archive.storage.querystring_expire  # type: ignore[attr-defined]
-    url = archive.storage.url(key, expire=expires_in)
-    return url, timezone.now() + timedelta(seconds=expires_in)
+    return presigned
 
 
 # --- Aggregates ---------------------------------------------------------------------------------
@@ -505,15 +488,66 @@ def aggregate_demand(
     edges = [b.timestamp() for b in boundaries]
     start_ts, end_ts = edges[0], edges[-1]
     margin = timedelta(seconds=gap_seconds)
-    points = demand_readings(cloud_id, start - margin, end + margin)
     previous: tuple[float, float] | None = None
-    for moment, demand in points:
-        if start_ts <= moment < end_ts:
-            buckets[bisect_right(edges, moment) - 1].add_reading(demand)
-        if previous is not None and moment - previous[0] <= gap_seconds:
-            _integrate(previous, (moment, demand), edges, buckets)
-        previous = (moment, demand)
+    for low, high, in_table in _runs(cloud_id, start - margin, end + margin):
+        if in_table:
+            previous = _add_table_part(
+                readings_store.demand_part(cloud_id, low, high, edges, gap_seconds),
+                previous,
+                gap_seconds,
+                edges,
+                buckets,
+            )
+            continue
+        for moment, demand in demand_readings(cloud_id, low, high):
+            if start_ts <= moment < end_ts:
+                buckets[bisect_right(edges, moment) - 1].add_reading(demand)
+            if previous is not None and moment - previous[0] <= gap_seconds:
+                _integrate(previous, (moment, demand), edges, buckets)
+            previous = (moment, demand)
     return buckets
+
+
+def _runs(cloud_id: str, start: datetime, end: datetime) -> list[tuple[datetime, datetime, bool]]:
+    """[start, end) cut at hour boundaries into runs read alike: (low, high, from the table)."""
+    in_table = readings_store.table_hours(cloud_id, start, end)
+    if not in_table:
+        return [(start, end, False)]
+    runs: list[tuple[datetime, datetime, bool]] = []
+    hour = hourfiles.hour_floor(start)
+    while hour < end:
+        low, high, table = max(hour, start), min(hour + hourfiles.HOUR, end), hour in in_table
+        if runs and runs[-1][2] == table:
+            runs[-1] = (runs[-1][0], high, table)
+        else:
+            runs.append((low, high, table))
+        hour += hourfiles.HOUR
+    return runs
+
+
+def _add_table_part(
+    part: readings_store.DemandPart,
+    previous: tuple[float, float] | None,
+    gap_seconds: float,
+    edges: list[float],
+    buckets: list[DemandBucket],
+) -> tuple[float, float] | None:
+    """Add what the table aggregated for a run, joined to the reading before it; returns the
+    run's last reading (or `previous` when it has none)."""
+    if part.first is None:
+        return previous
+    if previous is not None and part.first[0] - previous[0] <= gap_seconds:
+        _integrate(previous, part.first, edges, buckets)
+    for index, (count, total, low, high) in part.stats.items():
+        bucket = buckets[index]
+        bucket.readings += count
+        bucket.total_kw += total
+        bucket.min_kw = low if bucket.min_kw is None else min(bucket.min_kw, low)
+        bucket.max_kw = high if bucket.max_kw is None else max(bucket.max_kw, high)
+    for index, (energy, covered) in part.energy.items():
+        buckets[index].energy_kwh += energy
+        buckets[index].covered_seconds += covered
+    return part.last
 
 
 def _integrate(
@@ -545,6 +579,7 @@ class HourCoverage:
     start: datetime
     end: datetime
     expected: int
+    expected_seconds: float
     present: int = 0
     covered_seconds: float = 0.0
 
@@ -575,12 +610,26 @@ class Coverage:
         return sum(hour.expected for hour in self.hours)
 
     @property
+    def expected_seconds(self) -> float:
+        return sum(hour.expected_seconds for hour in self.hours)
+
+    @property
     def present(self) -> int:
         return sum(hour.present for hour in self.hours)
 
     @property
     def covered_seconds(self) -> float:
         return sum(hour.covered_seconds for hour in self.hours)
+
+
+def _meter_timestamps(cloud_id: str, start: datetime, end: datetime) -> Iterator[int]:
+    """The distinct meter times of `cloud_id`'s readings in [start, end), in order: from the
+    readings table (SELECT DISTINCT) for the hours it holds, from files for the others."""
+    for low, high, in_table in _runs(cloud_id, start, end):
+        if in_table:
+            yield from readings_store.meter_timestamps(cloud_id, low, high)
+        else:
+            yield from _distinct_timestamps(iter_readings(cloud_id, low, high))
 
 
 def _distinct_timestamps(records: Iterable[Record]) -> Iterator[int]:
@@ -590,6 +639,37 @@ def _distinct_timestamps(records: Iterable[Record]) -> Iterator[int]:
         if timestamp != last:
             yield timestamp
             last = timestamp
+
+
+def _gaps(timestamps: Iterable[float], spans: list[expected.Span], gap_seconds: float) -> list[Gap]:
+    """Stretches longer than `gap_seconds` of expected time without a reading, in one pass over
+    all the readings (in time order); readings outside the spans neither open nor close a gap."""
+    gaps: list[Gap] = []
+    edges = [(a.timestamp(), b.timestamp()) for a, b in spans]
+    index, previous = 0, None
+
+    def close(span: int, last: float | None) -> None:
+        low, high = edges[span]
+        last = low if last is None else last
+        if high - last > gap_seconds:
+            gaps.append(Gap(_utc(last), spans[span][1]))
+
+    for timestamp in timestamps:
+        while index < len(edges) and timestamp >= edges[index][1]:
+            close(index, previous)
+            index, previous = index + 1, None
+        if index == len(edges):
+            continue
+        low = edges[index][0]
+        if timestamp < low:
+            continue
+        last = low if previous is None else previous
+        if timestamp - last > gap_seconds:
+            gaps.append(Gap(_utc(last), _utc(timestamp)))
+        previous = timestamp
+    for span in range(index, len(edges)):
+        close(span, previous if span == index else None)
+    return gaps
 
 
 def coverage(
@@ -603,35 +683,33 @@ def coverage(
 
     Time after `now` is neither expected nor a gap.
     """
-    cadence = settings.INGEST_POLL_SECONDS
-    end = max(start, min(end, now or timezone.now()))
+    now = now or timezone.now()
+    end = max(start, min(end, now))
+    user = EagleUser.objects.filter(cloud_id=cloud_id).first()
+    spans = expected.expected_spans(user, start, end)
     hours = []
     hour = hourfiles.hour_floor(start)
     while hour < end:
         low, high = max(hour, start), min(hour + hourfiles.HOUR, end)
-        seconds = (high - low).total_seconds()
-        hours.append(HourCoverage(hour, low, high, math.floor(seconds / cadence)))
+        seconds = expected.seconds_in(expected.clip(spans, low, high))
+        hours.append(HourCoverage(hour, low, high, expected.readings_in(seconds), seconds))
         hour += hourfiles.HOUR
     hour_starts = [h.start.timestamp() for h in hours]
 
-    gaps: list[Gap] = []
-    start_ts, end_ts = start.timestamp(), end.timestamp()
-    previous = start_ts
-    for timestamp in _distinct_timestamps(iter_readings(cloud_id, start, end)):
-        hours[bisect_right(hour_starts, timestamp) - 1].present += 1
-        if timestamp - previous > gap_seconds:
-            gaps.append(Gap(_utc(previous), _utc(timestamp)))
-        previous = timestamp
-    if end_ts - previous > gap_seconds:
-        gaps.append(Gap(_utc(previous), end))
+    def counted(timestamps: Iterable[int]) -> Iterator[int]:
+        for timestamp in timestamps:
+            hours[bisect_right(hour_starts, timestamp) - 1].present += 1
+            yield timestamp
+
+    gaps = _gaps(counted(_meter_timestamps(cloud_id, start, end)), spans, gap_seconds)
 
     for hour_coverage in hours:
-        hour_coverage.covered_seconds = (hour_coverage.end - hour_coverage.start).total_seconds()
+        hour_coverage.covered_seconds = hour_coverage.expected_seconds
         for gap in gaps:
             overlap = min(gap.end, hour_coverage.end) - max(gap.start, hour_coverage.start)
             hour_coverage.covered_seconds -= max(overlap.total_seconds(), 0.0)
-    _attach_incidents(cloud_id, gaps, now or timezone.now())
-    return Coverage(start, end, cadence, gap_seconds, hours, gaps)
+    _attach_incidents(cloud_id, gaps, now)
+    return Coverage(start, end, settings.INGEST_METER_SECONDS, gap_seconds, hours, gaps)
 
 
 def _utc(timestamp: float) -> datetime:

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, reverse_lazy
 
 from ingestion.console import dashboard
 
@@ -14,6 +14,8 @@ class RainlogAdminSite(admin.AdminSite):
     site_title = "rainlog admin"
     index_title = "Fleet"
     index_template = "admin/rainlog/dashboard.html"
+    # "View site" leads to the console itself: rainlog has no public pages.
+    site_url = reverse_lazy("admin:index")
 
     def index(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None

@@ -195,6 +195,8 @@ AUTHENTICATION_BACKENDS = [
 ]
 
 LANGUAGE_CODE = "en-us"
+# Times are written one way everywhere in the admin: 2026-12-03 15:59:00 UTC.
+FORMAT_MODULE_PATH = ["rainlog.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
@@ -402,6 +404,12 @@ for _network in GATEWAY_ALLOWED_NETWORKS:
 
 ARCHIVE_BUCKET = env_str("ARCHIVE_BUCKET")
 ARCHIVE_PREFIX = env_str("ARCHIVE_PREFIX", "rainforest-logs").strip("/")
+# The Parquet dataset of every reading (ingestion/parquet.py), beside the hour files.
+PARQUET_PREFIX = env_str("PARQUET_PREFIX", "rainforest-parquet").strip("/")
+if PARQUET_PREFIX == ARCHIVE_PREFIX:
+    raise ImproperlyConfigured(
+        f"PARQUET_PREFIX={PARQUET_PREFIX!r} is ARCHIVE_PREFIX: the dataset needs a prefix of its own."
+    )
 ARCHIVE_COMPRESS = env_str("ARCHIVE_COMPRESS", "")
 if ARCHIVE_COMPRESS not in ("", "gzip"):
     raise ImproperlyConfigured(
@@ -450,6 +458,26 @@ STORAGES = {
     },
     "archive": ARCHIVE_STORAGE,
 }
+
+# --- SQL readings store (optional) -------------------------------------------------------------
+
+# "postgres" loads sealed hours into the partitioned `readings` table (ingestion/readings_store.py);
+# empty keeps readings in files only. It needs PostgreSQL: on SQLite it stays off (a system check
+# says so).
+READINGS_STORE = env_str("READINGS_STORE", "").strip().lower()
+if READINGS_STORE not in ("", "postgres"):
+    raise ImproperlyConfigured(
+        f"READINGS_STORE={READINGS_STORE!r}: use 'postgres' or leave it empty."
+    )
+# Keep each reading's `raw` object (jsonb) in the table; without it the readings endpoint keeps
+# reading files, while aggregates and coverage still come from the table.
+READINGS_KEEP_RAW = env_bool("READINGS_KEEP_RAW", True)
+# Days of readings kept in the table (whole daily partitions are dropped); 0 keeps them all.
+READINGS_RETENTION_DAYS = env_int("READINGS_RETENTION_DAYS", 0, minimum=0)
+# Minutes between load passes (django-q2 schedules have a one-minute resolution).
+READINGS_LOAD_INTERVAL = env_int("READINGS_LOAD_INTERVAL", 5, minimum=1)
+# Hours loaded at once by one pass, each over its own database connection.
+READINGS_LOAD_WORKERS = env_int("READINGS_LOAD_WORKERS", 2, minimum=1)
 
 # --- Incident reports to an external endpoint --------------------------------------------------
 

@@ -1,11 +1,20 @@
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from api.health import healthz
 from api.metrics import metrics
 from ingestion.console.playground import playground
 
 urlpatterns = [
+    # The site is its console: the admin, whose index is the fleet dashboard.
+    path("", RedirectView.as_view(pattern_name="admin:index"), name="home"),
+    path(
+        "favicon.ico",
+        RedirectView.as_view(url=static("rainlog/favicon.svg"), permanent=True),
+        name="favicon",
+    ),
     path("healthz", healthz, name="healthz"),
     path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),

@@ -1,6 +1,7 @@
 """Fixtures shared by the whole suite: moto's S3 server, per-test log roots, operators."""
 
 import hashlib
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import boto3
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.db import connection
 from moto.server import ThreadedMotoServer
 from rest_framework.test import APIClient
 
@@ -59,9 +61,23 @@ def s3_archive(settings, s3_endpoint: str, s3_client, request) -> str:  # type: 
 
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):  # type: ignore[no-untyped-def]
-    """The test database as `migrate` leaves it: with the cache table (tests skip migrations)."""
+    """The test database as `migrate` leaves it (tests skip migrations): with the cache table, and
+    the readings table, which a migration makes with RunSQL, made here from the same SQL."""
+    readings = importlib.import_module("ingestion.migrations.0007_readings_store")
     with django_db_blocker.unblock():
         call_command("createcachetable", verbosity=0)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regclass('readings')")
+            if cursor.fetchone()[0] is None:
+                cursor.execute(readings.CREATE_READINGS)
+
+
+@pytest.fixture(params=["s3", "local"])
+def any_archive(request: pytest.FixtureRequest) -> str:
+    """A test using it runs against moto's S3 server and against the local archive."""
+    if request.param == "s3":
+        request.getfixturevalue("s3_archive")
+    return str(request.param)
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """Test data. Operators are Django auth users; EAGLE users are the households being logged."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import factory
 from django.contrib.auth.models import User
@@ -86,3 +86,10 @@ class TickFactory(factory.django.DjangoModelFactory):
     scheduled_at = factory.LazyFunction(timezone.now)
     started_at = factory.LazyAttribute(lambda o: o.scheduled_at)
     finished_at = factory.LazyAttribute(lambda o: o.scheduled_at + timedelta(seconds=1))
+
+
+def logged_since(cloud_id: str, moment: datetime) -> EagleUser:
+    """A user added at `moment`, the poller having run for a day already: its readings are
+    expected from `moment` on (ingestion.expected)."""
+    TickFactory(scheduled_at=moment - timedelta(days=1))
+    return EagleUserFactory(cloud_id=cloud_id, created_at=moment)

@@ -12,10 +12,10 @@ import hashlib
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
-from django.core.files.base import ContentFile
 from django.utils import timezone
 
-from ingestion import hourfiles, retrieval
+from ingestion import hourfiles
+from ingestion.archive import store
 from ingestion.hourfiles import HourFileWriter, iter_records
 from ingestion.models import HourFile, HourFileState
 from ingestion.records import Reading, Source
@@ -82,19 +82,14 @@ def ship_hour(
     data = local.read_bytes()
     body = gzip.compress(data) if compressed else data
     key = hourfiles.archive_key(cloud_id, hour, part, compressed)
-    archive = retrieval.ArchiveReader()
-    if archive.client is not None:
-        content_type = "application/gzip" if compressed else "application/x-ndjson"
-        bucket = archive.storage.bucket_name  # type: ignore[attr-defined]
-        archive.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
-    else:
-        archive.storage.save(key, ContentFile(body))
+    sha256 = hashlib.sha256(body).hexdigest()
+    store.open_archive().create(key, body, len(body), sha256, store.content_type(compressed))
     records = list(iter_records(local))
     row = manifest_row(cloud_id, hour, part, HourFileState.VERIFIED)
     row.key = key
     row.compressed = compressed
     row.size = len(body)
-    row.sha256 = hashlib.sha256(body).hexdigest()
+    row.sha256 = sha256
     row.line_count = len(records)
     row.first_reading_at = datetime.fromtimestamp(records[0]["meter_timestamp"], UTC)
     row.last_reading_at = datetime.fromtimestamp(records[-1]["meter_timestamp"], UTC)

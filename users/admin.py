@@ -1,5 +1,4 @@
 from copy import copy
-from datetime import UTC, datetime
 from typing import Any
 
 from django import forms
@@ -14,10 +13,10 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 
 from ingestion.models import FetchState, HourFile
-from ingestion.records import iso_utc
+from ingestion.purging import PurgeIncompleteError, remove_user
+from rainlog import display
 from users.credentials import check_credentials
 from users.models import ConnectionType, EagleUser, EagleUserQuerySet
-from users.purging import PurgeIncompleteError
 
 # Each check waits for a gateway (up to INGEST_REQUEST_TIMEOUT): keep one admin request short.
 MAX_CREDENTIAL_CHECKS = 10
@@ -90,10 +89,6 @@ class FetchingFilter(admin.SimpleListFilter):
 
 def _state(user: EagleUser) -> FetchState:
     return getattr(user, "fetch_state", None) or FetchState(user=user)
-
-
-def _unix_to_iso(unix_seconds: float | None) -> str:
-    return iso_utc(datetime.fromtimestamp(unix_seconds, UTC)) if unix_seconds is not None else "-"
 
 
 # Kept by the poller (FetchState): shown read-only, never edited here.
@@ -189,9 +184,12 @@ class EagleUserAdmin(admin.ModelAdmin):
     def has_password(self, user: EagleUser) -> bool:
         return bool(user.eagle_password)
 
-    @admin.display(boolean=True, description="failing")
-    def failing(self, user: EagleUser) -> bool:
-        return bool(_state(user).consecutive_failures or getattr(user, "has_open_incident", False))
+    @admin.display(description="health")
+    def failing(self, user: EagleUser) -> str:
+        """Failing (its last fetches failed, or an open incident) or OK: an icon that says it."""
+        if _state(user).consecutive_failures or getattr(user, "has_open_incident", False):
+            return display.status("problem", "Failing")
+        return display.status("ok", "OK")
 
     @admin.display(description="events logged", ordering="fetch_state__total_events_logged")
     def total_events_logged(self, user: EagleUser) -> int:
@@ -199,19 +197,19 @@ class EagleUserAdmin(admin.ModelAdmin):
 
     @admin.display(description="first reading")
     def first_reading_at(self, user: EagleUser) -> str:
-        return _unix_to_iso(_state(user).first_timestamp)
+        return display.moment(_state(user).first_timestamp)
 
     @admin.display(description="last reading", ordering="fetch_state__last_timestamp")
     def last_reading_at(self, user: EagleUser) -> str:
-        return _unix_to_iso(_state(user).last_timestamp)
+        return display.moment(_state(user).last_timestamp)
 
     @admin.display(description="last success", ordering="fetch_state__last_success_at")
-    def last_success_at(self, user: EagleUser) -> Any:
-        return _state(user).last_success_at
+    def last_success_at(self, user: EagleUser) -> str:
+        return display.moment(_state(user).last_success_at)
 
     @admin.display(description="last attempt")
-    def last_attempt_at(self, user: EagleUser) -> Any:
-        return _state(user).last_attempt_at
+    def last_attempt_at(self, user: EagleUser) -> str:
+        return display.moment(_state(user).last_attempt_at)
 
     @admin.display(description="failures in a row", ordering="fetch_state__consecutive_failures")
     def consecutive_failures(self, user: EagleUser) -> int:
@@ -226,12 +224,12 @@ class EagleUserAdmin(admin.ModelAdmin):
         return _state(user).last_error or "-"
 
     @admin.display(description="last error at")
-    def last_error_at(self, user: EagleUser) -> Any:
-        return _state(user).last_error_at
+    def last_error_at(self, user: EagleUser) -> str:
+        return display.moment(_state(user).last_error_at)
 
     @admin.display(description="next attempt")
-    def next_attempt_at(self, user: EagleUser) -> Any:
-        return _state(user).next_attempt_at
+    def next_attempt_at(self, user: EagleUser) -> str:
+        return display.moment(_state(user).next_attempt_at)
 
     @admin.action(description="Activate selected users (poll them again)", permissions=["change"])
     def activate_users(self, request: HttpRequest, queryset: QuerySet[EagleUser]) -> None:
@@ -288,10 +286,10 @@ class EagleUserAdmin(admin.ModelAdmin):
             )
         for user in queryset:
             cloud_id = user.cloud_id
-            # remove() clears the pk; the admin's history needs it, and only once it succeeded.
+            # remove_user() clears the pk; the admin's history needs it, and only once it succeeded.
             history_record = copy(user)
             try:
-                report = user.remove(purge=True)
+                report = remove_user(user, purge=True)
             except PurgeIncompleteError as exc:
                 self.message_user(
                     request,

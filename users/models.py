@@ -2,7 +2,8 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator
@@ -12,14 +13,10 @@ from django.utils import timezone
 
 from users.cloud_ids import CloudIdField, cloud_id_validator
 from users.crypto import EncryptedTextField
-
-if TYPE_CHECKING:
-    from ingestion.models import FetchState
-    from users.purging import PurgeReport
+from users.gateway_addresses import validate_gateway_address, validate_meter_mac
 
 EAGLE_PASSWORD_MAX_LENGTH = 1024
 DEFAULT_SUSPENDED_REASON = "Suspended by an operator."
-PURGING_REASON = "Being deleted together with its data."
 PUSH_TOKEN_PREFIX = "rlp_"
 
 
@@ -38,10 +35,10 @@ LOCAL_CONNECTION_TYPES = (ConnectionType.EAGLE200, ConnectionType.LEGACY)
 
 
 def _has_open_incident() -> Exists:
-    # ingestion.models imports this module, so its models are looked up when a query is built.
-    from ingestion.models import Incident, IncidentState
-
-    return Exists(Incident.objects.filter(user=OuterRef("pk"), state=IncidentState.OPEN))
+    # The ingestion app depends on this one, not the other way round: its Incident model is
+    # reached through the reverse relation, never imported (hence Any: no static type for it).
+    incident_model: Any = EagleUser._meta.get_field("incidents").related_model
+    return Exists(incident_model.objects.open().filter(user=OuterRef("pk")))
 
 
 class EagleUserQuerySet(models.QuerySet["EagleUser"]):
@@ -118,10 +115,16 @@ class EagleUser(models.Model):
         max_length=16, choices=ConnectionType.choices, default=ConnectionType.CLOUD
     )
     gateway_address = models.CharField(
-        max_length=255, blank=True, help_text="host[:port] or URL of a local gateway"
+        max_length=255,
+        blank=True,
+        validators=[validate_gateway_address],
+        help_text="host[:port] or http(s) URL of a local gateway",
     )
     meter_mac = models.CharField(
-        max_length=32, blank=True, help_text="MacId of the meter, if known"
+        max_length=32,
+        blank=True,
+        validators=[validate_meter_mac],
+        help_text="MacId of the meter, if known (0x and up to 16 hexadecimal digits)",
     )
     is_active = models.BooleanField(default=True)
     suspended_reason = models.TextField(blank=True)
@@ -151,6 +154,25 @@ class EagleUser(models.Model):
 
     def __str__(self) -> str:
         return self.cloud_id
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        suspended_since = getattr(self, "_stored_suspension", None)
+        super().save(*args, **kwargs)
+        if suspended_since is not None and self.is_active:
+            # Resumed: the suspension becomes a pause, a stretch of time with no readings expected.
+            Pause.objects.create(user=self, started_at=suspended_since, ended_at=timezone.now())
+        self._stored_suspension = self._suspension()
+
+    @classmethod
+    def from_db(cls, db: Any, field_names: Any, values: Any) -> "EagleUser":
+        user = super().from_db(db, field_names, values)
+        user._stored_suspension = user._suspension()
+        return user
+
+    def _suspension(self) -> datetime | None:
+        """When the current suspension began; None while active (or with those fields deferred)."""
+        loaded = self.__dict__
+        return None if loaded.get("is_active", True) else loaded.get("suspended_at")
 
     def clean(self) -> None:
         self.normalize_state()
@@ -226,27 +248,30 @@ class EagleUser(models.Model):
             self.push_token_hash, _push_token_digest(token)
         )
 
-    def ensure_fetch_state(self) -> "FetchState":
-        """The user's fetch metadata row, created if missing (every user has one)."""
-        from ingestion.models import FetchState
-
-        state, _ = FetchState.objects.get_or_create(user=self)
+    def ensure_fetch_state(self) -> models.Model:
+        """The user's fetch metadata row (an ingestion FetchState), created if missing (every
+        user has one). Reached through the reverse relation: this app does not import ingestion."""
+        # Any: the model is looked up, not imported, so its manager is not known statically.
+        state_model: Any = self._meta.get_field("fetch_state").related_model
+        state, _ = state_model.objects.get_or_create(user=self)
         return state
 
-    def remove(self, purge: bool) -> "PurgeReport | None":
-        """Delete the user; with `purge`, its hour files, archived objects and manifest rows too.
 
-        Without purge the data stays (manifest rows keep the cloud_id). With purge the user is
-        suspended first, so the poller stops writing for it, and deleted only once its data is
-        gone: a purge that fails (PurgeIncompleteError) leaves the user suspended, to be retried.
-        """
-        from users.purging import purge_user_data
+class Pause(models.Model):
+    """A past suspension of a user: polling was stopped on purpose, so no readings were expected.
 
-        if not purge:
-            self.delete()
-            return None
-        if self.is_active or self.suspended_reason != PURGING_REASON:
-            self.suspend(PURGING_REASON)
-        report = purge_user_data(self.cloud_id)
-        self.delete()
-        return report
+    Written when a suspended user is resumed; the current suspension is the user's suspended_at.
+    """
+
+    user = models.ForeignKey(EagleUser, on_delete=models.CASCADE, related_name="pauses")
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["user", "started_at"]
+        indexes = [models.Index(fields=["ended_at"])]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.user} paused {self.started_at:%Y-%m-%d %H:%M} to {self.ended_at:%Y-%m-%d %H:%M}"
+        )

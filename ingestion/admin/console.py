@@ -70,9 +70,12 @@ def _parse_day(text: str | None, default: date) -> date:
     if not text:
         return default
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a day (YYYY-MM-DD)") from None
+    if not retrieval.EARLIEST.date() <= day < retrieval.LATEST.date():
+        raise ValueError(f"{text!r} is outside 2000-01-01 to 2099-12-31")
+    return day
 
 
 # --- Chart data ---------------------------------------------------------------------------------

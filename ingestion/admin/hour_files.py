@@ -18,6 +18,7 @@ from django.utils.html import format_html
 
 from ingestion.archive import audit, store
 from ingestion.models import RETRYABLE_STATES, HourFile, HourFileState
+from rainlog import display
 
 # Users offered in the "user" filter: the most overdue ones (any cloud_id works in the URL).
 USERS_IN_FILTER = 20
@@ -89,7 +90,7 @@ class HourFileAdmin(admin.ModelAdmin):
         "cloud_id",
         "part",
         "state",
-        "size",
+        "human_size",
         "line_count",
         "attempts",
         "next_attempt_at",
@@ -155,6 +156,10 @@ class HourFileAdmin(admin.ModelAdmin):
     @admin.display(description="hour (UTC)", ordering="hour")
     def hour_label(self, row: HourFile) -> str:
         return row.hour.strftime("%Y-%m-%d %H:00")
+
+    @admin.display(description="size", ordering="size")
+    def human_size(self, row: HourFile) -> str:
+        return display.size(row.size)
 
     @admin.display(description="last error")
     def short_error(self, row: HourFile) -> str:

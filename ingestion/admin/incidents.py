@@ -12,9 +12,11 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
+from django.utils.text import Truncator
 
 from ingestion.admin.hour_files import CappedCountPaginator
 from ingestion.models import FetchState, Incident, PollLease, Tick
+from rainlog import display
 
 # Users offered in the incidents' "user" filter: those with the most open incidents.
 USERS_IN_FILTER = 20
@@ -101,7 +103,7 @@ class IncidentAdmin(admin.ModelAdmin):
 
     @admin.display(description="message")
     def short_message(self, incident: Incident) -> str:
-        return incident.message[:100]
+        return Truncator(incident.message).chars(100)
 
     @admin.action(description="Resolve the selected incidents", permissions=["change"])
     def resolve(self, request: HttpRequest, queryset: QuerySet[Incident]) -> None:
@@ -188,13 +190,18 @@ class TickAdmin(ReadOnlyAdmin):
         "users_polled",
         "readings_written",
         "failures",
-        "late",
+        "on_time",
         "seconds",
         "holder",
     ]
     list_filter = ["late", "shard"]
     paginator = CappedCountPaginator
     show_full_result_count = False
+
+    @admin.display(description="on time", ordering="late")
+    def on_time(self, tick: Tick) -> str:
+        """Late: finished after the next tick was due, or some due users were not fetched."""
+        return display.status("problem", "Late") if tick.late else display.status("ok", "On time")
 
     @admin.display(description="done after (s)")
     def seconds(self, tick: Tick) -> str:

@@ -60,16 +60,16 @@ from django.utils import timezone
 
 from ingestion import hourfiles
 from ingestion.archive.store import (
-    CONTENT_TYPE_GZIP,
-    CONTENT_TYPE_JSONL,
     READ_CHUNK,
     Archive,
     ArchiveError,
     Body,
+    content_type,
     open_archive,
     sha256_of_file,
     stored_sha256,
 )
+from ingestion.hourfiles import LocalFile
 from ingestion.models import HourFile, HourFileState
 from ingestion.records import parse_line
 from users.models import EagleUser
@@ -220,7 +220,7 @@ def _measure(chunks: Iterable[bytes], gzip_sink: BinaryIO | None) -> FileStats:
         sha256=stored_digest.hexdigest(),
         data_size=data_size,
         data_sha256=data_digest.hexdigest(),
-        content_type=CONTENT_TYPE_GZIP if gzip_sink is not None else CONTENT_TYPE_JSONL,
+        content_type=content_type(gzip_sink is not None),
         line_count=tally.records,
         malformed_lines=tally.malformed,
         first_reading_at=_utc(tally.first),
@@ -405,7 +405,7 @@ def measure_archived(archive: Archive, key: str, compressed: bool) -> FileStats:
         stats,
         size=size,
         sha256=digest.hexdigest(),
-        content_type=CONTENT_TYPE_GZIP if compressed else CONTENT_TYPE_JSONL,
+        content_type=content_type(compressed),
     )
 
 
@@ -480,14 +480,6 @@ class Progress(Protocol):
     def shipped(self, shipment: Shipment) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class FoundFile:
-    cloud_id: str
-    hour: datetime
-    part: int
-    path: Path
-
-
 def _is_closed(hour: datetime, now: datetime) -> bool:
     return hour + hourfiles.HOUR + timedelta(seconds=settings.ROTATE_GRACE_SECONDS) <= now
 
@@ -500,25 +492,13 @@ def _hour_dirs(only_hour: datetime | None) -> list[tuple[datetime, Path]]:
     return hourfiles.hour_dirs()
 
 
-def _found_files(hour: datetime, directory: Path, cloud_id: str | None) -> Iterator[FoundFile]:
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.name.endswith(hourfiles.SEALED_SUFFIX):
-                continue
-            try:
-                owner, file_hour, part = hourfiles.parse_file_name(entry.name)
-            except ValueError:
-                continue
-            if file_hour != hour or entry.name.endswith(".gz") or not entry.is_file():
-                logger.warning(
-                    "rotation: %s is not an hour file of %s, left alone", entry.path, hour
-                )
-                continue
-            if cloud_id is None or owner == cloud_id:
-                yield FoundFile(owner, hour, part, Path(entry.path))
+def _found_files(hour: datetime, directory: Path, cloud_id: str | None) -> Iterator[LocalFile]:
+    for found in hourfiles.files_in(hour, directory):
+        if cloud_id is None or found.cloud_id == cloud_id:
+            yield found
 
 
-def _batches(items: Iterable[FoundFile], size: int) -> Iterator[list[FoundFile]]:
+def _batches(items: Iterable[LocalFile], size: int) -> Iterator[list[LocalFile]]:
     iterator = iter(items)
     while batch := list(islice(iterator, size)):
         yield batch
@@ -526,7 +506,7 @@ def _batches(items: Iterable[FoundFile], size: int) -> Iterator[list[FoundFile]]
 
 def _closed_files(
     now: datetime, only_hour: datetime | None, cloud_id: str | None
-) -> Iterator[list[FoundFile]]:
+) -> Iterator[list[LocalFile]]:
     for hour, directory in _hour_dirs(only_hour):
         if _is_closed(hour, now):
             yield from _batches(_found_files(hour, directory, cloud_id), BATCH)
@@ -540,7 +520,7 @@ class KnownRow:
     local_deleted_at: datetime | None
 
 
-def _rows_of(batch: list[FoundFile]) -> dict[tuple[str, int], KnownRow]:
+def _rows_of(batch: list[LocalFile]) -> dict[tuple[str, int], KnownRow]:
     """Existing manifest rows of a batch of files of one hour, by (cloud_id, part)."""
     rows = HourFile.objects.filter(
         hour=batch[0].hour, cloud_id__in={found.cloud_id for found in batch}
@@ -548,23 +528,12 @@ def _rows_of(batch: list[FoundFile]) -> dict[tuple[str, int], KnownRow]:
     return {(row[0], row[1]): KnownRow(*row[2:]) for row in rows}
 
 
-def _new_row(found: FoundFile, user_pk: int | None, now: datetime) -> HourFile:
-    compressed = settings.ARCHIVE_COMPRESS == "gzip"
-    return HourFile(
-        cloud_id=found.cloud_id,
-        user_id=user_pk,
-        hour=found.hour,
-        part=found.part,
-        local_path=str(found.path),
-        key=hourfiles.archive_key(found.cloud_id, found.hour, found.part, compressed),
-        compressed=compressed,
-        state=HourFileState.OPEN,
-        created_at=now,
-    )
+def _new_row(found: LocalFile, user_pk: int | None, now: datetime) -> HourFile:
+    return HourFile.new_row(found.cloud_id, found.hour, found.part, found.path, user_pk, now)
 
 
 def register_files(
-    batch: list[FoundFile],
+    batch: list[LocalFile],
     now: datetime,
     report: RotationReport,
     after_step: AfterStep = _no_hook,
@@ -629,7 +598,7 @@ def relocate(path: Path, cloud_id: str, hour: datetime, part: int, now: datetime
     path.unlink()
     hourfiles.fsync_directory(path.parent)
     user_pk = EagleUser.objects.filter(cloud_id=cloud_id).values_list("pk", flat=True).first()
-    row = _new_row(FoundFile(cloud_id, hour, candidate, target), user_pk, now)
+    row = _new_row(LocalFile(cloud_id, hour, candidate, target), user_pk, now)
     row.state, row.sealed_at = HourFileState.SEALED, now
     HourFile.objects.bulk_create([row], ignore_conflicts=True)
     logger.warning("rotation: %s reappeared after shipping; moved to late part %d", path, candidate)
@@ -962,7 +931,6 @@ def plan_rotation(
         cloud_id = hourfiles.checked_cloud_id(cloud_id)
     only_hour = hourfiles.hour_floor(hour) if hour is not None else None
     now = timezone.now()
-    compressed = settings.ARCHIVE_COMPRESS == "gzip"
     for batch in _closed_files(now, only_hour, cloud_id):
         rows = _rows_of(batch)
         for found in batch:
@@ -973,11 +941,7 @@ def plan_rotation(
                 size = found.path.stat().st_size
             except FileNotFoundError:
                 continue
-            key = (
-                row.key
-                if row
-                else hourfiles.archive_key(found.cloud_id, found.hour, found.part, compressed)
-            )
+            key = row.key if row else _new_row(found, None, now).key
             yield PlannedFile(key, found.path, size, row.state if row else "new")
     # Every due file still on disk was listed by the scan above; these cannot be shipped.
     due = _scoped(HourFile.objects.due(now), only_hour, cloud_id)

@@ -7,30 +7,47 @@ Every archive read, write, listing and check goes through `Archive`, over the st
 - Local file system (`FileSystemArchive`): the body is written to a temporary file beside the
   target, hashed as written, made durable, then hard-linked into place, which fails if the name
   exists; so both backends create only when absent and report what they stored.
+
+Hour files are stored as they are (`application/x-ndjson`) or, with ARCHIVE_COMPRESS=gzip, as
+deterministic gzip streams (`.jl.gz`, `application/gzip`, no Content-Encoding, so no client
+decompresses them on the fly). `read_hour_file` gives the JSON lines back either way.
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.storage import FileSystemStorage, Storage, storages
+from django.utils import timezone
 from storages.backends.s3 import S3Storage
 
 from ingestion import hourfiles
 
+if TYPE_CHECKING:
+    # pyarrow is loaded only by the readers that scan the archive in place: web and polling
+    # processes reach the archive too and need none of it.
+    import pyarrow.fs
+
 CONTENT_TYPE_JSONL = "application/x-ndjson"
 CONTENT_TYPE_GZIP = "application/gzip"
 READ_CHUNK = 1 << 20
+
+
+def content_type(compressed: bool) -> str:
+    return CONTENT_TYPE_GZIP if compressed else CONTENT_TYPE_JSONL
 
 
 # --- The interface -------------------------------------------------------------------------------
@@ -64,8 +81,23 @@ class Archive(Protocol):
     def open(self, key: str) -> BinaryIO:
         """The object's bytes as stored; FileNotFoundError if there is none."""
 
+    def open_sized(self, key: str) -> tuple[BinaryIO, int]:
+        """The object's bytes as stored and its size, in one request; FileNotFoundError if there
+        is none."""
+
+    def presigned_url(self, key: str) -> tuple[str, datetime] | None:
+        """A short-lived URL of the object and when it expires; None where the archive serves no
+        URLs (the local file system)."""
+
     def keys(self, prefix: str) -> Iterator[tuple[str, int]]:
         """(key, size) of every object under `prefix`: an audit tool, never used to ship."""
+
+    def delete(self, key: str) -> None:
+        """Remove the object at `key`; nothing happens if there is none."""
+
+    def arrow_filesystem(self) -> tuple[pyarrow.fs.FileSystem, str]:
+        """A pyarrow file system over the archive and the path of the archive's root in it,
+        for readers that scan objects in place (the Parquet dataset)."""
 
 
 def _b64_to_hex(value: str) -> str:
@@ -87,6 +119,8 @@ class S3Archive:
         # boto3 clients are thread-safe (resources are not): one client for every worker.
         self.client = storage.connection.meta.client
         self.bucket = storage.bucket_name
+        self.endpoint_url: str | None = storage.endpoint_url or None
+        self.storage = storage
         # Operator settings such as server-side encryption or storage class apply here too; the
         # content headers are ours (a gzip object must not carry Content-Encoding).
         self.object_parameters = {
@@ -135,8 +169,12 @@ class S3Archive:
         return StoredObject(int(head["ContentLength"]), _b64_to_hex(checksum) if whole else None)
 
     def open(self, key: str) -> BinaryIO:
+        return self.open_sized(key)[0]
+
+    def open_sized(self, key: str) -> tuple[BinaryIO, int]:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]  # type: ignore[no-any-return]
+            reply = self.client.get_object(Bucket=self.bucket, Key=key)
+            return reply["Body"], int(reply["ContentLength"])
         except ClientError as exc:
             if _status(exc) == 404:
                 raise FileNotFoundError(key) from exc
@@ -154,6 +192,33 @@ class S3Archive:
                     yield entry["Key"], int(entry["Size"])
         except (ClientError, BotoCoreError) as exc:
             raise ArchiveError(f"LIST {prefix}: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise ArchiveError(f"DELETE {key}: {exc}") from exc
+
+    def presigned_url(self, key: str) -> tuple[str, datetime]:
+        expires_in = int(self.storage.querystring_expire)
+        url = self.storage.url(key, expire=expires_in)
+        return url, timezone.now() + timedelta(seconds=expires_in)
+
+    def arrow_filesystem(self) -> tuple[pyarrow.fs.FileSystem, str]:
+        import pyarrow.fs
+
+        # The credentials boto3 resolved (environment, profile or instance role), handed over as
+        # they are, so pyarrow never looks for any of its own.
+        credentials = self.client._request_signer._credentials.get_frozen_credentials()
+        filesystem = pyarrow.fs.S3FileSystem(
+            access_key=credentials.access_key,
+            secret_key=credentials.secret_key,
+            session_token=credentials.token,
+            region=self.client.meta.region_name,
+            endpoint_override=self.endpoint_url,
+            scheme=self.endpoint_url.split("://", 1)[0] if self.endpoint_url else "https",
+        )
+        return filesystem, self.bucket
 
 
 class FileSystemArchive:
@@ -215,6 +280,13 @@ class FileSystemArchive:
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
 
+    def open_sized(self, key: str) -> tuple[BinaryIO, int]:
+        handle = self.open(key)
+        return handle, os.fstat(handle.fileno()).st_size
+
+    def presigned_url(self, key: str) -> None:
+        return None
+
     def keys(self, prefix: str) -> Iterator[tuple[str, int]]:
         top = self._path(prefix) if prefix else self.root
         for directory, _, names in os.walk(top):
@@ -223,6 +295,17 @@ class FileSystemArchive:
                     continue  # a create interrupted by a crash, never linked into place
                 path = Path(directory) / name
                 yield path.relative_to(self.root).as_posix(), path.stat().st_size
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise ArchiveError(f"delete {key}: {exc}") from exc
+
+    def arrow_filesystem(self) -> tuple[pyarrow.fs.FileSystem, str]:
+        import pyarrow.fs
+
+        return pyarrow.fs.LocalFileSystem(), self.root.as_posix()
 
 
 def open_archive(storage: Storage | None = None) -> Archive:
@@ -257,3 +340,14 @@ def stored_sha256(archive: Archive, key: str, stored: StoredObject) -> str:
 
 def sha256_of_file(path: Path) -> str:
     return _sha256_of_stream(open(path, "rb"))
+
+
+def read_hour_file(archive: Archive, key: str, compressed: bool) -> bytes:
+    """The JSON lines of an archived hour file, decompressed if it is stored gzip; ArchiveError if
+    there is no such object or it cannot be read."""
+    try:
+        with archive.open(key) as stream:
+            data = stream.read()
+        return gzip.decompress(data) if compressed else data
+    except (OSError, BotoCoreError, ClientError, EOFError, zlib.error) as exc:
+        raise ArchiveError(f"read {key}: {exc}") from exc

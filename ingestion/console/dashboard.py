@@ -41,7 +41,7 @@ from django_q.brokers import get_broker
 from django_q.models import Schedule, Task
 from redis.exceptions import RedisError
 
-from ingestion import retrieval
+from ingestion import expected, retrieval
 from ingestion.hourfiles import HOUR, hour_floor
 from ingestion.models import (
     SETTLED_STATES,
@@ -74,9 +74,9 @@ COVERAGE_LABELS = {
     PARTIAL: "partial",
     MISSING: "missing",
     UNSHIPPED: "not yet shipped",
-    NOT_LOGGED: "before the user was added",
+    NOT_LOGGED: "not expected (before the user was added or polling began, or paused)",
 }
-# An archived hour holding at least this share of the readings expected at the meter's cadence
+# An archived hour holding at least this share of the readings expected in it (ingestion.expected)
 # is complete; fewer is partial.
 COMPLETE_SHARE = 0.9
 
@@ -263,13 +263,19 @@ def oldest_unshipped(cloud_id: str | None = None) -> HourFile | None:
 
 
 def fleet_summary(now: datetime | None = None) -> FleetSummary:
-    """The dashboard's figures, in four queries."""
+    """The dashboard's figures, in a fixed number of queries.
+
+    Readings and ticks are those of the last hour, expected as `ingestion.expected` defines
+    them; ticks once their slot is over (the tick due a moment ago may still be running).
+    """
     now = now or timezone.now()
     states, polled = users_by_state()
+    polling_start = expected.polling_started_at()
+    over = Q(scheduled_at__lte=now - timedelta(seconds=settings.INGEST_POLL_SECONDS))
     ticks = Tick.objects.filter(scheduled_at__gte=now - HOUR, scheduled_at__lt=now).aggregate(
-        recorded=Count("pk"),
-        late=Count("pk", filter=Q(late=True)),
         readings=Sum("readings_written", default=0),
+        recorded=Count("pk", filter=over),
+        late=Count("pk", filter=over & Q(late=True)),
     )
     incidents = (
         Incident.objects.filter(state=IncidentState.OPEN)
@@ -277,7 +283,6 @@ def fleet_summary(now: datetime | None = None) -> FleetSummary:
         .annotate(n=Count("pk"))
         .order_by("-n", "failure_class")
     )
-    ticks_per_hour = round(3600 / settings.INGEST_POLL_SECONDS)
     failing = sorted(
         (
             Figure(state, failure_label(state), n)
@@ -295,10 +300,10 @@ def fleet_summary(now: datetime | None = None) -> FleetSummary:
         users_suspended=states.get(SUSPENDED, 0),
         users_failing=failing,
         readings_last_hour=ticks["readings"],
-        readings_expected=polled * expected_lines_per_hour(),
+        readings_expected=expected.fleet_expected_readings(now - HOUR, now, polling_start),
         ticks_recorded=ticks["recorded"],
         ticks_late=ticks["late"],
-        ticks_expected=ticks_per_hour * settings.INGEST_SHARDS,
+        ticks_expected=expected.expected_ticks(now - HOUR, now, polling_start),
         oldest_unshipped=oldest_unshipped(),
         open_incidents=[
             Figure(row["failure_class"], failure_label(row["failure_class"]), row["n"])
@@ -414,20 +419,18 @@ class CoverageCell:
         return COVERAGE_LABELS[self.state]
 
 
-def expected_lines_per_hour() -> int:
-    return round(3600 / settings.INGEST_METER_SECONDS)
-
-
 def coverage_strip(
     user: EagleUser, now: datetime | None = None, days: int = 7
 ) -> list[CoverageCell]:
     """One cell per UTC hour of the last `days` (oldest first, ending with the current hour).
 
-    From the manifest alone, in one query, so the page never reads a week of files: an hour with
-    no file is missing; one with a part not yet verified in the archive is unshipped; a shipped
-    hour is complete when its lines reach COMPLETE_SHARE of the readings expected at the meter's
-    cadence and its readings start and end within a gap's length of the hour's edges, partial
-    otherwise. (A short gap inside a shipped hour shows in the coverage API, not here.)
+    From the manifest alone, in two queries, so the page never reads a week of files: an hour in
+    which no reading is expected (ingestion.expected: before the user was added or polling began,
+    or while it was paused) is not expected; one with no file is missing; one with a part not yet
+    verified in the archive is unshipped; a shipped hour is complete when its lines reach
+    COMPLETE_SHARE of the readings expected in it and its readings start and end within a gap's
+    length of the expected time's edges, partial otherwise. (A short gap inside a shipped hour
+    shows in the coverage API, not here.)
     """
     now = now or timezone.now()
     last = hour_floor(now)
@@ -444,22 +447,23 @@ def coverage_strip(
         .order_by()
     )
     by_hour = {row["hour"]: row for row in rows}
-    complete_from = COMPLETE_SHARE * expected_lines_per_hour()
     edge = timedelta(seconds=retrieval.DEFAULT_GAP_SECONDS)
-    added = hour_floor(user.created_at)
+    spans = expected.expected_spans(user, first, now)
     cells = []
     hour = first
     while hour <= last:
         row = by_hour.get(hour)
+        in_hour = expected.clip(spans, hour, hour + HOUR)
         if row is None:
-            state = NOT_LOGGED if hour < added else MISSING
+            state = MISSING if in_hour else NOT_LOGGED
         elif row["unshipped"]:
             state = UNSHIPPED
         elif (
-            (row["lines"] or 0) >= complete_from
+            (row["lines"] or 0)
+            >= COMPLETE_SHARE * expected.readings_in(expected.seconds_in(in_hour))
             and row["first_reading"] is not None
-            and row["first_reading"] <= hour + edge
-            and row["last_reading"] >= hour + HOUR - edge
+            and (not in_hour or row["first_reading"] <= in_hour[0][0] + edge)
+            and (not in_hour or row["last_reading"] >= in_hour[-1][1] - edge)
         ):
             state = COMPLETE
         else:
@@ -516,6 +520,7 @@ def schedule_role(schedule: Schedule) -> str:
     return {
         schedules.ROTATE_SCHEDULE: "Rotation: seals closed hours and ships them to the archive",
         schedules.REPORT_SCHEDULE: "Incident reports: sends them to the error endpoint",
+        schedules.PARQUET_SCHEDULE: "Parquet export: writes shipped hours to the dataset",
     }.get(name, "")
 
 

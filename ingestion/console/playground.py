@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import orjson
 from django import forms
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from ingestion.eagle.decoders import decode_payload
@@ -49,6 +51,21 @@ EXAMPLES = {
         "<Units>kW</Units></Variable>\n"
         "</Variables></Component></Components></Device>\n",
     ),
+    "eagle200-upload": (
+        "EAGLE-200 push (JSON upload)",
+        '{"timestamp": "1772366400000", "deviceGuid": "d8d5b9000001", "body": [\n'
+        '  {"timestamp": "1772366395000", "subdeviceGuid": "001350050047376f", '
+        '"componentId": "all", "dataType": "InstantaneousDemand", '
+        '"data": {"demand": 0.472, "units": "kW"}}\n]}\n',
+    ),
+    "cgi-manager": (
+        "Legacy cgi_manager get_usage_data (local time)",
+        '{"meter_status": "Connected", "demand": "0.4980", "demand_units": "kW", '
+        '"demand_timestamp": "1394505386", "summation_received": "37.283", '
+        '"summation_delivered": "2667.867", "summation_units": "kWh", '
+        '"usage_timestamp": "1394505386", "timezone_localTime": "1394502011", '
+        '"timezone_utcTime": "1394527211", "timezone_utcOffset": "UTC-07:00"}\n',
+    ),
     "error": (
         "Cloud Error reply",
         "<Error>\n  <Text>Invalid user name or password</Text>\n</Error>\n",
@@ -61,7 +78,8 @@ class PayloadForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 16, "cols": 100, "spellcheck": "false"}),
         max_length=MAX_PAYLOAD_CHARS,
         strip=False,
-        help_text="A raw reply: cloud or legacy XML/JSON, EAGLE-200 XML, or a push upload.",
+        help_text="A raw reply: cloud or legacy XML/JSON, legacy cgi_manager JSON, EAGLE-200 XML, "
+        "or a push upload (uploader XML or EAGLE-200 JSON).",
     )
     cloud_id = forms.CharField(
         validators=[cloud_id_validator],
@@ -81,6 +99,11 @@ class PayloadForm(forms.Form):
 
 @login_required
 def playground(request: HttpRequest) -> HttpResponse:
+    # A development tool: staff only, and in production only where PLAYGROUND_ENABLED says so.
+    if not settings.PLAYGROUND_ENABLED:
+        raise Http404("The playground is off (PLAYGROUND_ENABLED).")
+    if not request.user.is_staff:
+        raise PermissionDenied("The playground is for staff operators.")
     result = None
     if request.method == "POST":
         form = PayloadForm(request.POST)

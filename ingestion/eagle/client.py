@@ -12,7 +12,7 @@ How each connection type is reached (`users.models.ConnectionType`):
 - legacy: the same URL and auth, with the cloud's XML commands and replies.
 
 A gateway address is `host[:port]` or a URL; `/cgi-bin/post_manager` is appended unless the path
-already ends with it (`http://127.0.0.1:8765/gw/00a1b2` is a gateway of the simulator).
+already ends with it (`http://127.0.0.1:8765/eagle200/00a1b2` is a gateway of the simulator).
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from django.conf import settings
 from yarl import URL
 
 from ingestion.eagle.decoders import decode_reply, device_list_meter, failure, judge
-from ingestion.eagle.record_types import PreviousReading, RecordType, get_record_type
+from ingestion.eagle.record_types import DEMAND, PreviousReading, RecordType, get_record_type
 from ingestion.records import FailureClass, FetchFailure, Reading, Source
 from ingestion.redaction import redact
+from users.gateway_addresses import address_refusal
 
 if TYPE_CHECKING:
     from users.models import EagleUser
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 MAX_REPLY_BYTES = 1 << 20
 LOCAL_PATH = "/cgi-bin/post_manager"
 
-# The response header by which rainlog's simulator marks its replies.
-SIMULATOR_HEADER = "X-Rainlog-Simulator"
 # Connection type -> source recorded with its readings.
 SOURCES = {"cloud": Source.CLOUD, "eagle200": Source.EAGLE200, "legacy": Source.LEGACY}
 
@@ -84,8 +83,6 @@ class ReplyTooLargeError(Exception):
 class Reply:
     status: int
     text: str
-    # Sent by rainlog's EAGLE simulator: its readings are recorded with source "simulator".
-    simulated: bool
 
 
 def cloud_command(record_type: RecordType) -> bytes:
@@ -119,6 +116,21 @@ def local_url(address: str) -> URL:
     return url.with_path(path).with_query(None).with_fragment(None)
 
 
+class GuardedResolver(aiohttp.ThreadedResolver):
+    """Name resolution that refuses addresses a gateway may not have (users.gateway_addresses):
+    a host name pointing into a private network, whenever it is resolved."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: int = 0
+    ) -> list[aiohttp.abc.ResolveResult]:
+        results = await super().resolve(host, port, family)
+        for result in results:
+            refusal = address_refusal(result["host"])
+            if refusal:
+                raise OSError(f"{host} resolves to {refusal}")
+        return results
+
+
 class EagleClient:
     """Fetches readings from many gateways over one pooled aiohttp session.
 
@@ -144,7 +156,11 @@ class EagleClient:
 
     async def __aenter__(self) -> EagleClient:
         connector = aiohttp.TCPConnector(
-            limit=self.limit, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
+            limit=self.limit,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            keepalive_timeout=30,
+            resolver=GuardedResolver(),
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -162,7 +178,7 @@ class EagleClient:
     async def fetch(
         self,
         target: GatewayTarget,
-        record_type: str = "demand",
+        record_type: str = DEMAND,
         previous_timestamp: int | None = None,
     ) -> Reading | FetchFailure:
         """One reading of `record_type` from the target's gateway, or why there is none.
@@ -293,17 +309,17 @@ class EagleClient:
                         raise ReplyTooLargeError
                     chunks.append(chunk)
                 payload = b"".join(chunks)
-            return Reply(
-                response.status,
-                payload.decode("utf-8", errors="replace"),
-                SIMULATOR_HEADER in response.headers,
-            )
+            return Reply(response.status, payload.decode("utf-8", errors="replace"))
 
     def _local_url(self, target: GatewayTarget) -> URL | FetchFailure:
         url = self._local_urls.get(target.address)
         if url is None:
             try:
-                url = self._local_urls[target.address] = local_url(target.address)
+                url = local_url(target.address)
+                refusal = address_refusal(url.host or "")
+                if refusal:
+                    raise ValueError(refusal)
+                self._local_urls[target.address] = url
             except ValueError as exc:
                 return failure(FailureClass.GATEWAY_UNREACHABLE, f"{target.cloud_id}: {exc}")
         return url
@@ -352,7 +368,6 @@ def _reply_result(
     reply: Reply, cloud_id: str, kind: RecordType, source: Source
 ) -> Reading | FetchFailure:
     status, text = reply.status, reply.text
-    source = Source.SIMULATOR if reply.simulated else source
     if status == 200:
         return decode_reply(text, cloud_id=cloud_id, source=source, record_type=kind.name)
     if status in (401, 403):
@@ -386,7 +401,7 @@ def run_sync(awaitable: Awaitable[T]) -> T:
         return pool.submit(asyncio.run, main()).result()
 
 
-def fetch_now(user: EagleUser, record_type: str = "demand") -> Reading | FetchFailure:
+def fetch_now(user: EagleUser, record_type: str = DEMAND) -> Reading | FetchFailure:
     """One reading from the user's gateway now (for commands, admin actions and the API)."""
     target = GatewayTarget.for_user(user)
 

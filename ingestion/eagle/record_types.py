@@ -179,9 +179,13 @@ def get_record_type(name: str) -> RecordType:
         raise ValueError(f"unknown record type {name!r} (known: {known})") from None
 
 
+# The record type every polled user gets each tick; the others are extras, enabled per user.
+DEMAND = "demand"
+
+
 @register
 class Demand(RecordType):
-    name = "demand"
+    name = DEMAND
     description = "Instantaneous demand in kW; negative when the household exports (solar)."
     cloud_command = "get_instantaneous_demand"
     cloud_elements = ("InstantaneousDemand",)
@@ -276,6 +280,18 @@ class Summation(RecordType):
         return None
 
 
+_CURRENCY_CODE = re.compile(r"[A-Z]{3}|[0-9]{1,4}")
+
+
+def currency_code(text: str) -> str:
+    """An ISO 4217 code (USD) or numeric code (840) from a gateway's text; anything else, such as
+    a spreadsheet formula, is refused."""
+    code = text.strip().upper()
+    if code and not _CURRENCY_CODE.fullmatch(code):
+        raise DecodeError(f"currency {text[:20]!r} is not an ISO 4217 code or number")
+    return code
+
+
 @register
 class Price(RecordType):
     name = "price"
@@ -317,7 +333,7 @@ class Price(RecordType):
             raise DecodeError(f"zigbee:PriceTier={tier_text[:20]!r} is not a tier number")
         return {
             "price": decimal_variable(variables, "zigbee:Price"),
-            "currency": (variables.get("zigbee:PriceCurrency") or "").strip(),
+            "currency": currency_code(variables.get("zigbee:PriceCurrency") or ""),
             "tier": int(tier_text) if tier_text else None,
         }
 

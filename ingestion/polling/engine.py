@@ -37,11 +37,9 @@ of the per-minute django-q2 task, and `manage.py poll` runs the same loop in the
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -61,24 +59,24 @@ from django_q.tasks import async_task
 
 from ingestion import hourfiles
 from ingestion.eagle.client import EagleClient, GatewayTarget
-from ingestion.eagle.record_types import RECORD_TYPES
+from ingestion.eagle.record_types import DEMAND, RECORD_TYPES
 from ingestion.hourfiles import HourFileWriter, read_tail_records
 from ingestion.models import (
     FetchOutcome,
     FetchState,
     HourFile,
-    HourFileState,
     Incident,
     IncidentSighting,
     PollLease,
     Tick,
 )
 from ingestion.polling.failures import (
-    ACTIONABLE_CLASSES,
     BACKOFF_CLASSES,
     FailureRun,
     backoff_delay,
+    incident_threshold,
 )
+from ingestion.polling.gc_tuning import lighter_garbage_collection
 from ingestion.polling.leases import (
     WINDOW,
     Acquisition,
@@ -96,7 +94,6 @@ from users.models import EagleUser
 
 logger = logging.getLogger(__name__)
 
-DEMAND = "demand"
 # During a tick, the readings fetched so far are written at least this often: a killed poller
 # loses only the replies of this last moment (and those in flight).
 WRITE_EVERY_SECONDS = 0.1
@@ -108,8 +105,6 @@ MISSED_TICKS_LIMIT = 600
 LOAD_BATCH = 5000
 # Older hours are no longer created by the writer, so their manifest keys need not be remembered.
 REGISTERED_HOURS_KEPT = 3
-# Allocations between young-generation collections while polling (the default is 700).
-GC_YOUNG_THRESHOLD = 50_000
 
 
 def grid_floor(moment: float, period: float) -> float:
@@ -158,18 +153,14 @@ def newest_logged(
     for hour, directory in reversed(hourfiles.hour_dirs(root)):
         if earliest is not None and hour < earliest:
             break
-        for entry in os.scandir(directory):
-            try:
-                cloud_id, _, _ = hourfiles.parse_file_name(entry.name)
-            except ValueError:
+        for found in hourfiles.files_in(hour, directory):
+            if found.cloud_id not in since:
                 continue
-            if cloud_id not in since or entry.name.endswith(".gz"):
-                continue
-            first_hour = since[cloud_id]
+            first_hour = since[found.cloud_id]
             if first_hour is not None and hour < first_hour:
                 continue
-            for record in read_tail_records(entry.path):
-                key = (cloud_id, str(record.get("record_type")))
+            for record in read_tail_records(found.path):
+                key = (found.cloud_id, str(record.get("record_type")))
                 _keep_newest(newest, key, record.get("meter_timestamp"))
     return newest
 
@@ -395,38 +386,6 @@ def count_statements() -> Iterator[list[int]]:
 
     with connection.execute_wrapper(counting):
         yield counter
-
-
-_gc_lock = threading.Lock()
-# Loops running in this process, and the thresholds to restore when the last one ends.
-_gc_loops = 0
-_gc_thresholds = gc.get_threshold()
-
-
-@contextmanager
-def lighter_garbage_collection() -> Iterator[None]:
-    """Collect garbage less eagerly while ticks run (restored when the last loop ends).
-
-    Each request allocates many short-lived objects, so with the default thresholds the collector
-    runs hundreds of times a tick and keeps scanning the poller's long-lived state (thousands of
-    users): measured at 5,000 users, that cost as much CPU as the requests themselves. What exists
-    when the loop starts is frozen out of collection, and young collections are rarer.
-    """
-    global _gc_loops, _gc_thresholds
-    with _gc_lock:
-        if not _gc_loops:
-            _gc_thresholds = gc.get_threshold()
-            gc.freeze()
-            gc.set_threshold(GC_YOUNG_THRESHOLD, *_gc_thresholds[1:])
-        _gc_loops += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_loops -= 1
-            if not _gc_loops:
-                gc.set_threshold(*_gc_thresholds)
-                gc.unfreeze()
 
 
 def users_marker() -> tuple[int, datetime | None]:
@@ -843,10 +802,7 @@ class Poller:
         run.count += 1
         if run.record_types is not None:
             run.record_types.add(record_type)
-        threshold = (
-            1 if failure_class in ACTIONABLE_CLASSES else settings.INGEST_INCIDENT_AFTER_FAILURES
-        )
-        if run.incident_open or run.count >= threshold:
+        if run.incident_open or run.count >= incident_threshold(failure_class):
             batch.sightings.append(
                 IncidentSighting(
                     user_id=slot.user_id,
@@ -936,7 +892,6 @@ class Poller:
 
     def _register(self, written: Iterable[Any], batch: _TickBatch) -> None:
         """Manifest rows (state open) for files this process has not registered yet."""
-        compressed = settings.ARCHIVE_COMPRESS == "gzip"
         for item in written:
             key = (item.cloud_id, item.hour, item.part)
             if key in self._registered:
@@ -944,16 +899,13 @@ class Poller:
             self._registered.add(key)
             slot = self._by_cloud_id.get(item.cloud_id)
             batch.new_files.append(
-                HourFile(
-                    cloud_id=item.cloud_id,
-                    user_id=slot.user_id if slot else None,
-                    hour=item.hour,
-                    part=item.part,
-                    local_path=str(item.path),
-                    key=hourfiles.archive_key(item.cloud_id, item.hour, item.part, compressed),
-                    compressed=compressed,
-                    state=HourFileState.OPEN,
-                    created_at=batch.now,
+                HourFile.new_row(
+                    item.cloud_id,
+                    item.hour,
+                    item.part,
+                    item.path,
+                    slot.user_id if slot else None,
+                    batch.now,
                 )
             )
         if batch.new_files:

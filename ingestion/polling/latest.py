@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ingestion import hourfiles
-from ingestion.eagle.record_types import Demand
+from ingestion.eagle.record_types import DEMAND
 from ingestion.hourfiles import TAIL_BYTES, read_tail_records
 
 # The last few lines of a file nearly always hold the newest demand reading.
@@ -17,20 +17,18 @@ LATEST_TAIL_BYTES = 4 * 1024
 
 
 def latest_record(
-    cloud_id: str, record_type: str = Demand.name, root: Path | None = None
+    cloud_id: str, record_type: str = DEMAND, root: Path | None = None
 ) -> dict[str, Any] | None:
     """The newest record of a type in the user's newest local hour file (or its late parts)."""
     cloud_id = hourfiles.checked_cloud_id(cloud_id)
-    for hour, directory in reversed(hourfiles.hour_dirs(root)):
+    for hour, _ in reversed(hourfiles.hour_dirs(root)):
         main = hourfiles.local_path(cloud_id, hour, root=root)
         if main.exists() and not hourfiles.sealed_marker(main).exists():
             # Late parts exist only beside a sealed or shipped hour: no need to list the
             # directory, which holds a file per user.
             names = [main]
         else:
-            names = sorted(
-                directory.glob(f"iseif-rainforest-{cloud_id}-{hourfiles.hour_label(hour)}*.jl")
-            )
+            names = hourfiles.parts_on_disk(cloud_id, hour, root)
         records = [
             record for name in names if (record := _newest_in_tail(name, record_type)) is not None
         ]

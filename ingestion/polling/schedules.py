@@ -3,13 +3,17 @@
 - "poll-shard-N", one per shard, every minute: `ingestion.tasks.poll_window(N)`. Each task polls
   its shard until the next minute's task takes over (see poller.run_window and leases.py);
 - "rotate-hourly", every hour shortly after the hour closes: `ingestion.tasks.rotate_hourly()`.
+- "export-parquet-hourly", every hour after the rotation: `ingestion.tasks.export_parquet_hourly()`
+  writes the hours just shipped (and any changed by late parts) to the Parquet dataset.
 - "deliver-incident-reports", every minute: `ingestion.tasks.deliver_incident_reports()` (a no-op
   while ERROR_REPORT_URL is unset).
+- "load-readings", every READINGS_LOAD_INTERVAL minutes while the SQL readings store is on:
+  `ingestion.tasks.load_readings()` (removed again when it is turned off).
 
 `register_schedules()` runs from `manage.py setup_schedules` and after every `migrate` (the app's
 post_migrate handler), never at import. It creates what is missing, brings existing schedules in
 line with the settings without moving their next run, and removes polling schedules of shards
-that no longer exist (INGEST_SHARDS was lowered).
+that no longer exist (INGEST_SHARDS was lowered) and the load schedule of a store turned off.
 """
 
 from __future__ import annotations
@@ -20,12 +24,19 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connections
+from django.db.models import Q
 from django.utils import timezone
 from django_q.models import Schedule
+
+from ingestion import readings_store
 
 POLL_SCHEDULE_PREFIX = "poll-shard-"
 ROTATE_SCHEDULE = "rotate-hourly"
 REPORT_SCHEDULE = "deliver-incident-reports"
+LOAD_SCHEDULE = "load-readings"
+PARQUET_SCHEDULE = "export-parquet-hourly"
+# The export starts this long after the rotation, which ships a typical hour well within it.
+PARQUET_AFTER_ROTATION = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +86,17 @@ def wanted_schedules(now: datetime | None = None) -> list[ScheduleSpec]:
             first_run=next_hour + timedelta(seconds=settings.ROTATE_GRACE_SECONDS + 30),
         )
     )
+    rotation = next_hour + timedelta(seconds=settings.ROTATE_GRACE_SECONDS + 30)
+    specs.append(
+        ScheduleSpec(
+            name=PARQUET_SCHEDULE,
+            func="ingestion.tasks.export_parquet_hourly",
+            args="",
+            schedule_type=Schedule.HOURLY,
+            minutes=None,
+            first_run=rotation + PARQUET_AFTER_ROTATION,
+        )
+    )
     specs.append(
         ScheduleSpec(
             name=REPORT_SCHEDULE,
@@ -85,6 +107,17 @@ def wanted_schedules(now: datetime | None = None) -> list[ScheduleSpec]:
             first_run=next_minute,
         )
     )
+    if readings_store.enabled():
+        specs.append(
+            ScheduleSpec(
+                name=LOAD_SCHEDULE,
+                func="ingestion.tasks.load_readings",
+                args="",
+                schedule_type=Schedule.MINUTES,
+                minutes=settings.READINGS_LOAD_INTERVAL,
+                first_run=next_minute,
+            )
+        )
     return specs
 
 
@@ -106,7 +139,9 @@ def register_schedules(using: str = "default") -> list[tuple[str, str]]:
         )
         changes.append((spec.name, "created" if created else "updated"))
     names = {spec.name for spec in specs}
-    obsolete = manager.filter(name__startswith=POLL_SCHEDULE_PREFIX).exclude(name__in=names)
+    obsolete = manager.filter(
+        Q(name__startswith=POLL_SCHEDULE_PREFIX) | Q(name=LOAD_SCHEDULE)
+    ).exclude(name__in=names)
     changes.extend((name, "removed") for name in obsolete.values_list("name", flat=True))
     obsolete.delete()
     return changes

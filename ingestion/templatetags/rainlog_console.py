@@ -9,16 +9,10 @@ from django import template
 from django.utils import timezone
 
 from ingestion.console import dashboard
+from rainlog.display import STATUS_ICONS
 from users.models import EagleUser
 
 register = template.Library()
-
-# How a status is shown: the admin's own icon and a word, so that colour is never the only cue.
-STATUS_ICONS = {
-    "ok": ("icon-yes.svg", "OK"),
-    "warning": ("icon-alert.svg", "Check"),
-    "problem": ("icon-no.svg", "Problem"),
-}
 
 
 @register.inclusion_tag("admin/rainlog/user_console.html", takes_context=True)

@@ -8,7 +8,7 @@ from rest_framework.test import APIClient
 
 from ingestion.models import Incident, IncidentState
 from ingestion.records import FailureClass
-from tests.factories import EagleUserFactory
+from tests.factories import EagleUserFactory, logged_since
 from tests.hour_files import demand_readings, ship_hour, write
 
 CLOUD_ID = "00ff01"
@@ -20,7 +20,7 @@ URL = f"/api/users/{CLOUD_ID}/coverage"
 def test_an_injected_outage_shows_as_a_gap_with_its_cause(
     viewer_client: APIClient, db, s3_archive
 ) -> None:
-    user = EagleUserFactory(cloud_id=CLOUD_ID)
+    user = logged_since(CLOUD_ID, NINE - timedelta(days=1))
     # The gateway is unreachable from 09:40:00 to 10:15:00; before and after, a reading every 6 s.
     outage = (NINE + timedelta(minutes=40), NINE + timedelta(minutes=75))
     write(
@@ -53,16 +53,17 @@ def test_an_injected_outage_shows_as_a_gap_with_its_cause(
         }
     ]
     nine, ten = document["hours"]
-    assert (nine["expected"], nine["present"]) == (600, 400)
-    assert (ten["expected"], ten["present"]) == (600, 450)
+    # Expected at the meter's cadence (10 s), whatever the poll's; polled every 6 s here.
+    assert (nine["expected"], nine["present"]) == (360, 400)
+    assert (ten["expected"], ten["present"]) == (360, 450)
     assert ten["covered_seconds"] == 3600 - 15 * 60
     assert document["present"] == 850
-    assert document["cadence_seconds"] == 6
+    assert document["cadence_seconds"] == 10
 
 
 @time_machine.travel(datetime(2026, 3, 9, tzinfo=UTC), tick=False)
 def test_a_full_hour_has_no_gaps(viewer_client: APIClient, db) -> None:
-    EagleUserFactory(cloud_id=CLOUD_ID)
+    logged_since(CLOUD_ID, NINE - timedelta(days=1))
     write(demand_readings(CLOUD_ID, NINE, 600, step_seconds=10))
 
     document = viewer_client.get(
@@ -70,8 +71,24 @@ def test_a_full_hour_has_no_gaps(viewer_client: APIClient, db) -> None:
     ).json()
 
     assert document["gaps"] == []
-    # Meters publish every 10 s here: fewer readings than polls, still fully covered.
-    assert (document["expected"], document["present"], document["coverage"]) == (600, 360, 1.0)
+    assert (document["expected"], document["present"], document["coverage"]) == (360, 360, 1.0)
+
+
+@time_machine.travel(datetime(2026, 3, 9, tzinfo=UTC), tick=False)
+def test_hours_before_the_user_was_added_are_neither_expected_nor_gaps(
+    viewer_client: APIClient, db
+) -> None:
+    logged_since(CLOUD_ID, NINE + timedelta(minutes=30))
+    write(demand_readings(CLOUD_ID, NINE + timedelta(minutes=30), 180, step_seconds=10))
+
+    document = viewer_client.get(
+        URL, {"start": "2026-03-08T08:00:00Z", "end": "2026-03-08T10:00:00Z"}
+    ).json()
+
+    assert document["gaps"] == []
+    eight, nine = document["hours"]
+    assert (eight["expected"], eight["present"], eight["coverage"]) == (0, 0, None)
+    assert (nine["expected"], nine["present"], nine["coverage"]) == (180, 180, 1.0)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,17 @@ NOW = datetime(2026, 3, 8, 12, 30, tzinfo=UTC)
 pytestmark = pytest.mark.django_db
 
 
+METRICS_TOKEN = "scrape-secret"
+
+
+@pytest.fixture(autouse=True)
+def metrics_token(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.METRICS_TOKEN = METRICS_TOKEN
+
+
 def scrape(client: Client, **headers: str) -> tuple[int, str]:
+    """What Prometheus gets, with its bearer token unless other headers are given."""
+    headers = headers or {"Authorization": f"Bearer {METRICS_TOKEN}"}
     with time_machine.travel(NOW, tick=False):
         response = client.get("/metrics", headers=headers)
     return response.status_code, response.content.decode()
@@ -58,9 +68,8 @@ def test_an_archive_with_nothing_unshipped_reports_zero(client: Client) -> None:
     assert samples(text)["rainlog_archive_oldest_unshipped_age_seconds"] == 0
 
 
-def test_a_metrics_token_keeps_strangers_out(client: Client, settings) -> None:  # type: ignore[no-untyped-def]
-    settings.METRICS_TOKEN = "scrape-secret"
-    assert scrape(client)[0] == 401
+def test_a_metrics_token_keeps_strangers_out(client: Client) -> None:
+    assert client.get("/metrics").status_code == 401
     assert scrape(client, Authorization="Bearer wrong")[0] == 401
     status, text = scrape(client, Authorization="Bearer scrape-secret")
     assert status == 200 and "rainlog_archive_hour_files" in text

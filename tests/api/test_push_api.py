@@ -150,12 +150,12 @@ GOOD_BODY = uploader_xml(fragment("demand", T0, (900,)), sent_at=T0)
         ("no token", 401, "no push token"),
         ("wrong token", 403, "not the push token"),
         ("another user's token", 403, "not the push token"),
-        ("unknown user", 404, "no user with cloud_id 0badbad"),
+        ("unknown user", 403, "not the push token of 0badbad"),
         ("polled user", 409, "not in push mode"),
         ("suspended user", 409, "suspended"),
         ("oversized body", 413, "larger than"),
-        ("bad XML", 400, "malformed XML"),
-        ("bad JSON", 400, "malformed JSON"),
+        ("bad XML", 400, "broken XML"),
+        ("bad JSON", 400, "broken JSON"),
         ("not XML or JSON", 415, "neither XML"),
         ("not UTF-8", 400, "not UTF-8"),
         ("unsupported fragment", 422, "nothing rainlog records"),
@@ -227,7 +227,7 @@ def test_a_broken_push_from_an_authenticated_gateway_shows_in_its_state(
     assert response.status_code == 400
     state = FetchState.objects.get(user=user)
     assert state.last_error_class == FailureClass.MALFORMED_REPLY
-    assert "malformed XML" in state.last_error
+    assert "broken XML" in state.last_error
     assert Incident.objects.get(user=user).failure_class == FailureClass.MALFORMED_REPLY
 
     assert post(GOOD_BODY, token).status_code == 202

@@ -17,7 +17,8 @@ NOW = datetime(2026, 3, 8, 12, 30, tzinfo=UTC)
 def test_it_reports_users_readings_ticks_incidents_and_the_oldest_unshipped_hour(
     viewer_client: APIClient, db
 ) -> None:
-    healthy, failing, _ = EagleUserFactory.create_batch(3)
+    with time_machine.travel(NOW - timedelta(days=1), tick=False):
+        healthy, failing, _ = EagleUserFactory.create_batch(3)
     failing.suspend("bad credentials")
     Incident.objects.create(user=healthy, failure_class=FailureClass.TIMEOUT)
     Incident.objects.create(user=failing, failure_class=FailureClass.BAD_CREDENTIALS)
@@ -39,12 +40,14 @@ def test_it_reports_users_readings_ticks_incidents_and_the_oldest_unshipped_hour
     status = response.json()
     assert status["users"]["total"] == 3 and status["users"]["suspended"] == 1
     assert status["readings_last_hour"] == 10
+    # Polling began 30 s ago: 3 readings expected of each of the 2 active users, 5 ticks.
+    assert status["readings_expected_last_hour"] == 2 * 3
     assert status["ticks_last_hour"] == {
-        "expected": 600,
+        "expected": 5,
         "recorded": 5,
         "on_time": 4,
         "late": 1,
-        "missing": 595,
+        "missing": 0,
     }
     assert status["open_incidents_by_class"] == {"bad_credentials": 1, "timeout": 1}
     oldest = status["oldest_unshipped_hour"]

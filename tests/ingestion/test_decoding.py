@@ -211,7 +211,7 @@ def test_it_decodes_push_uploads_with_their_fragment() -> None:
     assert reading.source == "push"
     assert reading.values == {"demand_kw": -1.25}
     unsupported = refused('<rainforest macId="0x1" timestamp="1s"><MessageCluster/></rainforest>')
-    assert "unsupported push fragment <MessageCluster>" in unsupported.message
+    assert "<MessageCluster> is not a fragment rainlog records" in unsupported.message
 
 
 def test_it_finds_the_meter_in_an_eagle200_device_list() -> None:

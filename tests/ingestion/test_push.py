@@ -124,8 +124,8 @@ def test_it_decodes_eagle200_json_with_millisecond_timestamps_and_units() -> Non
     ("body", "status", "words"),
     [
         (b"", 400, "empty"),
-        (b"<rainforest><InstantaneousDemand><Demand>0x01", 400, "malformed XML"),
-        (b'{"body": [', 400, "malformed JSON"),
+        (b"<rainforest><InstantaneousDemand><Demand>0x01", 400, "broken XML"),
+        (b'{"body": [', 400, "broken JSON"),
         (b"demand=1.2&time=now", 415, "neither XML"),
         (
             b'<!DOCTYPE r [<!ENTITY a "aaaa">]><rainforest>&a;</rainforest>',
@@ -143,7 +143,7 @@ def test_it_decodes_eagle200_json_with_millisecond_timestamps_and_units() -> Non
             "nothing rainlog records",
         ),
         (uploader_xml(sent_at=T0), 422, "nothing rainlog records"),
-        (b'{"timestamp": "1"}', 422, "expected an EAGLE-200 push"),
+        (b'{"timestamp": "1"}', 422, "or an EAGLE-200 push"),
         (
             eagle200_json(
                 json_item("InstantaneousDemand", T0, {"demand": 1.0, "units": "MW"}), sent_at=T0

@@ -51,7 +51,10 @@ def fetch_everything(sim: Simulator) -> list[Reading]:
                         connection_type,
                         account["user_email"],
                         account["user_pw"],
-                        sim.gateway_address(account["cloud_id"]),
+                        sim.gateway_address(
+                            account["cloud_id"],
+                            "legacy" if connection_type == "legacy" else "eagle200",
+                        ),
                     )
                     for record_type in RECORD_TYPES:
                         result = await client.fetch(target, record_type)

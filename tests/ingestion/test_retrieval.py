@@ -11,7 +11,7 @@ from ingestion import hourfiles, retrieval
 from ingestion.archive import rotation
 from ingestion.models import HourFile, HourFileState, Incident, IncidentState
 from ingestion.records import FailureClass
-from tests.factories import EagleUserFactory
+from tests.factories import logged_since
 from tests.hour_files import demand_readings, manifest_row, ship_hour, write
 
 CLOUD_ID = "002738"
@@ -209,7 +209,7 @@ def test_days_start_at_local_midnight_and_last_23_hours_when_clocks_go_forward()
 @pytest.mark.django_db
 @time_machine.travel(datetime(2026, 3, 8, 12, tzinfo=UTC), tick=False)
 def test_coverage_shows_an_outage_as_a_gap_with_the_failure_class_behind_it() -> None:
-    user = EagleUserFactory(cloud_id=CLOUD_ID)
+    user = logged_since(CLOUD_ID, NINE - timedelta(days=1))
     outage_start, outage_end = NINE + timedelta(minutes=20), NINE + timedelta(minutes=50)
     readings = [
         r
@@ -241,7 +241,8 @@ def test_coverage_shows_an_outage_as_a_gap_with_the_failure_class_behind_it() ->
     assert (tail.start, tail.end) == (NINE + timedelta(hours=2) - timedelta(seconds=6), result.end)
     assert tail.failure_classes == []
     nine, ten, eleven = result.hours
-    assert (nine.expected, nine.present) == (600, 600 - 299)
+    # Polled every 6 s, a meter publishing every 10 s has 360 readings an hour.
+    assert (nine.expected, nine.present) == (360, 600 - 299)
     assert nine.covered_seconds == pytest.approx(3600 - 30 * 60)
     assert (ten.present, ten.covered_seconds) == (600, 3600 - 6)
     assert (eleven.present, eleven.covered_seconds) == (0, 0)
@@ -250,10 +251,11 @@ def test_coverage_shows_an_outage_as_a_gap_with_the_failure_class_behind_it() ->
 @pytest.mark.django_db
 @time_machine.travel(datetime(2026, 3, 8, 9, 30, tzinfo=UTC), tick=False)
 def test_coverage_expects_nothing_after_now() -> None:
-    write(demand_readings(CLOUD_ID, NINE, count=300))
+    logged_since(CLOUD_ID, NINE - timedelta(days=1))
+    write(demand_readings(CLOUD_ID, NINE, count=180, step_seconds=10))
 
     result = retrieval.coverage(CLOUD_ID, NINE, NINE + timedelta(hours=2))
 
     assert result.end == NINE + timedelta(minutes=30)
-    assert [(h.expected, h.present) for h in result.hours] == [(300, 300)]
+    assert [(h.expected, h.present) for h in result.hours] == [(180, 180)]
     assert result.gaps == []

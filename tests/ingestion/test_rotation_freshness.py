@@ -14,6 +14,13 @@ NOW = datetime(2026, 3, 8, 12, 30, tzinfo=UTC)
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture
+def client(client: Client, operator) -> Client:  # type: ignore[no-untyped-def]
+    """Signed-in staff: anonymous callers of /healthz get no cloud ids."""
+    client.force_login(operator)
+    return client
+
+
 def healthz(client: Client) -> tuple[int, dict]:
     with time_machine.travel(NOW, tick=False):
         response = client.get("/healthz")

@@ -45,7 +45,10 @@ def schedules() -> dict[str, Schedule]:
 
 
 def wanted_names() -> list[str]:
-    return [f"poll-shard-{n}" for n in range(django_settings.INGEST_SHARDS)] + ["rotate-hourly"]
+    return [f"poll-shard-{n}" for n in range(django_settings.INGEST_SHARDS)] + [
+        "rotate-hourly",
+        "export-parquet-hourly",
+    ]
 
 
 @pytest.mark.django_db
@@ -70,6 +73,12 @@ def test_it_registers_a_polling_schedule_per_shard_and_the_hourly_rotation(setti
     rotate = found["rotate-hourly"]
     assert (rotate.func, rotate.schedule_type) == ("ingestion.tasks.rotate_hourly", Schedule.HOURLY)
     assert rotate.next_run > datetime(2026, 3, 1, 13, 0, tzinfo=UTC)
+    export = found["export-parquet-hourly"]
+    assert (export.func, export.schedule_type) == (
+        "ingestion.tasks.export_parquet_hourly",
+        Schedule.HOURLY,
+    )
+    assert export.next_run > rotate.next_run
 
 
 @pytest.mark.django_db

@@ -55,7 +55,7 @@ def test_it_gives_local_users_their_gateway_address() -> None:
     with Simulator(users=2) as sim:
         rows = sim.accounts(ConnectionType.EAGLE200)
     assert rows[1]["connection_type"] == "eagle200"
-    assert rows[1]["gateway_address"] == f"{sim.url}/gw/000002"
+    assert rows[1]["gateway_address"] == f"{sim.url}/eagle200/000002"
 
 
 def test_the_same_seed_gives_the_same_households() -> None:

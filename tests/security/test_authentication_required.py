@@ -29,8 +29,11 @@ pytestmark = pytest.mark.django_db
 # Route name -> why strangers may reach it.
 PUBLIC = {
     "healthz": "load balancers and monitors probe it; it shows dependency states, no data",
-    "metrics": "Prometheus scrapes it; public unless METRICS_TOKEN is set (tests/api/test_metrics)",
+    "metrics": "Prometheus scrapes it with METRICS_TOKEN; closed without one unless DEBUG "
+    "(tests/security/test_no_enumeration.py)",
     "api:token": "where operators trade their password for a token (throttled)",
+    "api:root": "links to the API's routes, no data: where a new client finds how to get a token",
+    "favicon": "the site's icon, asked for by every browser",
     "api:push": "gateways authenticate with their own push token, checked by the view",
     "admin:login": "the sign-in page",
     "admin:logout": "signing out needs no sign-in",
@@ -182,7 +185,8 @@ def test_the_public_routes_answer_a_stranger() -> None:
     client = Client()
 
     assert client.get(reverse("healthz")).status_code in (200, 503)
-    assert client.get(reverse("metrics")).status_code == 200
+    # Without METRICS_TOKEN (and DEBUG off) /metrics is closed to everyone.
+    assert client.get(reverse("metrics")).status_code == 403
     assert client.get(reverse("admin:login")).status_code == 200
     assert client.get(reverse("rest_framework:login")).status_code == 200
     assert client.post(reverse("api:token"), {}).status_code == 400

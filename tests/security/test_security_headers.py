@@ -84,7 +84,8 @@ def test_plain_http_is_redirected_to_https_except_for_probes(settings) -> None: 
         assert response["Location"].startswith("https://"), url
     # Load balancers and scrapers probe over plain HTTP inside the network.
     assert client.get("/healthz").status_code in (200, 503)
-    assert client.get("/metrics").status_code == 200
+    settings.METRICS_TOKEN = "scrape-secret"
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret").status_code == 200
 
 
 def test_the_session_and_csrf_cookies_are_https_only_and_the_session_is_hidden_from_scripts(

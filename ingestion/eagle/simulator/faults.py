@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from users.cloud_ids import CLOUD_ID_CHARACTERS
+
 
 class FaultKind(StrEnum):
     BAD_CREDENTIALS = "bad_credentials"  # cloud: Error reply; local: HTTP 401
@@ -66,7 +68,8 @@ class FaultSpec:
 
 
 _ITEM = re.compile(
-    r"(?P<kind>[a-z_0-9]+)(?:@(?P<cloud_id>[0-9A-Fa-f]{1,32}))?(?:\*(?P<share>[0-9.]+))?"
+    rf"(?P<kind>[a-z_0-9]+)(?:@(?P<cloud_id>{CLOUD_ID_CHARACTERS}))?"
+    r"(?:\*(?P<share>[0-9.]+))?"
     r"(?:=(?P<rate>[0-9.]+))?(?:~(?P<duration>[0-9.]+))?"
 )
 
@@ -93,7 +96,7 @@ class FaultPlan:
             try:
                 spec = FaultSpec(
                     kind=kind,
-                    cloud_id=match["cloud_id"],
+                    cloud_id=match["cloud_id"] and match["cloud_id"].lower(),
                     share=float(match["share"]) if match["share"] else None,
                     rate=float(match["rate"]) if match["rate"] else 1.0,
                     duration=float(match["duration"]) if match["duration"] else None,

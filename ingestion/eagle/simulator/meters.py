@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ingestion.eagle.record_types import CURRENCIES, RECORD_TYPES, ZIGBEE_EPOCH
+from ingestion.eagle.record_types import CURRENCIES, DEMAND, RECORD_TYPES, ZIGBEE_EPOCH
 
 MASK64 = (1 << 64) - 1
 
@@ -170,7 +170,7 @@ class ReadingModel:
 
 
 class DemandModel(ReadingModel):
-    name = "demand"
+    name = DEMAND
     periods = (8.0, 10.0)
     false_zero = (0,)
 

@@ -28,6 +28,22 @@ def error_reply(text: str, json: bool = False) -> bytes:
     return f"<Error>\n  <Text>{escape(text)}</Text>\n</Error>\n".encode()
 
 
+def network_info(meter: Meter, model_id: str, json: bool = False) -> bytes:
+    """A legacy EAGLE's get_network_info: its radio, firmware and model."""
+    fields = [
+        ("DeviceMacId", meter.device_mac),
+        ("InstallCode", f"0x{meter.index + 1:016x}"),
+        ("FWVersion", "1.4.48 (6952)"),
+        ("HWVersion", "1.2.5"),
+        ("Manufacturer", "Rainforest Automation, Inc."),
+        ("ModelId", model_id),
+        ("DateCode", "2014051823520701"),
+        ("ImageType", "0x1301"),
+        ("Protocol", "Zigbee"),
+    ]
+    return (cloud_json if json else cloud_xml)("NetworkInfo", fields)
+
+
 def wrong_root(meter: Meter) -> bytes:
     return cloud_xml(
         "NetworkInfo",

@@ -6,12 +6,18 @@ Routes:
     POST /cgi-bin/post_manager                 the cloud (`sim.cloud_url`): Cloud-ID/User/Password
                                                headers, an XML command, an XML reply or a JSON
                                                one when the command says <Format>JSON</Format>
-    POST /gw/<cloud_id>/cgi-bin/post_manager   one gateway's local API, Basic auth (cloud id,
-                                               password): device_list and device_query as an
-                                               EAGLE-200, the cloud's commands as a legacy EAGLE
+    POST /eagle200/<cloud_id>/cgi-bin/post_manager   one gateway's local API as an EAGLE-200, Basic
+                                               auth (cloud id, password): device_list and
+                                               device_query, one device-level LastContact
+    POST /legacy/<cloud_id>/cgi-bin/post_manager     the same gateway as a legacy (first generation)
+                                               EAGLE: the cloud's commands and get_network_info
+                                               (model Z109-EAGLE); no device_list
     GET  /                                     a one-line status
 
-So a local user's `gateway_address` is `<sim.url>/gw/<cloud_id>` (`sim.gateway_address(id)`).
+Each generation answers only its own commands (`Error` "Unknown command" otherwise), as real ones
+do, so clients that tell them apart (Home Assistant's) classify them right. A local user's
+`gateway_address` is `sim.gateway_address(cloud_id, generation)`. Replies carry no mark of the
+simulator: readings keep the source of the protocol that carried them.
 
 It runs its own event loop (uvloop) in a background thread. Replies are templated once per meter
 update and cached, so a request costs little more than aiohttp's own parsing.
@@ -44,7 +50,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ingestion.eagle.client import SIMULATOR_HEADER, basic_authorization
+from ingestion.eagle.client import basic_authorization
 from ingestion.eagle.simulator.faults import Fault, FaultKind, FaultPlan
 from ingestion.eagle.simulator.meters import (
     COMMANDS,
@@ -61,6 +67,7 @@ from ingestion.eagle.simulator.replies import (
     device_list,
     device_query,
     error_reply,
+    network_info,
     wrong_root,
 )
 
@@ -70,7 +77,15 @@ except ImportError:  # pragma: no cover - uvloop is a runtime requirement; plain
     uvloop = None
 
 POST_MANAGER = "/cgi-bin/post_manager"
-GATEWAY_PREFIX = "/gw/"
+# Local API prefixes by gateway generation (the connection types of local users).
+GENERATIONS = ("eagle200", "legacy")
+# What a legacy EAGLE names itself in get_network_info.
+LEGACY_MODEL_ID = "Z109-EAGLE"
+# The local commands each generation knows (anything else gets Error "Unknown command").
+GENERATION_COMMANDS = {
+    "eagle200": frozenset({"device_list", "device_query"}),
+    "legacy": frozenset({"get_network_info", *COMMANDS}),
+}
 
 _COMMAND = re.compile(rb"<Name>\s*([A-Za-z_]+)\s*</Name>")
 _JSON_FORMAT = re.compile(rb"<Format>\s*JSON\s*</Format>", re.I)
@@ -250,9 +265,12 @@ class Simulator:
         """What EAGLE_CLOUD_URL should be for the cloud users of this simulator."""
         return f"{self.url}{POST_MANAGER}"
 
-    def gateway_address(self, cloud_id: str) -> str:
-        """The `gateway_address` of a simulated gateway's local API."""
-        return f"{self.url}{GATEWAY_PREFIX}{cloud_id}"
+    def gateway_address(self, cloud_id: str, generation: str = "eagle200") -> str:
+        """The `gateway_address` of a simulated gateway's local API, as an EAGLE-200 or a legacy
+        EAGLE."""
+        if generation not in GENERATIONS:
+            raise ValueError(f"no local API for {generation!r} (known: {', '.join(GENERATIONS)})")
+        return f"{self.url}/{generation}/{cloud_id}"
 
     def _run(self) -> None:
         loop = uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
@@ -303,7 +321,7 @@ class Simulator:
             }
             if connection_type != "cloud":
                 row["connection_type"] = connection_type
-                row["gateway_address"] = self.gateway_address(cloud_id)
+                row["gateway_address"] = self.gateway_address(cloud_id, connection_type)
             rows.append(row)
         return rows
 
@@ -468,8 +486,6 @@ class Simulator:
             response = await self._route(request)
         finally:
             self.in_flight -= 1
-        # Readings from here are recorded as simulated, whatever protocol carried them.
-        response.headers[SIMULATOR_HEADER] = "1"
         return response
 
     async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -479,8 +495,9 @@ class Simulator:
         if request.method == "POST":
             if path == POST_MANAGER:
                 return await self._cloud(request)
-            if path.startswith(GATEWAY_PREFIX) and path.endswith(POST_MANAGER):
-                return await self._local(request, path[len(GATEWAY_PREFIX) : -len(POST_MANAGER)])
+            generation, _, rest = path.removeprefix("/").partition("/")
+            if generation in GENERATIONS and rest.endswith(POST_MANAGER):
+                return await self._local(request, rest[: -len(POST_MANAGER)], generation)
         elif path == "/":
             return web.Response(text=f"EAGLE simulator: {len(self.gateways)} gateways\n")
         return web.Response(status=404, text="Not Found\n")
@@ -505,7 +522,9 @@ class Simulator:
             return _reply(error_reply(TEXT_BAD_CREDENTIALS, as_json), as_json)
         return self._command_reply(gateway, body, now, kind, stall, not_joined, as_json)
 
-    async def _local(self, request: web.BaseRequest, cloud_id: str) -> web.StreamResponse:
+    async def _local(
+        self, request: web.BaseRequest, cloud_id: str, generation: str
+    ) -> web.StreamResponse:
         gateway = self.gateways.get(cloud_id)
         if gateway is None:
             return web.Response(status=404, text="No gateway at this address\n")
@@ -525,19 +544,23 @@ class Simulator:
                 headers={"WWW-Authenticate": 'Basic realm="EAGLE"'},
             )
         command = _command_name(body)
+        as_json = bool(_JSON_FORMAT.search(body))
+        if command not in GENERATION_COMMANDS[generation]:
+            return _reply(error_reply(f"Unknown command: {command[:40]}", as_json), as_json)
         if command == "device_list":
             if kind is FaultKind.ERROR_REPLY:
                 return _reply(error_reply(TEXT_UNREACHABLE))
             meter = gateway.meter
-            demand = meter.schedules["demand"]
-            last_contact = demand.timestamp(demand.index_at(stall.starts_at if stall else now))
             status = "Not joined" if not_joined else "Connected"
-            return _reply(_distort(device_list(meter, last_contact, status), kind, meter))
+            contact = last_contact(meter, stall.starts_at if stall else now)
+            return _reply(_distort(device_list(meter, contact, status), kind, meter))
         if command == "device_query":
             return self._device_query_reply(gateway, body, now, kind, stall, not_joined)
-        return self._command_reply(
-            gateway, body, now, kind, stall, not_joined, bool(_JSON_FORMAT.search(body))
-        )
+        if command == "get_network_info":
+            if kind is FaultKind.ERROR_REPLY:
+                return _reply(error_reply(TEXT_UNREACHABLE, as_json), as_json)
+            return _reply(network_info(gateway.meter, LEGACY_MODEL_ID, as_json), as_json)
+        return self._command_reply(gateway, body, now, kind, stall, not_joined, as_json)
 
     def _command_reply(
         self,
@@ -592,7 +615,6 @@ class Simulator:
         )
         moment = stall.starts_at if stall else now
         variables: list[tuple[str, str, str]] = []
-        last_contact = 0
         indices = {}
         for model in wanted:
             k = indices[model.name] = model_index(meter, model, moment)
@@ -600,9 +622,8 @@ class Simulator:
             if kind is FaultKind.FALSE_ZERO and raw is not None:
                 raw = model.false_zero or raw
             variables += model.eagle200_variables(meter, raw)
-            last_contact = max(last_contact, meter.schedules[model.name].timestamp(k))
         status = "Not joined" if not_joined else "Connected"
-        reply = device_query(meter, last_contact, status, variables)
+        reply = device_query(meter, last_contact(meter, moment), status, variables)
         if kind in (FaultKind.TRUNCATED, FaultKind.WRONG_ROOT):
             return _reply(_distort(reply, kind, meter))
         if not not_joined:
@@ -658,6 +679,16 @@ class Simulator:
 
 def model_index(meter: Meter, model: ReadingModel, moment: float) -> int:
     return meter.schedules[model.name].index_at(moment)
+
+
+def last_contact(meter: Meter, moment: float) -> int:
+    """When the gateway last heard from its meter: the newest update of any reading it holds.
+    An EAGLE-200 reports this one device-level LastContact whatever variables are asked for."""
+    return max(
+        meter.schedules[name].timestamp(model_index(meter, model, moment))
+        for name, model in MODELS.items()
+        if model.offered(meter)
+    )
 
 
 def _command_name(body: bytes) -> str:

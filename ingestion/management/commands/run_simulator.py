@@ -18,7 +18,8 @@ STATS_EVERY_SECONDS = 10.0
 class Command(BaseCommand):
     help = (
         "Serve simulated EAGLE gateways: the cloud API at /cgi-bin/post_manager and each "
-        "gateway's local API at /gw/<cloud_id>/cgi-bin/post_manager."
+        "gateway's local API at /eagle200/<cloud_id>/cgi-bin/post_manager (as an EAGLE-200) and "
+        "/legacy/<cloud_id>/cgi-bin/post_manager (as a legacy EAGLE)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -69,7 +70,8 @@ class Command(BaseCommand):
                 f"EAGLE simulator: {options['users']} gateways at {simulator.url} "
                 f"(seed {options['seed']}, latency {options['latency']:g} s)\n"
                 f"  cloud API:  EAGLE_CLOUD_URL={simulator.cloud_url}\n"
-                f"  local APIs: gateway_address={simulator.url}/gw/<cloud_id>"
+                f"  local APIs: gateway_address={simulator.url}/eagle200/<cloud_id> or "
+                f"{simulator.url}/legacy/<cloud_id>"
             )
             if plan.specs:
                 self.stdout.write(f"  faults: {options['faults']}")

@@ -12,7 +12,7 @@ from ingestion.polling.schedules import register_schedules
 class Command(BaseCommand):
     help = (
         "Create or update the django-q2 schedules: one per-minute 'poll-shard-N' per shard "
-        "(INGEST_SHARDS) and the hourly 'rotate-hourly'. Safe to run any number of times; "
+        "(INGEST_SHARDS), the hourly 'rotate-hourly' and 'export-parquet-hourly' after it. Safe to run any number of times; "
         "migrate runs it too."
     )
 

@@ -11,9 +11,9 @@ from django.core.files.storage import storages
 
 from ingestion import hourfiles
 from ingestion.models import HourFile, HourFileState
+from ingestion.purging import PURGING_REASON, PurgeIncompleteError, remove_user
 from tests.factories import EagleUserFactory
-from users.models import PURGING_REASON, EagleUser
-from users.purging import PurgeIncompleteError
+from users.models import EagleUser
 
 pytestmark = pytest.mark.django_db
 
@@ -88,7 +88,7 @@ def test_purge_removes_the_users_files_objects_and_manifest_rows(s3_archive: str
     removed = data_of("002738", user)
     kept = data_of("0027380", EagleUserFactory(cloud_id="0027380"))  # a longer id, same start
 
-    report = user.remove(purge=True)
+    report = remove_user(user, purge=True)
 
     assert report is not None
     assert sorted(report.local_files) == removed["local"]
@@ -108,7 +108,7 @@ def test_delete_without_purge_keeps_every_file_object_and_manifest_row() -> None
     user = EagleUserFactory(cloud_id="002738")
     kept = data_of("002738", user)
 
-    assert user.remove(purge=False) is None
+    assert remove_user(user, purge=False) is None
 
     assert not EagleUser.objects.filter(cloud_id="002738").exists()
     assert all(Path(p).exists() for p in kept["local"])
@@ -131,7 +131,7 @@ def test_purge_finds_archived_objects_under_an_earlier_prefix(settings) -> None:
     )
     settings.ARCHIVE_PREFIX = "rainforest-logs"
 
-    report = user.remove(purge=True)
+    report = remove_user(user, purge=True)
 
     assert report is not None and report.archive_keys == [old_key]
     assert not storages["archive"].exists(old_key)
@@ -158,7 +158,7 @@ def test_a_purge_the_archive_refuses_keeps_the_user_suspended_and_can_be_retried
     }
 
     with pytest.raises(PurgeIncompleteError) as raised:
-        user.remove(purge=True)
+        remove_user(user, purge=True)
 
     assert len(raised.value.report.local_files) == 4
     user.refresh_from_db()
@@ -166,6 +166,6 @@ def test_a_purge_the_archive_refuses_keeps_the_user_suspended_and_can_be_retried
     assert HourFile.objects.filter(cloud_id="002738").count() == 2
 
     settings.STORAGES = {**settings.STORAGES, "archive": working}
-    report = user.remove(purge=True)
+    report = remove_user(user, purge=True)
     assert report is not None and len(report.archive_keys) == 2 and report.manifest_rows == 2
     assert not EagleUser.objects.filter(cloud_id="002738").exists()

@@ -7,22 +7,20 @@ the report lists each file and key, so there is a record of what was removed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-from django.conf import settings
-from django.core.files.storage import Storage, storages
-
 from ingestion import hourfiles
+from ingestion.archive.store import Archive, ArchiveError, open_archive
 from ingestion.models import HourFile
+from users.models import EagleUser
 
 logger = logging.getLogger(__name__)
 
 # What the archive may raise when it cannot be reached or refuses a request.
-STORAGE_ERRORS = (OSError, BotoCoreError, ClientError)
+STORAGE_ERRORS = (OSError, ArchiveError)
+PURGING_REASON = "Being deleted together with its data."
 
 
 @dataclass
@@ -71,37 +69,23 @@ def local_files_of(cloud_id: str) -> list[Path]:
     know yet (the open hour) are found too. Only files whose name carries this cloud_id qualify.
     """
     cloud_id = hourfiles.checked_cloud_id(cloud_id)
-    found: set[Path] = set()
+    found: set[Path] = set(hourfiles.local_files_of(cloud_id))
     for local_path in HourFile.objects.filter(cloud_id=cloud_id).values_list(
         "local_path", flat=True
     ):
         if local_path:
             path = Path(local_path)
             found.update({path, hourfiles.sealed_marker(path)})
-    # A cloud_id is hexadecimal, so the dash after it ends it: no other user's file matches.
-    found.update(Path(settings.LOG_ROOT).glob(f"*/iseif-rainforest-{cloud_id}-*"))
     return sorted(p for p in found if _belongs_to(p, cloud_id) and p.is_file())
 
 
-def _walk(storage: Storage, directory: str) -> Iterator[str]:
-    try:
-        directories, files = storage.listdir(directory)
-    except FileNotFoundError:
-        return
-    for name in files:
-        yield f"{directory}/{name}"
-    for name in directories:
-        yield from _walk(storage, f"{directory}/{name}")
-
-
-def archive_keys_of(cloud_id: str, storage: Storage) -> list[str]:
+def archive_keys_of(cloud_id: str, archive: Archive) -> list[str]:
     """The cloud_id's archived objects: every key under its prefix, plus manifest keys elsewhere
     (written under an earlier ARCHIVE_PREFIX) that still exist."""
     cloud_id = hourfiles.checked_cloud_id(cloud_id)
-    prefix = f"{settings.ARCHIVE_PREFIX}/{cloud_id}" if settings.ARCHIVE_PREFIX else cloud_id
-    keys = set(_walk(storage, prefix))
+    keys = {key for key, _ in archive.keys(hourfiles.archive_prefix(cloud_id))}
     for key in HourFile.objects.filter(cloud_id=cloud_id).values_list("key", flat=True):
-        if key and key not in keys and _belongs_to(Path(key), cloud_id) and storage.exists(key):
+        if key and key not in keys and _belongs_to(Path(key), cloud_id) and archive.stat(key):
             keys.add(key)
     return sorted(keys)
 
@@ -113,14 +97,14 @@ def purge_user_data(cloud_id: str) -> PurgeReport:
     archive fails midway, PurgeIncompleteError says what was removed; running it again finishes.
     """
     report = PurgeReport(cloud_id)
-    storage = storages["archive"]
+    archive = open_archive()
     try:
         for path in local_files_of(cloud_id):
             path.unlink(missing_ok=True)
             report.local_files.append(str(path))
             logger.info("purge %s: removed local file %s", cloud_id, path)
-        for key in archive_keys_of(cloud_id, storage):
-            storage.delete(key)
+        for key in archive_keys_of(cloud_id, archive):
+            archive.delete(key)
             report.archive_keys.append(key)
             logger.info("purge %s: removed archived object %s", cloud_id, key)
     except STORAGE_ERRORS as exc:
@@ -128,4 +112,21 @@ def purge_user_data(cloud_id: str) -> PurgeReport:
         raise PurgeIncompleteError(report, exc) from exc
     report.manifest_rows, _ = HourFile.objects.filter(cloud_id=cloud_id).delete()
     logger.info("purge %s: removed %s", cloud_id, report.summary())
+    return report
+
+
+def remove_user(user: EagleUser, purge: bool) -> PurgeReport | None:
+    """Delete the user; with `purge`, its hour files, archived objects and manifest rows too.
+
+    Without purge the data stays (manifest rows keep the cloud_id). With purge the user is
+    suspended first, so the poller stops writing for it, and deleted only once its data is
+    gone: a purge that fails (PurgeIncompleteError) leaves the user suspended, to be retried.
+    """
+    if not purge:
+        user.delete()
+        return None
+    if user.is_active or user.suspended_reason != PURGING_REASON:
+        user.suspend(PURGING_REASON)
+    report = purge_user_data(user.cloud_id)
+    user.delete()
     return report

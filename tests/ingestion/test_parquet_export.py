@@ -1,0 +1,216 @@
+"""A fleet polled across an hour boundary, rotated and exported: the Parquet dataset holds every
+JSON-lines reading once, with equal values; a late part replaces its hour with a new complete
+version; a crash at any step leaves a state the next export completes."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+import time_machine
+
+from ingestion import hourfiles, parquet, parquet_export
+from ingestion.archive import store
+from ingestion.models import (
+    DatasetFile,
+    DatasetFileState,
+    DatasetHour,
+    DatasetHourState,
+    HourFile,
+)
+from tests.fleet_dataset import (
+    AFTER_CLOSE,
+    BOUNDARY,
+    archived_records,
+    poll_across_the_hour,
+    rotate_and_export,
+)
+from tests.hour_files import demand_readings, write
+
+pytestmark = pytest.mark.django_db
+
+
+def dataset_rows() -> list[dict[str, Any]]:
+    """Every row of every file under the prefix, read with pyarrow alone (no database)."""
+    filesystem, root = store.open_archive().arrow_filesystem()
+    rows = []
+    selector = pafs.FileSelector(f"{root}/{parquet.prefix()}", recursive=True, allow_not_found=True)
+    for info in filesystem.get_file_info(selector):
+        if info.type != pafs.FileType.File:
+            continue
+        record_type = info.path.split("/record_type=")[1].split("/")[0]
+        for row in pq.read_table(info.path, filesystem=filesystem).to_pylist():
+            rows.append({**row, "record_type": record_type})
+    return rows
+
+
+def as_record(row: dict[str, Any]) -> dict[str, Any]:
+    """A dataset row in the JSON-lines record's terms, to compare values."""
+    values = {name: row[name] for name in parquet.RECORD_TYPES[row["record_type"]].value_schema}
+    return {
+        "record_type": row["record_type"],
+        "cloud_id": row["cloud_id"],
+        "meter_timestamp": int(row["meter_time"].timestamp()),
+        "received_at": row["received_at"],
+        "source": row["source"],
+        "format_version": row["format_version"],
+        "raw": orjson.loads(row["raw"]),
+        **values,
+    }
+
+
+def as_comparable(record: dict[str, Any]) -> dict[str, Any]:
+    values = {
+        name: record[name] for name in parquet.RECORD_TYPES[record["record_type"]].value_schema
+    }
+    return {
+        "record_type": record["record_type"],
+        "cloud_id": record["cloud_id"],
+        "meter_timestamp": record["meter_timestamp"],
+        "received_at": datetime.fromisoformat(record["received_at"]),
+        "source": record["source"],
+        "format_version": record["format_version"],
+        "raw": record["raw"],
+        **values,
+    }
+
+
+def identity(record: dict[str, Any]) -> tuple[str, str, int]:
+    return record["cloud_id"], record["record_type"], record["meter_timestamp"]
+
+
+def test_it_exports_every_polled_reading_once_with_equal_values(settings, any_archive) -> None:  # type: ignore[no-untyped-def]
+    poll_across_the_hour(settings)
+    report = rotate_and_export(AFTER_CLOSE)
+
+    assert report.ok and report.exported == 2, report.summary()
+    expected = {identity(r): as_comparable(r) for r in archived_records()}
+    assert {kind for _, kind, _ in expected} == {"demand", "summation", "price"}
+    rows = [as_record(row) for row in dataset_rows()]
+    assert len(rows) == len(expected) == report.rows
+    assert {identity(row): row for row in rows} == expected
+    hours = DatasetHour.objects.order_by("hour")
+    assert [(h.hour, h.state, h.version) for h in hours] == [
+        (BOUNDARY - timedelta(hours=1), DatasetHourState.EXPORTED, 1),
+        (BOUNDARY, DatasetHourState.EXPORTED, 1),
+    ]
+
+
+def test_a_second_export_finds_nothing_to_do(settings, any_archive) -> None:  # type: ignore[no-untyped-def]
+    poll_across_the_hour(settings, users=2, ticks=15)
+    rotate_and_export(AFTER_CLOSE)
+    keys = set(DatasetFile.objects.values_list("key", "sha256"))
+
+    again = rotate_and_export(AFTER_CLOSE + timedelta(hours=1))
+
+    assert again.hours_found == 0 and again.exported == 0
+    assert set(DatasetFile.objects.values_list("key", "sha256")) == keys
+
+
+def test_files_are_sorted_by_household_then_time_under_hive_partitions(
+    settings, any_archive
+) -> None:  # type: ignore[no-untyped-def]
+    poll_across_the_hour(settings, users=3, ticks=15)
+    rotate_and_export(AFTER_CLOSE)
+
+    demand = DatasetFile.objects.get(record_type="demand", dataset_hour__hour=BOUNDARY)
+    assert demand.key == (
+        "rainforest-parquet/record_type=demand/date=2026-09-21/hour-2026-09-21-10-v1-0.parquet"
+    )
+    filesystem, root = store.open_archive().arrow_filesystem()
+    table = ds.dataset(f"{root}/{demand.key}", filesystem=filesystem).to_table()
+    keys = list(zip(table["cloud_id"].to_pylist(), table["meter_time"].to_pylist(), strict=True))
+    assert keys == sorted(keys)
+    assert table.schema.metadata[parquet.SCHEMA_VERSION_KEY] == b"1"
+    assert table.schema.names == [
+        "cloud_id",
+        "meter_time",
+        "received_at",
+        "source",
+        "demand_kw",
+        "format_version",
+        "raw",
+    ]
+
+
+def test_a_late_part_replaces_its_hour_with_a_new_complete_version(settings, any_archive) -> None:  # type: ignore[no-untyped-def]
+    hour = BOUNDARY
+    write(demand_readings("00a1", hour, 20) + demand_readings("0b02", hour, 10))
+    rotate_and_export(AFTER_CLOSE)
+    first = set(DatasetFile.objects.values_list("key", flat=True))
+
+    # A reading of the sealed hour arrives late: a late part, shipped an hour later.
+    write(demand_readings("00a1", hour + timedelta(minutes=30), 1))
+    report = rotate_and_export(AFTER_CLOSE + timedelta(hours=1))
+
+    assert report.exported == 1, report.summary()
+    row = DatasetHour.objects.get(hour=hour)
+    assert (row.state, row.version, row.rows, row.source_files) == (
+        DatasetHourState.EXPORTED,
+        2,
+        31,
+        3,
+    )
+    files = DatasetFile.objects.all()
+    assert {f.state for f in files} == {DatasetFileState.CURRENT}
+    assert not first & {f.key for f in files}
+    rows = dataset_rows()
+    assert len(rows) == 31
+    assert sorted(identity(as_record(r)) for r in rows) == sorted(
+        identity(r) for r in archived_records()
+    )
+
+
+def test_an_hour_waits_until_all_its_hour_files_are_verified(settings, any_archive) -> None:  # type: ignore[no-untyped-def]
+    write(demand_readings("00a1", BOUNDARY, 5) + demand_readings("0b02", BOUNDARY, 5))
+    # Another object at one file's key: a conflict, which keeps that file out of the archive.
+    archive_store = store.open_archive()
+    key = hourfiles.archive_key("0b02", BOUNDARY)
+    archive_store.create(key, b"other", 5, hashlib.sha256(b"other").hexdigest(), "text/plain")
+    report = rotate_and_export(AFTER_CLOSE, conflicts=1)
+    assert (report.exported, report.waiting) == (0, 1)
+    assert not DatasetFile.objects.exists()
+
+    # The operator removes the stray object and retries: the hour is exported whole.
+    archive_store.delete(key)
+    assert HourFile.objects.get(cloud_id="0b02").retry()
+    report = rotate_and_export(AFTER_CLOSE + timedelta(minutes=10))
+    assert report.exported == 1
+    assert DatasetHour.objects.get().rows == 10
+
+
+class Killed(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("step", list(parquet_export.ExportStep))
+def test_a_crash_after_any_step_leaves_a_state_the_next_export_completes(settings, step) -> None:  # type: ignore[no-untyped-def]
+    settings.ROTATE_LEASE_SECONDS = 30
+    write(demand_readings("00a1", BOUNDARY, 20))
+    rotate_and_export(AFTER_CLOSE)
+    # A late part makes the hour due again; the second version's export dies after `step`.
+    write(demand_readings("00a1", BOUNDARY + timedelta(minutes=40), 3))
+
+    def die(at: parquet_export.ExportStep, hour: datetime) -> None:
+        if at == step:
+            raise Killed(at)
+
+    with pytest.raises(Killed):
+        rotate_and_export(AFTER_CLOSE + timedelta(hours=1), after_step=die)
+    with time_machine.travel(AFTER_CLOSE + timedelta(hours=1, minutes=1), tick=False):
+        parquet_export.export()
+
+    row = DatasetHour.objects.get()
+    assert (row.state, row.rows) == (DatasetHourState.EXPORTED, 23)
+    files = DatasetFile.objects.all()
+    assert [f.state for f in files] == [DatasetFileState.CURRENT]
+    # The prefix holds exactly the current version: nothing planned, nothing obsolete.
+    listed = {key for key, _ in store.open_archive().keys(parquet.prefix())}
+    assert listed == {f.key for f in files}
+    assert len(dataset_rows()) == 23

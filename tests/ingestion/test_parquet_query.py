@@ -1,0 +1,111 @@
+"""Querying the Parquet dataset in place: `manage.py query` gives the numbers computed from the
+JSON-lines archive, and DuckDB, pyarrow and pandas read cloud_id as a string."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from io import StringIO
+from pathlib import Path
+
+import duckdb
+import pandas
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from django.core.management import CommandError, call_command
+
+from ingestion import parquet
+from ingestion.archive import store
+from tests.fleet_dataset import (
+    AFTER_CLOSE,
+    archived_records,
+    poll_across_the_hour,
+    rotate_and_export,
+)
+from tests.hour_files import demand_readings, write
+
+pytestmark = pytest.mark.django_db
+
+
+def query(*args: str) -> str:
+    out = StringIO()
+    call_command("query", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def test_query_gives_the_numbers_computed_from_json_lines(settings, any_archive) -> None:  # type: ignore[no-untyped-def]
+    poll_across_the_hour(settings)
+    rotate_and_export(AFTER_CLOSE)
+    expected: dict[str, list[float]] = defaultdict(list)
+    for record in archived_records():
+        if record["record_type"] == "demand":
+            expected[record["cloud_id"]].append(record["demand_kw"])
+
+    output = query(
+        "SELECT cloud_id, count(*) AS readings, sum(demand_kw) AS kw FROM demand "
+        "GROUP BY cloud_id ORDER BY cloud_id",
+        "--format",
+        "csv",
+    )
+
+    rows = list(csv.DictReader(io.StringIO(output)))
+    assert [row["cloud_id"] for row in rows] == sorted(expected)
+    for row in rows:
+        values = expected[row["cloud_id"]]
+        assert int(row["readings"]) == len(values)
+        assert float(row["kw"]) == pytest.approx(sum(values))
+
+
+def test_query_prints_a_table_and_writes_csv_and_parquet_files(tmp_path: Path) -> None:
+    write(demand_readings("000001", AFTER_CLOSE.replace(minute=0) - parquet.hourfiles.HOUR, 3))
+    rotate_and_export(AFTER_CLOSE)
+    sql = "SELECT cloud_id, demand_kw, date FROM demand ORDER BY meter_time"
+
+    table = query(sql, "--max-rows", "2")
+    assert table.splitlines()[0].split() == ["cloud_id", "demand_kw", "date"]
+    assert table.splitlines()[2].split() == ["000001", "1", "2026-09-21"]
+    assert "(3 rows, 1 not shown)" in table
+
+    query(sql, "--output", str(tmp_path / "out.csv"))
+    assert (tmp_path / "out.csv").read_text().splitlines()[1] == '"000001",1,2026-09-21'
+    query(sql, "--output", str(tmp_path / "out.parquet"))
+    assert pq.read_table(tmp_path / "out.parquet")["cloud_id"].to_pylist() == ["000001"] * 3
+
+
+def test_a_bad_query_is_a_clear_error() -> None:
+    with pytest.raises(CommandError, match="the query failed: .*no_such_column"):
+        query("SELECT no_such_column FROM demand")
+    with pytest.raises(CommandError, match="--format parquet needs --output"):
+        query("SELECT 1", "--format", "parquet")
+
+
+def test_duckdb_pyarrow_and_pandas_read_cloud_id_as_a_string(any_archive) -> None:  # type: ignore[no-untyped-def]
+    write(demand_readings("000001", AFTER_CLOSE.replace(minute=0) - parquet.hourfiles.HOUR, 3))
+    rotate_and_export(AFTER_CLOSE)
+    filesystem, root = store.open_archive().arrow_filesystem()
+    prefix = f"{root}/{parquet.prefix()}"
+
+    dataset = ds.dataset(prefix, filesystem=filesystem, format="parquet", partitioning="hive")
+    table = dataset.to_table()
+    assert str(table.schema.field("cloud_id").type) == "string"
+    assert table["cloud_id"].to_pylist() == ["000001"] * 3
+
+    frame = pandas.read_parquet(prefix, filesystem=filesystem)
+    assert frame["cloud_id"].tolist() == ["000001"] * 3
+    assert pandas.api.types.is_string_dtype(frame["cloud_id"])
+    assert str(frame["meter_time"].dt.tz) == "UTC"
+
+    connection = duckdb.connect(config={"autoinstall_known_extensions": False})
+    connection.register("demand", dataset)
+    assert connection.sql("SELECT typeof(cloud_id), cloud_id FROM demand LIMIT 1").fetchall() == [
+        ("VARCHAR", "000001")
+    ]
+    if any_archive == "local":
+        # DuckDB's own reader over the Hive layout, as the docs show.
+        rows = duckdb.sql(
+            f"SELECT typeof(cloud_id), cloud_id, record_type FROM read_parquet("
+            f"'{prefix}/*/*/*.parquet', hive_partitioning = true) LIMIT 1"
+        ).fetchall()
+        assert rows == [("VARCHAR", "000001", "demand")]
