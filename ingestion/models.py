@@ -734,13 +734,14 @@ class HourFile(models.Model):
 
 @dataclass(frozen=True, slots=True)
 class HourSources:
-    """What the archive holds of one fleet-hour: its verified hour files, their readable lines,
-    the newest verification, and how many of its files are not verified yet."""
+    """What the archive holds of one fleet-hour: its verified hour files, their readable and
+    malformed lines, the newest verification, and how many of its files are not verified yet."""
 
     verified_files: int
     lines: int
     newest_verified_at: datetime | None
     unshipped_files: int
+    malformed_lines: int = 0
 
 
 def hour_sources(hours: Collection[datetime]) -> dict[datetime, HourSources]:
@@ -755,6 +756,7 @@ def hour_sources(hours: Collection[datetime]) -> dict[datetime, HourSources]:
             lines=models.Sum("line_count", filter=verified, default=0),
             newest_verified_at=models.Max("verified_at", filter=verified),
             unshipped_files=models.Count("pk", filter=~verified),
+            malformed_lines=models.Sum("malformed_lines", filter=verified, default=0),
         )
     )
     return {
@@ -763,6 +765,7 @@ def hour_sources(hours: Collection[datetime]) -> dict[datetime, HourSources]:
             row["lines"],
             row["newest_verified_at"],
             row["unshipped_files"],
+            row["malformed_lines"],
         )
         for row in rows
     }

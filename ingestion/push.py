@@ -287,6 +287,8 @@ def accept_push(
 ) -> AcceptedPush:
     """Check and decode one push, and queue it for ingestion; PushRejectedError says why not."""
     user = authenticate(cloud_id, token)
+    # The user's own id, in lower case, names its readings and files whatever case was sent.
+    cloud_id = user.cloud_id
     try:
         text = body_text(body, content_encoding)
         parsed = parse_push(text, cloud_id, received_at, user.meter_mac)
@@ -360,7 +362,7 @@ def ingest_upload(cloud_id: str, text: str, received_at_iso: str) -> dict[str, A
     user = EagleUser.objects.filter(cloud_id=cloud_id).first()
     if user is None:
         return PushIngest(cloud_id, refused=["the user was deleted meanwhile"]).as_dict()
-    parsed = parse_push(text, cloud_id, received_at, user.meter_mac)
+    parsed = parse_push(text, user.cloud_id, received_at, user.meter_mac)
     return ingest_readings(user, parsed.readings, received_at).as_dict()
 
 
@@ -443,8 +445,8 @@ def _unlogged(
     """
     fresh: list[Reading] = []
     duplicates = 0
-    seen: set[tuple[str, int]] = set()
-    logged_by_hour: dict[datetime, set[tuple[str, int]]] = {}
+    seen: set[tuple[object, object]] = set()
+    logged_by_hour: dict[datetime, set[tuple[object, object]]] = {}
     for reading in sorted(readings, key=lambda r: r.meter_timestamp):
         key = (reading.record_type, reading.meter_timestamp)
         last = last_logged_timestamp(state, reading.record_type)
@@ -462,9 +464,9 @@ def _unlogged(
     return fresh, duplicates
 
 
-def _logged_keys(cloud_id: str, hour: datetime) -> set[tuple[str, int]]:
+def _logged_keys(cloud_id: str, hour: datetime) -> set[tuple[object, object]]:
     """(record type, meter timestamp) of every reading in the hour's local files (all parts)."""
-    keys: set[tuple[str, int]] = set()
+    keys: set[tuple[object, object]] = set()
     for path in hourfiles.part_chain(cloud_id, hour):
         if path.exists():
             keys.update(

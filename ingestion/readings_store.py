@@ -149,7 +149,7 @@ def ensure_partitions(first: date, last: date) -> list[str]:
         day += timedelta(days=1)
     existing = set(partitions())
     missing = [day for day in wanted if day not in existing]
-    made = []
+    made: list[str] = []
     if not missing:
         return made
     with transaction.atomic(), connection.cursor() as cursor:
@@ -282,54 +282,81 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 # an integer column can.
 MAX_TIMESTAMP = 2**40
 MAX_INTEGER = 2**31
+TAB = "\t"
+TABS = len(COLUMNS) - 1
+# Per record type: (position among VALUE_FIELDS, name) of the values it carries.
+_TYPE_VALUES = {
+    kind: [(VALUE_FIELDS.index(name), name) for name in names]
+    for kind, (names, _) in VALUES.items()
+}
 
 
-def _text(value: str) -> str:
-    if value.isalnum():
-        return value
-    if "\x00" in value:
+def _escaped(cell: str) -> str:
+    if "\x00" in cell:
         raise ValueError("a NUL character, which PostgreSQL text cannot hold")
-    return value.translate(_COPY_ESCAPES)
+    return cell.translate(_COPY_ESCAPES)
 
 
-def _integer(value: int) -> str:
-    if not -MAX_INTEGER < value < MAX_INTEGER:
-        raise ValueError(f"{value} does not fit an integer column")
-    return str(value)
-
-
-def _value(value: float | int | str | None) -> str:
+def _cell(value: float | int | str | None) -> str:
+    """A value field as COPY text; strings are escaped with their row (`copy_row`)."""
     if value is None:
         return NULL
-    if isinstance(value, str):
-        return _text(value)
-    if isinstance(value, int):
-        return _integer(value)
-    return repr(value)
+    if value.__class__ is float:
+        return repr(value)
+    if value.__class__ is int:
+        if not -MAX_INTEGER < value < MAX_INTEGER:  # type: ignore[operator]
+            raise ValueError(f"{value} does not fit an integer column")
+        return str(value)
+    return value  # type: ignore[return-value]
+
+
+def _instant(text: str) -> str:
+    """An ISO 8601 time with an offset, in a form PostgreSQL reads; ValueError otherwise (one bad
+    time must not fail the COPY of a whole hour)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"received_at {text[:40]!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"received_at {text[:40]!r} has no UTC offset")
+    # The record format's own form (2026-03-08T10:00:05.120Z) goes as it is.
+    return text if text.endswith("Z") and text[10] == "T" and text[4] == "-" else moment.isoformat()
 
 
 def copy_row(record: Any, keep_raw: bool) -> str:
     """One decoded reading (`record_lines.RecordLine`) as a line of COPY text for the staging
     table; ValueError if it cannot be a row of the table."""
-    if record.received_at is None or record.source is None or record.format_version is None:
+    received_at, source, version = record.received_at, record.source, record.format_version
+    if received_at is None or source is None or version is None:
         raise ValueError("received_at, source and format_version are required")
     if not 0 <= record.meter_timestamp < MAX_TIMESTAMP:
         raise ValueError(f"meter_timestamp {record.meter_timestamp} is out of range")
-    raw = NULL
-    if keep_raw:
-        # Valid JSON (msgspec checked it) holds no raw control character; only backslashes of its
-        # escapes need doubling. PostgreSQL's jsonb refuses \\u0000.
-        raw = bytes(record.raw).decode()
-        if "\\" in raw:
-            if "\\u0000" in raw:
-                raise ValueError("raw holds \\u0000, which jsonb cannot hold")
-            raw = raw.replace("\\", "\\\\")
-    values = "\t".join([_value(getattr(record, name)) for name in VALUE_FIELDS])
-    return (
-        f"{_text(record.cloud_id)}\t{_text(record.record_type)}\t{record.meter_timestamp}\t"
-        f"{_text(record.received_at)}\t{_text(record.source)}\t{values}\t"
-        f"{_integer(record.format_version)}\t{raw}\n"
+    if not -MAX_INTEGER < version < MAX_INTEGER:
+        raise ValueError(f"format_version {version} does not fit an integer column")
+    received_at = _instant(received_at)
+    # Valid JSON (msgspec checked it) holds no raw control character.
+    raw = bytes(record.raw).decode() if keep_raw else NULL
+    values = [NULL] * len(VALUE_FIELDS)
+    nulls = len(values) + (not keep_raw)
+    for index, name in _TYPE_VALUES[record.record_type]:
+        value = getattr(record, name)
+        if value is not None:
+            values[index] = _cell(value)
+            nulls -= 1
+    row = (
+        f"{record.cloud_id}\t{record.record_type}\t{record.meter_timestamp}\t{received_at}\t"
+        f"{source}\t{TAB.join(values)}\t{version}\t{raw}"
     )
+    # Nearly every row needs no escaping: one look at the whole row rather than one per value
+    # (its only backslashes are those of its NULLs).
+    escapes = row.count("\\") != nulls or row.count(TAB) != TABS
+    if escapes or "\n" in row or "\r" in row or "\x00" in row:
+        if "\\u0000" in raw:
+            raise ValueError("raw holds \\u0000, which jsonb cannot hold")
+        cells = [record.cloud_id, record.record_type, str(record.meter_timestamp), received_at]
+        cells += [source, *values, str(version), raw]
+        row = TAB.join([cell if cell is NULL else _escaped(cell) for cell in cells])
+    return row + "\n"
 
 
 @dataclass(slots=True)
@@ -459,11 +486,14 @@ def load_hour(hour: datetime, now: datetime | None = None) -> ReadingsLoad | Non
             )
             if not rows:
                 return None
+            # A load lost in a crash is lost with its record, and loaded again by the next pass.
+            cursor.execute("SET LOCAL synchronous_commit = off")
             cursor.execute(_CREATE_STAGING)
             # Empty already after a commit; not so when the load runs inside a caller's transaction.
             cursor.execute(f"TRUNCATE {STAGING}")
             stream = CopyStream(_chunks(rows, conversion, keep_raw))
-            cursor.cursor.copy_expert(_COPY, stream, size=COPY_READ_BYTES)
+            with connection.wrap_database_errors:  # psycopg2's errors as Django's
+                cursor.cursor.copy_expert(_COPY, stream, size=COPY_READ_BYTES)
             start_ts = int(hour.timestamp())
             cursor.execute(_MOVE, [start_ts, start_ts + 3600])
             load.rows_inserted = cursor.rowcount
@@ -727,7 +757,7 @@ def demand_part(
     cloud_id: str, a: datetime, b: datetime, edges: list[float], gap_seconds: float
 ) -> DemandPart:
     part = DemandPart()
-    params = {
+    params: dict[str, Any] = {
         "edges": edges,
         "cloud_id": cloud_id,
         "a": a,

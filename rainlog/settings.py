@@ -141,6 +141,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
+    "rainlog.content_security.ApiPagesPolicyMiddleware",
     # Last: it turns a sign-in refused during a lockout into its 429 answer.
     "axes.middleware.AxesMiddleware",
 ]

@@ -312,21 +312,45 @@ def fleet_summary(now: datetime | None = None) -> FleetSummary:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A time window the console's charts offer, and the buckets its series are summed in."""
+
+    length: timedelta
+    tick_bucket: timedelta  # readings and late ticks
+    demand_bucket: timedelta  # fleet demand averages
+
+
+WINDOWS = {
+    "1h": Window(HOUR, timedelta(minutes=1), timedelta(minutes=1)),
+    "6h": Window(6 * HOUR, timedelta(minutes=1), timedelta(minutes=5)),
+    "24h": Window(24 * HOUR, timedelta(minutes=1), timedelta(minutes=15)),
+    "7d": Window(timedelta(days=7), timedelta(minutes=10), HOUR),
+}
+DEFAULT_WINDOW = "24h"
+
+
 @dataclass(slots=True)
-class MinuteSeries:
-    """Per-minute figures over a window, one entry per minute (zeros where no tick ran)."""
+class TickSeries:
+    """Readings written and late ticks per bucket; None where no tick ran at all (the poller was
+    not running: a gap in the chart, not a zero)."""
 
     start: datetime
-    minutes: list[int] = field(default_factory=list)  # unix seconds of each minute
-    readings: list[int] = field(default_factory=list)
-    late_ticks: list[int] = field(default_factory=list)
+    bucket_seconds: int
+    times: list[int] = field(default_factory=list)  # unix seconds of each bucket's start
+    readings: list[int | None] = field(default_factory=list)
+    late_ticks: list[int | None] = field(default_factory=list)
 
 
-def readings_per_minute(now: datetime | None = None, hours: int = 24) -> MinuteSeries:
-    """Readings written and late ticks per minute over the last `hours`, from the Tick rows."""
+def tick_series(
+    now: datetime | None = None, window: Window = WINDOWS[DEFAULT_WINDOW]
+) -> TickSeries:
+    """Readings written and late ticks per bucket over `window`, from the Tick rows (one query
+    grouping them by minute: 10,080 rows at most for 7 days)."""
     now = now or timezone.now()
-    end = now.replace(second=0, microsecond=0)
-    start = end - timedelta(hours=hours)
+    step = int(window.tick_bucket.total_seconds())
+    end = datetime.fromtimestamp(now.timestamp() // step * step, UTC)
+    start = end - window.length
     rows = (
         Tick.objects.filter(scheduled_at__gte=start, scheduled_at__lt=end)
         .annotate(minute=TruncMinute("scheduled_at"))
@@ -334,15 +358,15 @@ def readings_per_minute(now: datetime | None = None, hours: int = 24) -> MinuteS
         .annotate(readings=Sum("readings_written"), late=Count("pk", filter=Q(late=True)))
         .order_by("minute")
     )
-    by_minute = {row["minute"]: row for row in rows}
-    series = MinuteSeries(start=start)
-    minute = start
-    while minute < end:
-        row = by_minute.get(minute)
-        series.minutes.append(int(minute.timestamp()))
-        series.readings.append(row["readings"] if row else 0)
-        series.late_ticks.append(row["late"] if row else 0)
-        minute += timedelta(minutes=1)
+    series = TickSeries(start=start, bucket_seconds=step)
+    buckets = int(window.length.total_seconds()) // step
+    series.times = [int(start.timestamp()) + k * step for k in range(buckets)]
+    series.readings = [None] * buckets
+    series.late_ticks = [None] * buckets
+    for row in rows:
+        k = int((row["minute"] - start).total_seconds()) // step
+        series.readings[k] = (series.readings[k] or 0) + row["readings"]
+        series.late_ticks[k] = (series.late_ticks[k] or 0) + row["late"]
     return series
 
 
@@ -369,20 +393,20 @@ class DemandSeries:
 
 def fleet_demand(
     now: datetime | None = None,
-    hours: int = 24,
-    bucket: timedelta = timedelta(minutes=15),
+    window: Window = WINDOWS[DEFAULT_WINDOW],
     sample_size: int | None = None,
 ) -> DemandSeries:
-    """Fleet-wide demand over the last `hours`, estimated from a sample of households.
+    """Fleet-wide demand over `window`, estimated from a sample of households.
 
     Per bucket: the mean of the sampled households' average demand (each household weighs the
     same), times the number of logging households. None where no sampled household has a reading.
     A household whose archive cannot be read is left out of the sample, with a warning.
     """
     now = now or timezone.now()
+    bucket = window.demand_bucket
     step = bucket.total_seconds()
     end = datetime.fromtimestamp((now.timestamp() // step + 1) * step, UTC)
-    start = end - timedelta(hours=hours)
+    start = end - window.length
     sample = demand_sample(sample_size or settings.CONSOLE_DEMAND_SAMPLE)
     states, _ = users_by_state()
     logging_households = states.get(LOGGING, 0)
@@ -494,10 +518,21 @@ def day_start(day: date) -> datetime:
     return datetime.combine(day, datetime.min.time(), tzinfo=UTC)
 
 
-def user_demand_day(user: EagleUser, day: date) -> list[tuple[float, float]]:
-    """(unix seconds, kW) of each of the user's demand readings of one UTC day, in time order."""
-    start = day_start(day)
-    return list(retrieval.demand_readings(user.cloud_id, start, start + timedelta(days=1)))
+def user_demand(
+    user: EagleUser, start: datetime, end: datetime
+) -> list[tuple[float, float | None]]:
+    """(unix seconds, kW) of the user's demand readings in [start, end), in time order, with a
+    (moment, None) point inside each stretch longer than a gap without readings: a chart breaks
+    its line there instead of bridging the missing time."""
+    gap = retrieval.DEFAULT_GAP_SECONDS
+    points: list[tuple[float, float | None]] = []
+    previous = None
+    for moment, kw in retrieval.demand_readings(user.cloud_id, start, end):
+        if previous is not None and moment - previous > gap:
+            points.append((previous + gap / 2, None))
+        points.append((moment, kw))
+        previous = moment
+    return points
 
 
 def recent_incidents(user: EagleUser, limit: int = 10) -> list[Incident]:

@@ -87,7 +87,7 @@ from ingestion.polling.leases import (
     rescue_orphaned_shards,
     shard_of,
 )
-from ingestion.polling.schedules import POLL_SCHEDULE_PREFIX
+from ingestion.polling.schedules import POLL_SCHEDULE_PREFIX, task_timeout
 from ingestion.records import FailureClass, FetchFailure, Reading, iso_utc
 from ingestion.redaction import redact
 from users.models import EagleUser
@@ -1089,7 +1089,7 @@ def window_wait_seconds() -> float:
 def window_max_seconds() -> float:
     """How long a window task polls when no successor comes (the scheduler is late or down):
     long enough to bridge a missed minute, short enough to end well within the task timeout."""
-    timeout = settings.Q_CLUSTER.get("timeout") or 300
+    timeout = task_timeout() or 300
     budget = timeout - window_wait_seconds() - 2 * settings.INGEST_POLL_SECONDS
     return max(settings.INGEST_POLL_SECONDS, min(budget, 2 * settings.INGEST_WINDOW_SECONDS))
 

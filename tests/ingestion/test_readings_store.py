@@ -149,7 +149,11 @@ def test_it_loads_typed_values_and_raw_from_archived_and_local_files(store) -> N
     }
     path = hourfiles.local_path("0b01", ten)
     path.parent.mkdir(parents=True)
-    path.write_bytes(orjson.dumps(record) + b"\n" + b'{"torn line\n')
+    bad_times = [
+        orjson.dumps({**record, "meter_timestamp": record["meter_timestamp"] + n, "received_at": t})
+        for n, t in ((1, "yesterday"), (2, "2026-13-01T00:00:00Z"), (3, "2026-03-08T10:00:07"))
+    ]
+    path.write_bytes(b"\n".join([orjson.dumps(record), b'{"torn line', *bad_times]) + b"\n")
     HourFile.objects.create(
         cloud_id="0b01", hour=ten, local_path=str(path), key="k", sealed_at=AFTER
     )
@@ -158,7 +162,8 @@ def test_it_loads_typed_values_and_raw_from_archived_and_local_files(store) -> N
     report = readings_store.run_pass(now=AFTER)
 
     assert report.rows_inserted == 11 and report.failures == 0
-    assert sum(load.malformed_lines for load in report.loads) == 1
+    # The torn line and the three times PostgreSQL could not take (no offset is no instant).
+    assert sum(load.malformed_lines for load in report.loads) == 4
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT received_at, price, currency, tier, raw, demand_kw, source FROM readings "
@@ -305,3 +310,17 @@ def test_on_sqlite_the_store_stays_off_and_a_system_check_says_why(tmp_path) -> 
     assert run.returncode == 0, run.stderr
     assert "ingestion.W001" in run.stderr + run.stdout
     assert "the readings store stays off" in run.stderr + run.stdout
+
+
+@pytest.mark.django_db
+def test_a_load_the_database_refuses_is_recorded_with_its_error_and_loads_later(store) -> None:
+    write(demand_readings("1b01", NINE, 10))
+    rotate_at(AFTER)
+
+    # No partition for the day yet (a pass makes it first): PostgreSQL refuses the rows.
+    failed = readings_store.load_hour(NINE, AFTER)
+
+    assert failed is not None and failed.pk and failed.rows_inserted == 0
+    assert "no partition of relation" in failed.error
+    assert table_keys() == [] and not LoadedHourFile.objects.exists()
+    assert readings_store.run_pass(now=AFTER).rows_inserted == 10

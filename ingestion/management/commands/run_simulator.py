@@ -65,20 +65,24 @@ class Command(BaseCommand):
                 f"cannot listen on {options['host']}:{options['port']}: {exc}"
             ) from None
 
+        # Signals are handled before readiness is announced: a caller that reads the banner and
+        # then sends SIGTERM gets a clean stop, however late this process is scheduled.
         try:
-            self.stdout.write(
-                f"EAGLE simulator: {options['users']} gateways at {simulator.url} "
-                f"(seed {options['seed']}, latency {options['latency']:g} s)\n"
-                f"  cloud API:  EAGLE_CLOUD_URL={simulator.cloud_url}\n"
-                f"  local APIs: gateway_address={simulator.url}/eagle200/<cloud_id> or "
-                f"{simulator.url}/legacy/<cloud_id>"
-            )
-            if plan.specs:
-                self.stdout.write(f"  faults: {options['faults']}")
-            if options["users_file"]:
-                path = simulator.write_users_file(options["users_file"], options["connection_type"])
-                self.stdout.write(f"  accounts written to {path}")
             with StopRequest() as stopping:
+                self.stdout.write(
+                    f"EAGLE simulator: {options['users']} gateways at {simulator.url} "
+                    f"(seed {options['seed']}, latency {options['latency']:g} s)\n"
+                    f"  cloud API:  EAGLE_CLOUD_URL={simulator.cloud_url}\n"
+                    f"  local APIs: gateway_address={simulator.url}/eagle200/<cloud_id> or "
+                    f"{simulator.url}/legacy/<cloud_id>"
+                )
+                if plan.specs:
+                    self.stdout.write(f"  faults: {options['faults']}")
+                if options["users_file"]:
+                    path = simulator.write_users_file(
+                        options["users_file"], options["connection_type"]
+                    )
+                    self.stdout.write(f"  accounts written to {path}")
                 self.report_until(stopping, simulator)
         finally:
             simulator.stop()
