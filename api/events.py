@@ -21,7 +21,7 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
@@ -128,7 +128,7 @@ class EventView(APIView):
             return Response({"detail": refusal}, status=status.HTTP_409_CONFLICT)
         throttle = LiveFetchThrottle()
         if not throttle.allow_request(request, self):
-            self.throttled(request, throttle.wait())
+            raise Throttled(throttle.wait())
         result = fetch_now(user, record_type)
         if isinstance(result, FetchFailure):
             return Response(

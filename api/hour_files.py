@@ -114,7 +114,9 @@ class PassthroughRenderer(BaseRenderer):
     media_type = "*/*"
     format = "file"
 
-    def render(self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None):  # type: ignore[no-untyped-def]
+    def render(
+        self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None
+    ) -> Any:
         return data
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Q, QuerySet
 from django.shortcuts import get_object_or_404
 from django_filters import rest_framework as filters
@@ -78,24 +79,24 @@ class IncidentFilter(filters.FilterSet):
         return queryset.filter(Q(resolved_at__isnull=True) | Q(resolved_at__gte=value))
 
 
-class IncidentQuerysetMixin:
-    queryset = Incident.objects.select_related("user", "resolved_by").order_by(
-        "-last_seen_at", "-id"
-    )
-    serializer_class = IncidentSerializer
+# Newest first, with what the serializer shows of the user and the operator who resolved it.
+INCIDENTS = Incident.objects.select_related("user", "resolved_by").order_by("-last_seen_at", "-id")
 
 
 @extend_schema(
     summary="Incidents (runs of fetch failures)",
     responses={200: IncidentSerializer(many=True), 400: FIELD_ERRORS, 401: UNAUTHENTICATED},
 )
-class IncidentListView(IncidentQuerysetMixin, generics.ListAPIView[Incident]):
+class IncidentListView(generics.ListAPIView[Incident]):
+    queryset = INCIDENTS
+    serializer_class = IncidentSerializer
     filterset_class = IncidentFilter
 
 
 @extend_schema(summary="One incident", responses={200: IncidentSerializer, **READ_ERRORS})
-class IncidentDetailView(IncidentQuerysetMixin, generics.RetrieveAPIView[Incident]):
-    pass
+class IncidentDetailView(generics.RetrieveAPIView[Incident]):
+    queryset = INCIDENTS
+    serializer_class = IncidentSerializer
 
 
 class ResolveSerializer(serializers.Serializer[Any]):
@@ -125,7 +126,8 @@ class IncidentResolveView(APIView):
         body.is_valid(raise_exception=True)
         incident = get_object_or_404(Incident, pk=pk)
         resolution = body.validated_data.get("resolution", "")
-        if not Incident.objects.filter(pk=incident.pk).resolve(request.user, resolution):
+        operator = request.user if isinstance(request.user, AbstractBaseUser) else None
+        if not Incident.objects.filter(pk=incident.pk).resolve(operator, resolution):
             raise Conflict(f"Incident {incident.pk} is already resolved.")
-        incident = IncidentQuerysetMixin.queryset.get(pk=incident.pk)
+        incident = INCIDENTS.get(pk=incident.pk)
         return Response(IncidentSerializer(incident).data)

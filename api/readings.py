@@ -18,15 +18,17 @@ import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 from itertools import chain
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import APIException, NotFound, ParseError
+from rest_framework.pagination import BasePagination
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -59,7 +61,9 @@ class JSONLinesRenderer(BaseRenderer):
     format = "jsonl"
     charset = None
 
-    def render(self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None):  # type: ignore[no-untyped-def]
+    def render(
+        self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None
+    ) -> Any:
         return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 
 
@@ -68,7 +72,9 @@ class CSVRenderer(BaseRenderer):
     format = "csv"
     charset = "utf-8"
 
-    def render(self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None):  # type: ignore[no-untyped-def]
+    def render(
+        self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None
+    ) -> Any:
         return orjson.dumps(data)
 
 
@@ -77,26 +83,28 @@ class ParquetRenderer(BaseRenderer):
     format = "parquet"
     charset = None
 
-    def render(self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None):  # type: ignore[no-untyped-def]
+    def render(
+        self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None
+    ) -> Any:
         return orjson.dumps(data)
 
 
-class JSONErrorsMixin:
+class JSONErrorsMixin(APIView):
     """Errors are JSON whatever format was asked for: a CSV or JSON-lines error body helps no one."""
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
         try:
-            return super().perform_content_negotiation(request, force)  # type: ignore[misc]
+            return super().perform_content_negotiation(request, force)
         except Http404:
             # DRF answers an unknown ?format= with 404, which reads as "no such user".
-            formats = ", ".join(r.format for r in self.get_renderers())  # type: ignore[attr-defined]
+            formats = ", ".join(str(r.format) for r in self.get_renderers())
             raise ParseError(f"format: use one of {formats}.") from None
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(response, Response) and response.status_code >= 400:
             request.accepted_renderer = JSONRenderer()
             request.accepted_media_type = JSONRenderer.media_type
-        return super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        return super().finalize_response(request, response, *args, **kwargs)
 
 
 # --- Query parameters ---------------------------------------------------------------------------
@@ -305,7 +313,8 @@ class ReadingSerializer(serializers.Serializer[Any]):
     meter_timestamp = serializers.IntegerField(help_text="Unix seconds of the meter's time.")
     meter_time = serializers.DateTimeField()
     received_at = serializers.DateTimeField()
-    source = serializers.CharField()
+    # A field named like Field.source (what DRF reads a value from): DRF keeps the two apart.
+    source = serializers.CharField()  # type: ignore[assignment]
     demand_kw = serializers.FloatField(
         required=False, help_text="Demand records; other record types carry their own values."
     )
@@ -381,7 +390,9 @@ class UserReadingsView(JSONErrorsMixin, APIView):
                 table = parquet.readings_table(record for records in hours for record in records)
             except retrieval.ArchiveReadError as exc:
                 raise ServiceUnavailable(str(exc)) from exc
-            response = HttpResponse(parquet.parquet_bytes(table), content_type=parquet.CONTENT_TYPE)
+            response: HttpResponseBase = HttpResponse(
+                parquet.parquet_bytes(table), content_type=parquet.CONTENT_TYPE
+            )
             response["Content-Disposition"] = f'attachment; filename="{name}.parquet"'
             return response
         if fmt == "json":
@@ -389,8 +400,10 @@ class UserReadingsView(JSONErrorsMixin, APIView):
                 records = [record for records in hours for record in records]
             except retrieval.ArchiveReadError as exc:
                 raise ServiceUnavailable(str(exc)) from exc
-            paginator = api_settings.DEFAULT_PAGINATION_CLASS()
-            page = paginator.paginate_queryset(records, request, view=self)
+            # The setting names a class; DRF imports it (the stubs see the dotted string).
+            paginator = cast(type[BasePagination], api_settings.DEFAULT_PAGINATION_CLASS)()
+            # Django's Paginator pages any sequence; the stubs ask for a QuerySet.
+            page: list[dict[str, Any]] = paginator.paginate_queryset(records, request, view=self)  # type: ignore[arg-type, assignment]
             return paginator.get_paginated_response([localized(r, tz) for r in page])
         chunks = csv_chunks(hours, tz) if fmt == "csv" else jsonl_chunks(hours, tz)
         try:

@@ -32,7 +32,7 @@ from ingestion.models import FAILURE_CLASS_CHOICES, FetchState, Incident, Incide
 from ingestion.purging import PurgeIncompleteError, remove_user
 from ingestion.records import iso_utc
 from users.cloud_ids import cloud_id_validator, lower_if_text
-from users.models import EAGLE_PASSWORD_MAX_LENGTH, ConnectionType, EagleUser
+from users.models import EAGLE_PASSWORD_MAX_LENGTH, ConnectionType, EagleUser, EagleUserQuerySet
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,8 @@ class EagleUserSerializer(serializers.ModelSerializer[EagleUser]):
         read_only_fields = ["cloud_id", "suspended_at", "created_at", "updated_at"]
 
     def to_internal_value(self, data: Any) -> Any:
-        if isinstance(data, Mapping):
+        # A JSON object, or a form's QueryDict (a dict too, whose copy keeps repeated keys).
+        if isinstance(data, dict):
             data = data.copy()
             for seed_name, name in SEED_ALIASES.items():
                 if seed_name not in data:
@@ -185,7 +186,8 @@ class EagleUserFilter(filters.FilterSet):
         fields = ["is_active", "failing", "connection_type", "search"]
 
     def filter_failing(self, queryset: QuerySet[EagleUser], name: str, value: bool) -> Any:
-        return queryset.failing() if value else queryset.healthy()  # type: ignore[attr-defined]
+        assert isinstance(queryset, EagleUserQuerySet)
+        return queryset.failing() if value else queryset.healthy()
 
     def filter_search(self, queryset: QuerySet[EagleUser], name: str, value: str) -> Any:
         return queryset.filter(Q(cloud_id__icontains=value) | Q(email__icontains=value))

@@ -122,8 +122,12 @@ def _require_number(record: dict[str, Any], name: str, integer: bool) -> None:
     value = record.get(name)
     if value is None and not integer:
         return
-    wanted = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, wanted) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (integer and not isinstance(value, int))
+        or value < 0
+    ):
         kind = "a whole number" if integer else "a number of unix seconds"
         raise LineError(f"{name} must be {kind}, not {type(value).__name__}")
 
