@@ -122,11 +122,12 @@ INSTALLED_APPS = [
     "drf_spectacular",
     # Swagger UI and ReDoc assets served by the project, not fetched from a CDN.
     "drf_spectacular_sidecar",
+    # Before django_q: its `qcluster` command is ingestion's (one that stops within seconds).
+    "ingestion",
     "django_q",
     # Login throttling and lockout on every sign-in (docs/security.md, "Sign-in lockout").
     "axes",
     "users",
-    "ingestion",
     "api",
 ]
 
@@ -364,7 +365,7 @@ INGEST_POLL_SECONDS = env_float("INGEST_POLL_SECONDS", 6.0, minimum=0.5)
 INGEST_REQUEST_TIMEOUT = env_float("INGEST_REQUEST_TIMEOUT", 4.0, minimum=0.1)
 INGEST_CONCURRENCY = env_int("INGEST_CONCURRENCY", 1000, minimum=1)
 INGEST_SHARDS = env_int("INGEST_SHARDS", 1, minimum=1)
-INGEST_LEASE_SECONDS = env_int("INGEST_LEASE_SECONDS", 30, minimum=5)
+INGEST_LEASE_SECONDS = env_int("INGEST_LEASE_SECONDS", 10, minimum=5)
 if INGEST_LEASE_SECONDS <= INGEST_POLL_SECONDS:
     # Renewed once a tick, a shorter lease runs out between two ticks of a healthy holder.
     raise ImproperlyConfigured(
