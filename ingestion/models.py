@@ -872,6 +872,7 @@ class DatasetHour(models.Model):
 
     class Meta:
         ordering = ["-hour"]
+        verbose_name = "Parquet hour"
         indexes = [
             # The export queue.
             models.Index(fields=["hour"], name="datasethour_due", condition=~Q(state="exported"))

@@ -117,6 +117,7 @@ def fleet_series(request: HttpRequest) -> JsonResponse:
             "demand": {
                 "t": demand.times,
                 "fleet_kw": demand.fleet_kw,
+                "measured": demand.measured,
                 "bucket_seconds": demand.bucket_seconds,
                 "households_sampled": demand.households_sampled,
                 "households_logging": demand.households_logging,
