@@ -92,6 +92,8 @@ READERS = 16
 ROTATION_TASK_SECONDS = 110.0
 # Seconds between two rotation passes in the rotation cluster's task.
 ROTATION_PAUSE_SECONDS = 2.0
+# The final rotation gives up after this long even while it makes progress (a broken run).
+FINAL_ROTATION_CAP_SECONDS = 1800.0
 # Gateways put in a window fault (stall, not joined) per occurrence, as a share of the fleet.
 WINDOW_FAULT_SHARE = 0.005
 
@@ -805,20 +807,30 @@ class Soak:
     def _final_rotation(self, clock: SimulatedClock, proxy: S3Proxy) -> list[str]:
         """Ship everything: move the clock past the last hour, retry failed files as an operator
         would (`HourFile.retry()`), until nothing is left or a bounded number of passes."""
+        from django.utils import timezone
+
         from ingestion.models import SETTLED_STATES, HourFile, HourFileState
 
         proxy.set_down(False)
         after = clock() + HOUR + 600
-        deadline = time.monotonic() + 120
+        # Passes go on while they make progress or rows wait for a killed rotation's claim to
+        # lapse (ROTATE_LEASE_SECONDS): how long a pass takes depends on the machine, so no
+        # deadline judges the rotation; the cap only keeps a broken one from running for ever.
+        give_up_at = time.monotonic() + FINAL_ROTATION_CAP_SECONDS
+        previous = math.inf
         while True:
             for row in HourFile.objects.filter(state=HourFileState.FAILED):
                 row.retry()
             totals = rotate_closed_hours(after)
-            left = HourFile.objects.exclude(state__in=SETTLED_STATES).count()
+            unsettled = HourFile.objects.exclude(state__in=SETTLED_STATES)
+            left = unsettled.count()
+            claimed = unsettled.filter(claimed_until__gt=timezone.now()).exists()
             self.note(f"final rotation pass: {totals}; {left} manifest rows not settled")
-            if not left or time.monotonic() > deadline:
+            if not left or (left >= previous and not claimed):
                 break
-            # Claims by a killed rotation lapse after ROTATE_LEASE_SECONDS.
+            if time.monotonic() > give_up_at:
+                break
+            previous = left
             time.sleep(5)
         problems = [f"{left} manifest rows not settled after the final rotation"] if left else []
         missing = HourFile.objects.filter(state=HourFileState.MISSING)
