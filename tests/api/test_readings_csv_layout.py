@@ -21,28 +21,30 @@ URL = f"/api/users/{CLOUD_ID}/readings"
 RANGE = {"start": "2026-03-08T09:00:00Z", "end": "2026-03-08T10:00:00Z", "format": "csv"}
 
 
+def reading(record_type: str, minute: int, values: dict, raw: dict) -> Reading:
+    meter_time = NINE + timedelta(minutes=minute, seconds=1)
+    return Reading(
+        cloud_id=CLOUD_ID,
+        record_type=record_type,
+        meter_timestamp=int(meter_time.timestamp()),
+        received_at=meter_time + timedelta(seconds=1),
+        source=Source.SIMULATOR,
+        values=values,
+        raw=raw,
+    )
+
+
 @pytest.fixture
 def readings(db):  # type: ignore[no-untyped-def]
     """Demand every 6 s, one summation, and one demand reading with a value of a newer format."""
     user = EagleUserFactory(cloud_id=CLOUD_ID)
-    summation = Reading(
-        cloud_id=CLOUD_ID,
-        record_type="summation",
-        meter_timestamp=int((NINE + timedelta(minutes=30, seconds=1)).timestamp()),
-        received_at=NINE + timedelta(minutes=30, seconds=2),
-        source=Source.SIMULATOR,
-        values={"delivered_kwh": 1234.5, "received_kwh": 6.25},
-        raw={"SummationDelivered": "0x0012d65a"},
+    summation = reading(
+        "summation",
+        30,
+        {"delivered_kwh": 1234.5, "received_kwh": 6.25},
+        {"SummationDelivered": "0x0012d65a"},
     )
-    newer = Reading(
-        cloud_id=CLOUD_ID,
-        record_type="demand",
-        meter_timestamp=int((NINE + timedelta(minutes=45, seconds=1)).timestamp()),
-        received_at=NINE + timedelta(minutes=45, seconds=2),
-        source=Source.SIMULATOR,
-        values={"demand_kw": 2.5, "power_factor": 0.97},
-        raw={"Demand": "0x0009c4"},
-    )
+    newer = reading("demand", 45, {"demand_kw": 2.5, "power_factor": 0.97}, {"Demand": "0x0009c4"})
     write([*demand_readings(CLOUD_ID, NINE, count=10), summation, newer])
     return user
 
