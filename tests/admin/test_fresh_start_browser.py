@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import expect
@@ -66,7 +67,7 @@ def fresh_system(tmp_path: Path) -> Iterator[tuple[str, str]]:
         process.wait(timeout=60)
 
 
-def test_a_fresh_system_shows_no_problem_within_two_minutes(fresh_system, page) -> None:  # type: ignore[no-untyped-def]
+def test_a_fresh_system_shows_no_problem_within_two_minutes(fresh_system: Any, page: Any) -> None:
     url, password = fresh_system
     started = time.monotonic()
     page.goto(url + "/")

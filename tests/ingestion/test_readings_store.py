@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -15,6 +17,7 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 from django_q.models import Schedule
+from pytest_django.fixtures import Settings
 
 from ingestion import hourfiles, readings_store
 from ingestion.archive import rotation
@@ -30,7 +33,7 @@ AFTER = datetime(2026, 3, 8, 12, 10, tzinfo=UTC)
 
 
 @pytest.fixture
-def store(settings):  # type: ignore[no-untyped-def]
+def store(settings: Settings) -> Any:
     settings.READINGS_STORE = "postgres"
     settings.READINGS_RETENTION_DAYS = 0
     # Worker threads have connections of their own, which see only committed data.
@@ -241,7 +244,9 @@ def test_partitions_are_made_ahead_and_dropped_whole_past_the_retention(store) -
 
 
 @pytest.mark.django_db
-def test_load_readings_backfills_a_range_with_a_dry_run_first(store, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_load_readings_backfills_a_range_with_a_dry_run_first(
+    store: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     for cloud_id in ("0f01", "0f02"):
         write(demand_readings(cloud_id, NINE, 1800))
     rotate_at(AFTER)
@@ -261,7 +266,7 @@ def test_load_readings_backfills_a_range_with_a_dry_run_first(store, capsys) -> 
 
 
 @pytest.mark.django_db
-def test_load_readings_says_why_when_the_store_is_off(settings) -> None:  # type: ignore[no-untyped-def]
+def test_load_readings_says_why_when_the_store_is_off(settings: Settings) -> None:
     settings.READINGS_STORE = ""
     with pytest.raises(CommandError, match="READINGS_STORE"):
         call_command("load_readings")
@@ -297,7 +302,7 @@ def test_the_load_schedule_exists_only_while_the_store_is_on(store) -> None:
     assert not Schedule.objects.filter(name=LOAD_SCHEDULE).exists()
 
 
-def test_on_sqlite_the_store_stays_off_and_a_system_check_says_why(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_on_sqlite_the_store_stays_off_and_a_system_check_says_why(tmp_path: Path) -> None:
     env = {
         **os.environ,
         "DEBUG": "1",

@@ -18,6 +18,7 @@ from django_q.brokers.redis_broker import Redis
 from django_q.conf import Conf
 from django_q.models import Schedule
 from django_q.tasks import async_task
+from pytest_django.fixtures import Settings
 
 from ingestion.eagle.simulator import Simulator
 from ingestion.models import PollLease, Tick
@@ -34,13 +35,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def simulator(db) -> Iterator[Simulator]:  # type: ignore[no-untyped-def]
+def simulator(db: None) -> Iterator[Simulator]:
     with Simulator(users=12, seed=5) as sim:
         create_users(sim)
         yield sim
 
 
-def environment(settings, sim: Simulator, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def environment(settings: Settings, sim: Simulator, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
         "DATABASE_URL": current_database_url(),
@@ -111,8 +112,8 @@ def kill_all(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 def test_manage_py_poll_stops_on_sigterm_and_hands_the_shard_to_its_standby_at_once(
-    settings, simulator: Simulator, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, simulator: Simulator, tmp_path: Path
+) -> None:
     env = environment(settings, simulator)
     log = tmp_path / "poll.log"
     first = start(["poll"], env, log)
@@ -135,8 +136,8 @@ def test_manage_py_poll_stops_on_sigterm_and_hands_the_shard_to_its_standby_at_o
 
 
 def test_a_standby_takes_a_killed_pollers_shard_once_its_lease_runs_out(
-    settings, simulator: Simulator, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, simulator: Simulator, tmp_path: Path
+) -> None:
     env = environment(settings, simulator)
     log = tmp_path / "poll.log"
     first = start(["poll"], env, log)
@@ -162,8 +163,12 @@ def test_a_standby_takes_a_killed_pollers_shard_once_its_lease_runs_out(
 
 @pytest.mark.parametrize("to_every_process", [False, True], ids=["main-process", "every-process"])
 def test_qcluster_stops_within_30_seconds_of_sigterm_and_frees_the_shard(
-    settings, simulator: Simulator, tmp_path: Path, monkeypatch, to_every_process: bool
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings,
+    simulator: Simulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    to_every_process: bool,
+) -> None:
     """`kill <pid>` reaches the main process only; systemd's default reaches every process."""
     try:
         redis.Redis.from_url(REDIS_URL).ping()
