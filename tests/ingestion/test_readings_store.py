@@ -16,7 +16,7 @@ from django.test import Client
 from django.urls import reverse
 from django_q.models import Schedule
 
-from ingestion import hourfiles, readings_store
+from ingestion import hourfiles, readings_store, tasks
 from ingestion.archive import rotation
 from ingestion.models import FetchState, HourFile, LoadedHourFile, ReadingsLoad
 from ingestion.polling.schedules import LOAD_SCHEDULE, register_schedules
@@ -283,6 +283,22 @@ def test_the_admin_shows_the_lag_and_the_failed_loads(store) -> None:
     assert "Oldest sealed hour not yet loaded: <strong>2026-03-08 10:00 UTC</strong>" in page
     assert "Failed loads in the last 24 hours: <strong>1</strong>" in page
     assert "missing.jl" in failed.content.decode()
+
+
+@pytest.mark.django_db
+def test_the_scheduled_task_keeps_the_partitions_and_loads_what_is_pending(store) -> None:
+    write(demand_readings("1c01", NINE, 10))
+    rotate_at(AFTER)
+
+    with time_machine.travel(AFTER, tick=False):
+        outcome = tasks.load_readings()
+
+    assert outcome["rows_inserted"] == 10 and outcome["failures"] == 0
+    assert outcome["partitions_made"] == [
+        "readings_p20260308",
+        "readings_p20260309",
+        "readings_p20260310",
+    ]
 
 
 @pytest.mark.django_db
