@@ -24,6 +24,7 @@ from rest_framework.views import APIView
 from api.readings import AggregateQuerySerializer, iso_local, parse_query
 from api.schema import READ_ERRORS, error
 from ingestion import hourfiles, parquet_query, retrieval
+from ingestion.eagle.record_types import DEMAND
 from ingestion.models import DatasetHour
 from ingestion.records import iso_utc
 
@@ -59,7 +60,8 @@ class FleetAggregateSerializer(serializers.Serializer[Any]):
     interval = serializers.CharField()
     start = serializers.DateTimeField()
     end = serializers.DateTimeField()
-    source = serializers.CharField(help_text="Always `parquet`: the dataset.")
+    # A field named like Field.source (what DRF reads a value from): DRF keeps the two apart.
+    source = serializers.CharField(help_text="Always `parquet`: the dataset.")  # type: ignore[assignment]
     hours_in_range = serializers.IntegerField()
     hours_exported = serializers.IntegerField(
         help_text="Hours of the range in the dataset; the others are not counted."
@@ -70,7 +72,7 @@ class FleetAggregateSerializer(serializers.Serializer[Any]):
 def fleet_document(start: datetime, end: datetime, interval: str, tz: Any) -> dict[str, Any]:
     step = retrieval.INTERVALS[interval]
     boundaries = retrieval.interval_boundaries(start, end, step)
-    with parquet_query.open_dataset(start, end, [parquet_query.DEMAND]) as dataset:
+    with parquet_query.open_dataset(start, end, [DEMAND]) as dataset:
         found = {
             bucket.start: bucket for bucket in parquet_query.fleet_demand(dataset, start, end, step)
         }

@@ -734,13 +734,14 @@ class HourFile(models.Model):
 
 @dataclass(frozen=True, slots=True)
 class HourSources:
-    """What the archive holds of one fleet-hour: its verified hour files, their readable lines,
-    the newest verification, and how many of its files are not verified yet."""
+    """What the archive holds of one fleet-hour: its verified hour files, their readable and
+    malformed lines, the newest verification, and how many of its files are not verified yet."""
 
     verified_files: int
     lines: int
     newest_verified_at: datetime | None
     unshipped_files: int
+    malformed_lines: int = 0
 
 
 def hour_sources(hours: Collection[datetime]) -> dict[datetime, HourSources]:
@@ -755,6 +756,7 @@ def hour_sources(hours: Collection[datetime]) -> dict[datetime, HourSources]:
             lines=models.Sum("line_count", filter=verified, default=0),
             newest_verified_at=models.Max("verified_at", filter=verified),
             unshipped_files=models.Count("pk", filter=~verified),
+            malformed_lines=models.Sum("malformed_lines", filter=verified, default=0),
         )
     )
     return {
@@ -763,6 +765,7 @@ def hour_sources(hours: Collection[datetime]) -> dict[datetime, HourSources]:
             row["lines"],
             row["newest_verified_at"],
             row["unshipped_files"],
+            row["malformed_lines"],
         )
         for row in rows
     }
@@ -801,6 +804,13 @@ class DatasetHourQuerySet(models.QuerySet["DatasetHour"]):
             state=DatasetHourState.PENDING, next_attempt_at=None, updated_at=now
         )
         return len(new) + len(changed)
+
+    def mark_pending(self, hours: Collection[datetime]) -> int:
+        """Make these hours due for a new version whatever their hour files say (their files
+        are about to be removed, as by a purge); returns how many."""
+        return self.filter(
+            hour__in=list(hours), state__in=(DatasetHourState.EXPORTED, DatasetHourState.FAILED)
+        ).update(state=DatasetHourState.PENDING, next_attempt_at=None, updated_at=timezone.now())
 
     def due(self, now: datetime) -> "DatasetHourQuerySet":
         """Hours an export may claim now: pending, failed past their backoff, or held by an
@@ -869,6 +879,7 @@ class DatasetHour(models.Model):
 
     class Meta:
         ordering = ["-hour"]
+        verbose_name = "Parquet hour"
         indexes = [
             # The export queue.
             models.Index(fields=["hour"], name="datasethour_due", condition=~Q(state="exported"))

@@ -39,7 +39,7 @@ from django.conf import settings
 
 from ingestion import hourfiles
 from ingestion.eagle.record_types import RECORD_TYPES
-from ingestion.record_lines import VALUES, decoder, is_reading, json_kind
+from ingestion.record_lines import decode_lines, json_kind
 
 SCHEMA_VERSION = 1
 # Readers find the schema version of any file in its key-value metadata.
@@ -49,7 +49,7 @@ VERSION_KEY = b"rainlog.version"
 ROW_GROUP_ROWS = 32_768
 MAX_ROWS_PER_FILE = 2_000_000
 COMPRESSION = "zstd"
-COMPRESSION_LEVEL = 9
+COMPRESSION_LEVEL = 3
 CONTENT_TYPE = "application/vnd.apache.parquet"
 PARTITION_COLUMNS = ("record_type", "date")
 
@@ -112,90 +112,104 @@ def file_key(record_type: str, hour: datetime, version: int, index: int) -> str:
 
 @dataclass
 class HourColumns:
-    """The readings of one fleet-hour gathered column by column, one set per record type,
-    each reading once (by cloud_id, record type and meter timestamp; the first copy kept)."""
+    """The readings of one fleet-hour, gathered file by file and grouped by record type, then
+    built into one table per record type (`build`) with each reading once (by cloud_id and
+    meter timestamp; the copy of the earliest file added is kept)."""
 
-    columns: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
-    seen: set[tuple[str, str, int]] = field(default_factory=set)
-    # Lines read, readings kept, repeats of a reading already kept, and lines that are no
-    # reading of a known record type (malformed JSON, wrong types, unknown record type).
+    readings: dict[str, list[Any]] = field(default_factory=dict)
+    # Non-empty lines read, and those that are no reading (malformed, wrongly typed,
+    # incomplete, of an unknown record type); after `build`: rows kept, repeats dropped.
     lines: int = 0
+    skipped: int = 0
     rows: int = 0
     duplicates: int = 0
-    skipped: int = 0
+    households: int = 0
 
     def add_lines(self, data: bytes) -> None:
         """Every line of one hour file (or late part)."""
-        try:
-            records = decoder.decode_lines(data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            records = list(self._one_by_one(data))
-        else:
-            self.lines += len(records)
-        for record in records:
-            self._add(record)
+        readings, others = decode_lines(data)
+        self.lines += len(readings) + others
+        self.skipped += others
+        by_type = self.readings
+        for reading in readings:
+            kind = reading.record_type
+            group = by_type.get(kind)
+            if group is None:
+                group = by_type[kind] = []
+            group.append(reading)
 
-    def _one_by_one(self, data: bytes) -> Iterator[Any]:
-        for line in data.splitlines():
-            if not line.strip():
-                continue
-            self.lines += 1
-            try:
-                yield decoder.decode(line)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                self.skipped += 1
-
-    def _add(self, record: Any) -> None:
-        kind = record.record_type
-        if not is_reading(record):
-            self.skipped += 1
-            return
-        values = VALUES[kind][0]
-        identity = (record.cloud_id, kind, record.meter_timestamp)
-        if identity in self.seen:
-            self.duplicates += 1
-            return
-        self.seen.add(identity)
-        self.rows += 1
-        columns = self.columns.get(kind)
-        if columns is None:
-            names = ["cloud_id", "meter_time", "received_at", "source", *values]
-            columns = self.columns[kind] = {name: [] for name in [*names, "format_version", "raw"]}
-        columns["cloud_id"].append(record.cloud_id)
-        columns["meter_time"].append(record.meter_timestamp)
-        columns["received_at"].append(record.received_at)
-        columns["source"].append(record.source)
-        for name in values:
-            columns[name].append(getattr(record, name))
-        columns["format_version"].append(record.format_version)
-        columns["raw"].append(record.raw)
-
-    def tables(self) -> Iterator[tuple[str, pa.Table]]:
+    def build(self) -> list[tuple[str, pa.Table]]:
         """(record type, its table sorted by cloud_id then meter time), types in name order."""
-        for kind in sorted(self.columns):
-            yield kind, to_table(kind, self.columns[kind])
+        tables = []
+        households: set[str] = set()
+        for kind in sorted(self.readings):
+            table, repeats = _without_repeats(to_table(kind, self.readings[kind]))
+            self.duplicates += repeats
+            self.rows += table.num_rows
+            households.update(pc.unique(table.column("cloud_id")).to_pylist())
+            tables.append((kind, table))
+        self.households = len(households)
+        return tables
 
 
-def to_table(record_type: str, columns: dict[str, list[Any]]) -> pa.Table:
+def to_table(record_type: str, readings: list[Any]) -> pa.Table:
+    """Decoded readings of one record type as a table in the dataset's columns, sorted."""
     schema = arrow_schema(record_type)
     arrays = []
     for column in schema:
-        values = columns[column.name]
-        if column.name == "meter_time":
+        name = column.name
+        if name == "meter_time":
+            values = [r.meter_timestamp for r in readings]
             array = pa.array(values, pa.int64()).cast(column.type)
-        elif column.name == "received_at":
-            array = pa.array(values, pa.string()).cast(column.type)
-        elif column.name == "raw":
-            array = _json_texts(values)
+        elif name == "received_at":
+            array = pa.array([r.received_at for r in readings], pa.string()).cast(column.type)
+        elif name == "raw":
+            array = _json_texts([r.raw for r in readings])
         else:
-            array = pa.array(values, column.type)
+            array = pa.array([getattr(r, name) for r in readings], column.type)
         arrays.append(array)
     fields = [pa.field("raw", pa.large_string()) if f.name == "raw" else f for f in schema]
     table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-    # Files are added household by household, each in time order: usually nothing moves.
+    # Files are added household by household, each in time order: usually nothing moves. The
+    # sort is stable, so repeats keep the order of the files they came from.
     if _in_order(table):
         return table
     return table.sort_by([("cloud_id", "ascending"), ("meter_time", "ascending")])
+
+
+def _json_texts(texts: list[msgspec.Raw]) -> pa.Array:
+    """JSON texts as one Arrow string column, built from a single joined buffer: ten times
+    faster than converting each text. Large offsets, so an hour of any fleet fits; each file
+    gets ordinary strings (`hour_objects`)."""
+    offsets = array("q", [0])
+    offsets.extend(accumulate(map(len, texts)))
+    column = pa.LargeStringArray.from_buffers(
+        len(texts), pa.py_buffer(offsets), pa.py_buffer(b"".join(texts))
+    )
+    column.validate(full=True)  # UTF-8, as every Arrow string must be
+    return column
+
+
+def _adjacent_repeats(table: pa.Table) -> pa.Array:
+    """For each row but the first: whether it has the cloud_id and meter time of the row before."""
+    cloud_ids, times = table.column("cloud_id"), table.column("meter_time")
+    last = table.num_rows - 1
+    return pc.and_(
+        pc.equal(cloud_ids.slice(0, last), cloud_ids.slice(1)),
+        pc.equal(times.slice(0, last), times.slice(1)),
+    )
+
+
+def _without_repeats(table: pa.Table) -> tuple[pa.Table, int]:
+    """A sorted table without the rows that repeat the reading before them, and their number."""
+    if table.num_rows < 2:
+        return table, 0
+    repeats = _adjacent_repeats(table)
+    if not pc.any(repeats).as_py():
+        return table, 0
+    keep = pa.concat_arrays([pa.array([True]), pc.invert(repeats).combine_chunks()])
+    kept = table.filter(keep)
+    return kept, table.num_rows - kept.num_rows
 
 
 def _in_order(table: pa.Table) -> bool:
@@ -211,19 +225,6 @@ def _in_order(table: pa.Table) -> bool:
         ),
     )
     return bool(pc.all(ordered).as_py())
-
-
-def _json_texts(texts: list[msgspec.Raw]) -> pa.Array:
-    """JSON texts as one Arrow string column, built from a single joined buffer: ten times
-    faster than converting each text. Large offsets, so an hour of any fleet fits; each file
-    gets ordinary strings (`hour_objects`)."""
-    offsets = array("q", [0])
-    offsets.extend(accumulate(map(len, texts)))
-    column = pa.LargeStringArray.from_buffers(
-        len(texts), pa.py_buffer(offsets), pa.py_buffer(b"".join(texts))
-    )
-    column.validate(full=True)  # UTF-8, as every Arrow string must be
-    return column
 
 
 # --- Writing ------------------------------------------------------------------------------------
@@ -288,12 +289,18 @@ def rows_in(body: bytes) -> int:
     return int(pq.read_metadata(pa.BufferReader(body)).num_rows)
 
 
+def rows_in_file(filesystem: pa.fs.FileSystem, path: str) -> int:
+    """The rows a stored Parquet file's footer declares (only the footer is read)."""
+    return int(pq.read_metadata(path, filesystem=filesystem).num_rows)
+
+
 def readings_table(records: Iterable[dict[str, Any]]) -> pa.Table:
     """Records of any record types as one table in meter-time order: `record_type`, then the
     dataset's columns with every registered record type's value columns (null where a record
     has none), typed as in the dataset's files."""
     columns = HourColumns()
     columns.add_lines(b"".join(orjson.dumps(record) + b"\n" for record in records))
+    built = columns.build()
     fields = [pa.field("record_type", pa.string()), *COMMON_COLUMNS]
     for record_type in sorted(RECORD_TYPES):
         known = {f.name for f in fields}
@@ -303,7 +310,7 @@ def readings_table(records: Iterable[dict[str, Any]]) -> pa.Table:
         table.cast(arrow_schema(kind)).append_column(
             "record_type", pa.array([kind] * table.num_rows, pa.string())
         )
-        for kind, table in columns.tables()
+        for kind, table in built
     ]
     if not tables:
         return schema.empty_table()

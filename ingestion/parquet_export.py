@@ -224,7 +224,7 @@ class _Attempt:
         self.after_step(ExportStep.CLEANED, self.hour)
         sources, columns = self.read()
         self.after_step(ExportStep.READ, self.hour)
-        objects = list(parquet.hour_objects(self.hour, self.version, columns.tables()))
+        objects = list(parquet.hour_objects(self.hour, self.version, columns.build()))
         self.plan(objects)
         self.after_step(ExportStep.PLANNED, self.hour)
         for item in objects:
@@ -261,7 +261,7 @@ class _Attempt:
                 f"read {columns.lines} lines from {len(files)} hour files of "
                 f"{hourfiles.hour_label(self.hour)}; the manifest says {expected}"
             )
-        newest = max((verified for *_, verified in files), default=None)
+        newest = max((at for *_, at in files if at is not None), default=None)
         lines = sum(lines or 0 for _, _, lines, _, _ in files)
         return HourSources(len(files), lines, newest, 0), columns
 
@@ -321,7 +321,7 @@ class _Attempt:
                 state=DatasetHourState.PENDING if changed else DatasetHourState.EXPORTED,
                 version=self.version,
                 rows=columns.rows,
-                households=len({cloud_id for cloud_id, _, _ in columns.seen}),
+                households=columns.households,
                 source_files=sources.verified_files,
                 source_lines=sources.lines,
                 source_verified_at=sources.newest_verified_at,

@@ -20,6 +20,7 @@ from django.http import (
     JsonResponse,
     StreamingHttpResponse,
 )
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -37,6 +38,7 @@ from users.models import EagleUser
 
 # The longest export one click may ask for; longer ranges belong to the readings API.
 MAX_EXPORT_DAYS = 31
+DAY = timedelta(days=1)
 
 
 def urls(site: admin.AdminSite) -> list[URLPattern]:
@@ -81,24 +83,41 @@ def _parse_day(text: str | None, default: date) -> date:
 # --- Chart data ---------------------------------------------------------------------------------
 
 
+def _window(request: HttpRequest) -> tuple[str, dashboard.Window]:
+    """The chart window asked for (`?window=1h|6h|24h|7d`); ValueError for anything else."""
+    name = request.GET.get("window") or dashboard.DEFAULT_WINDOW
+    if name not in dashboard.WINDOWS:
+        raise ValueError(f"window {name!r}: choose one of {', '.join(dashboard.WINDOWS)}")
+    return name, dashboard.WINDOWS[name]
+
+
 @require_GET
 def fleet_series(request: HttpRequest) -> JsonResponse:
-    """Readings per minute and estimated fleet demand over the last 24 hours."""
+    """Readings and late ticks, and estimated fleet demand, over a window ending now."""
     _require(request, "ingestion.view_tick")
+    try:
+        name, window = _window(request)
+    except ValueError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
     now = timezone.now()
-    minutes = dashboard.readings_per_minute(now)
-    demand = dashboard.fleet_demand(now)
+    ticks = dashboard.tick_series(now, window)
+    demand = dashboard.fleet_demand(now, window)
     return JsonResponse(
         {
             "generated_at": iso_utc(now),
-            "minutes": {
-                "t": minutes.minutes,
-                "readings": minutes.readings,
-                "late_ticks": minutes.late_ticks,
+            "window": name,
+            "start": iso_utc(now - window.length),
+            "end": iso_utc(now),
+            "ticks": {
+                "t": ticks.times,
+                "readings": ticks.readings,
+                "late_ticks": ticks.late_ticks,
+                "bucket_seconds": ticks.bucket_seconds,
             },
             "demand": {
                 "t": demand.times,
                 "fleet_kw": demand.fleet_kw,
+                "measured": demand.measured,
                 "bucket_seconds": demand.bucket_seconds,
                 "households_sampled": demand.households_sampled,
                 "households_logging": demand.households_logging,
@@ -109,22 +128,31 @@ def fleet_series(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 def user_demand(request: HttpRequest, pk: int) -> JsonResponse:
-    """One user's demand readings over one UTC day (`?day=YYYY-MM-DD`, default today)."""
+    """One user's demand readings over a window ending now (`?window=`, default 24h), or over one
+    UTC day (`?day=YYYY-MM-DD`); null points where readings are missing (gaps)."""
     _require(request, "users.view_eagleuser")
     user = get_object_or_404(EagleUser, pk=pk)
+    now = timezone.now()
     try:
-        day = _parse_day(request.GET.get("day"), timezone.now().date())
+        if request.GET.get("day"):
+            day = _parse_day(request.GET["day"], now.date())
+            start, end, window = dashboard.day_start(day), dashboard.day_start(day) + DAY, None
+        else:
+            window, chosen = _window(request)
+            start, end = now - chosen.length, now
     except ValueError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
     try:
-        points = dashboard.user_demand_day(user, day)
+        points = dashboard.user_demand(user, start, end)
     except retrieval.ArchiveReadError as exc:
         return JsonResponse({"error": str(exc)}, status=503)
     return JsonResponse(
         {
             "cloud_id": user.cloud_id,
-            "day": day.isoformat(),
-            "start": iso_utc(dashboard.day_start(day)),
+            "window": window,
+            "day": start.date().isoformat() if window is None else None,
+            "start": iso_utc(start),
+            "end": iso_utc(end),
             "t": [t for t, _ in points],
             "demand_kw": [kw for _, kw in points],
         }
@@ -135,7 +163,7 @@ def user_demand(request: HttpRequest, pk: int) -> JsonResponse:
 
 
 @require_GET
-def user_export(request: HttpRequest, pk: int) -> HttpResponse:
+def user_export(request: HttpRequest, pk: int) -> HttpResponseBase:
     """The user's readings of whole UTC days `?start=` to `?end=` (inclusive) as a CSV download."""
     _require(request, "users.view_eagleuser")
     user = get_object_or_404(EagleUser, pk=pk)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -14,9 +14,17 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from ingestion import hourfiles
+from ingestion import hourfiles, parquet
 from ingestion.archive.store import Archive, ArchiveError, open_archive, stored_sha256
-from ingestion.models import HourFile, HourFileState, hour_age_seconds
+from ingestion.models import (
+    DatasetFile,
+    DatasetFileState,
+    DatasetHour,
+    HourFile,
+    HourFileState,
+    hour_age_seconds,
+    hour_sources,
+)
 
 # Manifest rows checked and archive objects listed per page.
 BATCH = 500
@@ -28,6 +36,9 @@ class ProblemKind(StrEnum):
     ORPHANED = "orphaned"  # an object under the prefix that the manifest does not know
     LOCAL_MISSING = "local-missing"  # not verified yet, and its local file is gone
     UNREADABLE = "unreadable"  # the archive failed to answer about this object
+    # The Parquet dataset (ingestion/parquet_export.py) against the hour files:
+    PARQUET_STALE = "parquet-stale"  # an hour not exported, or exported from other hour files
+    PARQUET_ROWS = "parquet-rows"  # rows that do not add up to the hour files' lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +53,8 @@ class AuditReport:
     verified_checked: int = 0
     unverified_checked: int = 0
     objects_listed: int = 0
+    parquet_hours_checked: int = 0
+    parquet_files_checked: int = 0
     problems: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ProblemKind, 0))
 
     @property
@@ -53,11 +66,14 @@ class AuditReport:
         return (
             f"{self.verified_checked} verified files checked against the archive, "
             f"{self.unverified_checked} unshipped files against the local disk, "
-            f"{self.objects_listed} objects listed: " + (found or "no problems")
+            f"{self.objects_listed} objects listed, {self.parquet_hours_checked} Parquet hours "
+            f"({self.parquet_files_checked} files) checked against the hour files: "
+            + (found or "no problems")
         )
 
 
-def _check_object(archive: Archive, key: str, size: int | None, sha256: str) -> Problem | None:
+def check_object(archive: Archive, key: str, size: int | None, sha256: str) -> Problem | None:
+    """The problem with the object at `key`, if it is not `size` bytes with this SHA-256."""
     try:
         stored = archive.stat(key)
         if stored is None:
@@ -125,6 +141,7 @@ def audit_archive(
             listed = []
     yield from _orphans(listed, since, report)
     on_page(report)
+    yield from audit_parquet(report, since, on_page)
 
 
 def _checked_page(
@@ -133,7 +150,7 @@ def _checked_page(
     page: list[tuple[Any, ...]],
     report: AuditReport,
 ) -> Iterator[Problem]:
-    for problem in pool.map(lambda row: _check_object(archive, row[1], row[2], row[3]), page):
+    for problem in pool.map(lambda row: check_object(archive, row[1], row[2], row[3]), page):
         report.verified_checked += 1
         if problem is not None:
             report.problems[problem.kind] += 1
@@ -150,6 +167,116 @@ def _orphans(keys: list[str], since: datetime | None, report: AuditReport) -> It
             continue
         report.problems[ProblemKind.ORPHANED] += 1
         yield Problem(ProblemKind.ORPHANED, key, "in the archive, not in the manifest")
+
+
+# --- The Parquet dataset ----------------------------------------------------------------------
+
+# An hour is expected in the dataset this long after its last hour file was verified: the
+# hourly export runs shortly after the rotation.
+PARQUET_GRACE = timedelta(hours=2)
+
+
+def audit_parquet(
+    report: AuditReport,
+    since: datetime | None = None,
+    on_page: Callable[[AuditReport], None] = lambda report: None,
+) -> Iterator[Problem]:
+    """Compare the Parquet dataset with the hour files: every hour whose hour files are all
+    verified (for PARQUET_GRACE) is exported from exactly those files; its rows, plus the
+    repeated and unreadable lines, are the lines of its hour files; each current file is in the
+    archive with its size, SHA-256 and, in its footer, its rows; nothing else is under
+    PARQUET_PREFIX."""
+    archive = open_archive()
+    filesystem, root = archive.arrow_filesystem()
+    late = timezone.now() - PARQUET_GRACE
+    hours = HourFile.objects.order_by("hour")
+    if since is not None:
+        hours = hours.filter(hour__gte=since)
+    every_hour = list(hours.values_list("hour", flat=True).distinct())
+    for start in range(0, len(every_hour), BATCH):
+        batch = every_hour[start : start + BATCH]
+        rows = {row.hour: row for row in DatasetHour.objects.filter(hour__in=batch)}
+        for hour, found in hour_sources(batch).items():
+            if found.unshipped_files or not found.verified_files:
+                continue
+            report.parquet_hours_checked += 1
+            row = rows.get(hour)
+            label = f"{parquet.prefix()} hour {hourfiles.hour_label(hour)}"
+            if row is None or not row.built_from(found):
+                if found.newest_verified_at is not None and found.newest_verified_at < late:
+                    report.problems[ProblemKind.PARQUET_STALE] += 1
+                    yield Problem(
+                        ProblemKind.PARQUET_STALE,
+                        label,
+                        "not exported"
+                        if row is None or not row.version
+                        else f"version {row.version} was made from other hour files "
+                        f"({row.source_files} files, {row.source_lines} lines; now "
+                        f"{found.verified_files}, {found.lines})",
+                    )
+                continue
+            lines = found.lines + found.malformed_lines
+            if (row.rows or 0) + row.duplicates + row.skipped != lines:
+                report.problems[ProblemKind.PARQUET_ROWS] += 1
+                yield Problem(
+                    ProblemKind.PARQUET_ROWS,
+                    label,
+                    f"{row.rows} rows, {row.duplicates} repeats and {row.skipped} skipped lines; "
+                    f"the hour files hold {lines} lines",
+                )
+            yield from _check_parquet_files(archive, filesystem, root, row, report)
+        on_page(report)
+    listed: list[str] = []
+    for key, _ in archive.keys(parquet.prefix()):
+        listed.append(key)
+        if len(listed) == BATCH:
+            yield from _parquet_orphans(listed, report)
+            listed = []
+    yield from _parquet_orphans(listed, report)
+    on_page(report)
+
+
+def _check_parquet_files(
+    archive: Archive, filesystem: Any, root: str, row: DatasetHour, report: AuditReport
+) -> Iterator[Problem]:
+    files = list(
+        DatasetFile.objects.filter(dataset_hour=row, state=DatasetFileState.CURRENT).values_list(
+            "key", "size", "sha256", "rows"
+        )
+    )
+    if sum(rows for *_, rows in files) != row.rows:
+        report.problems[ProblemKind.PARQUET_ROWS] += 1
+        yield Problem(
+            ProblemKind.PARQUET_ROWS,
+            f"{parquet.prefix()} hour {hourfiles.hour_label(row.hour)}",
+            f"its files hold {sum(rows for *_, rows in files)} rows, the hour {row.rows}",
+        )
+    for key, size, sha256, rows in files:
+        report.parquet_files_checked += 1
+        problem = check_object(archive, key, size, sha256)
+        if problem is None:
+            try:
+                declared = parquet.rows_in_file(filesystem, f"{root}/{key}")
+            except OSError as exc:
+                problem = Problem(ProblemKind.UNREADABLE, key, str(exc))
+            else:
+                if declared != rows:
+                    problem = Problem(
+                        ProblemKind.PARQUET_ROWS,
+                        key,
+                        f"its footer says {declared} rows, not {rows}",
+                    )
+        if problem is not None:
+            report.problems[problem.kind] += 1
+            yield problem
+
+
+def _parquet_orphans(keys: list[str], report: AuditReport) -> Iterator[Problem]:
+    known = set(DatasetFile.objects.filter(key__in=keys).values_list("key", flat=True))
+    for key in keys:
+        if key not in known:
+            report.problems[ProblemKind.ORPHANED] += 1
+            yield Problem(ProblemKind.ORPHANED, key, "under PARQUET_PREFIX, not in the database")
 
 
 # --- Freshness ---------------------------------------------------------------------------------

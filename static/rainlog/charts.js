@@ -133,131 +133,174 @@
     };
   }
 
+  // A value axis that always shows zero, with a little room above and below: a household that
+  // exports all day reads as export (below the zero line), never as a scale that starts at "out".
+  function withZero(u, min, max) {
+    const low = Math.min(0, min == null ? 0 : min);
+    const high = Math.max(0, max == null ? 0 : max);
+    const pad = (high - low) * 0.05 || 1;
+    return [low < 0 ? low - pad : 0, high > 0 ? high + pad : 0];
+  }
+
+  // The window buttons of a chart ([data-window] inside `picker`): calls load(name) on a click
+  // and marks the chosen one as pressed.
+  function windowButtons(picker, initial, load) {
+    const buttons = picker.querySelectorAll("[data-window]");
+    const choose = (name) => {
+      buttons.forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.window === name)));
+      load(name);
+    };
+    buttons.forEach((b) => b.addEventListener("click", () => choose(b.dataset.window)));
+    choose(initial);
+  }
+
   // --- Dashboard ------------------------------------------------------------------------------
 
   function fleetCharts(root) {
     const demandEl = document.getElementById("fleet-demand-chart");
     const readingsEl = document.getElementById("fleet-readings-chart");
-    getJSON(root.dataset.fleetUrl)
-      .then((data) => {
-        const t = theme();
-        const demand = data.demand;
-        const note = root.querySelector("[data-demand-note]");
-        note.textContent = `(estimated from ${demand.households_sampled} sampled of ${demand.households_logging} logging households, ${demand.bucket_seconds / 60}-minute averages)`;
-        if (demand.fleet_kw.every((v) => v === null)) {
-          message(demandEl, "No readings from the sampled households in the last 24 hours.");
-        } else {
-          draw(
-            demandEl,
-            {
-              height: 200,
-              tzDate: utc,
-              series: [
-                timeSeries,
+    const title = root.querySelector("[data-window-title]");
+    let plots = [];
+
+    function load(windowName) {
+      plots.forEach((plot) => plot.destroy());
+      plots = [];
+      getJSON(root.dataset.fleetUrl + "?window=" + encodeURIComponent(windowName))
+        .then((data) => {
+          const t = theme();
+          const x = { time: true, range: [Date.parse(data.start) / 1000, Date.parse(data.end) / 1000] };
+          const chosen = root.querySelector(`[data-window="${data.window}"]`);
+          if (title && chosen) title.textContent = chosen.dataset.title;
+          const demand = data.demand;
+          const note = root.querySelector("[data-demand-note]");
+          note.textContent = `(estimated from ${demand.households_sampled} sampled of ${demand.households_logging} logging households, ${demand.bucket_seconds / 60}-minute averages; no line where none had a reading)`;
+          if (demand.fleet_kw.every((v) => v === null)) {
+            message(demandEl, "No readings from the sampled households in this window.");
+          } else {
+            plots.push(
+              draw(
+                demandEl,
                 {
-                  label: "Fleet demand",
-                  stroke: t.line,
-                  width: 2,
-                  fill: withAlpha(t.line, 0.15),
-                  value: (u, v) => kw(v),
+                  height: 200,
+                  tzDate: utc,
+                  scales: { x: x, y: { range: withZero } },
+                  series: [
+                    timeSeries,
+                    {
+                      label: "Fleet demand",
+                      stroke: t.line,
+                      width: 2,
+                      fill: withAlpha(t.line, 0.15),
+                      value: (u, v) => kw(v),
+                    },
+                  ],
+                  axes: [timeAxis(t), axis(t, { size: 80, values: (u, values) => values.map(kw) })],
+                  hooks: { draw: [zeroLine(t.fg)] },
                 },
-              ],
-              axes: [timeAxis(t), axis(t, { size: 80, values: (u, values) => values.map(kw) })],
-              hooks: { draw: [zeroLine(t.fg)] },
-            },
-            [demand.t, demand.fleet_kw]
+                [demand.t, demand.fleet_kw]
+              )
+            );
+          }
+          const ticks = data.ticks;
+          const per = ticks.bucket_seconds === 60 ? "minute" : ticks.bucket_seconds / 60 + " minutes";
+          root.querySelectorAll("[data-bucket]").forEach((el) => (el.textContent = per));
+          if (ticks.readings.every((v) => v === null)) {
+            message(readingsEl, "No ticks were recorded in this window: is the poller running?");
+            return;
+          }
+          const mostLate = Math.max(1, ...ticks.late_ticks.filter((v) => v !== null));
+          plots.push(
+            draw(
+              readingsEl,
+              {
+                height: 200,
+                tzDate: utc,
+                scales: { x: x, y: { range: withZero }, late: { range: [0, Math.max(4, mostLate * 1.2)] } },
+                series: [
+                  timeSeries,
+                  {
+                    label: `Readings per ${per}`,
+                    stroke: t.line,
+                    width: 1.5,
+                    fill: withAlpha(t.line, 0.1),
+                    value: (u, v) => (v == null ? "no tick ran" : number(v, 0)),
+                  },
+                  {
+                    label: `Late ticks per ${per}`,
+                    scale: "late",
+                    stroke: t.error,
+                    width: 1.5,
+                    dash: [6, 4],
+                    paths: uPlot.paths.stepped({ align: 1 }),
+                    value: (u, v) => (v == null ? "no tick ran" : number(v, 0)),
+                  },
+                ],
+                axes: [
+                  timeAxis(t),
+                  axis(t, { size: 70, values: (u, values) => values.map((v) => number(v, 0)) }),
+                  axis(t, { scale: "late", side: 1, size: 40, grid: { show: false } }),
+                ],
+              },
+              [ticks.t, ticks.readings, ticks.late_ticks]
+            )
           );
-        }
-        const minutes = data.minutes;
-        if (minutes.readings.every((v) => v === 0) && minutes.late_ticks.every((v) => v === 0)) {
-          message(readingsEl, "No ticks were recorded in the last 24 hours: is the poller running?");
-          return;
-        }
-        const mostLate = Math.max(1, ...minutes.late_ticks);
-        draw(
-          readingsEl,
-          {
-            height: 200,
-            tzDate: utc,
-            scales: { late: { range: [0, Math.max(4, mostLate * 1.2)] } },
-            series: [
-              timeSeries,
-              {
-                label: "Readings per minute",
-                stroke: t.line,
-                width: 1.5,
-                fill: withAlpha(t.line, 0.1),
-                value: (u, v) => (v == null ? "-" : number(v, 0)),
-              },
-              {
-                label: "Late ticks per minute",
-                scale: "late",
-                stroke: t.error,
-                width: 1.5,
-                dash: [6, 4],
-                paths: uPlot.paths.stepped({ align: 1 }),
-                value: (u, v) => (v == null ? "-" : number(v, 0)),
-              },
-            ],
-            axes: [
-              timeAxis(t),
-              axis(t, { size: 70, values: (u, values) => values.map((v) => number(v, 0)) }),
-              axis(t, { scale: "late", side: 1, size: 40, grid: { show: false } }),
-            ],
-          },
-          [minutes.t, minutes.readings, minutes.late_ticks]
-        );
-      })
-      .catch((error) => {
-        const text = "The chart data could not be loaded (" + error.message + ").";
-        message(demandEl, text);
-        message(readingsEl, text);
-      });
+        })
+        .catch((error) => {
+          const text = "The chart data could not be loaded (" + error.message + ").";
+          message(demandEl, text);
+          message(readingsEl, text);
+        });
+    }
+
+    windowButtons(root, root.dataset.window, load);
   }
 
   // --- One user's demand for a chosen day --------------------------------------------------------
 
   function userDemand(el) {
+    const picker = document.getElementById("user-demand");
     const input = document.getElementById("demand-day");
     const summary = document.querySelector("[data-demand-summary]");
     let plot = null;
 
-    const next = document.querySelector('[data-day-step="1"]');
-
-    function load() {
+    function load(query) {
       summary.textContent = "";
-      next.disabled = Boolean(input.max) && input.value >= input.max;
-      getJSON(el.dataset.url + "?day=" + encodeURIComponent(input.value))
+      getJSON(el.dataset.url + "?" + query)
         .then((data) => {
           if (plot) {
             plot.destroy();
             plot = null;
           }
-          if (!data.t.length) {
-            message(el, "No demand readings on " + data.day + " (UTC).");
+          const values = data.demand_kw;
+          const known = values.filter((v) => v !== null);
+          const what = data.day ? data.day + " (UTC)" : "the last " + data.window;
+          if (!known.length) {
+            message(el, "No demand readings in " + what + ".");
             return;
           }
           const t = theme();
-          const values = data.demand_kw;
-          // Each side drawn only where it applies, joined to zero where demand crosses it.
+          // Each side drawn only where it applies, joined to zero where demand crosses it; a
+          // null (no reading for longer than a gap) stays null on both sides: a break, not a zero.
+          const imports = (v) => v !== null && v !== undefined && v >= 0;
+          const exports = (v) => v !== null && v !== undefined && v < 0;
           const side = (applies) =>
             values.map((v, i) =>
-              applies(v) ? v : applies(values[i - 1] ?? NaN) || applies(values[i + 1] ?? NaN) ? 0 : null
+              v === null ? null : applies(v) ? v : applies(values[i - 1]) || applies(values[i + 1]) ? 0 : null
             );
-          const imported = side((v) => v >= 0);
-          const exported = side((v) => v < 0);
-          const peak = Math.max(...values);
-          const lowest = Math.min(...values);
+          const peak = Math.max(...known);
+          const lowest = Math.min(...known);
           summary.textContent =
-            `${number(values.length, 0)} readings; peak import ${kw(Math.max(peak, 0))}` +
+            `${number(known.length, 0)} readings; peak import ${kw(Math.max(peak, 0))}` +
             (lowest < 0 ? `; peak export ${kw(-lowest)}` : "; no export");
-          const dayStart = Date.parse(data.start) / 1000;
           plot = draw(
             el,
             {
               height: 260,
               tzDate: utc,
-              scales: { x: { time: true, range: [dayStart, dayStart + 86399] } },
+              scales: {
+                x: { time: true, range: [Date.parse(data.start) / 1000, Date.parse(data.end) / 1000] },
+                y: { range: withZero },
+              },
               series: [
                 timeSeries,
                 {
@@ -285,24 +328,21 @@
               ],
               hooks: { draw: [zeroLine(t.fg)] },
             },
-            [data.t, imported, exported]
+            [data.t, side(imports), side(exports)]
           );
         })
         .catch((error) => message(el, "The readings could not be loaded (" + error.message + ")."));
     }
 
-    input.addEventListener("change", load);
-    document.querySelectorAll("[data-day-step]").forEach((button) => {
-      button.addEventListener("click", () => {
-        const day = new Date(input.value + "T00:00:00Z");
-        day.setUTCDate(day.getUTCDate() + Number(button.dataset.dayStep));
-        const next = day.toISOString().slice(0, 10);
-        if (input.max && next > input.max) return;
-        input.value = next;
-        load();
-      });
+    windowButtons(picker, picker.dataset.window, (name) => {
+      input.value = "";
+      load("window=" + encodeURIComponent(name));
     });
-    load();
+    input.addEventListener("change", () => {
+      if (!input.value) return;
+      picker.querySelectorAll("[data-window]").forEach((b) => b.setAttribute("aria-pressed", "false"));
+      load("day=" + encodeURIComponent(input.value));
+    });
   }
 
   document.addEventListener("DOMContentLoaded", () => {

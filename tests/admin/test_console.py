@@ -2,7 +2,7 @@
 
 import csv
 import io
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -26,6 +26,11 @@ def fleet(db, simulator, settings_for_console) -> Fleet:  # type: ignore[no-unty
 
 
 @pytest.fixture
+def fleet_with_a_week(db, simulator, settings_for_console) -> Fleet:  # type: ignore[no-untyped-def]
+    return build_fleet(simulator, week_for_failing=True)
+
+
+@pytest.fixture
 def operator_client(db) -> Client:  # type: ignore[no-untyped-def]
     client = Client()
     client.force_login(OperatorFactory(is_superuser=True))
@@ -43,14 +48,18 @@ def messages_of(response) -> list[str]:  # type: ignore[no-untyped-def]
 def test_it_serves_the_fleet_charts_data(fleet: Fleet, operator_client: Client) -> None:
     body = operator_client.get(reverse("admin:console_fleet")).json()
 
-    minutes = body["minutes"]
+    minutes = body["ticks"]
     assert len(minutes["t"]) == len(minutes["readings"]) == 24 * 60
     # 6 logging households: 3 or 4 new readings per tick, 10 ticks a minute.
     assert set(minutes["readings"][-60:]) <= {36, 35, 37}
-    assert min(minutes["readings"]) == 0  # the poller's outage 7 h ago
+    # The poller's 15-minute outage 7 h ago is a gap, not zero readings.
+    assert minutes["readings"].count(None) == 15 and 0 not in minutes["readings"]
     demand = body["demand"]
     assert (demand["households_sampled"], demand["households_logging"]) == (4, 6)
     assert len(demand["t"]) == 96 and None not in demand["fleet_kw"][-90:-1]
+    hour = operator_client.get(reverse("admin:console_fleet"), {"window": "1h"}).json()
+    assert len(hour["ticks"]["t"]) == 60 and len(hour["demand"]["t"]) == 60
+    assert operator_client.get(reverse("admin:console_fleet"), {"window": "2d"}).status_code == 400
 
 
 def test_it_serves_one_users_demand_for_a_day_with_export_below_zero(
@@ -66,6 +75,26 @@ def test_it_serves_one_users_demand_for_a_day_with_export_below_zero(
     assert body["demand_kw"][0] == demand_kw(0, body["t"][0])
     assert min(body["demand_kw"]) < 0 < max(body["demand_kw"])
     assert operator_client.get(url, {"day": "15/01/2030"}).status_code == 400
+
+
+def test_it_serves_a_window_of_demand_ending_now_with_a_break_in_each_gap(
+    fleet_with_a_week: Fleet, operator_client: Client
+) -> None:
+    user = fleet_with_a_week.bad_credentials  # no reading since it broke, 3 h 10 min ago
+    url = reverse("admin:console_user_demand", args=[user.pk])
+
+    body = operator_client.get(url, {"window": "6h"}).json()
+
+    assert body["window"] == "6h" and body["end"].startswith("2030-01-15T13:20")
+    breaks = [t for t, kw in zip(body["t"], body["demand_kw"], strict=True) if kw is None]
+    assert breaks == []  # the readings stop, and the chart's range goes on to now
+    # From 6 h before now (the clock runs on) to when it broke, one reading every 10 s.
+    broke = NOW - timedelta(hours=3, minutes=10)
+    start = datetime.fromisoformat(body["start"])
+    assert abs(len(body["t"]) - (broke - start).total_seconds() // 10) <= 1
+    week = operator_client.get(url, {"window": "7d"}).json()
+    # The outage two days ago (30 minutes without a reading) is one break in the line.
+    assert week["demand_kw"].count(None) == 1
 
 
 def test_it_exports_whole_days_of_readings_as_csv(fleet: Fleet, operator_client: Client) -> None:

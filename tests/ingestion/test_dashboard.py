@@ -148,20 +148,32 @@ def test_it_computes_the_summary_in_the_same_number_of_queries_for_any_fleet_siz
 
 
 @pytest.mark.django_db
-def test_it_sums_readings_and_late_ticks_per_minute_with_zeros_where_nothing_ran() -> None:
+def test_it_sums_readings_and_late_ticks_per_minute_with_gaps_where_no_tick_ran() -> None:
     minute = NOW - timedelta(minutes=5)
     for second in range(0, 60, 6):
         TickFactory(scheduled_at=minute + timedelta(seconds=second), readings_written=3)
-    TickFactory(scheduled_at=minute + timedelta(minutes=1), readings_written=1, late=True)
+    TickFactory(scheduled_at=minute + timedelta(minutes=1), readings_written=0, late=True)
 
-    series = dashboard.readings_per_minute(NOW)
+    series = dashboard.tick_series(NOW)
 
-    assert len(series.minutes) == 24 * 60
-    assert series.minutes[-1] == int((NOW - timedelta(minutes=1)).timestamp())
-    index = series.minutes.index(int(minute.timestamp()))
-    assert series.readings[index : index + 3] == [30, 1, 0]
-    assert series.late_ticks[index : index + 3] == [0, 1, 0]
-    assert sum(series.readings) == 31
+    assert len(series.times) == 24 * 60 and series.bucket_seconds == 60
+    assert series.times[-1] == int((NOW - timedelta(minutes=1)).timestamp())
+    index = series.times.index(int(minute.timestamp()))
+    # A minute whose tick found nothing new is a zero; one in which no tick ran is no value.
+    assert series.readings[index : index + 3] == [30, 0, None]
+    assert series.late_ticks[index : index + 3] == [0, 1, None]
+    assert series.readings[0] is None
+
+
+@pytest.mark.django_db
+def test_a_week_is_summed_in_ten_minute_buckets() -> None:
+    TickFactory(scheduled_at=NOW - timedelta(days=6, minutes=3), readings_written=5)
+    TickFactory(scheduled_at=NOW - timedelta(days=6, minutes=9), readings_written=4)
+
+    series = dashboard.tick_series(NOW, dashboard.WINDOWS["7d"])
+
+    assert len(series.times) == 7 * 24 * 6 and series.bucket_seconds == 600
+    assert [value for value in series.readings if value is not None] == [9]
 
 
 @pytest.mark.django_db
@@ -248,7 +260,9 @@ def test_it_estimates_fleet_demand_from_a_sample_scaled_to_the_logging_household
         writer.append(demand_readings(other.cloud_id, quarter, 15, 100.0))
 
     series = dashboard.fleet_demand(NOW)
+    hour = dashboard.fleet_demand(NOW, dashboard.WINDOWS["1h"])
 
+    assert len(hour.times) == 60 and hour.fleet_kw.count(None) == 60  # 13:21 to 14:20: none
     assert (series.households_sampled, series.households_logging) == (2, 4)
     assert len(series.times) == 24 * 4
     assert series.times[-1] == int(datetime(2026, 3, 8, 14, 15, tzinfo=UTC).timestamp())

@@ -13,6 +13,8 @@ PRODUCTION_ENVIRONMENT = {
     "SECRET_KEY": "a-production-like-secret-key-with-enough-entropy-0123456789-abcdefghij",
     "FIELD_ENCRYPTION_KEYS": "dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0=",
     "ALLOWED_HOSTS": "rainlog.example.org",
+    # Without it /metrics is closed and `check --deploy` warns (tests/security/test_no_enumeration).
+    "METRICS_TOKEN": "a-scrape-token-for-prometheus",
 }
 
 

@@ -7,6 +7,7 @@ worker counting on its own, and signed in to the admin after 60 wrong passwords.
 from __future__ import annotations
 
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from axes.models import AccessAttempt
@@ -18,6 +19,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from tests.factories import OPERATOR_PASSWORD, OperatorFactory
+from tests.rainlog.test_settings import PRODUCTION_ENVIRONMENT, manage
 
 pytestmark = pytest.mark.django_db
 
@@ -146,3 +148,24 @@ def test_an_administrator_sees_and_deletes_lockouts_in_the_admin(settings) -> No
         {"action": "delete_selected", "_selected_action": [attempt.pk], "post": "yes"},
     )
     assert not AccessAttempt.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("redis_url", "backend"),
+    [
+        ("redis://127.0.0.1:6379/7", "django.core.cache.backends.redis.RedisCache"),
+        ("", "django.core.cache.backends.db.DatabaseCache"),
+    ],
+)
+def test_throttles_count_in_redis_where_there_is_one_and_else_in_the_database(
+    tmp_path: Path, redis_url: str, backend: str
+) -> None:
+    shown = manage(
+        "shell",
+        "-c",
+        "from django.conf import settings; print(settings.CACHES['default']['BACKEND'])",
+        env={**PRODUCTION_ENVIRONMENT, "REDIS_URL": redis_url},
+        tmp_path=tmp_path,
+    )
+
+    assert shown.stdout.strip().splitlines()[-1] == backend, shown.stderr

@@ -22,6 +22,7 @@ from ingestion.models import HourFile
 from tests.api.test_users_api import client_with_token
 from tests.factories import EagleUserFactory, HourFileFactory
 from tests.push_uploads import fragment, uploader_xml
+from users.checks import check_cloud_id_case_variants
 from users.cloud_ids import normalise_cloud_id
 from users.models import ConnectionType, EagleUser
 
@@ -249,3 +250,5 @@ def test_variants_that_both_hold_readings_are_reported_and_not_merged() -> None:
     )
     assert uppercase_file.read_text() == '{"reading": "upper"}\n'
     assert hourfiles.local_path("00ac04", HOUR).read_text() == '{"reading": "lower"}\n'
+    (warning,) = check_cloud_id_case_variants(databases=["default"])
+    assert warning.id == "users.W001" and "00AC04" in warning.msg

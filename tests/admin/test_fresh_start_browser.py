@@ -1,0 +1,91 @@
+"""What a new user sees: `make run`'s `run_all` on a fresh checkout (SQLite, the simulator, five
+demo households), then the console in a browser. Within two minutes the dashboard shows no
+problem; a screenshot of it is left in test-output/screenshots/."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from rainlog.local_env import write_local_env
+from tests.admin.conftest import screenshot
+from tests.rainlog.test_run_all import PROJECT_DIR, free_port
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+PASSWORD = re.compile(r"username 'demo', password '(?P<password>[^']+)'")
+
+
+@pytest.fixture
+def fresh_system(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A freshly started system: (its URL, the demo operator's password)."""
+    port, simulator_port = free_port(), free_port()
+    env_file = tmp_path / ".env"
+    write_local_env(env_file, simulator_port, tmp_path / "var")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "PYTHONUNBUFFERED": "1",
+        "RAINLOG_ENV_FILE": str(env_file),
+        "VAR_DIR": str(tmp_path / "var"),
+    }
+    manage = [sys.executable, "manage.py"]
+    subprocess.run(
+        [*manage, "migrate", "--no-input"],
+        cwd=PROJECT_DIR,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    output = tmp_path / "run_all.txt"
+    with open(output, "w") as out:
+        process = subprocess.Popen(
+            [*manage, "run_all", "--port", str(port), "--simulator-port", str(simulator_port)],
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while "rainlog is running" not in output.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, output.read_text()
+            time.sleep(0.5)
+        match = PASSWORD.search(output.read_text())
+        assert match, output.read_text()
+        yield f"http://127.0.0.1:{port}", match["password"]
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+
+
+def test_a_fresh_system_shows_no_problem_within_two_minutes(fresh_system, page) -> None:  # type: ignore[no-untyped-def]
+    url, password = fresh_system
+    started = time.monotonic()
+    page.goto(url + "/")
+    page.fill("#id_username", "demo")
+    page.fill("#id_password", password)
+    page.click("input[type=submit]")
+    cards = page.locator(".rl-cards")
+    expect(cards).to_be_visible()
+
+    # A minute of polling, so that every figure has something to count.
+    time.sleep(max(0.0, 60 - (time.monotonic() - started)))
+    page.reload()
+
+    expect(page.locator("#card-users")).to_contain_text("5 of 5 logging")
+    for card in ("users", "readings", "ticks", "archive", "incidents"):
+        expect(page.locator(f"#card-{card} .rl-status").first).to_contain_text("OK")
+    assert "Problem" not in cards.inner_text()
+    assert time.monotonic() - started < 120
+    expect(page.locator("#fleet-readings-chart canvas")).to_be_visible()
+    page.locator("[data-window='1h']").click()
+    expect(page.locator("[data-window-title]")).to_have_text("Last hour (UTC)")
+    screenshot(page, "fresh-start-dashboard")
