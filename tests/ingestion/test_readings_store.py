@@ -20,6 +20,7 @@ from ingestion import hourfiles, readings_store, tasks
 from ingestion.archive import rotation
 from ingestion.models import FetchState, HourFile, LoadedHourFile, ReadingsLoad
 from ingestion.polling.schedules import LOAD_SCHEDULE, register_schedules
+from ingestion.purging import purge_user_data
 from ingestion.readings_store import COLUMNS
 from tests.factories import OperatorFactory
 from tests.hour_files import demand_readings, write
@@ -340,3 +341,16 @@ def test_a_load_the_database_refuses_is_recorded_with_its_error_and_loads_later(
     assert "no partition of relation" in failed.error
     assert table_keys() == [] and not LoadedHourFile.objects.exists()
     assert readings_store.run_pass(now=AFTER).rows_inserted == 10
+
+
+@pytest.mark.django_db
+def test_purging_a_households_data_deletes_its_readings_from_the_table(store) -> None:
+    write(demand_readings("1d01", NINE, 10))
+    write(demand_readings("1d02", NINE, 10))
+    rotate_at(AFTER)
+    readings_store.run_pass(now=AFTER)
+
+    report = purge_user_data("1d01")
+
+    assert report.store_rows == 10
+    assert {cloud_id for cloud_id, _, _ in table_keys()} == {"1d02"}
