@@ -14,7 +14,7 @@ RUN_PORT ?= 8000
 # The simulator's port follows the web server's, so that two checkouts run side by side.
 SIMULATOR_PORT ?= $(shell echo $$(( $(RUN_PORT) + 765 )))
 
-.PHONY: install install-dev chromium run test lint format migrate check bench bench-poll bench-rotate bench-api bench-simulator bench-load bench-parquet soak clean
+.PHONY: install install-dev chromium run test lint typecheck format migrate check bench bench-poll bench-rotate bench-api bench-simulator bench-load bench-parquet soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,12 +51,22 @@ run: install .env
 	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --no-input
 	DEBUG=$${DEBUG:-1} $(PY) manage.py run_all --port $(RUN_PORT) --simulator-port $(SIMULATOR_PORT)
 
-test: install-dev chromium
-	$(PY) -m pytest
+# The database-dependent tests run again on SQLite, the embedded default of `make run`.
+SQLITE_TESTS := tests/users/test_models.py tests/ingestion/test_poller.py \
+	tests/ingestion/test_rotation.py tests/ingestion/test_retrieval.py
 
-lint: install-dev
+test: install-dev chromium typecheck
+	$(PY) -m pytest
+	RAINLOG_TEST_DATABASE=sqlite $(PY) -m pytest -m "not slow" $(SQLITE_TESTS)
+
+lint: install-dev typecheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# mypy over the app code (pyproject.toml). Its Django plugin imports the settings, which need no
+# secrets in development mode.
+typecheck: install-dev
+	DEBUG=1 $(VENV)/bin/mypy
 
 format: install-dev
 	$(VENV)/bin/ruff check --fix .

@@ -20,7 +20,7 @@ class ApiTokenAdmin(AuthTokenAdmin):
         # Not knox's save_model, which puts the token in a message.
         admin.ModelAdmin.save_model(self, request, obj, form, change)
         if not change:
-            obj.issued_token = form.token  # type: ignore[attr-defined]
+            obj.issued_token = form.token
 
     def response_add(
         self, request: HttpRequest, obj: AuthToken, post_url_continue: str | None = None
@@ -29,7 +29,7 @@ class ApiTokenAdmin(AuthTokenAdmin):
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "title": "New API token",
-            "token": obj.issued_token,  # type: ignore[attr-defined]
+            "token": obj.issued_token,
             "auth_token": obj,
         }
         response = TemplateResponse(request, "admin/knox/authtoken/token_issued.html", context)

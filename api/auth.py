@@ -94,7 +94,7 @@ class ObtainTokenView(LoginView):
         )
         if getattr(django_request, "axes_locked_out", False):
             # Answered here in the API's shape rather than by axes' middleware (an HTML page).
-            django_request.axes_locked_out = False
+            django_request.axes_locked_out = False  # type: ignore[attr-defined]  # set by axes
             raise SignInLockedOut()
         if user is None:
             raise AuthenticationFailed("Unable to sign in with these credentials.")

@@ -91,7 +91,7 @@ recent_tokens = _RecentTokens()
 class TokenAuthentication(KnoxTokenAuthentication):
     accepted_prefixes = (b"token", b"bearer")
 
-    def authenticate(self, request: Request):  # type: ignore[no-untyped-def]
+    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
         if "pw" in request.query_params:
             # A password in the URL lands in access logs and browser history: refused outright,
             # even next to a valid token or session, so that no client keeps sending it.

@@ -60,7 +60,8 @@ class FleetAggregateSerializer(serializers.Serializer[Any]):
     interval = serializers.CharField()
     start = serializers.DateTimeField()
     end = serializers.DateTimeField()
-    source = serializers.CharField(help_text="Always `parquet`: the dataset.")
+    # A field named like Field.source (what DRF reads a value from): DRF keeps the two apart.
+    source = serializers.CharField(help_text="Always `parquet`: the dataset.")  # type: ignore[assignment]
     hours_in_range = serializers.IntegerField()
     hours_exported = serializers.IntegerField(
         help_text="Hours of the range in the dataset; the others are not counted."

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Q, QuerySet
-from django.shortcuts import get_object_or_404
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import (
     extend_schema,
@@ -21,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.exceptions import Conflict
+from api.exceptions import Conflict, get_or_404
 from api.params import UTCIsoDateTimeFilter
 from api.schema import FIELD_ERRORS, FORBIDDEN, READ_ERRORS, UNAUTHENTICATED, error
 from ingestion.models import (
@@ -78,24 +78,24 @@ class IncidentFilter(filters.FilterSet):
         return queryset.filter(Q(resolved_at__isnull=True) | Q(resolved_at__gte=value))
 
 
-class IncidentQuerysetMixin:
-    queryset = Incident.objects.select_related("user", "resolved_by").order_by(
-        "-last_seen_at", "-id"
-    )
-    serializer_class = IncidentSerializer
+# Newest first, with what the serializer shows of the user and the operator who resolved it.
+INCIDENTS = Incident.objects.select_related("user", "resolved_by").order_by("-last_seen_at", "-id")
 
 
 @extend_schema(
     summary="Incidents (runs of fetch failures)",
     responses={200: IncidentSerializer(many=True), 400: FIELD_ERRORS, 401: UNAUTHENTICATED},
 )
-class IncidentListView(IncidentQuerysetMixin, generics.ListAPIView[Incident]):
+class IncidentListView(generics.ListAPIView[Incident]):
+    queryset = INCIDENTS
+    serializer_class = IncidentSerializer
     filterset_class = IncidentFilter
 
 
 @extend_schema(summary="One incident", responses={200: IncidentSerializer, **READ_ERRORS})
-class IncidentDetailView(IncidentQuerysetMixin, generics.RetrieveAPIView[Incident]):
-    pass
+class IncidentDetailView(generics.RetrieveAPIView[Incident]):
+    queryset = INCIDENTS
+    serializer_class = IncidentSerializer
 
 
 class ResolveSerializer(serializers.Serializer[Any]):
@@ -123,9 +123,10 @@ class IncidentResolveView(APIView):
     def post(self, request: Request, pk: int) -> Response:
         body = ResolveSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        incident = get_object_or_404(Incident, pk=pk)
+        incident = get_or_404(Incident, "pk", pk)
         resolution = body.validated_data.get("resolution", "")
-        if not Incident.objects.filter(pk=incident.pk).resolve(request.user, resolution):
+        operator = request.user if isinstance(request.user, AbstractBaseUser) else None
+        if not Incident.objects.filter(pk=incident.pk).resolve(operator, resolution):
             raise Conflict(f"Incident {incident.pk} is already resolved.")
-        incident = IncidentQuerysetMixin.queryset.get(pk=incident.pk)
+        incident = INCIDENTS.get(pk=incident.pk)
         return Response(IncidentSerializer(incident).data)

@@ -4,7 +4,7 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
 
-def is_operator(user) -> bool:  # type: ignore[no-untyped-def]
+def is_operator(user: Any) -> bool:
     """Staff operators may change things; other signed-in accounts are read-only viewers."""
     return bool(user and user.is_authenticated and user.is_active and user.is_staff)
 

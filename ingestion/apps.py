@@ -7,7 +7,12 @@ class IngestionConfig(AppConfig):
     name = "ingestion"
 
     def ready(self) -> None:
+        from django_q.signals import post_spawn
+
         from ingestion import checks  # noqa: F401  (registers the system checks)
         from ingestion.polling.schedules import register_after_migrate
+        from rainlog.stopping import worker_stopping
 
         post_migrate.connect(register_after_migrate, sender=self)
+        # SIGTERM in a worker asks its polling window or rotation to finish cleanly.
+        post_spawn.connect(worker_stopping.install, dispatch_uid="rainlog-worker-stopping")

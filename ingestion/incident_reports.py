@@ -111,13 +111,13 @@ def create_reports(now: datetime | None = None) -> int:
     reports = []
     for event, incidents in unreported.items():
         for incident in incidents.exclude(reports__event=event).select_related("user"):
+            event_at = incident.resolved_at if event == ReportEvent.RESOLVED else incident.opened_at
+            assert event_at is not None  # resolved incidents were picked by their resolved_at
             reports.append(
                 IncidentReport(
                     incident=incident,
                     event=event,
-                    event_at=incident.resolved_at
-                    if event == ReportEvent.RESOLVED
-                    else incident.opened_at,
+                    event_at=event_at,
                     payload=report_payload(incident, event),
                     next_attempt_at=now,
                     created_at=now,

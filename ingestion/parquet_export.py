@@ -261,7 +261,7 @@ class _Attempt:
                 f"read {columns.lines} lines from {len(files)} hour files of "
                 f"{hourfiles.hour_label(self.hour)}; the manifest says {expected}"
             )
-        newest = max((verified for *_, verified in files), default=None)
+        newest = max((at for *_, at in files if at is not None), default=None)
         lines = sum(lines or 0 for _, _, lines, _, _ in files)
         return HourSources(len(files), lines, newest, 0), columns
 

@@ -445,8 +445,8 @@ def _unlogged(
     """
     fresh: list[Reading] = []
     duplicates = 0
-    seen: set[tuple[str, int]] = set()
-    logged_by_hour: dict[datetime, set[tuple[str, int]]] = {}
+    seen: set[tuple[object, object]] = set()
+    logged_by_hour: dict[datetime, set[tuple[object, object]]] = {}
     for reading in sorted(readings, key=lambda r: r.meter_timestamp):
         key = (reading.record_type, reading.meter_timestamp)
         last = last_logged_timestamp(state, reading.record_type)
@@ -464,9 +464,9 @@ def _unlogged(
     return fresh, duplicates
 
 
-def _logged_keys(cloud_id: str, hour: datetime) -> set[tuple[str, int]]:
+def _logged_keys(cloud_id: str, hour: datetime) -> set[tuple[object, object]]:
     """(record type, meter timestamp) of every reading in the hour's local files (all parts)."""
-    keys: set[tuple[str, int]] = set()
+    keys: set[tuple[object, object]] = set()
     for path in hourfiles.part_chain(cloud_id, hour):
         if path.exists():
             keys.update(

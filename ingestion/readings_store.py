@@ -149,7 +149,7 @@ def ensure_partitions(first: date, last: date) -> list[str]:
         day += timedelta(days=1)
     existing = set(partitions())
     missing = [day for day in wanted if day not in existing]
-    made = []
+    made: list[str] = []
     if not missing:
         return made
     with transaction.atomic(), connection.cursor() as cursor:
@@ -757,7 +757,7 @@ def demand_part(
     cloud_id: str, a: datetime, b: datetime, edges: list[float], gap_seconds: float
 ) -> DemandPart:
     part = DemandPart()
-    params = {
+    params: dict[str, Any] = {
         "edges": edges,
         "cloud_id": cloud_id,
         "a": a,

@@ -67,6 +67,7 @@ def is_reading(record: Any) -> bool:
 def decode_lines(data: bytes) -> tuple[list[Any], int]:
     """The readings of an hour file's content (JSON lines), in file order, and how many of its
     non-empty lines are not readings (malformed, wrongly typed, incomplete, unknown type)."""
+    records: list[Any]
     try:
         records = decoder.decode_lines(data)
     except (msgspec.DecodeError, msgspec.ValidationError):

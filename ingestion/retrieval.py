@@ -188,8 +188,8 @@ def hour_plans(cloud_id: str, start: datetime, end: datetime) -> Iterator[HourPl
     local: Iterable[tuple[datetime, list[HourFile]]] = ((hour, []) for hour in local_hours)
     with_dir = set(local_hours)
     for hour, group in groupby(heapq.merge(manifest, local, key=itemgetter(0)), itemgetter(0)):
-        rows = [row for _, hour_rows in group for row in hour_rows]
-        plan = _plan_hour(cloud_id, hour, rows, hour in with_dir)
+        hour_rows = [row for _, rows_of_hour in group for row in rows_of_hour]
+        plan = _plan_hour(cloud_id, hour, hour_rows, hour in with_dir)
         if plan.parts:
             yield plan
 
@@ -265,7 +265,7 @@ def _recover_vanished(plan: HourPlan, copies: PartCopies, archive: Archive) -> l
 def _in_order(
     records: Iterable[Record], start_ts: float, end_ts: float, record_type: str | None
 ) -> list[Record]:
-    unique: dict[tuple[str, int], Record] = {}
+    unique: dict[tuple[str, int | float], Record] = {}
     for record in records:
         timestamp = record.get("meter_timestamp")
         kind = record.get("record_type")

@@ -3,7 +3,8 @@
 from typing import Any
 
 from django.contrib import admin
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, URLResolver, reverse_lazy
 
 from ingestion.console import dashboard
@@ -15,11 +16,11 @@ class RainlogAdminSite(admin.AdminSite):
     index_title = "Fleet"
     index_template = "admin/rainlog/dashboard.html"
     # "View site" leads to the console itself: rainlog has no public pages.
-    site_url = reverse_lazy("admin:index")
+    site_url = reverse_lazy("admin:index")  # type: ignore[assignment]  # a lazy str is a str here
 
     def index(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
-    ) -> HttpResponse:
+    ) -> TemplateResponse:
         context = {
             "fleet": dashboard.fleet_summary(),
             "jobs": dashboard.job_summary(),

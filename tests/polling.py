@@ -8,8 +8,10 @@ time pass in a moment and every test sees the same sequence of readings.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,17 @@ def create_users(sim: Simulator, count: int | None = None) -> list[EagleUser]:
         )
         for account in accounts
     ]
+
+
+def wait_until(condition: Callable[[], object], seconds: float, what: str) -> None:
+    """Poll for what other processes bring about (bounded; never a fixed sleep)."""
+    pause = threading.Event()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        pause.wait(0.25)
+    raise AssertionError(f"within {seconds} s: {what}")
 
 
 def current_database_url() -> str:

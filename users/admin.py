@@ -79,7 +79,8 @@ class FetchingFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [("failing", "Failing or with an open incident"), ("healthy", "Healthy")]
 
-    def queryset(self, request: HttpRequest, queryset: EagleUserQuerySet) -> Any:
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> Any:
+        assert isinstance(queryset, EagleUserQuerySet)
         if self.value() == "failing":
             return queryset.failing()
         if self.value() == "healthy":
@@ -140,7 +141,7 @@ class EagleUserAdmin(admin.ModelAdmin):
                     "cloud_id",
                     "email",
                     "eagle_password",
-                    "has_password",
+                    "has_eagle_password",
                     "connection_type",
                     "gateway_address",
                     "meter_mac",
@@ -156,7 +157,7 @@ class EagleUserAdmin(admin.ModelAdmin):
         ("Record", {"fields": ("created_at", "updated_at")}),
     )
     readonly_fields = (
-        "has_password",
+        "has_eagle_password",
         "push_token_issued_at",
         "suspended_at",
         *FETCH_STATE_FIELDS,
@@ -166,7 +167,8 @@ class EagleUserAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[EagleUser]:
         queryset = super().get_queryset(request)
-        return queryset.with_open_incident_flag()  # type: ignore[attr-defined]
+        assert isinstance(queryset, EagleUserQuerySet)
+        return queryset.with_open_incident_flag()
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         # The cloud_id names the user's files and archive keys: it is fixed once created.
@@ -180,8 +182,8 @@ class EagleUserAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
         obj.ensure_fetch_state()
 
-    @admin.display(boolean=True)
-    def has_password(self, user: EagleUser) -> bool:
+    @admin.display(boolean=True, description="EAGLE password set")
+    def has_eagle_password(self, user: EagleUser) -> bool:
         return bool(user.eagle_password)
 
     @admin.display(description="health")
@@ -273,6 +275,7 @@ class EagleUserAdmin(admin.ModelAdmin):
                 .annotate(n=Count("pk"))
             )
             for user in users:
+                # Shown by the confirmation page: an attribute of this page's objects only.
                 user.hour_file_count = counts.get(user.cloud_id, 0)  # type: ignore[attr-defined]
             context = {
                 **self.admin_site.each_context(request),
@@ -298,7 +301,8 @@ class EagleUserAdmin(admin.ModelAdmin):
                     messages.ERROR,
                 )
                 continue
-            self.log_deletions(request, [history_record])
+            # The one user just removed: a list serves as well as the queryset Django passes.
+            self.log_deletions(request, [history_record])  # type: ignore[arg-type]
             summary = report.summary() if report else ""
             self.message_user(
                 request, f"{cloud_id} deleted with its data: {summary}.", messages.SUCCESS

@@ -6,6 +6,7 @@ prepended, `manage.py reencrypt_secrets` run, and the old key dropped afterwards
 
 from collections.abc import Callable
 from functools import cache
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.apps import apps
@@ -66,12 +67,12 @@ def rotate(token: str) -> str:
 class EncryptedTextField(models.TextField):
     """A text column stored as a Fernet token; Python code sees the plaintext."""
 
-    def from_db_value(self, value, expression, connection):  # type: ignore[no-untyped-def]
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
         if value is None or value == "":
             return value
         return decrypt(value)
 
-    def get_prep_value(self, value):  # type: ignore[no-untyped-def]
+    def get_prep_value(self, value: Any) -> Any:
         value = super().get_prep_value(value)
         if value is None or value == "":
             return value

@@ -20,6 +20,7 @@ from django.http import (
     JsonResponse,
     StreamingHttpResponse,
 )
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -116,6 +117,7 @@ def fleet_series(request: HttpRequest) -> JsonResponse:
             "demand": {
                 "t": demand.times,
                 "fleet_kw": demand.fleet_kw,
+                "measured": demand.measured,
                 "bucket_seconds": demand.bucket_seconds,
                 "households_sampled": demand.households_sampled,
                 "households_logging": demand.households_logging,
@@ -161,7 +163,7 @@ def user_demand(request: HttpRequest, pk: int) -> JsonResponse:
 
 
 @require_GET
-def user_export(request: HttpRequest, pk: int) -> HttpResponse:
+def user_export(request: HttpRequest, pk: int) -> HttpResponseBase:
     """The user's readings of whole UTC days `?start=` to `?end=` (inclusive) as a CSV download."""
     _require(request, "users.view_eagleuser")
     user = get_object_or_404(EagleUser, pk=pk)

@@ -10,7 +10,6 @@ from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
-from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
@@ -34,9 +33,11 @@ class CappedCountPaginator(Paginator):
 
     CAP = 10_000
 
+    object_list: QuerySet[Any]
+
     @cached_property
-    def count(self) -> int:  # type: ignore[override]
-        return self.object_list.order_by()[: self.CAP].count()  # type: ignore[union-attr]
+    def count(self) -> int:
+        return self.object_list.order_by()[: self.CAP].count()
 
 
 class HourRangeFilter(admin.SimpleListFilter):
@@ -54,8 +55,9 @@ class HourRangeFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[HourFile]) -> QuerySet[HourFile]:
         now = timezone.now()
-        if self.value() in self.RANGES:
-            return queryset.filter(hour__gte=now - self.RANGES[self.value()])
+        value = self.value()
+        if value in self.RANGES:
+            return queryset.filter(hour__gte=now - self.RANGES[value])
         if self.value() == "older":
             return queryset.filter(hour__lt=now - self.RANGES["30d"])
         return queryset
@@ -83,6 +85,36 @@ class UserFilter(admin.SimpleListFilter):
         return queryset
 
 
+HOUR_FILE_FIELDS = (
+    "cloud_id",
+    "user",
+    "hour",
+    "part",
+    "state",
+    "key",
+    "compressed",
+    "content_type",
+    "size",
+    "sha256",
+    "data_size",
+    "data_sha256",
+    "line_count",
+    "malformed_lines",
+    "first_reading_at",
+    "last_reading_at",
+    "attempts",
+    "last_error",
+    "next_attempt_at",
+    "claimed_until",
+    "local_path",
+    "sealed_at",
+    "verified_at",
+    "local_deleted_at",
+    "created_at",
+    "updated_at",
+)
+
+
 @admin.register(HourFile)
 class HourFileAdmin(admin.ModelAdmin):
     list_display = [
@@ -106,35 +138,8 @@ class HourFileAdmin(admin.ModelAdmin):
     show_full_result_count = False
     list_per_page = 100
     actions = ["retry"]
-    fields = [
-        "cloud_id",
-        "user",
-        "hour",
-        "part",
-        "state",
-        "key",
-        "compressed",
-        "content_type",
-        "size",
-        "sha256",
-        "data_size",
-        "data_sha256",
-        "line_count",
-        "malformed_lines",
-        "first_reading_at",
-        "last_reading_at",
-        "attempts",
-        "last_error",
-        "next_attempt_at",
-        "claimed_until",
-        "local_path",
-        "sealed_at",
-        "verified_at",
-        "local_deleted_at",
-        "created_at",
-        "updated_at",
-    ]
-    readonly_fields = fields
+    fields = HOUR_FILE_FIELDS
+    readonly_fields = HOUR_FILE_FIELDS
     raw_id_fields = ["user"]
 
     def get_search_results(
@@ -201,7 +206,7 @@ class HourFileAdmin(admin.ModelAdmin):
         )
         return [download, *super().get_urls()]
 
-    def download_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+    def download_view(self, request: HttpRequest, pk: int) -> FileResponse:
         row = HourFile.objects.filter(pk=pk, state=HourFileState.VERIFIED).first()
         if row is None or not self.has_view_permission(request, row):
             raise Http404("No archived hour file with that id.")
@@ -220,9 +225,9 @@ class HourFileAdmin(admin.ModelAdmin):
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
-    ) -> TemplateResponse:
+    ) -> HttpResponse:
         context = {
             "freshness": audit.freshness(timezone.now(), users=USERS_IN_FRESHNESS),
             **(extra_context or {}),
         }
-        return super().changelist_view(request, context)  # type: ignore[return-value]
+        return super().changelist_view(request, context)

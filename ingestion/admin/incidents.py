@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.utils.text import Truncator
 
 from ingestion.admin.hour_files import CappedCountPaginator
-from ingestion.models import FetchState, Incident, PollLease, Tick
+from ingestion.models import FetchState, Incident, IncidentQuerySet, PollLease, Tick
 from rainlog import display
 
 # Users offered in the incidents' "user" filter: those with the most open incidents.
@@ -61,6 +62,21 @@ class IncidentUserFilter(admin.SimpleListFilter):
         return queryset
 
 
+INCIDENT_FIELDS = (
+    "user",
+    "failure_class",
+    "state",
+    "opened_at",
+    "last_seen_at",
+    "occurrences",
+    "message",
+    "raw_reply",
+    "resolved_at",
+    "resolved_by",
+    "resolution",
+)
+
+
 @admin.register(Incident)
 class IncidentAdmin(admin.ModelAdmin):
     list_display = [
@@ -79,20 +95,8 @@ class IncidentAdmin(admin.ModelAdmin):
     paginator = CappedCountPaginator
     show_full_result_count = False
     actions = ["resolve"]
-    fields = [
-        "user",
-        "failure_class",
-        "state",
-        "opened_at",
-        "last_seen_at",
-        "occurrences",
-        "message",
-        "raw_reply",
-        "resolved_at",
-        "resolved_by",
-        "resolution",
-    ]
-    readonly_fields = fields
+    fields = INCIDENT_FIELDS
+    readonly_fields = INCIDENT_FIELDS
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -107,8 +111,10 @@ class IncidentAdmin(admin.ModelAdmin):
 
     @admin.action(description="Resolve the selected incidents", permissions=["change"])
     def resolve(self, request: HttpRequest, queryset: QuerySet[Incident]) -> None:
-        resolved = queryset.resolve(  # type: ignore[attr-defined]
-            by=request.user, resolution=f"Resolved by {request.user} in the admin."
+        assert isinstance(queryset, IncidentQuerySet)
+        resolved = queryset.resolve(
+            by=request.user if isinstance(request.user, AbstractBaseUser) else None,
+            resolution=f"Resolved by {request.user} in the admin.",
         )
         skipped = queryset.count() - resolved
         self.message_user(request, f"{resolved} incidents resolved.", messages.SUCCESS)
@@ -135,6 +141,23 @@ class FailingFilter(admin.SimpleListFilter):
         return queryset
 
 
+FETCH_STATE_FIELDS = (
+    "user",
+    "extra_record_types",
+    "total_events_logged",
+    "first_timestamp",
+    "last_timestamp",
+    "extra_timestamps",
+    "last_attempt_at",
+    "last_success_at",
+    "consecutive_failures",
+    "next_attempt_at",
+    "last_error_class",
+    "last_error",
+    "last_error_at",
+)
+
+
 @admin.register(FetchState)
 class FetchStateAdmin(admin.ModelAdmin):
     list_display = [
@@ -152,23 +175,9 @@ class FetchStateAdmin(admin.ModelAdmin):
     search_fields = ["user__cloud_id"]
     paginator = CappedCountPaginator
     show_full_result_count = False
-    fields = [
-        "user",
-        "extra_record_types",
-        "total_events_logged",
-        "first_timestamp",
-        "last_timestamp",
-        "extra_timestamps",
-        "last_attempt_at",
-        "last_success_at",
-        "consecutive_failures",
-        "next_attempt_at",
-        "last_error_class",
-        "last_error",
-        "last_error_at",
-    ]
+    fields = FETCH_STATE_FIELDS
     # Only the record types asked for are an operator's choice; the rest is the poller's record.
-    readonly_fields = [name for name in fields if name != "extra_record_types"]
+    readonly_fields = [name for name in FETCH_STATE_FIELDS if name != "extra_record_types"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

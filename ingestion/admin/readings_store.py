@@ -33,7 +33,7 @@ class FailedFilter(admin.SimpleListFilter):
 
 
 @admin.register(ReadingsLoad)
-class ReadingsLoadAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ReadingsLoadAdmin(admin.ModelAdmin):
     list_display = [
         "hour",
         "started_at",
@@ -72,4 +72,4 @@ class ReadingsLoadAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if not context["store_off"]:
             lag = readings_store.lag(timezone.now())
             context.update(lag=lag, lag_text=describe_age(lag.seconds))
-        return super().changelist_view(request, {**context, **(extra_context or {})})  # type: ignore[return-value]
+        return super().changelist_view(request, {**context, **(extra_context or {})})

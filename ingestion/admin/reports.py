@@ -10,6 +10,21 @@ from django.utils.html import format_html
 
 from ingestion.models import IncidentReport, ReportState
 
+REPORT_FIELDS = (
+    "incident",
+    "event",
+    "event_at",
+    "state",
+    "attempts",
+    "last_attempt_at",
+    "next_attempt_at",
+    "response_status",
+    "last_error",
+    "delivered_at",
+    "created_at",
+    "sent_payload",
+)
+
 
 @admin.register(IncidentReport)
 class IncidentReportAdmin(admin.ModelAdmin):
@@ -30,21 +45,8 @@ class IncidentReportAdmin(admin.ModelAdmin):
     search_fields = ["incident__user__cloud_id"]
     date_hierarchy = "event_at"
     actions = ["retry_now"]
-    fields = [
-        "incident",
-        "event",
-        "event_at",
-        "state",
-        "attempts",
-        "last_attempt_at",
-        "next_attempt_at",
-        "response_status",
-        "last_error",
-        "delivered_at",
-        "created_at",
-        "sent_payload",
-    ]
-    readonly_fields = fields
+    fields = REPORT_FIELDS
+    readonly_fields = REPORT_FIELDS
 
     @admin.display(description="cloud id", ordering="incident__user__cloud_id")
     def cloud_id(self, report: IncidentReport) -> str:

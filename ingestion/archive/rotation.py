@@ -70,7 +70,7 @@ from ingestion.archive.store import (
     stored_sha256,
 )
 from ingestion.hourfiles import LocalFile
-from ingestion.models import HourFile, HourFileState
+from ingestion.models import HourFile, HourFileQuerySet, HourFileState
 from ingestion.records import parse_line
 from users.models import EagleUser
 
@@ -260,7 +260,7 @@ def prepared_body(path: Path, compressed: bool) -> Iterator[tuple[Body, FileStat
         with tempfile.TemporaryFile() as body:
             stats = _measure(chunks, body)
             body.seek(0)
-            yield body, stats  # type: ignore[misc]
+            yield body, stats
 
 
 # --- Shipping one file (in a worker thread) ----------------------------------------------------
@@ -606,8 +606,8 @@ def relocate(path: Path, cloud_id: str, hour: datetime, part: int, now: datetime
 
 
 def _scoped(
-    rows: QuerySet[HourFile], only_hour: datetime | None, cloud_id: str | None
-) -> QuerySet[HourFile]:
+    rows: HourFileQuerySet, only_hour: datetime | None, cloud_id: str | None
+) -> HourFileQuerySet:
     if only_hour is not None:
         rows = rows.filter(hour=only_hour)
     if cloud_id is not None:

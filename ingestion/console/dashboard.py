@@ -6,10 +6,12 @@ index stays fast for a fleet of 10,000 households:
 - users by state: one grouped query over EagleUser with the fetch state joined;
 - readings, ticks, open incidents, the oldest unshipped hour: one aggregate query each;
 - readings per minute over 24 h: one query grouping Tick rows by minute (1,440 rows at most);
-- fleet demand: read from the hour files of a small, fixed sample of logging households (the same
-  households every time, so the curve does not jump) and scaled to the number of logging users.
-  Reading every household's day would mean 240,000 hour files for 10,000 users; a sample of
-  CONSOLE_DEMAND_SAMPLE households costs that many user-days, whatever the size of the fleet.
+- fleet demand: measured from the Parquet dataset for the hours exported to it (one DuckDB query
+  over the fleet's demand columns, every household counted); the hours after them (the last one
+  or two, not exported yet) are estimated from the hour files of a small, fixed sample of logging
+  households (the same households every time, so the curve does not jump) scaled to the number of
+  logging users. Reading every household's hour files instead would mean 240,000 files a day for
+  10,000 users.
 """
 
 from __future__ import annotations
@@ -41,10 +43,14 @@ from django_q.brokers import get_broker
 from django_q.models import Schedule, Task
 from redis.exceptions import RedisError
 
-from ingestion import expected, retrieval
+from ingestion import expected, parquet_query, retrieval
+from ingestion.archive.store import ArchiveError
+from ingestion.eagle.record_types import DEMAND
 from ingestion.hourfiles import HOUR, hour_floor
 from ingestion.models import (
     SETTLED_STATES,
+    DatasetHour,
+    DatasetHourState,
     HourFile,
     Incident,
     IncidentState,
@@ -382,13 +388,15 @@ def demand_sample(size: int) -> list[EagleUser]:
 
 @dataclass(slots=True)
 class DemandSeries:
-    """Estimated fleet demand per bucket: the sample's mean household demand times the fleet size."""
+    """Fleet demand per bucket: measured (the sum of every household's mean demand, from the
+    Parquet dataset) or estimated (the sample's mean household demand times the fleet size)."""
 
     bucket_seconds: int
     households_sampled: int
     households_logging: int
     times: list[int] = field(default_factory=list)  # unix seconds of each bucket's start
     fleet_kw: list[float | None] = field(default_factory=list)
+    measured: list[bool] = field(default_factory=list)  # from the dataset, not the sample
 
 
 def fleet_demand(
@@ -396,37 +404,77 @@ def fleet_demand(
     window: Window = WINDOWS[DEFAULT_WINDOW],
     sample_size: int | None = None,
 ) -> DemandSeries:
-    """Fleet-wide demand over `window`, estimated from a sample of households.
+    """Fleet-wide demand over `window`: measured from the Parquet dataset where every hour a
+    bucket spans is exported, estimated from a sample of households after that.
 
-    Per bucket: the mean of the sampled households' average demand (each household weighs the
-    same), times the number of logging households. None where no sampled household has a reading.
-    A household whose archive cannot be read is left out of the sample, with a warning.
+    An estimated bucket is the mean of the sampled households' average demand (each household
+    weighs the same) times the number of logging households; None where no sampled household
+    has a reading. A household whose archive cannot be read is left out of the sample, with a
+    warning; an unreadable dataset leaves every bucket to the sample.
     """
     now = now or timezone.now()
     bucket = window.demand_bucket
     step = bucket.total_seconds()
     end = datetime.fromtimestamp((now.timestamp() // step + 1) * step, UTC)
     start = end - window.length
+    starts = [start + index * bucket for index in range(int((end - start) / bucket))]
+    measured = _measured_fleet_demand(start, end, bucket)
+    # The sample is read only from the first bucket the dataset does not cover.
+    estimate_from = next((moment for moment in starts if moment not in measured), end)
     sample = demand_sample(sample_size or settings.CONSOLE_DEMAND_SAMPLE)
     states, _ = users_by_state()
     logging_households = states.get(LOGGING, 0)
-    averages: list[list[float]] = [[] for _ in range(int((end - start) / bucket))]
-    for user in sample:
-        try:
-            buckets = retrieval.aggregate_demand(user.cloud_id, start, end, bucket)
-        except retrieval.ArchiveReadError as exc:
-            logger.warning("fleet demand: %s left out of the sample: %s", user.cloud_id, exc)
-            continue
-        for index, demand in enumerate(buckets[: len(averages)]):
-            if demand.avg_kw is not None:
-                averages[index].append(demand.avg_kw)
+    averages: dict[datetime, list[float]] = {moment: [] for moment in starts}
+    if estimate_from < end:
+        for user in sample:
+            try:
+                buckets = retrieval.aggregate_demand(user.cloud_id, estimate_from, end, bucket)
+            except retrieval.ArchiveReadError as exc:
+                logger.warning("fleet demand: %s left out of the sample: %s", user.cloud_id, exc)
+                continue
+            for demand in buckets:
+                if demand.avg_kw is not None and demand.start in averages:
+                    averages[demand.start].append(demand.avg_kw)
     series = DemandSeries(int(step), len(sample), logging_households)
-    for index, values in enumerate(averages):
-        series.times.append(int(start.timestamp() + index * step))
+    for moment in starts:
+        series.times.append(int(moment.timestamp()))
+        series.measured.append(moment in measured)
+        if moment in measured:
+            series.fleet_kw.append(round(measured[moment], 3))
+            continue
+        values = averages[moment]
         series.fleet_kw.append(
             round(sum(values) / len(values) * logging_households, 3) if values else None
         )
     return series
+
+
+def _measured_fleet_demand(
+    start: datetime, end: datetime, bucket: timedelta
+) -> dict[datetime, float]:
+    """Fleet demand (kW) of each bucket of [start, end) whose hours are all in the dataset."""
+    exported = set(
+        DatasetHour.objects.filter(
+            hour__gte=hour_floor(start), hour__lt=end, state=DatasetHourState.EXPORTED
+        ).values_list("hour", flat=True)
+    )
+    if not exported:
+        return {}
+    try:
+        with parquet_query.open_dataset(start, end, [DEMAND]) as dataset:
+            buckets = parquet_query.fleet_demand(dataset, start, end, bucket)
+    except (parquet_query.QueryError, ArchiveError, OSError) as exc:
+        logger.warning("fleet demand: the Parquet dataset cannot be read: %s", exc)
+        return {}
+    measured = {}
+    for found in buckets:
+        first, last = (
+            hour_floor(found.start),
+            hour_floor(found.start + bucket - timedelta(seconds=1)),
+        )
+        if first in exported and last in exported:
+            measured[found.start] = found.total_kw
+    return measured
 
 
 # --- One user -----------------------------------------------------------------------------------

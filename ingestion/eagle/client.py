@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import socket
 from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar
@@ -121,7 +122,7 @@ class GuardedResolver(aiohttp.ThreadedResolver):
     a host name pointing into a private network, whenever it is resolved."""
 
     async def resolve(
-        self, host: str, port: int = 0, family: int = 0
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_UNSPEC
     ) -> list[aiohttp.abc.ResolveResult]:
         results = await super().resolve(host, port, family)
         for result in results:

@@ -87,15 +87,16 @@ from ingestion.polling.leases import (
     rescue_orphaned_shards,
     shard_of,
 )
-from ingestion.polling.schedules import POLL_SCHEDULE_PREFIX
+from ingestion.polling.schedules import POLL_SCHEDULE_PREFIX, task_timeout
 from ingestion.records import FailureClass, FetchFailure, Reading, iso_utc
 from ingestion.redaction import redact
 from users.models import EagleUser
 
 logger = logging.getLogger(__name__)
 
-# During a tick, the readings fetched so far are written at least this often.
-WRITE_EVERY_SECONDS = 1.0
+# During a tick, the readings fetched so far are written at least this often: a killed poller
+# loses only the replies of this last moment (and those in flight).
+WRITE_EVERY_SECONDS = 0.1
 # Readings kept per user while they cannot be written (disk full): ten minutes of demand.
 PENDING_LIMIT = 100
 # Missed slots recorded as late ticks at most, after a pause (a stopped process, a dead holder).
@@ -592,11 +593,14 @@ class Poller:
         jobs = self._due_jobs(slot_start, report)
         results: list[Reading | FetchFailure | None] = [None] * len(jobs)
         untaken = set(range(len(jobs)))
+        # Jobs answered since the last take, so a take costs what it takes, not the whole tick.
+        finished: list[int] = []
         batch = _TickBatch(now=timezone.now())
 
         def take(finished_only: bool) -> None:
             batch.now = timezone.now()
-            indices = sorted(i for i in untaken if results[i] is not None or not finished_only)
+            indices = sorted(finished if finished_only else untaken)
+            finished.clear()
             untaken.difference_update(indices)
             self._take_results(
                 [jobs[i] for i in indices], [results[i] for i in indices], slot_start, batch, report
@@ -612,6 +616,7 @@ class Poller:
             self._fetch_all(
                 jobs,
                 results,
+                finished,
                 dispatch_seconds=dispatch_budget(self.period) - elapsed,
                 seconds=fetch_budget(self.period) - elapsed,
                 while_waiting=write_so_far,
@@ -649,13 +654,15 @@ class Poller:
         self,
         jobs: list[FetchJob],
         results: list[Reading | FetchFailure | None],
+        finished: list[int],
         dispatch_seconds: float,
         seconds: float,
         while_waiting: Callable[[], None],
     ) -> None:
-        """Fill `results` with each job's result; None stays for jobs not started within
-        `dispatch_seconds` or not finished within `seconds`. Every WRITE_EVERY_SECONDS until then,
-        `while_waiting` runs (in the event loop: it must not touch the database)."""
+        """Fill `results` with each job's result, and append its index to `finished`; None stays
+        for jobs not started within `dispatch_seconds` or not finished within `seconds`. Every
+        WRITE_EVERY_SECONDS until then, `while_waiting` runs (in the event loop: it must not
+        touch the database)."""
         if not jobs:
             return
         queue = iter(range(len(jobs)))
@@ -671,6 +678,7 @@ class Poller:
                 results[index] = await self._client.fetch(
                     job.slot.target, job.record_type, job.previous_timestamp
                 )
+                finished.append(index)
 
         workers = [
             asyncio.ensure_future(fetch_some())
@@ -1081,7 +1089,7 @@ def window_wait_seconds() -> float:
 def window_max_seconds() -> float:
     """How long a window task polls when no successor comes (the scheduler is late or down):
     long enough to bridge a missed minute, short enough to end well within the task timeout."""
-    timeout = settings.Q_CLUSTER.get("timeout") or 300
+    timeout = task_timeout() or 300
     budget = timeout - window_wait_seconds() - 2 * settings.INGEST_POLL_SECONDS
     return max(settings.INGEST_POLL_SECONDS, min(budget, 2 * settings.INGEST_WINDOW_SECONDS))
 

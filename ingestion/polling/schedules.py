@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import connections
@@ -37,6 +37,12 @@ LOAD_SCHEDULE = "load-readings"
 PARQUET_SCHEDULE = "export-parquet-hourly"
 # The export starts this long after the rotation, which ships a typical hour well within it.
 PARQUET_AFTER_ROTATION = timedelta(minutes=10)
+
+
+def task_timeout() -> int:
+    """Seconds a django-q2 task may run before the cluster kills it (Q_CLUSTER["timeout"])."""
+    # cast: the settings dict mixes value types, so its values are typed object.
+    return cast(int, settings.Q_CLUSTER["timeout"])
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
@@ -30,7 +29,13 @@ from ingestion.eagle.simulator import Simulator
 from ingestion.models import PollLease, Tick
 from ingestion.polling.leases import rescue_orphaned_shards
 from ingestion.polling.schedules import register_schedules
-from tests.polling import create_users, current_database_url, duplicates, logged_keys
+from tests.polling import (
+    create_users,
+    current_database_url,
+    duplicates,
+    logged_keys,
+    wait_until,
+)
 
 NOW = datetime(2026, 3, 1, 12, 0, 20, tzinfo=UTC)
 
@@ -159,17 +164,6 @@ def test_a_window_sends_a_task_for_a_shard_whose_holder_died(settings) -> None: 
 # --- Real clusters ------------------------------------------------------------------------------
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def wait_until(condition, seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    """Poll the database for what the clusters bring about (bounded; never a fixed sleep)."""
-    pause = threading.Event()
-    deadline = timezone.now() + timedelta(seconds=seconds)
-    while timezone.now() < deadline:
-        if condition():
-            return
-        pause.wait(0.25)
-    raise AssertionError(f"within {seconds} s: {what}")
 
 
 def cluster_of(holder: str) -> int:

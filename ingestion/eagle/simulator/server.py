@@ -42,12 +42,13 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+import uvloop
 from aiohttp import web
 
 from ingestion.eagle.client import basic_authorization
@@ -70,11 +71,6 @@ from ingestion.eagle.simulator.replies import (
     network_info,
     wrong_root,
 )
-
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is a runtime requirement; plain asyncio works too
-    uvloop = None
 
 POST_MANAGER = "/cgi-bin/post_manager"
 # Local API prefixes by gateway generation (the connection types of local users).
@@ -273,7 +269,7 @@ class Simulator:
         return f"{self.url}/{generation}/{cloud_id}"
 
     def _run(self) -> None:
-        loop = uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
+        loop = uvloop.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
         try:
@@ -393,6 +389,8 @@ class Simulator:
         ids = sorted(self.gateways)
         chooser = random.Random(f"rainlog-simulator-faults/{self.seed}")
         for spec in self._plan.specs:
+            # A share of the gateways, one of them, or (no cloud_id) every one.
+            chosen: Sequence[str | None]
             if spec.share is not None:
                 chosen = chooser.sample(ids, round(len(ids) * spec.share))
             else:

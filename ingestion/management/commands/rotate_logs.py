@@ -16,11 +16,11 @@ from rainlog.stopping import StopRequest
 
 
 class ProgressBar:
-    def __init__(self, bar: tqdm) -> None:  # type: ignore[type-arg]
+    def __init__(self, bar: tqdm[Any]) -> None:
         self.bar = bar
 
     def expect(self, more: int) -> None:
-        self.bar.total += more
+        self.bar.total = (self.bar.total or 0) + more
         self.bar.refresh()
 
     def shipped(self, shipment: rotation.Shipment) -> None:
