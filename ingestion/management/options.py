@@ -22,8 +22,8 @@ def time_option(name: str, text: str | None, parse: Callable[[str], datetime]) -
         raise CommandError(f"{name}: {exc}") from None
 
 
-def add_time_range(parser: CommandParser) -> None:
-    """--since and --until, read by `time_range`."""
+def add_hour_range_arguments(parser: CommandParser) -> None:
+    """--since and --until: the hours a command works on (see `hour_range`)."""
     parser.add_argument(
         "--since",
         help="from this time on (included): YYYY-MM-DD-HH or ISO 8601, UTC unless an offset "
@@ -32,10 +32,10 @@ def add_time_range(parser: CommandParser) -> None:
     parser.add_argument("--until", help="up to this time (excluded), in the same forms")
 
 
-def time_range(options: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
-    """(since, until) of `add_time_range`'s options; CommandError if they are bad or reversed."""
+def hour_range(options: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+    """(since, until) of `add_hour_range_arguments`; CommandError for a bad or empty range."""
     since = time_option("--since", options["since"], hourfiles.parse_utc_time)
     until = time_option("--until", options["until"], hourfiles.parse_utc_time)
     if since and until and until <= since:
-        raise CommandError("--until must be after --since")
+        raise CommandError("--until must be after --since.")
     return since, until

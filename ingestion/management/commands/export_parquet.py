@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from ingestion import hourfiles, parquet_export
-from ingestion.management.options import add_time_range, time_range
+from ingestion.management.options import add_hour_range_arguments, hour_range
 from rainlog.stopping import StopRequest
 
 
@@ -23,13 +23,13 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        add_time_range(parser)
+        add_hour_range_arguments(parser)
         parser.add_argument(
             "--dry-run", action="store_true", help="list what would be exported; change nothing"
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        since, until = time_range(options)
+        since, until = hour_range(options)
         if options["dry_run"]:
             self.dry_run(since, until)
             return

@@ -12,7 +12,7 @@ from django.utils import timezone
 from tqdm import tqdm
 
 from ingestion import hourfiles, readings_store
-from ingestion.management.options import add_time_range, time_range
+from ingestion.management.options import add_hour_range_arguments, hour_range
 from ingestion.models import ReadingsLoad
 from rainlog.stopping import StopRequest
 
@@ -24,7 +24,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        add_time_range(parser)
+        add_hour_range_arguments(parser)
         parser.add_argument(
             "--workers",
             type=int,
@@ -38,7 +38,7 @@ class Command(BaseCommand):
         if not readings_store.enabled():
             raise CommandError(readings_store.off_reason())
         now = timezone.now()
-        since, until = time_range(options)
+        since, until = hour_range(options)
         hours = readings_store.pending_hours(now, since, until)
         files = sum(pending.files for pending in hours)
         if options["dry_run"]:
