@@ -51,8 +51,13 @@ run: install .env
 	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --no-input
 	DEBUG=$${DEBUG:-1} $(PY) manage.py run_all --port $(RUN_PORT) --simulator-port $(SIMULATOR_PORT)
 
+# The database-dependent tests run again on SQLite, the embedded default of `make run`.
+SQLITE_TESTS := tests/users/test_models.py tests/ingestion/test_poller.py \
+	tests/ingestion/test_rotation.py tests/ingestion/test_retrieval.py
+
 test: install-dev chromium typecheck
 	$(PY) -m pytest
+	RAINLOG_TEST_DATABASE=sqlite $(PY) -m pytest -m "not slow" $(SQLITE_TESTS)
 
 lint: install-dev typecheck
 	$(VENV)/bin/ruff check .

@@ -1,4 +1,7 @@
-"""Test-suite environment: real PostgreSQL (DATABASE_URL, default the local server), never SQLite.
+"""Test-suite environment: real PostgreSQL (DATABASE_URL, default the local server).
+
+RAINLOG_TEST_DATABASE=sqlite runs the tests on SQLite instead, the embedded default of `make run`:
+`make test` runs the database-dependent tests that way too (SQLITE_TESTS in the Makefile).
 
 Set before Django reads its settings, so the suite runs the same whatever the shell exports.
 """
@@ -29,6 +32,10 @@ TEST_ENVIRONMENT = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+ON_SQLITE = os.environ.get("RAINLOG_TEST_DATABASE", "postgresql") == "sqlite"
+if ON_SQLITE:
+    # pytest-django keeps SQLite's test database in memory: the file is never created.
+    os.environ["DATABASE_URL"] = "sqlite:///rainlog-test.sqlite3"
 for name, value in TEST_ENVIRONMENT.items():
     os.environ.setdefault(name, value)
 # Tests never inherit a real archive or broker from the shell; fixtures provide their own.
@@ -58,6 +65,17 @@ def require_postgresql() -> None:
         )
 
 
-require_postgresql()
+if not ON_SQLITE:
+    require_postgresql()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if ON_SQLITE:
+        skip = pytest.mark.skip(reason="needs PostgreSQL (RAINLOG_TEST_DATABASE=sqlite)")
+        for item in items:
+            if "postgresql" in item.keywords:
+                item.add_marker(skip)
+
+
 # Set Django up now, so test modules and fixtures can import models at collection time.
 django.setup()

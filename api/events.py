@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import Http404
-from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -27,16 +25,15 @@ from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
-from api.schema import FIELD_ERRORS, READ_ERRORS, error
+from api.exceptions import Problem, get_or_404, no_such
+from api.params import parse_flag
+from api.schema import FIELD_ERRORS, UNAUTHENTICATED, error
 from ingestion.eagle.client import fetch_now
 from ingestion.eagle.record_types import DEMAND, RECORD_TYPES
 from ingestion.polling.failures import live_fetch_refusal
 from ingestion.polling.latest import latest_record
 from ingestion.records import FetchFailure, iso_utc
 from users.models import ConnectionType, EagleUser
-
-TRUE_VALUES = {"1", "true", "yes", "on"}
-FALSE_VALUES = {"", "0", "false", "no", "off"}
 
 
 class LiveFetchThrottle(SimpleRateThrottle):
@@ -75,16 +72,17 @@ class EventView(APIView):
                 description="{cloud_id, source (log or gateway), age_seconds, reading}",
             ),
             400: FIELD_ERRORS,
-            **READ_ERRORS,
+            401: UNAUTHENTICATED,
+            404: error("No such user (code not_found), or no reading of it on disk (no_reading)."),
             409: error(
-                "?fresh=1 of a push user (its gateway sends readings, it is never fetched), of a "
-                "suspended user, or of one whose gateway polling backs off from."
+                "?fresh=1 of a push user (code push_user: its gateway sends readings, it is never "
+                "fetched), of a suspended user, or of one whose gateway polling backs off from "
+                "(code not_fetched)."
             ),
             429: error("Too many live fetches of this household (LIVE_FETCH_THROTTLE): wait."),
-            502: OpenApiResponse(
-                OpenApiTypes.OBJECT,
-                description="The EAGLE gave no reading: {cloud_id, source, failure: "
-                "{failure_class, label, message, http_status}}",
+            502: error(
+                "The EAGLE gave no reading (code fetch_failed); the problem adds cloud_id, "
+                "source, fetched_at and failure: {failure_class, label, message, http_status}."
             ),
         },
     )
@@ -92,21 +90,17 @@ class EventView(APIView):
         record_type = request.query_params.get("type", DEMAND)
         if record_type not in RECORD_TYPES:
             raise ValidationError({"type": [f"Choose one of: {', '.join(sorted(RECORD_TYPES))}."]})
-        fresh = request.query_params.get("fresh", "").strip().lower()
-        if fresh not in TRUE_VALUES | FALSE_VALUES:
-            raise ValidationError({"fresh": ["Use 1 or 0."]})
-        if fresh in TRUE_VALUES:
-            return self.fetched(
-                request, get_object_or_404(EagleUser, cloud_id=cloud_id), record_type
-            )
+        if parse_flag("fresh", request.query_params.get("fresh")):
+            return self.fetched(request, get_or_404(EagleUser, "cloud_id", cloud_id), record_type)
         # Dashboards ask for this many times a second: one narrow query, not the whole user.
         if not EagleUser.objects.filter(cloud_id=cloud_id).values_list("pk").exists():
-            raise Http404
+            raise no_such(EagleUser, "cloud_id", cloud_id)
         record = latest_record(cloud_id, record_type)
         if record is None:
-            return Response(
-                {"detail": f"No {record_type} reading of {cloud_id} is on local disk."},
-                status=status.HTTP_404_NOT_FOUND,
+            raise Problem(
+                status.HTTP_404_NOT_FOUND,
+                f"No {record_type} reading of {cloud_id} is on local disk.",
+                "no_reading",
             )
         return Response(
             {
@@ -119,31 +113,32 @@ class EventView(APIView):
 
     def fetched(self, request: Request, user: EagleUser, record_type: str) -> Response:
         if user.connection_type == ConnectionType.PUSH:
-            return Response(
-                {"detail": f"{user.cloud_id} pushes its readings: there is nothing to fetch."},
-                status=status.HTTP_409_CONFLICT,
+            raise Problem(
+                status.HTTP_409_CONFLICT,
+                f"{user.cloud_id} pushes its readings: there is nothing to fetch.",
+                "push_user",
             )
         refusal = live_fetch_refusal(user, timezone.now())
         if refusal:
-            return Response({"detail": refusal}, status=status.HTTP_409_CONFLICT)
+            raise Problem(status.HTTP_409_CONFLICT, refusal, "not_fetched")
         throttle = LiveFetchThrottle()
         if not throttle.allow_request(request, self):
             raise Throttled(throttle.wait())
         result = fetch_now(user, record_type)
         if isinstance(result, FetchFailure):
-            return Response(
-                {
-                    "cloud_id": user.cloud_id,
-                    "source": "gateway",
-                    "fetched_at": iso_utc(timezone.now()),
-                    "failure": {
-                        "failure_class": result.failure_class.value,
-                        "label": result.failure_class.label,
-                        "message": result.message,
-                        "http_status": result.http_status,
-                    },
+            raise Problem(
+                status.HTTP_502_BAD_GATEWAY,
+                f"The EAGLE of {user.cloud_id} gave no reading: {result.failure_class.label}.",
+                "fetch_failed",
+                cloud_id=user.cloud_id,
+                source="gateway",
+                fetched_at=iso_utc(timezone.now()),
+                failure={
+                    "failure_class": result.failure_class.value,
+                    "label": result.failure_class.label,
+                    "message": result.message,
+                    "http_status": result.http_status,
                 },
-                status=status.HTTP_502_BAD_GATEWAY,
             )
         record = result.to_record()
         return Response(

@@ -14,7 +14,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 from django_q.brokers import get_broker
 
 from api.permissions import is_operator
@@ -106,7 +106,7 @@ def without_details(checks: dict[str, dict[str, object]]) -> dict[str, dict[str,
 
 
 @never_cache
-@require_GET
+@require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     checks = run_checks()
     healthy = all(result["status"] == "ok" for result in checks.values())

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import StreamingHttpResponse
-from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
@@ -26,9 +25,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.exceptions import Conflict
+from api.exceptions import Conflict, get_or_404
 from api.params import UTCIsoDateTimeFilter, parse_flag
-from api.readings import JSONErrorsMixin, ServiceUnavailable
+from api.readings import ServiceUnavailable
 from api.schema import FIELD_ERRORS, READ_ERRORS, UNAUTHENTICATED, error
 from ingestion import retrieval
 from ingestion.archive.store import CONTENT_TYPE_GZIP, CONTENT_TYPE_JSONL
@@ -127,7 +126,7 @@ class PresignedURLSerializer(serializers.Serializer[Any]):
     compressed = serializers.BooleanField()
 
 
-class HourFileDownloadView(JSONErrorsMixin, APIView):
+class HourFileDownloadView(APIView):
     renderer_classes = [JSONRenderer, PassthroughRenderer]
 
     @extend_schema(
@@ -160,7 +159,7 @@ class HourFileDownloadView(JSONErrorsMixin, APIView):
         },
     )
     def get(self, request: Request, pk: int) -> Any:
-        hour_file = get_object_or_404(HourFile, pk=pk)
+        hour_file = get_or_404(HourFile, "pk", pk)
         try:
             if parse_flag("presigned", request.query_params.get("presigned")):
                 url, expires_at = retrieval.presigned_url(hour_file)

@@ -11,7 +11,6 @@ from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Q, QuerySet
-from django.shortcuts import get_object_or_404
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import (
     extend_schema,
@@ -22,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.exceptions import Conflict
+from api.exceptions import Conflict, get_or_404
 from api.params import UTCIsoDateTimeFilter
 from api.schema import FIELD_ERRORS, FORBIDDEN, READ_ERRORS, UNAUTHENTICATED, error
 from ingestion.models import (
@@ -124,7 +123,7 @@ class IncidentResolveView(APIView):
     def post(self, request: Request, pk: int) -> Response:
         body = ResolveSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        incident = get_object_or_404(Incident, pk=pk)
+        incident = get_or_404(Incident, "pk", pk)
         resolution = body.validated_data.get("resolution", "")
         operator = request.user if isinstance(request.user, AbstractBaseUser) else None
         if not Incident.objects.filter(pk=incident.pk).resolve(operator, resolution):

@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from ingestion.archive import audit
 from ingestion.models import HourFile, HourFileState
@@ -95,7 +95,7 @@ def _authorised(request: HttpRequest) -> bool:
 
 
 @never_cache
-@require_GET
+@require_safe
 def metrics(request: HttpRequest) -> HttpResponse:
     if not settings.METRICS_TOKEN and not settings.DEBUG:
         # Every cloud id is a label here: without a token, production keeps the page closed.

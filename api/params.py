@@ -8,7 +8,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django_filters import rest_framework as filters
 from django_filters.fields import IsoDateTimeField
-from rest_framework.exceptions import ParseError
+from rest_framework import serializers
 
 TRUE_VALUES = {"1", "true", "yes", "on"}
 FALSE_VALUES = {"", "0", "false", "no", "off"}
@@ -20,7 +20,7 @@ def parse_flag(name: str, raw: str | None) -> bool:
         return True
     if value in FALSE_VALUES:
         return False
-    raise ParseError(f"{name}: use 1 or 0 (true/false).")
+    raise serializers.ValidationError({name: ["Use 1 or 0 (true or false)."]})
 
 
 class UTCIsoDateTimeField(IsoDateTimeField):

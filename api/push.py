@@ -12,8 +12,9 @@ the writing is done by a django-q2 worker, so the gateway gets its answer quickl
   the answers do not tell which cloud ids exist); 409 the user is not in push mode, or is
   suspended.
 
-Every answer is JSON with `status` and a `detail` saying what was accepted or why not. A refused
-push writes nothing. The logic is in ingestion.push.
+An acceptance is JSON with `status` "accepted" and a `detail` saying what was accepted; a refusal
+is a problem document (docs/api.md, "Errors") with code `push_rejected` and a `detail` saying
+why. A refused push writes nothing. The logic is in ingestion.push.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api.exceptions import Problem
 from api.schema import error
 from ingestion import push
 
@@ -90,7 +92,7 @@ class PushView(APIView):
             declared = 0
         limit = settings.PUSH_MAX_BODY_BYTES
         if declared > limit:
-            return rejected(413, f"the body is larger than {limit} bytes")
+            raise rejected(413, f"the body is larger than {limit} bytes")
         token = push.token_from_headers(request.headers)
         try:
             accepted = push.accept_push(
@@ -101,7 +103,7 @@ class PushView(APIView):
                 request.headers.get("Content-Encoding", ""),
             )
         except push.PushRejectedError as rejection:
-            return rejected(rejection.status, rejection.message)
+            raise rejected(rejection.status, rejection.message) from None
         return Response(accepted.describe(), status=202)
 
 
@@ -134,8 +136,8 @@ def read_body(request: Request, limit: int) -> bytes:
 CHALLENGE = 'Bearer realm="rainlog push", Basic realm="rainlog push"'
 
 
-def rejected(status: int, detail: str) -> Response:
-    response = Response({"status": "rejected", "detail": detail}, status=status)
+def rejected(status: int, detail: str) -> Problem:
+    problem = Problem(status, detail, "push_rejected")
     if status == 401:
-        response["WWW-Authenticate"] = CHALLENGE
-    return response
+        problem.auth_header = CHALLENGE  # type: ignore[attr-defined]
+    return problem

@@ -1,6 +1,6 @@
 """A user's readings over a time range, their aggregates and their coverage.
 
-GET /api/users/{cloud_id}/readings?start=&end=              JSON lines (default), CSV or paged JSON
+GET /api/users/{cloud_id}/readings?start=&end=              paged JSON (default), JSON lines, CSV, Parquet
 GET /api/users/{cloud_id}/readings/aggregate?start=&end=&interval=1m|15m|1h|1d
 GET /api/users/{cloud_id}/coverage?start=&end=&gap=
 
@@ -22,12 +22,12 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.exceptions import APIException, NotFound, ParseError
+from rest_framework.exceptions import APIException, NotFound
 from rest_framework.pagination import BasePagination
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
@@ -87,24 +87,6 @@ class ParquetRenderer(BaseRenderer):
         self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None
     ) -> Any:
         return orjson.dumps(data)
-
-
-class JSONErrorsMixin(APIView):
-    """Errors are JSON whatever format was asked for: a CSV or JSON-lines error body helps no one."""
-
-    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
-        try:
-            return super().perform_content_negotiation(request, force)
-        except Http404:
-            # DRF answers an unknown ?format= with 404, which reads as "no such user".
-            formats = ", ".join(str(r.format) for r in self.get_renderers())
-            raise ParseError(f"format: use one of {formats}.") from None
-
-    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(response, Response) and response.status_code >= 400:
-            request.accepted_renderer = JSONRenderer()
-            request.accepted_media_type = JSONRenderer.media_type
-        return super().finalize_response(request, response, *args, **kwargs)
 
 
 # --- Query parameters ---------------------------------------------------------------------------
@@ -195,22 +177,9 @@ class RangeQuerySerializer(serializers.Serializer[Any]):
         return attrs
 
 
-def _messages(errors: Any) -> Iterator[str]:
-    if isinstance(errors, dict):
-        for name, value in errors.items():
-            for message in _messages(value):
-                yield message if name == api_settings.NON_FIELD_ERRORS_KEY else f"{name}: {message}"
-    elif isinstance(errors, list):
-        for value in errors:
-            yield from _messages(value)
-    else:
-        yield str(errors)
-
-
 def parse_query(serializer: serializers.Serializer[Any]) -> dict[str, Any]:
-    """The validated query, or 400 with every problem in one `detail` sentence."""
-    if not serializer.is_valid():
-        raise ParseError(" ".join(_messages(serializer.errors)))
+    """The validated query, or a 400 problem listing every value that does not validate."""
+    serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)
 
 
@@ -229,9 +198,10 @@ class ReadingsQuerySerializer(RangeQuerySerializer):
     format = serializers.ChoiceField(
         choices=["jsonl", "csv", "json", "parquet"],
         required=False,
-        help_text="jsonl (default), csv, json (paged, ranges up to one day) or parquet (one "
-        "file in the dataset's columns, ranges up to 31 days). The Accept header works too: "
-        "application/x-ndjson, text/csv, application/json, application/vnd.apache.parquet.",
+        help_text="json (the default: paged, ranges up to one day), jsonl or csv (streamed, any "
+        "range) or parquet (one file in the dataset's columns, ranges up to 31 days). The Accept "
+        "header works too: application/json, application/x-ndjson, text/csv, "
+        "application/vnd.apache.parquet.",
     )
     page = serializers.IntegerField(
         required=False, min_value=1, help_text="Page number of the json form."
@@ -323,8 +293,8 @@ class ReadingSerializer(serializers.Serializer[Any]):
     received_at_local = serializers.CharField(required=False, help_text="With `tz`.")
 
 
-class UserReadingsView(JSONErrorsMixin, APIView):
-    renderer_classes = [JSONLinesRenderer, CSVRenderer, JSONRenderer, ParquetRenderer]
+class UserReadingsView(APIView):
+    renderer_classes = [JSONRenderer, JSONLinesRenderer, CSVRenderer, ParquetRenderer]
 
     @extend_schema(
         operation_id="user_readings",
@@ -338,6 +308,15 @@ class UserReadingsView(JSONErrorsMixin, APIView):
         ),
         parameters=[ReadingsQuerySerializer],
         responses={
+            (200, "application/json"): inline_serializer(
+                "PaginatedReadingList",
+                {
+                    "count": serializers.IntegerField(),
+                    "next": serializers.URLField(allow_null=True),
+                    "previous": serializers.URLField(allow_null=True),
+                    "results": ReadingSerializer(many=True),
+                },
+            ),
             (200, CONTENT_TYPE_JSONL): OpenApiResponse(
                 OpenApiTypes.STR,
                 description="One Reading object per line.",
@@ -353,15 +332,6 @@ class UserReadingsView(JSONErrorsMixin, APIView):
                 OpenApiTypes.BINARY,
                 description="One Parquet file: record_type, then the columns of the Parquet "
                 "dataset (docs/record-format.md), every record type's value columns included.",
-            ),
-            (200, "application/json"): inline_serializer(
-                "PaginatedReadingList",
-                {
-                    "count": serializers.IntegerField(),
-                    "next": serializers.URLField(allow_null=True),
-                    "previous": serializers.URLField(allow_null=True),
-                    "results": ReadingSerializer(many=True),
-                },
             ),
             400: error(
                 "Bad time, zone or format, end not after start, or a range too long "

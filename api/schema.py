@@ -1,32 +1,78 @@
-"""OpenAPI pieces shared by the API modules: the error body, common error responses, token auth."""
+"""OpenAPI pieces shared by the API modules: the problem document of every error, common error
+responses, token auth, and the hooks that apply them to every operation."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse
-from rest_framework import serializers
 
-
-class ErrorSerializer(serializers.Serializer[Any]):
-    detail = serializers.CharField(help_text="What was wrong, in words.")
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "An RFC 9457 problem document: every 4xx and 5xx answer of the API "
+    '(docs/api.md, "Errors").',
+    "properties": {
+        "type": {"type": "string", "description": "Always about:blank: see `code`."},
+        "title": {"type": "string", "description": "The HTTP status phrase (Not Found)."},
+        "status": {"type": "integer", "description": "The HTTP status code."},
+        "detail": {"type": "string", "description": "What was wrong, in one sentence."},
+        "instance": {"type": "string", "description": "The path that was asked for."},
+        "code": {
+            "type": "string",
+            "description": "A stable word to switch on: invalid, not_found, "
+            "not_authenticated, permission_denied, method_not_allowed, conflict, …",
+        },
+        "errors": {
+            "type": "array",
+            "description": "With code `invalid`: each value that does not validate.",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "field": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "The body field or query parameter (a.b when nested); "
+                        "null for the body or query as a whole.",
+                    },
+                    "message": {"type": "string"},
+                    "code": {"type": "string"},
+                },
+                "required": ["field", "message", "code"],
+            },
+        },
+    },
+    "required": ["type", "title", "status", "detail", "instance", "code"],
+    "additionalProperties": True,
+}
+PROBLEM_CONTENT = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
 
 def error(description: str) -> OpenApiResponse:
-    return OpenApiResponse(ErrorSerializer, description=description)
+    """An error response of an operation: its body is a Problem (added by document_errors)."""
+    return OpenApiResponse(description=description)
 
 
 UNAUTHENTICATED = error("No valid token or session.")
 FORBIDDEN = error("Signed in, but only staff operators may do this.")
 NOT_FOUND = error("No such object.")
 NO_SUCH_PAGE = error("No such page: past the last one, or not a page number.")
-FIELD_ERRORS = OpenApiResponse(
-    OpenApiTypes.OBJECT,
-    description="A filter or body value that does not validate: {field: [messages]}.",
-)
+FIELD_ERRORS = error("A filter or body value that does not validate: `errors` lists each.")
 READ_ERRORS: dict[int, OpenApiResponse] = {401: UNAUTHENTICATED, 404: NOT_FOUND}
+
+
+def one_form_per_route(endpoints: list[tuple[Any, ...]], **kwargs: Any) -> list[tuple[Any, ...]]:
+    """Schema pre-processing: each route is listed in its named form only (api/urls.py serves
+    it with and without the trailing slash; the named form comes first)."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for endpoint in endpoints:
+        path, _, method, _ = endpoint
+        key = (path.rstrip("/"), method)
+        if key not in seen:
+            seen.add(key)
+            kept.append(endpoint)
+    return kept
 
 
 class RainlogTokenScheme(OpenApiAuthenticationExtension):
@@ -64,10 +110,7 @@ def _operator_only_writes(generator: Any) -> set[tuple[str, str]]:
 
 
 def _error_response(response: OpenApiResponse) -> dict[str, Any]:
-    return {
-        "description": response.description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
+    return {"description": response.description, "content": PROBLEM_CONTENT}
 
 
 def _implied_errors(
@@ -86,37 +129,25 @@ def _implied_errors(
     if "requestBody" in operation or any(
         p.get("in") == "query" and p.get("name") not in ("page", "format") for p in parameters
     ):
-        implied.append(
-            (
-                "400",
-                {
-                    "description": FIELD_ERRORS.description,
-                    "content": {"application/json": {"schema": {"type": "object"}}},
-                },
-            )
-        )
+        implied.append(("400", _error_response(FIELD_ERRORS)))
     return implied
 
 
-def document_implied_errors(result: dict[str, Any], generator: Any = None, **kwargs: Any) -> dict:
-    """Schema post-processing: every operation that needs a sign-in documents the errors its
-    shape implies (401; 403 for writes viewers may not make; 404 for a path parameter or a page
-    past the end; 400 for values it validates), wherever a view did not say so itself."""
+def document_errors(result: dict[str, Any], generator: Any = None, **kwargs: Any) -> dict:
+    """Schema post-processing: every error response is a Problem (application/problem+json),
+    and every operation that needs a sign-in documents the errors its shape implies (401; 403
+    for writes viewers may not make; 404 for a path parameter or a page past the end; 400 for
+    values it validates), wherever a view did not say so itself."""
     operator_only = _operator_only_writes(generator) if generator is not None else set()
-    result.setdefault("components", {}).setdefault("schemas", {}).setdefault(
-        "Error",
-        {
-            "type": "object",
-            "properties": {"detail": {"type": "string"}},
-            "required": ["detail"],
-        },
-    )
+    result.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
     for path, item in result.get("paths", {}).items():
         for method, operation in item.items():
-            security = operation.get("security", [])
-            if not security or any(not requirement for requirement in security):
-                continue  # anonymous access allowed
             responses = operation.setdefault("responses", {})
-            for code, response in _implied_errors(operation, (path, method) in operator_only):
-                responses.setdefault(code, response)
+            security = operation.get("security", [])
+            if security and all(security):  # anonymous access is not allowed
+                for code, response in _implied_errors(operation, (path, method) in operator_only):
+                    responses.setdefault(code, response)
+            for code, response in responses.items():
+                if str(code)[0] in "45":
+                    response["content"] = PROBLEM_CONTENT
     return result

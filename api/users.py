@@ -3,15 +3,20 @@
 GET    /api/users/                   list (paginated); ?is_active=, ?failing=, ?connection_type=,
                                      ?search= (part of a cloud_id or email)
 GET    /api/users/{cloud_id}         one user, with fetch metadata and open incidents
-POST   /api/users/{cloud_id}         create or update (201 when created); PUT does the same
-PATCH  /api/users/{cloud_id}         update an existing user
+PUT    /api/users/{cloud_id}         create or replace: the whole record (201 when created)
+POST   /api/users/{cloud_id}         create, or update the fields given (the seed's POST)
+PATCH  /api/users/{cloud_id}         update the fields given of an existing user
 DELETE /api/users/{cloud_id}         delete; ?purge=1 also removes its hour files and archive
-Bodies may use the seed's names `user_email` and `user_pw` for `email` and `password`.
-The password is write-only: no response ever contains it.
+
+A user's fields have the same names here, in import/export (users/jsonlines.py) and in the admin
+(docs/api.md, "A user's fields"); bodies may also use the seed's `user_email` and `user_pw` for
+`email` and `eagle_password`. A body field that is not one of them is refused (400). The EAGLE
+password is write-only: no response ever contains it.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -23,23 +28,28 @@ from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import MethodNotAllowed, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from api.exceptions import Problem, no_such
+from api.params import parse_flag
+from api.schema import error
 from ingestion.models import FAILURE_CLASS_CHOICES, FetchState, Incident, IncidentState
 from ingestion.purging import PurgeIncompleteError, remove_user
 from ingestion.records import iso_utc
 from users.cloud_ids import cloud_id_validator, lower_if_text
+from users.fields import SEED_NAMES, FieldConflictError, with_seed_names_replaced
 from users.models import EAGLE_PASSWORD_MAX_LENGTH, ConnectionType, EagleUser, EagleUserQuerySet
 
 logger = logging.getLogger(__name__)
 
-# The seed's field names, accepted in request bodies.
-SEED_ALIASES = {"user_email": "email", "user_pw": "password"}
-TRUE_VALUES = {"1", "true", "yes", "on"}
-FALSE_VALUES = {"", "0", "false", "no", "off"}
+CREATE_HINT = (
+    "Users are created at their own address: PUT /api/users/{cloud_id} with the whole record "
+    "(email, eagle_password, connection_type, ...) or POST /api/users/{cloud_id} with the fields "
+    "to set (the seed's form)."
+)
 
 
 class FetchStateSerializer(serializers.ModelSerializer[FetchState]):
@@ -96,8 +106,7 @@ class IncidentSummarySerializer(serializers.Serializer[Any]):
 
 
 class EagleUserSerializer(serializers.ModelSerializer[EagleUser]):
-    password = serializers.CharField(
-        source="eagle_password",
+    eagle_password = serializers.CharField(
         write_only=True,
         required=False,
         trim_whitespace=False,
@@ -105,7 +114,7 @@ class EagleUserSerializer(serializers.ModelSerializer[EagleUser]):
         style={"input_type": "password"},
         help_text="EAGLE account password, or the install code of a local gateway. Write-only.",
     )
-    has_password = serializers.SerializerMethodField()
+    has_eagle_password = serializers.SerializerMethodField()
     failing = serializers.SerializerMethodField()
     fetch = serializers.SerializerMethodField()
     incidents = serializers.SerializerMethodField()
@@ -115,8 +124,8 @@ class EagleUserSerializer(serializers.ModelSerializer[EagleUser]):
         fields = [
             "cloud_id",
             "email",
-            "password",
-            "has_password",
+            "eagle_password",
+            "has_eagle_password",
             "connection_type",
             "gateway_address",
             "meter_mac",
@@ -132,19 +141,23 @@ class EagleUserSerializer(serializers.ModelSerializer[EagleUser]):
         read_only_fields = ["cloud_id", "suspended_at", "created_at", "updated_at"]
 
     def to_internal_value(self, data: Any) -> Any:
-        # A JSON object, or a form's QueryDict (a dict too, whose copy keeps repeated keys).
-        if isinstance(data, dict):
-            data = data.copy()
-            for seed_name, name in SEED_ALIASES.items():
-                if seed_name not in data:
-                    continue
-                if name in data and data[name] != data[seed_name]:
-                    raise ValidationError({seed_name: [f"Conflicts with '{name}': send one."]})
-                data[name] = data[seed_name]
-                del data[seed_name]
+        if isinstance(data, Mapping):
+            try:
+                data = with_seed_names_replaced(data)
+            except FieldConflictError as exc:
+                raise ValidationError({exc.field: [exc.message]}) from None
+            unknown = [name for name in data if name not in self.fields]
+            if unknown:
+                raise ValidationError({name: [self._unknown(name)] for name in unknown})
         return super().to_internal_value(data)
 
-    def get_has_password(self, user: EagleUser) -> bool:
+    def _unknown(self, name: str) -> str:
+        writable = [str(field.field_name) for field in self._writable_fields]
+        guess = difflib.get_close_matches(name, [*writable, *SEED_NAMES], n=1)
+        hint = f"did you mean {guess[0]}?" if guess else f"the fields are {', '.join(writable)}."
+        return f"Unknown field: {hint}"
+
+    def get_has_eagle_password(self, user: EagleUser) -> bool:
         return bool(user.eagle_password)
 
     def _open_incidents(self, user: EagleUser) -> list[Incident]:
@@ -169,6 +182,32 @@ class EagleUserSerializer(serializers.ModelSerializer[EagleUser]):
         return {
             "open_count": len(incidents),
             "open": OpenIncidentSerializer(incidents, many=True).data,
+        }
+
+
+WHOLE_RECORD_FIELDS = (
+    "email",
+    "connection_type",
+    "gateway_address",
+    "meter_mac",
+    "is_active",
+    "suspended_reason",
+)
+
+
+class EagleUserRecordSerializer(EagleUserSerializer):
+    """The whole record that PUT stores: every writable field is required, except the EAGLE
+    password of an existing user, which is kept when left out (no response shows it)."""
+
+    class Meta(EagleUserSerializer.Meta):
+        extra_kwargs = {
+            name: {
+                "required": True,
+                "error_messages": {
+                    "required": "Required: PUT stores the whole record (PATCH changes some fields)."
+                },
+            }
+            for name in WHOLE_RECORD_FIELDS
         }
 
 
@@ -198,21 +237,8 @@ class UserPagination(PageNumberPagination):
     max_page_size = 1000
 
 
-def _parse_flag(name: str, raw: str | None) -> bool:
-    value = (raw or "").strip().lower()
-    if value in TRUE_VALUES:
-        return True
-    if value in FALSE_VALUES:
-        return False
-    raise ValidationError({name: ["Use 1 or 0 (true or false)."]})
-
-
 def _model_errors(exc: DjangoValidationError) -> ValidationError:
-    """The model's validation errors, under the API's field names."""
-    detail = serializers.as_serializer_error(exc)
-    if "eagle_password" in detail:
-        detail["password"] = detail.pop("eagle_password")
-    return ValidationError(detail)
+    return ValidationError(serializers.as_serializer_error(exc))
 
 
 class EagleUserViewSet(
@@ -243,10 +269,13 @@ class EagleUserViewSet(
                 )
 
     def _save(
-        self, request: Request, cloud_id: str, create: bool
+        self, request: Request, cloud_id: str, create: bool, whole: bool = False
     ) -> tuple[EagleUser, bool, list[str]]:
         self._check_body_cloud_id(request, cloud_id)
-        serializer = self.get_serializer(data=request.data, partial=True)
+        serializer_class = EagleUserRecordSerializer if whole else EagleUserSerializer
+        serializer = serializer_class(
+            data=request.data, partial=not whole, context=self.get_serializer_context()
+        )
         serializer.is_valid(raise_exception=True)
         try:
             user, created, changed = EagleUser.objects.upsert(
@@ -263,18 +292,37 @@ class EagleUserViewSet(
         fresh = self.get_queryset().get(pk=user.pk)
         return Response(self.get_serializer(fresh).data, status=status_code)
 
+    # DRF calls it with its own Request, which django-stubs does not know as an HttpRequest.
+    def http_method_not_allowed(self, request: Request, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if "cloud_id" not in kwargs:
+            method = str(request.method)
+            raise MethodNotAllowed(method, f"{method} is not allowed. {CREATE_HINT}")
+        return super().http_method_not_allowed(request, *args, **kwargs)
+
+    def _create_or_save(self, request: Request, cloud_id: str, whole: bool) -> Response:
+        try:
+            cloud_id_validator(cloud_id)
+        except DjangoValidationError as exc:
+            raise ValidationError({"cloud_id": exc.messages}) from None
+        user, created, _ = self._save(request, cloud_id, create=True, whole=whole)
+        return self._represent(user, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
     @extend_schema(
         request=EagleUserSerializer,
         responses={200: EagleUserSerializer, 201: EagleUserSerializer},
         description="Create the user, or update the fields given (the seed's POST).",
     )
     def upsert(self, request: Request, cloud_id: str) -> Response:
-        try:
-            cloud_id_validator(cloud_id)
-        except DjangoValidationError as exc:
-            raise ValidationError({"cloud_id": exc.messages}) from None
-        user, created, _ = self._save(request, cloud_id, create=True)
-        return self._represent(user, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return self._create_or_save(request, cloud_id, whole=False)
+
+    @extend_schema(
+        request=EagleUserRecordSerializer,
+        responses={200: EagleUserSerializer, 201: EagleUserSerializer},
+        description="Create the user, or replace its record: every writable field is required "
+        "(the EAGLE password of an existing user may be left out, to keep it).",
+    )
+    def replace(self, request: Request, cloud_id: str) -> Response:
+        return self._create_or_save(request, cloud_id, whole=True)
 
     def partial_update(self, request: Request, cloud_id: str) -> Response:
         user = self.get_object()
@@ -282,7 +330,7 @@ class EagleUserViewSet(
             user, _, _ = self._save(request, user.cloud_id, create=False)
         except EagleUser.DoesNotExist:
             # Deleted by someone else since get_object().
-            return Response(status=status.HTTP_404_NOT_FOUND)
+            raise no_such(EagleUser, "cloud_id", cloud_id) from None
         return self._represent(user)
 
     @extend_schema(
@@ -294,22 +342,28 @@ class EagleUserViewSet(
                 "manifest rows; the removed files and keys are listed in the response",
             )
         ],
-        responses={200: OpenApiTypes.OBJECT, 204: None, 503: OpenApiTypes.OBJECT},
+        responses={
+            200: OpenApiTypes.OBJECT,
+            204: None,
+            503: error(
+                "The purge stopped part-way (code purge_incomplete); the problem's `removed` "
+                "lists what was removed. Send the same request again to finish."
+            ),
+        },
     )
     def destroy(self, request: Request, cloud_id: str) -> Response:
-        purge = _parse_flag("purge", request.query_params.get("purge"))
+        purge = parse_flag("purge", request.query_params.get("purge"))
         user = self.get_object()
         try:
             report = remove_user(user, purge=purge)
         except PurgeIncompleteError as exc:
-            return Response(
-                {
-                    "detail": "The purge stopped part-way and the user was kept (suspended): "
-                    f"{exc.cause}. Send the same request again to finish.",
-                    "removed": exc.report.as_dict(),
-                },
-                status=status.HTTP_503_SERVICE_UNAVAILABLE,
-            )
+            raise Problem(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                "The purge stopped part-way and the user was kept (suspended): "
+                f"{exc.cause}. Send the same request again to finish.",
+                "purge_incomplete",
+                removed=exc.report.as_dict(),
+            ) from exc
         if report is None:
             logger.info("user %s deleted by %s; its data was kept", cloud_id, request.user)
             return Response(status=status.HTTP_204_NO_CONTENT)
@@ -324,7 +378,7 @@ user_detail = EagleUserViewSet.as_view(
     {
         "get": "retrieve",
         "post": "upsert",
-        "put": "upsert",
+        "put": "replace",
         "patch": "partial_update",
         "delete": "destroy",
     }

@@ -32,7 +32,7 @@ counted on its own: the gateway failed every poll during the reading's life (or 
 off from after a failure, or refused the account), or no poller was alive while it was current,
 or the poller that fetched it was killed before it could write it, or the simulator answered a
 killed poller's request after its death, or the poller recorded a late tick for the reading's
-shard while it was current (it fell behind: a loaded machine). Anything else missing, any
+shard while it was current or when it was answered (it fell behind: a loaded machine). Anything else missing, any
 duplicate, or anything left unarchived fails the run (exit status 1). How much was archived
 ("coverage %") depends on the machine's load and is reported, not judged.
 """
@@ -92,6 +92,8 @@ READERS = 16
 ROTATION_TASK_SECONDS = 110.0
 # Seconds between two rotation passes in the rotation cluster's task.
 ROTATION_PAUSE_SECONDS = 2.0
+# The final rotation gives up after this long even while it makes progress (a broken run).
+FINAL_ROTATION_CAP_SECONDS = 1800.0
 # Gateways put in a window fault (stall, not joined) per occurrence, as a share of the fleet.
 WINDOW_FAULT_SHARE = 0.005
 
@@ -484,6 +486,9 @@ class Soak:
         self.out = out
         self.rng = random.Random(config.seed)
         self._late_ticks: dict[str, list[tuple[float, float]]] = {}
+        # Simulated time of a kill (or the final stop) -> readings the simulator served to the
+        # poller it ended that were never written.
+        self._unwritten_by_kill: Counter[float] = Counter()
         run_id = f"{config.name}-{os.getpid()}-{random.getrandbits(24):06x}"
         self.poller_name = f"{run_id}-poll"
         self.rotation_name = f"{run_id}-rotate"
@@ -802,20 +807,30 @@ class Soak:
     def _final_rotation(self, clock: SimulatedClock, proxy: S3Proxy) -> list[str]:
         """Ship everything: move the clock past the last hour, retry failed files as an operator
         would (`HourFile.retry()`), until nothing is left or a bounded number of passes."""
+        from django.utils import timezone
+
         from ingestion.models import SETTLED_STATES, HourFile, HourFileState
 
         proxy.set_down(False)
         after = clock() + HOUR + 600
-        deadline = time.monotonic() + 120
+        # Passes go on while they make progress or rows wait for a killed rotation's claim to
+        # lapse (ROTATE_LEASE_SECONDS): how long a pass takes depends on the machine, so no
+        # deadline judges the rotation; the cap only keeps a broken one from running for ever.
+        give_up_at = time.monotonic() + FINAL_ROTATION_CAP_SECONDS
+        previous = math.inf
         while True:
             for row in HourFile.objects.filter(state=HourFileState.FAILED):
                 row.retry()
             totals = rotate_closed_hours(after)
-            left = HourFile.objects.exclude(state__in=SETTLED_STATES).count()
+            unsettled = HourFile.objects.exclude(state__in=SETTLED_STATES)
+            left = unsettled.count()
+            claimed = unsettled.filter(claimed_until__gt=timezone.now()).exists()
             self.note(f"final rotation pass: {totals}; {left} manifest rows not settled")
-            if not left or time.monotonic() > deadline:
+            if not left or (left >= previous and not claimed):
                 break
-            # Claims by a killed rotation lapse after ROTATE_LEASE_SECONDS.
+            if time.monotonic() > give_up_at:
+                break
+            previous = left
             time.sleep(5)
         problems = [f"{left} manifest rows not settled after the final rotation"] if left else []
         missing = HourFile.objects.filter(state=HourFileState.MISSING)
@@ -942,6 +957,18 @@ class Soak:
             # machine's load and the faults' timing, so it is reported, never asserted.
             "coverage %": round(100.0 * exactly_once / len(truth), 1) if truth else 0.0,
             "unobserved, explained": sum(excluded.values()),
+            "readings received but not written": sum(self._unwritten_by_kill.values()),
+            "longest unpolled after a kill (s)": round(
+                max(
+                    (
+                        unpolled
+                        for kill in self.timeline.poller_kills[:-1]
+                        if (unpolled := self._unpolled_seconds(kill)) is not None
+                    ),
+                    default=0.0,
+                ),
+                1,
+            ),
             "lost": len(lost),
             "duplicated": duplicated,
             "archived but never produced": len(unexpected),
@@ -982,19 +1009,37 @@ class Soak:
         during = log[lo:hi]
         if reading.served:
             served = [t for t, good in during if good]
-            if served and all(
-                any(start <= t < end for start, end in self.timeline.poller_down) for t in served
-            ):
+            windows = [
+                next((start for start, end in self.timeline.poller_down if start <= t < end), None)
+                for t in served
+            ]
+            if served and all(start is not None for start in windows):
                 # Asked for before a kill, answered after it (a loaded simulator is slow) into a
                 # dead connection, while no poller was alive to ask again.
+                self._unwritten_by_kill[windows[0]] += 1  # type: ignore[index]
                 return "answered after the poller that asked was killed"
             # Fetched, then the poller died before writing it, and no poller saw it again.
             served_at = clock.to_real(max((t for t, good in during if good), default=born))
-            kills = [clock.to_real(kill) for kill in self.timeline.poller_kills]
-            if any(served_at <= kill <= served_at + POLL_SECONDS + 1 for kill in kills) and not any(
+            kill = next(
+                (
+                    kill
+                    for kill in self.timeline.poller_kills
+                    if served_at <= clock.to_real(kill) <= served_at + POLL_SECONDS + 1
+                ),
+                None,
+            )
+            if kill is not None and not any(
                 good and clock.to_real(t) > served_at + POLL_SECONDS + 1 for t, good in during
             ):
+                self._unwritten_by_kill[kill] += 1
                 return "fetched by a poller killed before it wrote it"
+            late = self._late_ticks[cloud_id]
+            if served and all(
+                any(start <= clock.to_real(t) < end for start, end in late) for t in served
+            ):
+                # The reply came after its tick's deadline (recorded as a late tick, a loaded
+                # machine), and the reading had changed by the next tick.
+                return "answered after its tick's deadline (a late tick was recorded)"
             return None
         if during and not any(good for _, good in during):
             return "gateway faulted at every poll while current"
@@ -1018,6 +1063,27 @@ class Soak:
             # clock can end one sooner.
             return "current for less than a poll period before a clock jump"
         return None
+
+    def _unpolled_seconds(self, kill: float) -> float | None:
+        """Real seconds from a kill to the first request after it (None: none came)."""
+        for start, end in self.timeline.poller_down:
+            if start == kill:
+                return (
+                    None if end == math.inf else self.clock.to_real(end) - self.clock.to_real(start)
+                )
+        return None
+
+    def _kill_lines(self) -> list[str]:
+        run_start = self.clock.segments[0][1]
+        lines = []
+        for kill in self.timeline.poller_kills:
+            unpolled = self._unpolled_seconds(kill)
+            lines.append(
+                f"  {self.clock.to_real(kill) - run_start:7.1f} s: unpolled "
+                + (f"{unpolled:5.1f} s" if unpolled is not None else "  (no restart)")
+                + f", {self._unwritten_by_kill[kill]:,} readings received but not written"
+            )
+        return lines
 
     def _late_tick_windows(self, cloud_ids: Any) -> dict[str, list[tuple[float, float]]]:
         """cloud_id -> the real [start, end) of the late ticks recorded for its shard."""
@@ -1071,13 +1137,10 @@ class Soak:
         ] or ["  none"]
         lines.append("gaps between two ticks that polled (real seconds into the run, holders):")
         lines += self._tick_gaps() or ["  none"]
-        lines.append("poller down (real seconds, from a kill or the start to its first request):")
-        lines += [
-            f"  {self.clock.to_real(start) - self.clock.segments[0][1]:7.1f} s for "
-            f"{self.clock.to_real(end) - self.clock.to_real(start):5.1f} s"
-            for start, end in self.timeline.poller_down
-            if end != math.inf
-        ]
+        lines.append(
+            "per poller kill (real seconds into the run; the last is the final stop, by SIGTERM):"
+        )
+        lines += self._kill_lines() or ["  none"]
         if self.timeline.skipped:
             lines.append("faults skipped:")
             lines += [f"  {text}" for text in self.timeline.skipped]

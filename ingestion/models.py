@@ -805,6 +805,13 @@ class DatasetHourQuerySet(models.QuerySet["DatasetHour"]):
         )
         return len(new) + len(changed)
 
+    def mark_pending(self, hours: Collection[datetime]) -> int:
+        """Make these hours due for a new version whatever their hour files say (their files
+        are about to be removed, as by a purge); returns how many."""
+        return self.filter(
+            hour__in=list(hours), state__in=(DatasetHourState.EXPORTED, DatasetHourState.FAILED)
+        ).update(state=DatasetHourState.PENDING, next_attempt_at=None, updated_at=timezone.now())
+
     def due(self, now: datetime) -> "DatasetHourQuerySet":
         """Hours an export may claim now: pending, failed past their backoff, or held by an
         export whose lease lapsed."""

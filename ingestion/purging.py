@@ -13,7 +13,7 @@ from typing import Any
 
 from ingestion import hourfiles
 from ingestion.archive.store import Archive, ArchiveError, open_archive
-from ingestion.models import HourFile
+from ingestion.models import DatasetHour, HourFile
 from users.models import EagleUser
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ class PurgeReport:
     local_files: list[str] = field(default_factory=list)
     archive_keys: list[str] = field(default_factory=list)
     manifest_rows: int = 0
+    # Hours of the Parquet dataset to be rewritten without these readings by its next export.
+    parquet_hours: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -36,12 +38,13 @@ class PurgeReport:
             "local_files": self.local_files,
             "archive_keys": self.archive_keys,
             "manifest_rows": self.manifest_rows,
+            "parquet_hours": self.parquet_hours,
         }
 
     def summary(self) -> str:
         return (
             f"{len(self.local_files)} local files, {len(self.archive_keys)} archived objects, "
-            f"{self.manifest_rows} manifest rows"
+            f"{self.manifest_rows} manifest rows, {self.parquet_hours} Parquet hours to rewrite"
         )
 
 
@@ -110,7 +113,12 @@ def purge_user_data(cloud_id: str) -> PurgeReport:
     except STORAGE_ERRORS as exc:
         logger.error("purge %s: stopped after %s: %s", cloud_id, report.summary(), exc)
         raise PurgeIncompleteError(report, exc) from exc
-    report.manifest_rows, _ = HourFile.objects.filter(cloud_id=cloud_id).delete()
+    rows = HourFile.objects.filter(cloud_id=cloud_id)
+    # The Parquet dataset holds these readings too: its next export rewrites those hours.
+    report.parquet_hours = DatasetHour.objects.mark_pending(
+        set(rows.values_list("hour", flat=True))
+    )
+    report.manifest_rows, _ = rows.delete()
     logger.info("purge %s: removed %s", cloud_id, report.summary())
     return report
 

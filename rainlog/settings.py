@@ -275,6 +275,7 @@ REST_FRAMEWORK = {
     # The client address of throttles (and of the sign-in lockout, see api/client_address.py).
     "NUM_PROXIES": TRUSTED_PROXY_COUNT,
     "EXCEPTION_HANDLER": "api.exceptions.exception_handler",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "api.negotiation.FormatNegotiation",
 }
 API_TOKEN_TTL_HOURS = env_int("API_TOKEN_TTL_HOURS", 720, minimum=0)
 # A token accepted this recently is accepted again without a query (0: always ask the database).
@@ -290,16 +291,22 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
-    # The schema and its Swagger/ReDoc pages are for signed-in operators, like the API itself.
-    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # The schema and its Swagger/ReDoc pages hold no data: anyone may read them (client
+    # generators fetch the schema without a token).
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {"FailureClassEnum": "ingestion.models.FAILURE_CLASS_CHOICES"},
+    "PREPROCESSING_HOOKS": ["api.schema.one_form_per_route"],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "api.schema.document_implied_errors",
+        "api.schema.document_errors",
     ],
+    "PATH_CONVERTER_OVERRIDES": {
+        "cloud_id": {"type": "string", "pattern": "^[0-9A-Fa-f]{1,32}$"},
+    },
 }
 
 # --- Sign-in lockout (django-axes) -------------------------------------------------------------

@@ -66,6 +66,8 @@ def django_db_setup(django_db_setup, django_db_blocker):  # type: ignore[no-unty
     readings = importlib.import_module("ingestion.migrations.0007_readings_store")
     with django_db_blocker.unblock():
         call_command("createcachetable", verbosity=0)
+        if connection.vendor != "postgresql":
+            return  # the readings store is PostgreSQL only, as its migration is
         with connection.cursor() as cursor:
             cursor.execute("SELECT to_regclass('readings')")
             if cursor.fetchone()[0] is None:

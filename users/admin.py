@@ -141,7 +141,7 @@ class EagleUserAdmin(admin.ModelAdmin):
                     "cloud_id",
                     "email",
                     "eagle_password",
-                    "has_password",
+                    "has_eagle_password",
                     "connection_type",
                     "gateway_address",
                     "meter_mac",
@@ -157,7 +157,7 @@ class EagleUserAdmin(admin.ModelAdmin):
         ("Record", {"fields": ("created_at", "updated_at")}),
     )
     readonly_fields = (
-        "has_password",
+        "has_eagle_password",
         "push_token_issued_at",
         "suspended_at",
         *FETCH_STATE_FIELDS,
@@ -182,8 +182,8 @@ class EagleUserAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
         obj.ensure_fetch_state()
 
-    @admin.display(boolean=True)
-    def has_password(self, user: EagleUser) -> bool:
+    @admin.display(boolean=True, description="EAGLE password set")
+    def has_eagle_password(self, user: EagleUser) -> bool:
         return bool(user.eagle_password)
 
     @admin.display(description="health")

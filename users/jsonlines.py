@@ -1,11 +1,13 @@
-"""Users as JSON lines, the seed's format: one object per line, imported and exported.
+"""Users as JSON lines, one object per line, imported and exported.
 
-    {"cloud_id": "002738", "user_email": "viktor.krum@durmstrang.edu", "user_pw": "1234567",
+    {"cloud_id": "002738", "email": "viktor.krum@durmstrang.edu", "eagle_password": "1234567",
      "total_events_logged": 2725, "first_timestamp": 1443274732.39435, "last_timestamp": 1443277732.9}
 
-`cloud_id`, `user_email` and `user_pw` are required; the fetch metadata is optional, and so are
-rainlog's own fields (`connection_type`, `gateway_address`, `meter_mac`, `is_active`,
-`suspended_reason`), which an export writes so that nothing is lost on the way back in.
+The fields have the API's names (users/fields.py); the seed's `user_email` and `user_pw` are
+accepted for `email` and `eagle_password`, so the seed's files import as they are. `cloud_id`,
+`email` and `eagle_password` are required; the fetch metadata is optional, and so are the other
+fields (`connection_type`, `gateway_address`, `meter_mac`, `is_active`, `suspended_reason`),
+which an export writes so that nothing is lost on the way back in.
 
 Importing is idempotent: a line whose values are already stored changes nothing. Fetch metadata
 only ever moves forward (the larger count, the earlier first and the later last timestamp), so
@@ -28,25 +30,16 @@ from django.db.models import Q
 
 from ingestion.models import FetchState
 from users.cloud_ids import cloud_id_validator, normalise_cloud_id
+from users.fields import FieldConflictError, with_seed_names_replaced
 from users.models import EagleUser
 
-REQUIRED_FIELDS = ("cloud_id", "user_email", "user_pw")
-# File field -> model field, for the user's own fields.
-USER_FIELDS = {
-    "user_email": "email",
-    "user_pw": "eagle_password",
-    "connection_type": "connection_type",
-    "gateway_address": "gateway_address",
-    "meter_mac": "meter_mac",
-    "is_active": "is_active",
-    "suspended_reason": "suspended_reason",
-}
-FILE_FIELD_OF = {model_field: file_field for file_field, model_field in USER_FIELDS.items()}
+REQUIRED_FIELDS = ("cloud_id", "email", "eagle_password")
+USER_FIELDS = EagleUser.EDITABLE_FIELDS
 METADATA_FIELDS = ("total_events_logged", "first_timestamp", "last_timestamp")
 KNOWN_FIELDS = {"cloud_id", *USER_FIELDS, *METADATA_FIELDS}
 STRING_FIELDS = (
-    "user_email",
-    "user_pw",
+    "email",
+    "eagle_password",
     "connection_type",
     "gateway_address",
     "meter_mac",
@@ -144,6 +137,10 @@ def parse_line(raw: bytes | str) -> ParsedLine:
         raise LineError("not JSON (nested too deeply)") from None
     if not isinstance(record, dict):
         raise LineError(f"not a JSON object but a {type(record).__name__}")
+    try:
+        record = with_seed_names_replaced(record)
+    except FieldConflictError as exc:
+        raise LineError(str(exc)) from None
     missing = [name for name in REQUIRED_FIELDS if name not in record]
     if missing:
         raise LineError(f"missing field {', '.join(missing)}")
@@ -168,7 +165,7 @@ def parse_line(raw: bytes | str) -> ParsedLine:
         _require_number(record, name, integer=False)
     return ParsedLine(
         cloud_id=cloud_id,
-        user_changes={USER_FIELDS[name]: record[name] for name in USER_FIELDS if name in record},
+        user_changes={name: record[name] for name in USER_FIELDS if name in record},
         metadata={name: record[name] for name in METADATA_FIELDS if record.get(name) is not None},
         ignored=sorted(set(record) - KNOWN_FIELDS),
     )
@@ -196,10 +193,7 @@ def merge_fetch_metadata(user: EagleUser, metadata: dict[str, Any]) -> list[str]
 def _validation_message(exc: ValidationError) -> str:
     if not hasattr(exc, "error_dict"):
         return "; ".join(exc.messages)
-    return "; ".join(
-        f"{FILE_FIELD_OF.get(name, name)}: {' '.join(messages)}"
-        for name, messages in exc.message_dict.items()
-    )
+    return "; ".join(f"{name}: {' '.join(messages)}" for name, messages in exc.message_dict.items())
 
 
 def import_line(line_number: int, raw: bytes | str) -> LineResult:
@@ -216,7 +210,7 @@ def import_line(line_number: int, raw: bytes | str) -> LineResult:
         return LineResult(line_number, Outcome.FAILED, parsed.cloud_id, _validation_message(exc))
     details = []
     if changed and not created:
-        details.append(", ".join(FILE_FIELD_OF.get(name, name) for name in changed))
+        details.append(", ".join(changed))
     if parsed.ignored:
         details.append(f"ignored unknown fields {', '.join(parsed.ignored)}")
     if created:
@@ -259,9 +253,9 @@ def import_users(
 
 def export_record(user: EagleUser, with_password: bool) -> dict[str, Any]:
     state = getattr(user, "fetch_state", None)
-    record: dict[str, Any] = {"cloud_id": user.cloud_id, "user_email": user.email}
+    record: dict[str, Any] = {"cloud_id": user.cloud_id, "email": user.email}
     if with_password:
-        record["user_pw"] = user.eagle_password
+        record["eagle_password"] = user.eagle_password
     record.update(
         total_events_logged=state.total_events_logged if state else 0,
         first_timestamp=state.first_timestamp if state else None,

@@ -201,9 +201,9 @@ def test_a_refused_push_gets_a_clear_reason_and_writes_nothing(
     response = post(body, send_token, url=url)
 
     assert response.status_code == status
-    assert response["Content-Type"] == "application/json"
+    assert response["Content-Type"] == "application/problem+json"
     answer = response.json()
-    assert answer["status"] == "rejected"
+    assert (answer["status"], answer["code"]) == (status, "push_rejected")
     assert words in answer["detail"]
     assert nothing_written()
     if status == 401:

@@ -35,7 +35,9 @@ def body(response) -> bytes:  # type: ignore[no-untyped-def]
 def test_json_lines_stream_everything_written_across_archived_and_local_hours(
     viewer_client: APIClient, three_hours
 ) -> None:
-    response = viewer_client.get(URL, {"start": "2026-03-08T09:00:00Z", "end": "2026-03-08T12:00Z"})
+    response = viewer_client.get(
+        URL, {"start": "2026-03-08T09:00:00Z", "end": "2026-03-08T12:00Z", "format": "jsonl"}
+    )
 
     assert response.status_code == 200
     assert response["Content-Type"] == "application/x-ndjson"
@@ -116,7 +118,13 @@ def test_local_times_follow_the_zone_across_a_dst_change(viewer_client: APIClien
     write(demand_readings(CLOUD_ID, around, count=2))
 
     response = viewer_client.get(
-        URL, {"start": "2026-03-08T01:00", "end": "2026-03-08T04:00", "tz": "America/New_York"}
+        URL,
+        {
+            "start": "2026-03-08T01:00",
+            "end": "2026-03-08T04:00",
+            "tz": "America/New_York",
+            "format": "jsonl",
+        },
     )
 
     records = [json.loads(line) for line in body(response).decode().splitlines()]
@@ -144,7 +152,7 @@ def test_bad_ranges_get_400_with_a_message(
     response = viewer_client.get(URL, query)
 
     assert response.status_code == 400
-    assert response["Content-Type"] == "application/json"
+    assert response["Content-Type"] == "application/problem+json"
     assert message in response.json()["detail"]
 
 

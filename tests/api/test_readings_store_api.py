@@ -26,7 +26,10 @@ ROTATION = datetime(2026, 3, 8, 12, 40, tzinfo=UTC)
 BASE = f"/api/users/{CLOUD_ID}"
 
 QUERIES = [
-    ("readings", {"start": "2026-03-08T09:00:00Z", "end": "2026-03-08T12:30:00Z"}),
+    (
+        "readings",
+        {"start": "2026-03-08T09:00:00Z", "end": "2026-03-08T12:30:00Z", "format": "jsonl"},
+    ),
     ("readings", {"start": "2026-03-08T09:59:01Z", "end": "2026-03-08T12:00:00Z", "format": "csv"}),
     (
         "readings",
@@ -102,7 +105,7 @@ def answers(client: APIClient) -> list[object]:
             rows = list(csv.reader(io.StringIO(body.decode())))
             # jsonb keeps an object's keys in an order of its own: compare raw as data.
             results.append([rows[0]] + [row[:-1] + [orjson.loads(row[-1])] for row in rows[1:]])
-        elif path == "readings" and query.get("format") != "json":
+        elif query.get("format") == "jsonl":
             results.append([orjson.loads(line) for line in body.splitlines()])
         else:
             results.append(orjson.loads(body))

@@ -229,3 +229,17 @@ def test_a_reading_repeated_in_a_late_part_is_exported_once(any_archive) -> None
     assert (row.rows, row.duplicates, row.source_files) == (3, 1, 2)
     # The copy of the hour file itself is kept, not the late one.
     assert sorted(r["demand_kw"] for r in dataset_rows()) == [1.0, 1.25, 1.5]
+
+
+def test_a_purged_household_leaves_the_dataset_at_the_next_export(any_archive) -> None:  # type: ignore[no-untyped-def]
+    from ingestion.purging import purge_user_data
+
+    write(demand_readings("00a1", BOUNDARY, 5) + demand_readings("0b02", BOUNDARY, 4))
+    rotate_and_export(AFTER_CLOSE)
+
+    assert purge_user_data("00a1").parquet_hours == 1
+    with time_machine.travel(AFTER_CLOSE + timedelta(hours=1), tick=False):
+        assert parquet_export.export().exported == 1
+
+    assert {row["cloud_id"] for row in dataset_rows()} == {"0b02"}
+    assert DatasetHour.objects.get().rows == 4

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -110,23 +111,29 @@ def kill_all(processes: list[subprocess.Popen[bytes]]) -> None:
         process.wait(timeout=10)
 
 
+@contextmanager
+def poller_and_standby(
+    env: dict[str, str], log: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]]:
+    """A `manage.py poll` polling shard 0, and a second one waiting for it."""
+    started = [start(["poll"], env, log)]
+    try:
+        wait_until(lambda: polled_by(FOREGROUND, started[0].pid), 60, "the first poller polls")
+        started.append(start(["poll"], env, log))
+        wait_until(lambda: lease().successor != "", 60, "the standby waits for the shard")
+        yield started[0], started[1]
+    finally:
+        kill_all(started)
+
+
 def test_manage_py_poll_stops_on_sigterm_and_hands_the_shard_to_its_standby_at_once(
     settings, simulator: Simulator, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    env = environment(settings, simulator)
     log = tmp_path / "poll.log"
-    first = start(["poll"], env, log)
-    standby = None
-    try:
-        wait_until(lambda: polled_by(FOREGROUND, first.pid), 60, "the first poller polls")
-        standby = start(["poll"], env, log)
-        wait_until(lambda: lease().successor != "", 60, "the standby waits for the shard")
-
+    with poller_and_standby(environment(settings, simulator), log) as (first, standby):
         first.send_signal(signal.SIGTERM)
         assert stopped_within(first, STOP_SECONDS, log) == 0
         wait_until(lambda: polled_by(FOREGROUND, standby.pid), 60, "the standby polls")
-    finally:
-        kill_all([first] + ([standby] if standby else []))
     slots = list(Tick.objects.order_by("scheduled_at").values_list("scheduled_at", "holder"))
     handed_over_at = next(i for i, (_, holder) in enumerate(slots) if f":{standby.pid}:" in holder)
     # Handed over at a tick boundary: the standby's first tick is the slot after the last one.
@@ -137,19 +144,13 @@ def test_manage_py_poll_stops_on_sigterm_and_hands_the_shard_to_its_standby_at_o
 def test_a_standby_takes_a_killed_pollers_shard_once_its_lease_runs_out(
     settings, simulator: Simulator, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    env = environment(settings, simulator)
-    log = tmp_path / "poll.log"
-    first = start(["poll"], env, log)
-    standby = None
-    try:
-        wait_until(lambda: polled_by(FOREGROUND, first.pid), 60, "the first poller polls")
-        standby = start(["poll"], env, log)
-        wait_until(lambda: lease().successor != "", 60, "the standby waits for the shard")
+    with poller_and_standby(environment(settings, simulator), tmp_path / "poll.log") as (
+        first,
+        standby,
+    ):
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
         wait_until(lambda: polled_by(FOREGROUND, standby.pid), 60, "the standby polls")
-    finally:
-        kill_all([first] + ([standby] if standby else []))
     # The slots the dead holder left are recorded as late, none silently skipped, and no more
     # than a lease's length of them.
     slots = list(Tick.objects.order_by("scheduled_at").values_list("scheduled_at", flat=True))

@@ -14,6 +14,15 @@ def test_it_reports_every_dependency_healthy_with_local_storage(client: Client) 
 
 
 @pytest.mark.django_db
+def test_it_answers_head_as_it_answers_get_without_the_body(client: Client) -> None:
+    get, head = client.get("/healthz"), client.head("/healthz")
+
+    assert head.status_code == get.status_code == 200
+    assert head["Content-Type"] == get["Content-Type"] == "application/json"
+    assert head.content == b""
+
+
+@pytest.mark.django_db
 def test_it_reaches_the_s3_archive(client: Client, s3_archive: str) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200

@@ -241,4 +241,4 @@ def test_a_time_that_is_out_of_range_in_utc_is_a_client_error(
     response = operator_client.get("/api/incidents/", {name: "9999-12-31T23:00:00-23:00"})
 
     assert response.status_code == 400
-    assert name in response.json()
+    assert [error["field"] for error in response.json()["errors"]] == [name]

@@ -98,7 +98,7 @@ def test_the_api_refuses_them_with_a_message(
 
     response = client.post(
         "/api/users/00e200",
-        {"connection_type": "eagle200", "password": "install-code", field: value},
+        {"connection_type": "eagle200", "eagle_password": "install-code", field: value},
         content_type="application/json",
     )
 

@@ -231,7 +231,7 @@ def test_an_oversized_import_file_is_reported_line_by_line_and_only_good_lines_a
 
     text = output.getvalue()
     assert "line 1: failed: not JSON" in text
-    assert "line 2: 00c0de failed: user_email:" in text
+    assert "line 2: 00c0de failed: email:" in text
     assert "line 3: failed: not" in text
     assert "line 4: failed: not JSON" in text
     assert "line 5: 00c0de created" in text
@@ -330,7 +330,7 @@ def test_a_hostile_push_gets_a_json_refusal_and_writes_no_reading(
     answer = response.json()
     assert answer["detail"]
     if response.status_code != 202:
-        assert answer["status"] == "rejected"
+        assert answer["code"] == "push_rejected"
         assert nothing_logged()
 
 
@@ -363,7 +363,7 @@ def test_bombs_in_a_push_are_refused_without_a_server_error(push_token: str, bod
     response = push(body, push_token)
 
     assert response.status_code in REFUSALS, response.content
-    assert response.json()["status"] == "rejected"
+    assert response.json()["code"] == "push_rejected"
     assert nothing_logged()
 
 

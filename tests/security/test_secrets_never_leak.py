@@ -162,26 +162,33 @@ def test_no_password_or_token_appears_in_any_response_log_line_or_report(
         call(
             "post",
             f"/api/users/{good['cloud_id']}",
-            {"email": good["user_email"], "password": good["user_pw"]},
+            {"email": good["user_email"], "eagle_password": good["user_pw"]},
         )
         call(
             "post",
             f"/api/users/{bad['cloud_id']}",
             {"user_email": bad["user_email"], "user_pw": WRONG_PASSWORD},
         )
-        call("patch", f"/api/users/{bad['cloud_id']}", {"password": ANOTHER_WRONG_PASSWORD})
+        call("patch", f"/api/users/{bad['cloud_id']}", {"eagle_password": ANOTHER_WRONG_PASSWORD})
         call(
             "put",
             "/api/users/00ec40",
             {
+                "email": "",
                 "connection_type": "legacy",
                 "gateway_address": echo_gateway,
-                "password": INSTALL_CODE,
+                "meter_mac": "",
+                "is_active": True,
+                "suspended_reason": "",
+                "eagle_password": INSTALL_CODE,
             },
         )
         call("post", "/api/users/00a1b2", {"connection_type": "push", "email": "push@example.org"})
         # Refused writes say what is wrong without repeating the password.
-        call("post", "/api/users/00bad0", {"email": "not-an-email", "password": WRONG_PASSWORD})
+        call(
+            "post", "/api/users/00bad0", {"email": "not-an-email", "eagle_password": WRONG_PASSWORD}
+        )
+        call("post", "/api/users/00bad2", {"email": "a@example.org", "password": WRONG_PASSWORD})
         call("post", "/api/users/00bad1", {"connection_type": "warp", "user_pw": WRONG_PASSWORD})
 
         # Polling: readings for the good user, bad credentials (then suspension) for the others.

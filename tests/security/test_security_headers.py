@@ -168,7 +168,7 @@ def test_a_console_action_without_a_csrf_token_is_refused(superuser: User) -> No
 def test_api_writes_with_a_session_need_the_csrf_token_but_token_writes_do_not(
     superuser: User,
 ) -> None:
-    body = {"email": "a@example.org", "password": "secret-password"}
+    body = {"email": "a@example.org", "eagle_password": "secret-password"}
     with_session = Client(enforce_csrf_checks=True)
     with_session.force_login(superuser)
     _, token = AuthToken.objects.create(superuser)

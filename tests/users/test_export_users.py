@@ -41,12 +41,12 @@ def export(*args: str) -> tuple[list[dict], str]:
     return [json.loads(line) for line in out.getvalue().splitlines()], err.getvalue()
 
 
-def test_it_writes_the_seed_format_without_passwords_by_default(users: None) -> None:
+def test_it_writes_the_apis_field_names_without_passwords_by_default(users: None) -> None:
     records, err = export()
     assert [r["cloud_id"] for r in records] == ["002738", "00a1f0"]
     assert records[0] == {
         "cloud_id": "002738",
-        "user_email": "viktor.krum@durmstrang.edu",
+        "email": "viktor.krum@durmstrang.edu",
         "total_events_logged": 2725,
         "first_timestamp": 1443274732.39435,
         "last_timestamp": 1443277732.933939,
@@ -56,13 +56,13 @@ def test_it_writes_the_seed_format_without_passwords_by_default(users: None) -> 
         "is_active": True,
         "suspended_reason": "",
     }
-    assert all("user_pw" not in r for r in records)
+    assert all("eagle_password" not in r for r in records)
     assert "Exported 2 users." in err
 
 
 def test_it_includes_passwords_only_with_the_explicit_option(users: None) -> None:
     records, err = export("--with-passwords")
-    assert [r["user_pw"] for r in records] == ["1234567", "install-code-42"]
+    assert [r["eagle_password"] for r in records] == ["1234567", "install-code-42"]
     assert "passwords in clear" in err
 
 

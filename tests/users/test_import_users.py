@@ -56,7 +56,7 @@ def test_it_imports_the_good_lines_and_reports_each_bad_one_by_number(seed_file:
     assert status == 1
     assert "line 1: 002738 created" in output
     assert "line 2: failed: not JSON" in output
-    assert "line 3: failed: missing field user_pw" in output
+    assert "line 3: failed: missing field eagle_password" in output
     assert "line 4: failed: bad cloud_id '00-27'" in output
     assert "line 6: failed: cloud_id must be a JSON string" in output
     assert "line 7: 00a1f0 created" in output
@@ -102,8 +102,23 @@ def test_a_changed_line_updates_only_what_changed(tmp_path: Path) -> None:
     output, status = run_import(str(path))
 
     assert status == 0
-    assert "line 1: 002738 updated: user_pw" in output
+    assert "line 1: 002738 updated: eagle_password" in output
     assert EagleUser.objects.get(cloud_id="002738").eagle_password == "7654321"
+
+
+def test_rainlogs_field_names_and_the_seeds_import_alike_and_must_agree(tmp_path: Path) -> None:
+    path = tmp_path / "users.jl"
+    own_names = {"cloud_id": "002738", "email": KRUM["user_email"], "eagle_password": "1234567"}
+    disagreeing = {**DELACOUR, "email": "someone.else@example.org"}
+    path.write_text(f"{json.dumps(own_names)}\n{json.dumps(KRUM)}\n{json.dumps(disagreeing)}\n")
+
+    output, status = run_import(str(path))
+
+    assert status == 1
+    assert "line 1: 002738 created" in output
+    assert "line 2: 002738 updated: total_events_logged" in output
+    assert "line 3: failed: user_email: conflicts with email" in output
+    assert list(EagleUser.objects.values_list("email", flat=True)) == [KRUM["user_email"]]
 
 
 def test_a_dry_run_reports_what_would_happen_and_saves_nothing(seed_file: Path) -> None:
@@ -121,7 +136,7 @@ def test_a_dry_run_sees_earlier_lines_of_the_same_file(tmp_path: Path) -> None:
     path.write_text(json.dumps(KRUM) + "\n" + json.dumps({**KRUM, "user_pw": "other"}) + "\n")
     output, _ = run_import(str(path), "--dry-run")
     assert "line 1: 002738 created" in output
-    assert "line 2: 002738 updated: user_pw" in output
+    assert "line 2: 002738 updated: eagle_password" in output
     assert not EagleUser.objects.exists()
 
 
@@ -133,7 +148,7 @@ def test_a_line_that_fails_model_validation_saves_nothing_of_itself(tmp_path: Pa
     output, status = run_import(str(path))
 
     assert status == 1
-    assert "line 1: 002738 failed: user_email: Enter a valid email address." in output
+    assert "line 1: 002738 failed: email: Enter a valid email address." in output
     assert list(EagleUser.objects.values_list("cloud_id", flat=True)) == ["00a1f0"]
     assert FetchState.objects.count() == 1
 

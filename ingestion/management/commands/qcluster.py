@@ -40,11 +40,11 @@ class HandingOverCluster(Cluster):
     def start(self) -> int:
         # django-q2 starts the sentinel by its module-level name: ours, for this fork.
         stock = django_q_cluster.Sentinel
-        django_q_cluster.Sentinel = SteadySentinel  # type: ignore[misc]
+        django_q_cluster.Sentinel = SteadySentinel
         try:
             return super().start()
         finally:
-            django_q_cluster.Sentinel = stock  # type: ignore[misc]
+            django_q_cluster.Sentinel = stock
 
     def sig_handler(self, signum: int, frame: FrameType | None) -> None:
         if self.sentinel is not None and self.sentinel.is_alive():

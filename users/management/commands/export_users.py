@@ -11,7 +11,8 @@ from users.jsonlines import export_users
 
 class Command(BaseCommand):
     help = (
-        "Export every EAGLE user as JSON lines in the seed's format, to standard output or a file. "
+        "Export every EAGLE user as JSON lines (the fields of import_users), to standard output "
+        "or a file. "
         "Passwords are left out unless --with-passwords is given."
     )
 
@@ -19,7 +20,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--with-passwords",
             action="store_true",
-            help="include each user's EAGLE password in clear (user_pw): keep the file secret",
+            help="include each user's EAGLE password in clear (eagle_password): keep it secret",
         )
         parser.add_argument("--output", "-o", help="write to this file instead of standard output")
 

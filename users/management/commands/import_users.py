@@ -10,8 +10,8 @@ from users.jsonlines import ImportSummary, Outcome, import_users
 
 class Command(BaseCommand):
     help = (
-        "Import EAGLE users from a JSON-lines file in the seed's format (cloud_id, user_email, "
-        "user_pw, optional fetch metadata). Each line is its own transaction; bad lines are "
+        "Import EAGLE users from a JSON-lines file (cloud_id, email, eagle_password, optional "
+        "fetch metadata; the seed's user_email and user_pw are accepted too). Each line is its own transaction; bad lines are "
         "reported with their number and do not stop the others. Exit status 1 if any line failed."
     )
 
