@@ -289,6 +289,8 @@ def test_delete_with_purge_removes_the_data_and_lists_it(
             "local_files": [str(local)],
             "archive_keys": [key],
             "manifest_rows": 1,
+            "parquet_hours": 0,
+            "store_rows": 0,
         },
     }
     assert not local.exists() and not storages["archive"].exists(key)

@@ -16,10 +16,11 @@ from django.test import Client
 from django.urls import reverse
 from django_q.models import Schedule
 
-from ingestion import hourfiles, readings_store
+from ingestion import hourfiles, readings_store, tasks
 from ingestion.archive import rotation
 from ingestion.models import FetchState, HourFile, LoadedHourFile, ReadingsLoad
 from ingestion.polling.schedules import LOAD_SCHEDULE, register_schedules
+from ingestion.purging import purge_user_data
 from ingestion.readings_store import COLUMNS
 from tests.factories import OperatorFactory
 from tests.hour_files import demand_readings, write
@@ -286,6 +287,22 @@ def test_the_admin_shows_the_lag_and_the_failed_loads(store) -> None:
 
 
 @pytest.mark.django_db
+def test_the_scheduled_task_keeps_the_partitions_and_loads_what_is_pending(store) -> None:
+    write(demand_readings("1c01", NINE, 10))
+    rotate_at(AFTER)
+
+    with time_machine.travel(AFTER, tick=False):
+        outcome = tasks.load_readings()
+
+    assert outcome["rows_inserted"] == 10 and outcome["failures"] == 0
+    assert outcome["partitions_made"] == [
+        "readings_p20260308",
+        "readings_p20260309",
+        "readings_p20260310",
+    ]
+
+
+@pytest.mark.django_db
 def test_the_load_schedule_exists_only_while_the_store_is_on(store) -> None:
     store.READINGS_LOAD_INTERVAL = 10
     register_schedules()
@@ -324,3 +341,16 @@ def test_a_load_the_database_refuses_is_recorded_with_its_error_and_loads_later(
     assert "no partition of relation" in failed.error
     assert table_keys() == [] and not LoadedHourFile.objects.exists()
     assert readings_store.run_pass(now=AFTER).rows_inserted == 10
+
+
+@pytest.mark.django_db
+def test_purging_a_households_data_deletes_its_readings_from_the_table(store) -> None:
+    write(demand_readings("1d01", NINE, 10))
+    write(demand_readings("1d02", NINE, 10))
+    rotate_at(AFTER)
+    readings_store.run_pass(now=AFTER)
+
+    report = purge_user_data("1d01")
+
+    assert report.store_rows == 10
+    assert {cloud_id for cloud_id, _, _ in table_keys()} == {"1d02"}
