@@ -15,9 +15,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from rainlog.local_env import write_local_env
 from tests.admin.conftest import screenshot
-from tests.rainlog.test_run_all import PROJECT_DIR, free_port
+from tests.rainlog.test_run_all import PROJECT_DIR, free_port, fresh_checkout
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PASSWORD = re.compile(r"username 'demo', password '(?P<password>[^']+)'")
@@ -26,24 +25,9 @@ PASSWORD = re.compile(r"username 'demo', password '(?P<password>[^']+)'")
 @pytest.fixture
 def fresh_system(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A freshly started system: (its URL, the demo operator's password)."""
-    port, simulator_port = free_port(), free_port()
-    env_file = tmp_path / ".env"
-    write_local_env(env_file, simulator_port, tmp_path / "var")
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "PYTHONUNBUFFERED": "1",
-        "RAINLOG_ENV_FILE": str(env_file),
-        "VAR_DIR": str(tmp_path / "var"),
-    }
+    port = free_port()
+    env, simulator_port = fresh_checkout(tmp_path)
     manage = [sys.executable, "manage.py"]
-    subprocess.run(
-        [*manage, "migrate", "--no-input"],
-        cwd=PROJECT_DIR,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
     output = tmp_path / "run_all.txt"
     with open(output, "w") as out:
         process = subprocess.Popen(
