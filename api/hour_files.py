@@ -1,4 +1,4 @@
-"""Hour files (the manifest rows, HourFile) for operators.
+"""Hour files for operators: one `HourFile` row each, what was shipped where, what waits.
 
 GET  /api/logfiles/                      the hour files; ?cloud_id=, ?hour_after=, ?hour_before=, ?state=
 GET  /api/logfiles/{id}/                 one hour file
@@ -92,7 +92,7 @@ class HourFileFilter(filters.FilterSet):
 
 
 @extend_schema(
-    summary="The manifest of hour files",
+    summary="Hour files",
     responses={200: HourFileSerializer(many=True), 400: FIELD_ERRORS, 401: UNAUTHENTICATED},
 )
 class HourFileListView(generics.ListAPIView[HourFile]):

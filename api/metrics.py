@@ -72,7 +72,7 @@ def archive_metrics() -> list[MetricFamily]:
     alert.add(lag.alert_after_seconds)
     by_state = MetricFamily(
         "rainlog_archive_hour_files",
-        "Hour files in the manifest by state; verified files are not counted (they only grow).",
+        "Hour files by state; verified files are not counted (they only grow).",
     )
     unshipped_states = [s for s in HourFileState.values if s != HourFileState.VERIFIED]
     for state, count in HourFile.objects.count_by_state(unshipped_states).items():

@@ -301,7 +301,7 @@ class UserReadingsView(APIView):
         summary="A user's readings over a time range",
         description=(
             "Readings with meter time in [start, end), in time order, each (record_type, "
-            "meter_timestamp) once, read through the manifest from local hour files and the "
+            "meter_timestamp) once, found through the hour files table, from local hour files and the "
             "archive alike. JSON lines and CSV stream any range; paged JSON serves up to one "
             "day. A failure to read the archive after streaming began ends the response early "
             "(an incomplete chunked body), never silently."

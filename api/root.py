@@ -22,7 +22,7 @@ LINKS = (
     ("users", "api:users", "EAGLE users: list, create, and one by cloud_id."),
     ("status", "api:status", "The fleet at a glance."),
     ("incidents", "api:incidents", "Runs of fetch failures."),
-    ("logfiles", "api:logfiles", "The manifest of hour files."),
+    ("logfiles", "api:logfiles", "Hour files: where each is, shipped or waiting."),
 )
 USER_ROUTES = {
     "user": "users/{cloud_id}",

@@ -339,7 +339,7 @@ class EagleUserViewSet(
                 "purge",
                 OpenApiTypes.BOOL,
                 description="1 to also remove the user's hour files, archived objects and "
-                "manifest rows; the removed files and keys are listed in the response",
+                "hour file rows; the removed files and keys are listed in the response",
             )
         ],
         responses={

@@ -34,6 +34,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from bench.support import configure_django, drop_database, load_average, recreate_database
 
@@ -152,7 +153,7 @@ def gzip_size(paths: list[Path]) -> int:
         return sum(pool.map(compressed, paths))
 
 
-def timed(function, runs: int = 1):  # type: ignore[no-untyped-def]
+def timed(function: Any, runs: int = 1) -> Any:
     """(median seconds, last result) of `runs` calls."""
     times, result = [], None
     for _ in range(runs):

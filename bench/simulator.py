@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from bench.support import cpu_seconds, free_port
 
@@ -130,7 +131,7 @@ async def poll(
         )
 
 
-def measure(name: str, target, args: tuple, accounts, options) -> Result:  # type: ignore[no-untyped-def]
+def measure(name: str, target: Any, args: tuple, accounts: Any, options: Any) -> Result:
     import uvloop
 
     port = free_port()

@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 import psycopg2
@@ -82,7 +83,7 @@ def moto_server(port: int, log: Path) -> Iterator[tuple[str, int]]:
         yield endpoint, child.pid
 
 
-def _admin_connection(url: str):  # type: ignore[no-untyped-def]
+def _admin_connection(url: str) -> Any:
     config = dj_database_url.parse(url)
     admin = psycopg2.connect(
         host=config["HOST"] or "127.0.0.1",

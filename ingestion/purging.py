@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingestion import hourfiles
+from ingestion import hourfiles, readings_store
 from ingestion.archive.store import Archive, ArchiveError, open_archive
 from ingestion.models import DatasetHour, HourFile
 from users.models import EagleUser
@@ -31,6 +31,8 @@ class PurgeReport:
     manifest_rows: int = 0
     # Hours of the Parquet dataset to be rewritten without these readings by its next export.
     parquet_hours: int = 0
+    # Rows deleted from the SQL readings store's table.
+    store_rows: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -39,12 +41,14 @@ class PurgeReport:
             "archive_keys": self.archive_keys,
             "manifest_rows": self.manifest_rows,
             "parquet_hours": self.parquet_hours,
+            "store_rows": self.store_rows,
         }
 
     def summary(self) -> str:
         return (
             f"{len(self.local_files)} local files, {len(self.archive_keys)} archived objects, "
-            f"{self.manifest_rows} manifest rows, {self.parquet_hours} Parquet hours to rewrite"
+            f"{self.manifest_rows} manifest rows, {self.parquet_hours} Parquet hours to rewrite, "
+            f"{self.store_rows} rows of the readings table"
         )
 
 
@@ -118,6 +122,7 @@ def purge_user_data(cloud_id: str) -> PurgeReport:
     report.parquet_hours = DatasetHour.objects.mark_pending(
         set(rows.values_list("hour", flat=True))
     )
+    report.store_rows = readings_store.forget(cloud_id)
     report.manifest_rows, _ = rows.delete()
     logger.info("purge %s: removed %s", cloud_id, report.summary())
     return report

@@ -623,6 +623,16 @@ def run_pass(
     return report
 
 
+def forget(cloud_id: str) -> int:
+    """Delete a household's readings from the table (its data is being purged); the number of rows.
+    The table exists on PostgreSQL whether the store is on or not, and may hold rows from before."""
+    if connection.vendor != "postgresql":
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {TABLE} WHERE cloud_id = %s", [cloud_id])
+        return cursor.rowcount
+
+
 # --- Reading the table (the API's readings, aggregates and coverage) ---------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
@@ -78,6 +79,11 @@ class WorkerStopping:
         self._lock = threading.Lock()
 
     def install(self, **signal_arguments: object) -> None:
+        if multiprocessing.parent_process() is None:
+            # A task run inline (Q_SYNC) by a web or test process, which is no cluster worker:
+            # its SIGTERM stays its server's (gunicorn would otherwise wait out its graceful
+            # timeout for a worker that ignores it).
+            return
         self.parent = os.getppid()
         signal.signal(signal.SIGTERM, self._handle)
 

@@ -4,6 +4,7 @@ import hashlib
 import importlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -11,6 +12,7 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection
 from moto.server import ThreadedMotoServer
+from pytest_django.fixtures import Settings
 from rest_framework.test import APIClient
 
 from tests.factories import OperatorFactory, ViewerFactory
@@ -27,12 +29,14 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def s3_client(s3_endpoint: str):  # type: ignore[no-untyped-def]
+def s3_client(s3_endpoint: str) -> Any:
     return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
 
 
 @pytest.fixture
-def s3_archive(settings, s3_endpoint: str, s3_client, request) -> str:  # type: ignore[no-untyped-def]
+def s3_archive(
+    settings: Settings, s3_endpoint: str, s3_client: Any, request: pytest.FixtureRequest
+) -> str:
     """Point the archive storage at a fresh bucket on moto's server; returns the bucket name."""
     bucket = "rainlog-test-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
     bucket = "".join(c if c.isalnum() or c == "-" else "-" for c in bucket)
@@ -60,7 +64,7 @@ def s3_archive(settings, s3_endpoint: str, s3_client, request) -> str:  # type: 
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup, django_db_blocker):  # type: ignore[no-untyped-def]
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Any:
     """The test database as `migrate` leaves it (tests skip migrations): with the cache table, and
     the readings table, which a migration makes with RunSQL, made here from the same SQL."""
     readings = importlib.import_module("ingestion.migrations.0007_readings_store")
@@ -83,7 +87,7 @@ def any_archive(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(autouse=True)
-def fast_password_hasher(settings) -> None:  # type: ignore[no-untyped-def]
+def fast_password_hasher(settings: Settings) -> None:
     """Operators' passwords hashed cheaply: PBKDF2's deliberate slowness costs ~0.3 s a hash."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
@@ -103,12 +107,12 @@ def isolated_storage(settings, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def operator(db) -> User:  # type: ignore[no-untyped-def]
+def operator(db: None) -> User:
     return OperatorFactory()
 
 
 @pytest.fixture
-def viewer(db) -> User:  # type: ignore[no-untyped-def]
+def viewer(db: None) -> User:
     return ViewerFactory()
 
 

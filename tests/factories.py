@@ -1,6 +1,7 @@
 """Test data. Operators are Django auth users; EAGLE users are the households being logged."""
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import factory
 from django.contrib.auth.models import User
@@ -23,7 +24,7 @@ class OperatorFactory(factory.django.DjangoModelFactory):
     password = factory.PostGenerationMethodCall("set_password", OPERATOR_PASSWORD)
 
     @factory.post_generation
-    def saved(obj, create, extracted, **kwargs):  # type: ignore[no-untyped-def]  # noqa: N805
+    def saved(obj: Any, create: Any, extracted: Any, **kwargs: Any) -> Any:  # noqa: N805
         if create:
             obj.save()
 

@@ -1,4 +1,4 @@
-"""Admin for the rotation manifest (hour files): what was shipped where, what waits, what failed."""
+"""Admin for hour files (HourFile rows): what was shipped where, what waits, what failed."""
 
 from __future__ import annotations
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, CommandParser
+
+from ingestion import hourfiles
 
 
 def time_option(name: str, text: str | None, parse: Callable[[str], datetime]) -> datetime | None:
@@ -17,3 +20,22 @@ def time_option(name: str, text: str | None, parse: Callable[[str], datetime]) -
         return parse(text)
     except ValueError as exc:
         raise CommandError(f"{name}: {exc}") from None
+
+
+def add_hour_range_arguments(parser: CommandParser) -> None:
+    """--since and --until: the hours a command works on (see `hour_range`)."""
+    parser.add_argument(
+        "--since",
+        help="from this time on (included): YYYY-MM-DD-HH or ISO 8601, UTC unless an offset "
+        "is given (default: every hour)",
+    )
+    parser.add_argument("--until", help="up to this time (excluded), in the same forms")
+
+
+def hour_range(options: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+    """(since, until) of `add_hour_range_arguments`; CommandError for a bad or empty range."""
+    since = time_option("--since", options["since"], hourfiles.parse_utc_time)
+    until = time_option("--until", options["until"], hourfiles.parse_utc_time)
+    if since and until and until <= since:
+        raise CommandError("--until must be after --since.")
+    return since, until

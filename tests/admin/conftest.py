@@ -15,11 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import time_machine
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
+from pytest_django.fixtures import Settings
 
 from ingestion import hourfiles
 from ingestion.eagle.simulator import FaultKind, Simulator
@@ -51,13 +53,8 @@ class Fleet:
 
     @property
     def users(self) -> list[EagleUser]:
-        return [
-            *self.logging,
-            self.bad_credentials,
-            self.unreachable,
-            self.suspended,
-            self.waiting,
-        ]  # type: ignore[list-item]
+        named = (self.bad_credentials, self.unreachable, self.suspended, self.waiting)
+        return [*self.logging, *(user for user in named if user is not None)]
 
 
 def demand_kw(index: int, moment: float) -> float:
@@ -75,7 +72,9 @@ def demand_kw(index: int, moment: float) -> float:
     return round(kw, 3)
 
 
-def _readings(user: EagleUser, index: int, start: datetime, end: datetime, gaps) -> list[Reading]:  # type: ignore[no-untyped-def]
+def _readings(
+    user: EagleUser, index: int, start: datetime, end: datetime, gaps: Any
+) -> list[Reading]:
     first = math.ceil(start.timestamp() / METER_SECONDS) * METER_SECONDS + index % METER_SECONDS
     return [
         Reading(
@@ -152,7 +151,7 @@ def write_history(
     return failed_row
 
 
-def fetch_state(user: EagleUser, **fields) -> None:  # type: ignore[no-untyped-def]
+def fetch_state(user: EagleUser, **fields: Any) -> None:
     FetchState.objects.update_or_create(user=user, defaults=fields)
 
 
@@ -310,7 +309,7 @@ def build_fleet(simulator: Simulator, week_for_failing: bool = True) -> Fleet:
 
 
 @pytest.fixture
-def simulator(settings, at_now) -> Iterator[Simulator]:  # type: ignore[no-untyped-def]
+def simulator(settings: Settings, at_now: Any) -> Iterator[Simulator]:
     with Simulator(users=10, seed=11) as sim:
         settings.EAGLE_CLOUD_URL = sim.cloud_url
         yield sim
@@ -324,7 +323,7 @@ def at_now() -> Iterator[None]:
 
 
 @pytest.fixture
-def settings_for_console(settings) -> None:  # type: ignore[no-untyped-def]
+def settings_for_console(settings: Settings) -> None:
     settings.INGEST_POLL_SECONDS = 6.0
     settings.INGEST_METER_SECONDS = float(METER_SECONDS)
     settings.INGEST_SHARDS = 1
@@ -346,7 +345,7 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def chromium():  # type: ignore[no-untyped-def]
+def chromium() -> Any:
     """One headless Chromium for the browser tests (Debian's: Playwright cannot download its own).
 
     Module-scoped, not session-scoped: Playwright's sync API keeps an event loop running in this
@@ -376,7 +375,7 @@ def chromium():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def page(chromium):  # type: ignore[no-untyped-def]
+def page(chromium: Any) -> Any:
     """A fresh browser page at a laptop's screen size; its screenshot is saved after the test."""
     context = chromium.new_context(viewport={"width": 1366, "height": 768}, timezone_id="UTC")
     context.set_default_timeout(10_000)
@@ -385,7 +384,7 @@ def page(chromium):  # type: ignore[no-untyped-def]
     context.close()
 
 
-def screenshot(page, name: str, full_page: bool = True) -> Path:  # type: ignore[no-untyped-def]
+def screenshot(page: Any, name: str, full_page: bool = True) -> Path:
     """Saves the page (or only what a 1366x768 laptop screen shows) for a person to look at."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"

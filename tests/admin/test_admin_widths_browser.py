@@ -2,10 +2,13 @@
 columns to a word (or a letter) per line. Screenshots of each page at both widths are left in
 test-output/screenshots/ for a person to look at."""
 
+from typing import Any
+
 import pytest
 from django.urls import reverse
 from playwright.sync_api import expect
 
+from ingestion.eagle.simulator import Simulator
 from tests.admin.conftest import Fleet, build_fleet, screenshot
 from tests.factories import OPERATOR_PASSWORD, OperatorFactory
 
@@ -23,12 +26,12 @@ TALLEST_CELL = """(selector) => Math.max(0, ...Array.from(document.querySelector
 
 
 @pytest.fixture
-def fleet(transactional_db, simulator, settings_for_console) -> Fleet:  # type: ignore[no-untyped-def]
+def fleet(transactional_db: None, simulator: Simulator, settings_for_console: None) -> Fleet:
     return build_fleet(simulator, week_for_failing=False)
 
 
-def test_every_list_and_the_dashboard_read_well_at_800_and_1400_px(  # type: ignore[no-untyped-def]
-    fleet: Fleet, page, live_server, at_now
+def test_every_list_and_the_dashboard_read_well_at_800_and_1400_px(
+    fleet: Fleet, page: Any, live_server: Any, at_now: Any
 ) -> None:
     operator = OperatorFactory(is_superuser=True)
     page.goto(f"{live_server.url}{reverse('admin:login')}")

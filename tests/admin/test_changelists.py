@@ -7,18 +7,19 @@ from django.contrib import admin
 from django.test import Client
 from django.urls import reverse
 
+from ingestion.eagle.simulator import Simulator
 from ingestion.polling.schedules import register_schedules
 from tests.admin.conftest import Fleet, build_fleet
 from tests.factories import OperatorFactory
 
 
 @pytest.fixture
-def fleet(db, simulator, settings_for_console) -> Fleet:  # type: ignore[no-untyped-def]
+def fleet(db: None, simulator: Simulator, settings_for_console: None) -> Fleet:
     return build_fleet(simulator, week_for_failing=False)
 
 
 @pytest.fixture
-def superuser_client(db) -> Client:  # type: ignore[no-untyped-def]
+def superuser_client(db: None) -> Client:
     client = Client()
     client.force_login(OperatorFactory(is_superuser=True))
     return client
@@ -42,8 +43,8 @@ def test_it_serves_every_changelist_to_a_superuser(fleet: Fleet, superuser_clien
 
 
 def test_it_labels_the_polling_and_rotation_schedules_in_django_q2s_admin(
-    db, superuser_client: Client
-) -> None:  # type: ignore[no-untyped-def]
+    db: None, superuser_client: Client
+) -> None:
     register_schedules()
 
     page = superuser_client.get(reverse("admin:django_q_schedule_changelist")).content.decode()

@@ -3,6 +3,7 @@
 import csv
 import io
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -10,6 +11,7 @@ from django.test import Client
 from django.urls import reverse
 
 from ingestion import hourfiles
+from ingestion.eagle.simulator import Simulator
 from ingestion.hourfiles import HourFileWriter
 from ingestion.models import HourFile, HourFileState
 from ingestion.records import Reading, Source
@@ -21,17 +23,17 @@ TODAY = NOW.date().isoformat()
 
 
 @pytest.fixture
-def fleet(db, simulator, settings_for_console) -> Fleet:  # type: ignore[no-untyped-def]
+def fleet(db: None, simulator: Simulator, settings_for_console: None) -> Fleet:
     return build_fleet(simulator, week_for_failing=False)
 
 
 @pytest.fixture
-def fleet_with_a_week(db, simulator, settings_for_console) -> Fleet:  # type: ignore[no-untyped-def]
+def fleet_with_a_week(db: None, simulator: Simulator, settings_for_console: None) -> Fleet:
     return build_fleet(simulator, week_for_failing=True)
 
 
 @pytest.fixture
-def operator_client(db) -> Client:  # type: ignore[no-untyped-def]
+def operator_client(db: None) -> Client:
     client = Client()
     client.force_login(OperatorFactory(is_superuser=True))
     return client
@@ -41,7 +43,7 @@ def action_url(user: EagleUser, action: str) -> str:
     return reverse("admin:console_user_action", args=[user.pk, action])
 
 
-def messages_of(response) -> list[str]:  # type: ignore[no-untyped-def]
+def messages_of(response: Any) -> list[str]:
     return [str(message) for message in response.context["messages"]]
 
 
@@ -148,7 +150,7 @@ def test_it_checks_credentials_and_fetches_now_against_the_gateway(
         assert healthy.eagle_password not in response.content.decode()
 
 
-def test_it_rotates_the_closed_hours_of_one_user_only(at_now, operator_client: Client) -> None:  # type: ignore[no-untyped-def]
+def test_it_rotates_the_closed_hours_of_one_user_only(at_now: Any, operator_client: Client) -> None:
     hour = hourfiles.hour_floor(NOW) - timedelta(hours=2)
     chosen, other = EagleUserFactory(), EagleUserFactory()
     with HourFileWriter() as writer:

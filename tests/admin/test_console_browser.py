@@ -3,11 +3,13 @@ and acts on it. Each test leaves a screenshot in test-output/screenshots/ for a 
 """
 
 import re
+from typing import Any
 
 import pytest
 from django.urls import reverse
 from playwright.sync_api import expect
 
+from ingestion.eagle.simulator import Simulator
 from tests.admin.conftest import RAW_BAD_CREDENTIALS, Fleet, build_fleet, screenshot
 from tests.factories import OPERATOR_PASSWORD, OperatorFactory
 
@@ -15,17 +17,19 @@ pytestmark = [pytest.mark.browser]
 
 
 @pytest.fixture
-def fleet(transactional_db, simulator, settings_for_console) -> Fleet:  # type: ignore[no-untyped-def]
+def fleet(transactional_db: None, simulator: Simulator, settings_for_console: None) -> Fleet:
     return build_fleet(simulator, week_for_failing=False)
 
 
 @pytest.fixture
-def fleet_with_a_week(transactional_db, simulator, settings_for_console) -> Fleet:  # type: ignore[no-untyped-def]
+def fleet_with_a_week(
+    transactional_db: None, simulator: Simulator, settings_for_console: None
+) -> Fleet:
     return build_fleet(simulator, week_for_failing=True)
 
 
 @pytest.fixture
-def browser_errors(page) -> list[str]:  # type: ignore[no-untyped-def]
+def browser_errors(page: Any) -> list[str]:
     """Every error the page reports: script errors, failed loads and Content-Security-Policy
     violations (Chromium logs each as a console error)."""
     errors: list[str] = []
@@ -35,7 +39,7 @@ def browser_errors(page) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def signed_in(page, live_server, at_now, browser_errors: list[str]):  # type: ignore[no-untyped-def]
+def signed_in(page: Any, live_server: Any, at_now: Any, browser_errors: list[str]) -> Any:
     """The browser page, signed in through the admin's login form as an operator; the test fails
     if any page it visits reports an error (a script error or a CSP violation)."""
     operator = OperatorFactory(is_superuser=True)
@@ -49,7 +53,7 @@ def signed_in(page, live_server, at_now, browser_errors: list[str]):  # type: ig
     assert browser_errors == []
 
 
-def test_it_shows_the_fleet_at_a_glance_after_logging_in(fleet: Fleet, signed_in) -> None:  # type: ignore[no-untyped-def]
+def test_it_shows_the_fleet_at_a_glance_after_logging_in(fleet: Fleet, signed_in: Any) -> None:
     page = signed_in
 
     users = page.locator("#card-users")
@@ -76,8 +80,8 @@ def test_it_shows_the_fleet_at_a_glance_after_logging_in(fleet: Fleet, signed_in
     screenshot(page, "dashboard-dark")
 
 
-def test_it_opens_a_failing_user_checks_its_credentials_and_suspends_it(  # type: ignore[no-untyped-def]
-    fleet_with_a_week: Fleet, signed_in
+def test_it_opens_a_failing_user_checks_its_credentials_and_suspends_it(
+    fleet_with_a_week: Fleet, signed_in: Any
 ) -> None:
     page = signed_in
     user = fleet_with_a_week.bad_credentials
@@ -113,7 +117,9 @@ def test_it_opens_a_failing_user_checks_its_credentials_and_suspends_it(  # type
     screenshot(page, "user-resumed")
 
 
-def test_it_lists_open_incidents_and_shows_the_reply_behind_one(fleet: Fleet, signed_in) -> None:  # type: ignore[no-untyped-def]
+def test_it_lists_open_incidents_and_shows_the_reply_behind_one(
+    fleet: Fleet, signed_in: Any
+) -> None:
     page = signed_in
 
     page.locator("#card-incidents").get_by_role("link", name="2").click()
@@ -129,8 +135,8 @@ def test_it_lists_open_incidents_and_shows_the_reply_behind_one(fleet: Fleet, si
     screenshot(page, "incident")
 
 
-def test_the_admin_and_the_console_run_under_the_content_security_policy(  # type: ignore[no-untyped-def]
-    fleet: Fleet, signed_in, live_server, browser_errors: list[str]
+def test_the_admin_and_the_console_run_under_the_content_security_policy(
+    fleet: Fleet, signed_in: Any, live_server: Any, browser_errors: list[str]
 ) -> None:
     page = signed_in
     user = fleet.bad_credentials

@@ -2,6 +2,7 @@
 household counted), estimated from the sample only after them."""
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import time_machine
@@ -17,7 +18,7 @@ NOW = datetime(2026, 3, 8, 13, 20, tzinfo=UTC)
 pytestmark = pytest.mark.django_db
 
 
-def test_exported_hours_are_measured_from_the_dataset(any_archive) -> None:  # type: ignore[no-untyped-def]
+def test_exported_hours_are_measured_from_the_dataset(any_archive: Any) -> None:
     # Three households at 1, 2 and 4 kW from noon; only noon's hour is shipped and exported.
     for cloud_id, kw in (("00a1", 1.0), ("00a2", 2.0), ("00a3", 4.0)):
         write(demand_readings(cloud_id, NOON, 800, demand_kw=lambda n, kw=kw: kw))

@@ -10,13 +10,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 
-from rainlog.local_env import write_local_env
 from tests.admin.conftest import screenshot
-from tests.rainlog.test_run_all import PROJECT_DIR, free_port
+from tests.rainlog.test_run_all import PROJECT_DIR, free_port, fresh_checkout
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PASSWORD = re.compile(r"username 'demo', password '(?P<password>[^']+)'")
@@ -25,24 +25,9 @@ PASSWORD = re.compile(r"username 'demo', password '(?P<password>[^']+)'")
 @pytest.fixture
 def fresh_system(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A freshly started system: (its URL, the demo operator's password)."""
-    port, simulator_port = free_port(), free_port()
-    env_file = tmp_path / ".env"
-    write_local_env(env_file, simulator_port, tmp_path / "var")
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "PYTHONUNBUFFERED": "1",
-        "RAINLOG_ENV_FILE": str(env_file),
-        "VAR_DIR": str(tmp_path / "var"),
-    }
+    port = free_port()
+    env, simulator_port = fresh_checkout(tmp_path)
     manage = [sys.executable, "manage.py"]
-    subprocess.run(
-        [*manage, "migrate", "--no-input"],
-        cwd=PROJECT_DIR,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
     output = tmp_path / "run_all.txt"
     with open(output, "w") as out:
         process = subprocess.Popen(
@@ -66,7 +51,7 @@ def fresh_system(tmp_path: Path) -> Iterator[tuple[str, str]]:
         process.wait(timeout=60)
 
 
-def test_a_fresh_system_shows_no_problem_within_two_minutes(fresh_system, page) -> None:  # type: ignore[no-untyped-def]
+def test_a_fresh_system_shows_no_problem_within_two_minutes(fresh_system: Any, page: Any) -> None:
     url, password = fresh_system
     started = time.monotonic()
     page.goto(url + "/")

@@ -1,6 +1,7 @@
 """GET /api/users/{cloud_id}/readings/aggregate: demand statistics and energy per interval."""
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
@@ -14,7 +15,7 @@ URL = f"/api/users/{CLOUD_ID}/readings/aggregate"
 
 
 @pytest.fixture
-def two_hours(db, s3_archive):  # type: ignore[no-untyped-def]
+def two_hours(db: None, s3_archive: str) -> Any:
     """09:00-11:00 every 6 s at 1.2 kW, then 3.6 kW; the first hour archived as gzip."""
     EagleUserFactory(cloud_id=CLOUD_ID)
     write(demand_readings(CLOUD_ID, NINE, 1200, demand_kw=lambda n: 1.2 if n < 600 else 3.6))
@@ -75,12 +76,14 @@ def test_daily_intervals_follow_local_midnight_and_show_local_bounds(
         ({"start": "2026-03-09", "end": "2026-03-08"}, "after start"),
     ],
 )
-def test_bad_queries_get_400(viewer_client: APIClient, two_hours, query, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_queries_get_400(
+    viewer_client: APIClient, two_hours: Any, query: Any, message: Any
+) -> None:
     response = viewer_client.get(URL, query)
 
     assert response.status_code == 400
     assert message in response.json()["detail"]
 
 
-def test_it_needs_a_token(db) -> None:  # type: ignore[no-untyped-def]
+def test_it_needs_a_token(db: None) -> None:
     assert APIClient().get(URL, {"start": "2026-03-08", "end": "2026-03-09"}).status_code == 401

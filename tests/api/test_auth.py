@@ -2,6 +2,7 @@
 revocation and a throttled token endpoint; the seed's ?pw= gets a 401 that explains tokens."""
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import time_machine
@@ -11,6 +12,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from knox.models import AuthToken
+from pytest_django.fixtures import Settings
 from rest_framework.test import APIClient
 
 from api.authentication import recent_tokens
@@ -27,13 +29,13 @@ def fresh_throttle() -> None:
     cache.clear()
 
 
-def obtain(client: APIClient, username: str, password: str = OPERATOR_PASSWORD):  # type: ignore[no-untyped-def]
+def obtain(client: APIClient, username: str, password: str = OPERATOR_PASSWORD) -> Any:
     return client.post(TOKEN_URL, {"username": username, "password": password}, format="json")
 
 
 def test_it_issues_a_token_with_its_expiry_and_stores_only_a_hash(
     operator: User,
-    settings,  # type: ignore[no-untyped-def]
+    settings: Settings,
 ) -> None:
     response = obtain(APIClient(), operator.username)
 
@@ -80,7 +82,7 @@ def test_an_inactive_operator_gets_no_token(operator: User) -> None:
     assert obtain(APIClient(), operator.username).status_code == 401
 
 
-def test_an_expired_token_is_refused(operator: User, settings) -> None:  # type: ignore[no-untyped-def]
+def test_an_expired_token_is_refused(operator: User, settings: Settings) -> None:
     token = obtain(APIClient(), operator.username).json()["token"]
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
@@ -99,7 +101,7 @@ def queries_of(client: APIClient, url: str) -> int:
 
 def test_a_token_accepted_moments_ago_is_accepted_again_without_a_query(
     operator: User,
-    settings,  # type: ignore[no-untyped-def]
+    settings: Settings,
 ) -> None:
     token = obtain(APIClient(), operator.username).json()["token"]
     client = APIClient()
@@ -128,7 +130,9 @@ def test_deactivating_an_operator_refuses_their_recently_used_token_at_once(
     assert client.get("/api/users/").status_code == 401
 
 
-def test_signing_in_deletes_expired_tokens(operator: User, viewer: User, settings) -> None:  # type: ignore[no-untyped-def]
+def test_signing_in_deletes_expired_tokens(
+    operator: User, viewer: User, settings: Settings
+) -> None:
     obtain(APIClient(), viewer.username)
     later = timezone.now() + timedelta(hours=settings.API_TOKEN_TTL_HOURS, minutes=1)
     with time_machine.travel(later):
@@ -163,7 +167,7 @@ def test_logout_all_revokes_every_token_of_the_operator(operator: User, viewer: 
     assert AuthToken.objects.filter(user=viewer).count() == 1
 
 
-def test_the_token_endpoint_is_throttled(operator: User, settings) -> None:  # type: ignore[no-untyped-def]
+def test_the_token_endpoint_is_throttled(operator: User, settings: Settings) -> None:
     limit = int(settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["token"].split("/")[0])
     # The throttle alone: the sign-in lockout (tests/security/test_login_throttling.py) is stricter.
     settings.AXES_FAILURE_LIMIT = limit + 1

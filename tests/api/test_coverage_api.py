@@ -1,6 +1,7 @@
 """GET /api/users/{cloud_id}/coverage: readings expected and present per hour, gaps and causes."""
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import time_machine
@@ -99,7 +100,7 @@ def test_hours_before_the_user_was_added_are_neither_expected_nor_gaps(
         ({"start": "2026-03-08"}, "end"),
     ],
 )
-def test_bad_queries_get_400(viewer_client: APIClient, db, query, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_queries_get_400(viewer_client: APIClient, db: None, query: Any, message: Any) -> None:
     EagleUserFactory(cloud_id=CLOUD_ID)
 
     response = viewer_client.get(URL, query)
@@ -108,5 +109,5 @@ def test_bad_queries_get_400(viewer_client: APIClient, db, query, message) -> No
     assert message in response.json()["detail"]
 
 
-def test_it_needs_a_token(db) -> None:  # type: ignore[no-untyped-def]
+def test_it_needs_a_token(db: None) -> None:
     assert APIClient().get(URL, {"start": "2026-03-08", "end": "2026-03-09"}).status_code == 401

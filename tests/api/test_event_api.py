@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
+from pytest_django.fixtures import Settings
 from rest_framework.test import APIClient
 
 from ingestion.eagle.simulator import Simulator
@@ -35,7 +36,7 @@ def reading(
 
 
 @pytest.fixture
-def sim(settings) -> Iterator[Simulator]:  # type: ignore[no-untyped-def]
+def sim(settings: Settings) -> Iterator[Simulator]:
     settings.INGEST_REQUEST_TIMEOUT = 2.0
     with Simulator(users=2, seed=6, timeout_hold=1.0) as simulator:
         settings.EAGLE_CLOUD_URL = simulator.cloud_url
@@ -82,8 +83,8 @@ def test_it_needs_a_signed_in_caller() -> None:
 
 
 def test_fresh_fetches_from_the_eagle_now_without_logging(
-    sim: Simulator, viewer_client: APIClient, settings
-) -> None:  # type: ignore[no-untyped-def]
+    sim: Simulator, viewer_client: APIClient, settings: Settings
+) -> None:
     response = viewer_client.get("/api/event/000001?fresh=1")
     assert response.status_code == 200
     body = response.json()

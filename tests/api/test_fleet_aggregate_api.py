@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 from collections import defaultdict
 from datetime import datetime
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from pytest_django.fixtures import Settings
 from rest_framework.test import APIClient
 
 from tests.factories import EagleUserFactory
@@ -59,8 +61,8 @@ def expected_minutes() -> dict[str, dict[str, float]]:
 
 
 def test_it_gives_the_fleet_numbers_computed_from_json_lines(
-    settings, any_archive, viewer_client: APIClient
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, any_archive: Any, viewer_client: APIClient
+) -> None:
     poll_across_the_hour(settings)
     rotate_and_export(AFTER_CLOSE)
     expected = expected_minutes()
@@ -96,8 +98,8 @@ def test_it_refuses_a_bad_interval_and_needs_a_sign_in(viewer_client: APIClient)
 
 
 def test_readings_come_as_one_parquet_file_in_the_dataset_columns(
-    any_archive, viewer_client: APIClient
-) -> None:  # type: ignore[no-untyped-def]
+    any_archive: Any, viewer_client: APIClient
+) -> None:
     EagleUserFactory(cloud_id="000a1b")
     write(demand_readings("000a1b", BOUNDARY, 700))
     rotate_and_export(AFTER_CLOSE)

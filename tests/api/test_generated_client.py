@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import httpx
 import pytest
@@ -28,7 +29,7 @@ CONFIG = (
 
 
 @pytest.fixture
-def generated_client(live_server, tmp_path: Path) -> Iterator[ModuleType]:  # type: ignore[no-untyped-def]
+def generated_client(live_server: Any, tmp_path: Path) -> Iterator[ModuleType]:
     schema = httpx.get(f"{live_server.url}/api/schema/", params={"format": "json"})
     assert schema.status_code == 200
     (tmp_path / "schema.json").write_bytes(schema.content)
@@ -62,7 +63,7 @@ def generated_client(live_server, tmp_path: Path) -> Iterator[ModuleType]:  # ty
 
 
 @pytest.fixture
-def token(transactional_db, monkeypatch) -> str:  # type: ignore[no-untyped-def]
+def token(transactional_db: None, monkeypatch: pytest.MonkeyPatch) -> str:
     # The live server answers each request in a thread of its own: its connection must close
     # with the request, or the test database cannot be dropped.
     monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", 0)
@@ -73,8 +74,8 @@ def token(transactional_db, monkeypatch) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_it_lists_users_reads_readings_as_json_and_handles_a_404_and_a_400(
-    generated_client: ModuleType, token: str, live_server
-) -> None:  # type: ignore[no-untyped-def]
+    generated_client: ModuleType, token: str, live_server: Any
+) -> None:
     users_list = importlib.import_module(f"{PACKAGE}.api.users.users_list")
     user_readings = importlib.import_module(f"{PACKAGE}.api.users.user_readings")
     models = importlib.import_module(f"{PACKAGE}.models")

@@ -1,6 +1,7 @@
 """GET /api/incidents/ (filterable) and POST /api/incidents/{id}/resolve (staff operators only)."""
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
@@ -13,7 +14,7 @@ NINE = datetime(2026, 3, 8, 9, tzinfo=UTC)
 
 
 @pytest.fixture
-def incidents(db):  # type: ignore[no-untyped-def]
+def incidents(db: None) -> Any:
     alice, bob = EagleUserFactory(cloud_id="00a11c"), EagleUserFactory(cloud_id="00b0b0")
     return {
         "open": Incident.objects.create(
@@ -39,7 +40,7 @@ def incidents(db):  # type: ignore[no-untyped-def]
     }
 
 
-def ids(response) -> set[int]:  # type: ignore[no-untyped-def]
+def ids(response: Any) -> set[int]:
     assert response.status_code == 200, response.content
     return {incident["id"] for incident in response.json()["results"]}
 

@@ -3,6 +3,7 @@
 import gzip
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
@@ -15,7 +16,7 @@ NINE = datetime(2026, 3, 8, 9, tzinfo=UTC)
 
 
 @pytest.fixture
-def hour_files(db, s3_archive):  # type: ignore[no-untyped-def]
+def hour_files(db: None, s3_archive: str) -> Any:
     """002738: 09 verified (gzip), 10 verified (plain), 11 open on disk; 0abc: 09 failed."""
     write(demand_readings("002738", NINE, 1800))
     write(demand_readings("0abc", NINE, 10))
@@ -27,7 +28,7 @@ def hour_files(db, s3_archive):  # type: ignore[no-untyped-def]
     }
 
 
-def body(response) -> bytes:  # type: ignore[no-untyped-def]
+def body(response: Any) -> bytes:
     return b"".join(response.streaming_content)
 
 

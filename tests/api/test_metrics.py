@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 import pytest
 import time_machine
 from django.test import Client
+from pytest_django.fixtures import Settings
 
 from ingestion.models import HourFileState
 from tests.hour_files import manifest_row
@@ -18,7 +19,7 @@ METRICS_TOKEN = "scrape-secret"
 
 
 @pytest.fixture(autouse=True)
-def metrics_token(settings) -> None:  # type: ignore[no-untyped-def]
+def metrics_token(settings: Settings) -> None:
     settings.METRICS_TOKEN = METRICS_TOKEN
 
 

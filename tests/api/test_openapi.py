@@ -47,7 +47,7 @@ def test_the_schema_is_valid_openapi_3(viewer_client: APIClient) -> None:
     assert "/api/users/{cloud_id}/readings" in schema["paths"]
 
 
-def test_the_schema_and_its_pages_are_readable_without_a_token(db) -> None:  # type: ignore[no-untyped-def]
+def test_the_schema_and_its_pages_are_readable_without_a_token(db: None) -> None:
     client = APIClient()
     for url in ("/api/schema/", "/api/schema/swagger/", "/api/schema/redoc/"):
         assert client.get(url).status_code == 200, url
@@ -74,7 +74,7 @@ def test_every_operation_documents_its_errors(viewer_client: APIClient) -> None:
 
 
 @pytest.fixture
-def token_client(db, operator: User, s3_archive) -> APIClient:  # type: ignore[no-untyped-def]
+def token_client(db: None, operator: User, s3_archive: str) -> APIClient:
     """A client with a real token, and a user with archived and local hours and an incident."""
     user = EagleUserFactory(cloud_id="002738")
     write(demand_readings("002738", NINE, 1200))

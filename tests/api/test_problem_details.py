@@ -7,6 +7,7 @@ import pytest
 from django.http import HttpRequest
 from django.test import Client
 from django.urls import include, path
+from pytest_django.fixtures import Settings
 from rest_framework.test import APIClient
 
 from tests.factories import EagleUserFactory
@@ -92,7 +93,7 @@ urlpatterns = [path("api/broken", broken), path("", include("rainlog.urls"))]
 handler500 = "api.exceptions.server_error"
 
 
-def test_a_server_error_under_the_api_is_a_problem_too(settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_server_error_under_the_api_is_a_problem_too(settings: Settings) -> None:
     settings.ROOT_URLCONF = __name__
 
     body = problem_of(Client(raise_request_exception=False).get("/api/broken"), 500)

@@ -4,6 +4,7 @@ import base64
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -55,7 +56,7 @@ def post(
     content_type: str = UPLOADER_CONTENT_TYPE,
     url: str = URL,
     **headers: str,
-):  # type: ignore[no-untyped-def]
+) -> Any:
     if token is not None:
         headers.setdefault("HTTP_AUTHORIZATION", f"Bearer {token}")
     return Client().post(url, data=body, content_type=content_type, **headers)
@@ -241,7 +242,9 @@ def test_a_wrong_token_is_not_counted_against_the_gateway(user: EagleUser, token
     assert not Incident.objects.exists()
 
 
-def test_operator_tokens_do_not_open_the_push_endpoint(operator_client, user: EagleUser) -> None:  # type: ignore[no-untyped-def]
+def test_operator_tokens_do_not_open_the_push_endpoint(
+    operator_client: Any, user: EagleUser
+) -> None:
     response = operator_client.post(URL, data=GOOD_BODY, content_type=UPLOADER_CONTENT_TYPE)
 
     assert response.status_code == 401

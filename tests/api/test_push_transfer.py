@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import time_machine
@@ -33,7 +34,7 @@ UPLOADER_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 
 @pytest.fixture
-def user(db) -> EagleUser:  # type: ignore[no-untyped-def]
+def user(db: None) -> EagleUser:
     household = EagleUserFactory(
         cloud_id="00a1b2", connection_type=ConnectionType.PUSH, eagle_password=""
     )
@@ -52,7 +53,7 @@ def frozen() -> Iterator[None]:
         yield
 
 
-def post(body: bytes, token: str | None, **headers: str):  # type: ignore[no-untyped-def]
+def post(body: bytes, token: str | None, **headers: str) -> Any:
     if token is not None:
         headers.setdefault("HTTP_AUTHORIZATION", f"Bearer {token}")
     return Client().post(URL, data=body, content_type=UPLOADER_CONTENT_TYPE, **headers)
@@ -172,7 +173,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def gunicorn(transactional_db) -> Iterator[int]:  # type: ignore[no-untyped-def]
+def gunicorn(transactional_db: None) -> Iterator[int]:
     """The project under gunicorn on a free loopback port, on the test database; pushes are
     ingested in the request (Q_SYNC)."""
     port = free_port()

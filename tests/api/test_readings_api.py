@@ -4,6 +4,7 @@ import csv
 import io
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
@@ -18,7 +19,7 @@ URL = f"/api/users/{CLOUD_ID}/readings"
 
 
 @pytest.fixture
-def three_hours(db, s3_archive):  # type: ignore[no-untyped-def]
+def three_hours(db: None, s3_archive: str) -> Any:
     """09:00-12:00 every 6 s: 09 archived plain, 10 archived gzip, 11 still on disk."""
     EagleUserFactory(cloud_id=CLOUD_ID)
     readings = demand_readings(CLOUD_ID, NINE, count=1800)
@@ -28,7 +29,7 @@ def three_hours(db, s3_archive):  # type: ignore[no-untyped-def]
     return readings
 
 
-def body(response) -> bytes:  # type: ignore[no-untyped-def]
+def body(response: Any) -> bytes:
     return b"".join(response.streaming_content)
 
 
@@ -100,7 +101,9 @@ def test_a_range_too_long_for_paged_json_says_so_and_points_at_the_streaming_for
     assert "jsonl" in response.json()["detail"] and "csv" in response.json()["detail"]
 
 
-def test_offsets_and_unix_seconds_name_the_same_instant(viewer_client: APIClient, three_hours):  # type: ignore[no-untyped-def]
+def test_offsets_and_unix_seconds_name_the_same_instant(
+    viewer_client: APIClient, three_hours: Any
+) -> Any:
     # 11:00Z as +02:00, with the "+" left unencoded (it arrives as a space), and as unix seconds.
     start = "2026-03-08T13:00:00+02:00"
     end = str(int((NINE + timedelta(hours=2, minutes=1)).timestamp()))

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -35,7 +36,7 @@ def reading(record_type: str, minute: int, values: dict, raw: dict) -> Reading:
 
 
 @pytest.fixture
-def readings(db):  # type: ignore[no-untyped-def]
+def readings(db: None) -> Any:
     """Demand every 6 s, one summation, and one demand reading with a value of a newer format."""
     user = EagleUserFactory(cloud_id=CLOUD_ID)
     summation = reading(
@@ -49,7 +50,7 @@ def readings(db):  # type: ignore[no-untyped-def]
     return user
 
 
-def rows_of(response) -> tuple[list[str], list[dict[str, str]]]:  # type: ignore[no-untyped-def]
+def rows_of(response: Any) -> tuple[list[str], list[dict[str, str]]]:
     text = b"".join(response.streaming_content).decode()
     reader = csv.DictReader(io.StringIO(text))
     return list(reader.fieldnames or []), list(reader)

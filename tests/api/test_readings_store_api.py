@@ -6,11 +6,13 @@ import io
 import math
 import shutil
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
 import time_machine
 from django.db import connection
+from pytest_django.fixtures import Settings
 from rest_framework.test import APIClient
 
 from ingestion import readings_store
@@ -77,7 +79,7 @@ def extra_readings(record_type: str, values: dict[str, object], minutes: int) ->
 
 
 @pytest.fixture
-def fleet_day(db, settings):  # type: ignore[no-untyped-def]
+def fleet_day(db: None, settings: Settings) -> Any:
     """09:00 to 12:30 every 6 s, with a five-minute outage at 10:20, prices and totals; the
     hours until 12:00 shipped to the (local) archive."""
     settings.READINGS_LOAD_WORKERS = 1

@@ -56,5 +56,5 @@ def test_it_reports_users_readings_ticks_incidents_and_the_oldest_unshipped_hour
     assert oldest["age_seconds"] == 3.5 * 3600
 
 
-def test_it_needs_a_token(db) -> None:  # type: ignore[no-untyped-def]
+def test_it_needs_a_token(db: None) -> None:
     assert APIClient().get("/api/status/").status_code == 401

@@ -17,7 +17,7 @@ RANGE = {"start": "2026-03-08T09:00:00Z", "end": "2026-03-08T10:00:00Z"}
 
 
 @pytest.fixture
-def token_client(db) -> APIClient:  # type: ignore[no-untyped-def]
+def token_client(db: None) -> APIClient:
     user = EagleUserFactory(cloud_id="002738")
     Incident.objects.create(user=user, failure_class=FailureClass.TIMEOUT)
     _, token = AuthToken.objects.create(OperatorFactory(), expiry=timedelta(hours=1))
@@ -67,7 +67,7 @@ def test_a_post_reaches_its_view_in_either_form(token_client: APIClient) -> None
     assert (created.status_code, updated.status_code) == (201, 200)
 
 
-def test_the_schema_lists_each_route_once(db) -> None:  # type: ignore[no-untyped-def]
+def test_the_schema_lists_each_route_once(db: None) -> None:
     schema = json.loads(APIClient().get("/api/schema", {"format": "json"}).content)
 
     forms = [route.rstrip("/") for route in schema["paths"]]

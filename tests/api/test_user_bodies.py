@@ -1,6 +1,8 @@
 """Writing users: one vocabulary with the seed's names accepted, unknown fields refused, PUT the
 whole record, PATCH some of it, and a hint where users are created."""
 
+from typing import Any
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -19,7 +21,7 @@ WHOLE = {
 }
 
 
-def errors_of(response) -> dict[str | None, str]:  # type: ignore[no-untyped-def]
+def errors_of(response: Any) -> dict[str | None, str]:
     assert response.status_code == 400, response.content
     return {error["field"]: error["message"] for error in response.json()["errors"]}
 

@@ -3,12 +3,14 @@ POST /api/users/{cloud_id}, listed, read, updated and deleted, no response ever 
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
+from pytest_django.fixtures import Settings
 from rest_framework.test import APIClient
 
 from ingestion import hourfiles
@@ -25,7 +27,7 @@ PASSWORDS = ["1234567", "veela-secret", "new-secret-pw"]
 class PasswordCheckingClient(APIClient):
     """An API client that fails the test if any response contains a known EAGLE password."""
 
-    def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def request(self, *args: Any, **kwargs: Any) -> Any:
         response = super().request(*args, **kwargs)
         content = response.content.decode()
         for password in PASSWORDS:
@@ -45,7 +47,7 @@ def client_with_token(user: User) -> APIClient:
     return client
 
 
-def fields_of(response) -> list[str | None]:  # type: ignore[no-untyped-def]
+def fields_of(response: Any) -> list[str | None]:
     """The fields named by a 400 problem document."""
     return [error["field"] for error in response.json()["errors"]]
 
@@ -231,7 +233,7 @@ def test_the_list_is_paginated_in_cloud_id_order(api: APIClient) -> None:
 
 def test_the_list_costs_a_fixed_number_of_queries(
     api: APIClient,
-    django_assert_max_num_queries,  # type: ignore[no-untyped-def]
+    django_assert_max_num_queries: Any,
 ) -> None:
     for n in range(20):
         user = EagleUserFactory(cloud_id=f"{n:06d}")
@@ -289,6 +291,8 @@ def test_delete_with_purge_removes_the_data_and_lists_it(
             "local_files": [str(local)],
             "archive_keys": [key],
             "manifest_rows": 1,
+            "parquet_hours": 0,
+            "store_rows": 0,
         },
     }
     assert not local.exists() and not storages["archive"].exists(key)
@@ -324,8 +328,8 @@ def test_the_browsable_api_works_with_a_session_and_shows_no_password(
 def test_a_purge_the_archive_refuses_answers_503_and_keeps_the_user(
     api: APIClient,
     krum: dict,
-    settings,
-    s3_archive: str,  # type: ignore[no-untyped-def]
+    settings: Settings,
+    s3_archive: str,
 ) -> None:
     hour = hourfiles.parse_hour_label("2026-03-08-09")
     key = hourfiles.archive_key("002738", hour)

@@ -1,12 +1,14 @@
 """The console's figures: users by state, the last hour, per-minute series, coverage, demand."""
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import time_machine
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_q.models import Schedule, Task
+from pytest_django.fixtures import Settings
 
 from ingestion import hourfiles
 from ingestion.console import dashboard
@@ -25,13 +27,13 @@ from tests.factories import (
 NOW = datetime(2026, 3, 8, 14, 20, tzinfo=UTC)
 
 
-def logging_user(**fields):  # type: ignore[no-untyped-def]
+def logging_user(**fields: Any) -> Any:
     user = EagleUserFactory(**fields)
     FetchStateFactory(user=user, last_success_at=NOW - timedelta(seconds=6))
     return user
 
 
-def failing_user(failure_class: FailureClass):  # type: ignore[no-untyped-def]
+def failing_user(failure_class: FailureClass) -> Any:
     user = EagleUserFactory()
     FetchStateFactory(
         user=user,
@@ -87,7 +89,9 @@ def test_it_counts_each_user_once_under_its_state_and_failure_class() -> None:
 
 
 @pytest.mark.django_db
-def test_it_compares_the_last_hours_readings_and_ticks_with_what_was_expected(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_compares_the_last_hours_readings_and_ticks_with_what_was_expected(
+    settings: Settings,
+) -> None:
     settings.INGEST_POLL_SECONDS = 6.0
     settings.INGEST_METER_SECONDS = 10.0
     settings.INGEST_SHARDS = 1
@@ -113,7 +117,7 @@ def test_it_compares_the_last_hours_readings_and_ticks_with_what_was_expected(se
 
 
 @pytest.mark.django_db
-def test_it_reports_the_oldest_unshipped_hour_and_its_age(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_reports_the_oldest_unshipped_hour_and_its_age(settings: Settings) -> None:
     settings.ARCHIVE_FRESHNESS_ALERT_SECONDS = 3 * 3600
     user = logging_user()
     HourFileFactory(user=user, hour=NOW.replace(hour=9, minute=0), state=HourFileState.VERIFIED)
@@ -177,14 +181,16 @@ def test_a_week_is_summed_in_ten_minute_buckets() -> None:
 
 
 @pytest.mark.django_db
-def test_it_draws_each_hour_of_the_week_as_complete_partial_missing_or_unshipped(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_draws_each_hour_of_the_week_as_complete_partial_missing_or_unshipped(
+    settings: Settings,
+) -> None:
     settings.INGEST_METER_SECONDS = 10.0
     TickFactory(scheduled_at=NOW - timedelta(days=30))  # polling began long before
     with time_machine.travel(NOW - timedelta(days=3, hours=2), tick=False):
         user = EagleUserFactory()
     this_hour = hourfiles.hour_floor(NOW)
 
-    def shipped(hours_ago: int, lines: int, first_second: int = 3, last_second: int = 3595):  # type: ignore[no-untyped-def]
+    def shipped(hours_ago: int, lines: int, first_second: int = 3, last_second: int = 3595) -> Any:
         hour = this_hour - timedelta(hours=hours_ago)
         return HourFileFactory(
             user=user,
@@ -246,7 +252,9 @@ def test_it_draws_each_hour_of_the_week_as_complete_partial_missing_or_unshipped
 
 
 @pytest.mark.django_db
-def test_it_estimates_fleet_demand_from_a_sample_scaled_to_the_logging_households(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_estimates_fleet_demand_from_a_sample_scaled_to_the_logging_households(
+    settings: Settings,
+) -> None:
     settings.CONSOLE_DEMAND_SAMPLE = 2
     users = [logging_user() for _ in range(4)]
     sample = dashboard.demand_sample(2)

@@ -3,11 +3,13 @@ property-based checks that no input makes the decoders raise."""
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pytest_django.fixtures import Settings
 
 from ingestion.eagle.decoders import decode_payload, decode_reply, device_list_meter
 from ingestion.eagle.record_types import PreviousReading
@@ -78,13 +80,13 @@ def demand_xml(demand: str, multiplier: str = "0x00000001", divisor: str = "0x00
     return DEMAND_XML.format(demand=demand, multiplier=multiplier, divisor=divisor)
 
 
-def decoded(text: str, **options) -> Reading:  # type: ignore[no-untyped-def]
+def decoded(text: str, **options: Any) -> Reading:
     result = decode_payload(text, cloud_id="0a1b2c", **options)
     assert isinstance(result, Reading), result
     return result
 
 
-def refused(text: str, **options) -> FetchFailure:  # type: ignore[no-untyped-def]
+def refused(text: str, **options: Any) -> FetchFailure:
     result = decode_payload(text, cloud_id="0a1b2c", **options)
     assert isinstance(result, FetchFailure), result
     return result
@@ -315,7 +317,7 @@ def test_it_distrusts_a_sudden_zero_but_believes_a_second_one() -> None:
     assert decoded(zero, previous=PreviousReading(1539022440, {"demand_kw": 0.0}, False))
 
 
-def test_it_distrusts_demand_beyond_the_limit(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_distrusts_demand_beyond_the_limit(settings: Settings) -> None:
     settings.INGEST_MAX_DEMAND_KW = 50.0
     assert decoded(demand_xml("0x00c350")).values == {"demand_kw": 50.0}
     result = refused(demand_xml("0x00c351"))
@@ -360,7 +362,7 @@ LEAF_TEXT = st.one_of(
 
 
 @st.composite
-def xml_trees(draw, depth: int = 3) -> str:  # type: ignore[no-untyped-def]
+def xml_trees(draw: Any, depth: int = 3) -> str:
     tag = draw(TAGS)
     if depth == 0 or draw(st.booleans()):
         return f"<{tag}>{draw(LEAF_TEXT)}</{tag}>"
@@ -388,7 +390,7 @@ JSON_VALUES = st.recursive(
 
 @given(st.dictionaries(TAGS, JSON_VALUES, max_size=2))
 @settings(max_examples=300, deadline=None)
-def test_it_never_raises_on_json_replies(document: dict) -> None:  # type: ignore[type-arg]
+def test_it_never_raises_on_json_replies(document: dict[str, Any]) -> None:
     # The standard library writes what orjson would refuse to: huge integers, NaN.
     result = decode_payload(json.dumps(document), "1")
     assert isinstance(result, Reading | FetchFailure)

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
+from pytest_django.fixtures import Settings
 
 from ingestion import expected
 from ingestion.console import dashboard
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def cadences(settings) -> None:  # type: ignore[no-untyped-def]
+def cadences(settings: Settings) -> None:
     settings.INGEST_POLL_SECONDS = 6.0
     settings.INGEST_METER_SECONDS = 10.0
     settings.INGEST_SHARDS = 1

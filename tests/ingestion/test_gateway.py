@@ -2,10 +2,12 @@
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from pytest_django.fixtures import Settings
 
 from ingestion.eagle.client import EagleClient, GatewayTarget, fetch_now, local_url
 from ingestion.eagle.simulator import FaultKind, Simulator
@@ -58,15 +60,17 @@ def fetch(
     return run(sim, lambda client: client.fetch(target, record_type, **options))
 
 
-def run(sim: Simulator, work: Callable[[EagleClient], Awaitable[object]], timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    async def main():  # type: ignore[no-untyped-def]
+def run(
+    sim: Simulator, work: Callable[[EagleClient], Awaitable[object]], timeout: float = 10.0
+) -> Any:
+    async def main() -> Any:
         async with EagleClient(cloud_url=sim.cloud_url, timeout=timeout, limit=50) as client:
             return await work(client)
 
     return asyncio.run(main())
 
 
-def truth_of(sim: Simulator, reading: Reading):  # type: ignore[no-untyped-def]
+def truth_of(sim: Simulator, reading: Reading) -> Any:
     """The meter's reading current at the reading's meter time: the one with that timestamp from
     cloud and legacy replies; for an EAGLE-200, whose one LastContact may be a later update of
     another variable, the newest one at or before it."""
@@ -280,7 +284,7 @@ def test_it_maps_gateway_addresses_to_post_manager_urls() -> None:
 
 
 @pytest.mark.django_db
-def test_fetch_now_reads_a_users_gateway(sim: Simulator, settings) -> None:  # type: ignore[no-untyped-def]
+def test_fetch_now_reads_a_users_gateway(sim: Simulator, settings: Settings) -> None:
     settings.EAGLE_CLOUD_URL = sim.cloud_url
     account = sim.accounts()[2]
     user = EagleUserFactory(
@@ -319,7 +323,7 @@ def test_fetch_now_works_from_inside_an_event_loop(sim: Simulator) -> None:
 
 def odd_server(
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]], timeout: float = 10.0
-):  # type: ignore[no-untyped-def]
+) -> Any:
     """Fetch once from a real loopback server that answers with `handler`."""
 
     async def main() -> Reading | FetchFailure:

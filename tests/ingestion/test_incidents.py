@@ -2,9 +2,13 @@
 resolved when fetching works again or by an operator; and their admin."""
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
+from django.test import Client
 from django.urls import reverse
+from pytest_django.fixtures import Settings
 
 from ingestion.models import (
     AUTO_RESOLUTION,
@@ -82,7 +86,7 @@ def test_resolving_pairs_closes_only_those_and_a_new_failure_opens_a_new_inciden
     assert Incident.objects.open().filter(failure_class="timeout").get().occurrences == 1
 
 
-def test_an_operator_resolves_open_incidents_by_hand(operator) -> None:  # type: ignore[no-untyped-def]
+def test_an_operator_resolves_open_incidents_by_hand(operator: User) -> None:
     open_one = IncidentFactory()
     done = IncidentFactory(state=IncidentState.RESOLVED, resolution="earlier")
     resolved = Incident.objects.filter(pk__in=[open_one.pk, done.pk]).resolve(operator, "fixed")
@@ -97,7 +101,9 @@ def test_an_operator_resolves_open_incidents_by_hand(operator) -> None:  # type:
     assert done.resolution == "earlier"
 
 
-def test_transient_failures_open_an_incident_only_when_they_persist(settings) -> None:  # type: ignore[no-untyped-def]
+def test_transient_failures_open_an_incident_only_when_they_persist(
+    settings: Settings,
+) -> None:
     settings.INGEST_INCIDENT_AFTER_FAILURES = 3
     settings.INGEST_REQUEST_TIMEOUT = 2.0
     with polling_run(settings, users=2) as run:
@@ -120,7 +126,9 @@ def test_transient_failures_open_an_incident_only_when_they_persist(settings) ->
     assert incident.state == IncidentState.RESOLVED
 
 
-def test_a_failing_extra_record_type_does_not_flap_with_working_demand(settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_extra_record_type_does_not_flap_with_working_demand(
+    settings: Settings,
+) -> None:
     settings.INGEST_INCIDENT_AFTER_FAILURES = 1
     settings.INGEST_EXTRA_POLL_SECONDS = 6
     settings.INGEST_REQUEST_TIMEOUT = 2.0
@@ -140,7 +148,7 @@ def test_a_failing_extra_record_type_does_not_flap_with_working_demand(settings)
 # --- Admin -------------------------------------------------------------------------------------
 
 
-def test_the_incident_list_filters_by_state_class_and_user(admin_client) -> None:  # type: ignore[no-untyped-def]
+def test_the_incident_list_filters_by_state_class_and_user(admin_client: Client) -> None:
     mine = IncidentFactory(failure_class="bad_credentials", message="refused")
     other = IncidentFactory(failure_class="timeout", state=IncidentState.RESOLVED)
     url = reverse("admin:ingestion_incident_changelist")
@@ -158,7 +166,9 @@ def test_the_incident_list_filters_by_state_class_and_user(admin_client) -> None
     assert listed(f"?q={mine.user.cloud_id}") == {mine.pk}
 
 
-def test_the_resolve_action_resolves_the_selected_open_incidents(admin_client, admin_user) -> None:  # type: ignore[no-untyped-def]
+def test_the_resolve_action_resolves_the_selected_open_incidents(
+    admin_client: Client, admin_user: Any
+) -> None:
     incident = IncidentFactory()
     response = admin_client.post(
         reverse("admin:ingestion_incident_changelist"),
@@ -172,8 +182,8 @@ def test_the_resolve_action_resolves_the_selected_open_incidents(admin_client, a
 
 
 def test_fetch_state_tick_and_lease_pages_are_read_only_but_extra_types_are_editable(
-    admin_client,
-) -> None:  # type: ignore[no-untyped-def]
+    admin_client: Client,
+) -> None:
     state = FetchState.objects.create(user=EagleUserFactory())
     TickFactory(scheduled_at=T0, late=True)
     PollLease.objects.create(shard=0, holder="window@host:1:abc")

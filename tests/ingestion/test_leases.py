@@ -3,10 +3,12 @@
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import time_machine
 from django.db import connection
+from pytest_django.fixtures import Settings
 
 from ingestion.eagle.simulator import Simulator
 from ingestion.models import PollLease, Tick
@@ -153,7 +155,7 @@ def test_a_newer_waiting_task_supersedes_an_older_one() -> None:
     assert row().successor == newer.holder
 
 
-def wait_until(condition, seconds: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+def wait_until(condition: Any, seconds: float = 20.0) -> None:
     """Poll a condition another thread brings about (bounded; not a wait for wall-clock time)."""
     done = threading.Event()
     for _ in range(int(seconds / 0.05)):
@@ -164,7 +166,7 @@ def wait_until(condition, seconds: float = 20.0) -> None:  # type: ignore[no-unt
 
 
 @pytest.mark.django_db(transaction=True)
-def test_consecutive_windows_neither_overlap_nor_leave_a_gap(settings) -> None:  # type: ignore[no-untyped-def]
+def test_consecutive_windows_neither_overlap_nor_leave_a_gap(settings: Settings) -> None:
     settings.INGEST_POLL_SECONDS = 1.0
     settings.INGEST_REQUEST_TIMEOUT = 0.5
     with Simulator(users=6, seed=5) as sim:

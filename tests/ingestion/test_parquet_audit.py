@@ -4,6 +4,7 @@ recorded, nothing else under PARQUET_PREFIX."""
 
 from datetime import datetime, timedelta
 from io import StringIO
+from typing import Any
 
 import pytest
 import time_machine
@@ -34,14 +35,14 @@ def two_households_exported() -> None:
     rotate_and_export(AFTER_CLOSE)
 
 
-def test_an_exported_hour_passes(any_archive) -> None:  # type: ignore[no-untyped-def]
+def test_an_exported_hour_passes(any_archive: Any) -> None:
     two_households_exported()
     output, error = verify(AFTER_CLOSE + timedelta(hours=3))
     assert error is None, output
     assert "1 Parquet hours (1 files) checked against the hour files: no problems" in output
 
 
-def test_an_hour_shipped_long_ago_but_never_exported_is_reported(any_archive) -> None:  # type: ignore[no-untyped-def]
+def test_an_hour_shipped_long_ago_but_never_exported_is_reported(any_archive: Any) -> None:
     write(demand_readings("00a1", BOUNDARY, 10))
     with time_machine.travel(AFTER_CLOSE, tick=False):
         assert rotation.rotate().ok
@@ -53,7 +54,7 @@ def test_an_hour_shipped_long_ago_but_never_exported_is_reported(any_archive) ->
     assert "PARQUET-STALE rainforest-parquet hour 2026-09-21-10: not exported" in output
 
 
-def test_a_late_part_not_exported_yet_makes_the_hour_stale(any_archive) -> None:  # type: ignore[no-untyped-def]
+def test_a_late_part_not_exported_yet_makes_the_hour_stale(any_archive: Any) -> None:
     two_households_exported()
     write(demand_readings("00a1", BOUNDARY + timedelta(minutes=50), 2))
     with time_machine.travel(AFTER_CLOSE + timedelta(hours=1), tick=False):
@@ -68,7 +69,7 @@ def test_a_late_part_not_exported_yet_makes_the_hour_stale(any_archive) -> None:
     assert verify(AFTER_CLOSE + timedelta(hours=4))[1] is None
 
 
-def test_a_changed_missing_or_stray_object_is_reported(any_archive) -> None:  # type: ignore[no-untyped-def]
+def test_a_changed_missing_or_stray_object_is_reported(any_archive: Any) -> None:
     two_households_exported()
     archive = store.open_archive()
     current = DatasetFile.objects.get()
@@ -86,7 +87,7 @@ def test_a_changed_missing_or_stray_object_is_reported(any_archive) -> None:  # 
     assert f"MISSING {current.key}" in verify(AFTER_CLOSE + timedelta(hours=3))[0]
 
 
-def test_rows_that_do_not_add_up_are_reported(any_archive) -> None:  # type: ignore[no-untyped-def]
+def test_rows_that_do_not_add_up_are_reported(any_archive: Any) -> None:
     two_households_exported()
     DatasetHour.objects.update(rows=19)
     DatasetFile.objects.update(rows=19)

@@ -14,6 +14,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import time_machine
+from pytest_django.fixtures import Settings
 
 from ingestion import hourfiles, parquet, parquet_export
 from ingestion.archive import rotation, store
@@ -85,7 +86,9 @@ def identity(record: dict[str, Any]) -> tuple[str, str, int]:
     return record["cloud_id"], record["record_type"], record["meter_timestamp"]
 
 
-def test_it_exports_every_polled_reading_once_with_equal_values(settings, any_archive) -> None:  # type: ignore[no-untyped-def]
+def test_it_exports_every_polled_reading_once_with_equal_values(
+    settings: Settings, any_archive: Any
+) -> None:
     poll_across_the_hour(settings)
     report = rotate_and_export(AFTER_CLOSE)
 
@@ -102,7 +105,7 @@ def test_it_exports_every_polled_reading_once_with_equal_values(settings, any_ar
     ]
 
 
-def test_a_second_export_finds_nothing_to_do(settings, any_archive) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_export_finds_nothing_to_do(settings: Settings, any_archive: Any) -> None:
     poll_across_the_hour(settings, users=2, ticks=15)
     rotate_and_export(AFTER_CLOSE)
     keys = set(DatasetFile.objects.values_list("key", "sha256"))
@@ -114,8 +117,8 @@ def test_a_second_export_finds_nothing_to_do(settings, any_archive) -> None:  # 
 
 
 def test_files_are_sorted_by_household_then_time_under_hive_partitions(
-    settings, any_archive
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, any_archive: Any
+) -> None:
     poll_across_the_hour(settings, users=3, ticks=15)
     rotate_and_export(AFTER_CLOSE)
 
@@ -139,7 +142,9 @@ def test_files_are_sorted_by_household_then_time_under_hive_partitions(
     ]
 
 
-def test_a_late_part_replaces_its_hour_with_a_new_complete_version(settings, any_archive) -> None:  # type: ignore[no-untyped-def]
+def test_a_late_part_replaces_its_hour_with_a_new_complete_version(
+    settings: Settings, any_archive: Any
+) -> None:
     hour = BOUNDARY
     write(demand_readings("00a1", hour, 20) + demand_readings("0b02", hour, 10))
     rotate_and_export(AFTER_CLOSE)
@@ -167,7 +172,9 @@ def test_a_late_part_replaces_its_hour_with_a_new_complete_version(settings, any
     )
 
 
-def test_an_hour_waits_until_all_its_hour_files_are_verified(settings, any_archive) -> None:  # type: ignore[no-untyped-def]
+def test_an_hour_waits_until_all_its_hour_files_are_verified(
+    settings: Settings, any_archive: Any
+) -> None:
     write(demand_readings("00a1", BOUNDARY, 5) + demand_readings("0b02", BOUNDARY, 5))
     # Another object at one file's key: a conflict, which keeps that file out of the archive.
     archive_store = store.open_archive()
@@ -190,7 +197,9 @@ class Killed(BaseException):
 
 
 @pytest.mark.parametrize("step", list(parquet_export.ExportStep))
-def test_a_crash_after_any_step_leaves_a_state_the_next_export_completes(settings, step) -> None:  # type: ignore[no-untyped-def]
+def test_a_crash_after_any_step_leaves_a_state_the_next_export_completes(
+    settings: Settings, step: Any
+) -> None:
     settings.ROTATE_LEASE_SECONDS = 30
     write(demand_readings("00a1", BOUNDARY, 20))
     rotate_and_export(AFTER_CLOSE)
@@ -216,7 +225,7 @@ def test_a_crash_after_any_step_leaves_a_state_the_next_export_completes(setting
     assert len(dataset_rows()) == 23
 
 
-def test_a_reading_repeated_in_a_late_part_is_exported_once(any_archive) -> None:  # type: ignore[no-untyped-def]
+def test_a_reading_repeated_in_a_late_part_is_exported_once(any_archive: Any) -> None:
     # The same reading twice: once in the hour file, once more in a late part after the seal.
     write(demand_readings("00a1", BOUNDARY, 3))
     with time_machine.travel(AFTER_CLOSE, tick=False):
@@ -231,7 +240,7 @@ def test_a_reading_repeated_in_a_late_part_is_exported_once(any_archive) -> None
     assert sorted(r["demand_kw"] for r in dataset_rows()) == [1.0, 1.25, 1.5]
 
 
-def test_a_purged_household_leaves_the_dataset_at_the_next_export(any_archive) -> None:  # type: ignore[no-untyped-def]
+def test_a_purged_household_leaves_the_dataset_at_the_next_export(any_archive: Any) -> None:
     from ingestion.purging import purge_user_data
 
     write(demand_readings("00a1", BOUNDARY, 5) + demand_readings("0b02", BOUNDARY, 4))

@@ -8,6 +8,7 @@ import io
 from collections import defaultdict
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas
@@ -15,6 +16,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from django.core.management import CommandError, call_command
+from pytest_django.fixtures import Settings
 
 from ingestion import parquet
 from ingestion.archive import store
@@ -35,7 +37,9 @@ def query(*args: str) -> str:
     return out.getvalue()
 
 
-def test_query_gives_the_numbers_computed_from_json_lines(settings, any_archive) -> None:  # type: ignore[no-untyped-def]
+def test_query_gives_the_numbers_computed_from_json_lines(
+    settings: Settings, any_archive: Any
+) -> None:
     poll_across_the_hour(settings)
     rotate_and_export(AFTER_CLOSE)
     expected: dict[str, list[float]] = defaultdict(list)
@@ -81,7 +85,7 @@ def test_a_bad_query_is_a_clear_error() -> None:
         query("SELECT 1", "--format", "parquet")
 
 
-def test_duckdb_pyarrow_and_pandas_read_cloud_id_as_a_string(any_archive) -> None:  # type: ignore[no-untyped-def]
+def test_duckdb_pyarrow_and_pandas_read_cloud_id_as_a_string(any_archive: Any) -> None:
     write(demand_readings("000001", AFTER_CLOSE.replace(minute=0) - parquet.hourfiles.HOUR, 3))
     rotate_and_export(AFTER_CLOSE)
     filesystem, root = store.open_archive().arrow_filesystem()

@@ -9,12 +9,14 @@ import sys
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from pytest_django.fixtures import Settings
 
 from ingestion import hourfiles
 from ingestion.archive import rotation
@@ -46,7 +48,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def request_timeout(settings) -> None:  # type: ignore[no-untyped-def]
+def request_timeout(settings: Settings) -> None:
     # Well above the simulator's reply time even on a busy machine: a reply the simulator sent
     # but the client gave up on would be a served reading that no poller could log.
     settings.INGEST_REQUEST_TIMEOUT = 2.0
@@ -59,7 +61,7 @@ class SimulatedCrashError(Exception):
 class CrashAfterWriting(Poller):
     """Dies after its files are synced and before the database hears of them."""
 
-    def _save(self, batch, report):  # type: ignore[no-untyped-def]
+    def _save(self, batch: Any, report: Any) -> Any:
         raise SimulatedCrashError
 
 
@@ -68,7 +70,7 @@ class FullDisk(HourFileWriter):
 
     full = True
 
-    def _write(self, cloud_id, hour, data):  # type: ignore[no-untyped-def]
+    def _write(self, cloud_id: Any, hour: Any, data: Any) -> Any:
         if self.full:
             raise OSError(errno.ENOSPC, "No space left on device")
         return super()._write(cloud_id, hour, data)
@@ -78,7 +80,7 @@ def demand_state(cloud_id: str) -> FetchState:
     return FetchState.objects.get(user__cloud_id=cloud_id)
 
 
-def test_it_logs_every_served_reading_exactly_once(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_logs_every_served_reading_exactly_once(settings: Settings) -> None:
     with polling_run(settings, users=8) as run:
         reports = [run.tick() for _ in range(30)]
         served = run.served()
@@ -100,7 +102,9 @@ def test_it_logs_every_served_reading_exactly_once(settings) -> None:  # type: i
     assert state.first_timestamp == min(key[2] for key in cloud_lines)
 
 
-def test_it_never_logs_a_reading_twice_after_a_crash_between_files_and_database(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_never_logs_a_reading_twice_after_a_crash_between_files_and_database(
+    settings: Settings,
+) -> None:
     with polling_run(settings, users=10) as run:
         run.tick()
         run.restart(poller_class=CrashAfterWriting)
@@ -132,7 +136,9 @@ def test_it_never_logs_a_reading_twice_after_a_crash_between_files_and_database(
     assert set(logged) == served
 
 
-def test_a_restarted_poller_knows_what_a_killed_one_wrote_to_files_shipped_since(settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_restarted_poller_knows_what_a_killed_one_wrote_to_files_shipped_since(
+    settings: Settings,
+) -> None:
     with polling_run(settings, users=6) as run:
         run.tick()
         run.restart(poller_class=CrashAfterWriting)
@@ -152,7 +158,9 @@ def test_a_restarted_poller_knows_what_a_killed_one_wrote_to_files_shipped_since
             assert slot.logged[DEMAND] == newest_on_disk[(slot.cloud_id, DEMAND)]
 
 
-def test_it_keeps_readings_it_cannot_write_and_writes_them_first_next_tick(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_keeps_readings_it_cannot_write_and_writes_them_first_next_tick(
+    settings: Settings,
+) -> None:
     with polling_run(settings, users=5) as run:
         run.poller.writer = FullDisk(run.poller.root)
         report = run.tick()
@@ -175,7 +183,9 @@ def test_it_keeps_readings_it_cannot_write_and_writes_them_first_next_tick(setti
         assert stamps == sorted(stamps)
 
 
-def test_it_backs_off_from_an_unreachable_gateway_and_resolves_its_incident(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_backs_off_from_an_unreachable_gateway_and_resolves_its_incident(
+    settings: Settings,
+) -> None:
     settings.INGEST_INCIDENT_AFTER_FAILURES = 3
     with polling_run(settings, users=3) as run:
         run.sim.set_fault("000001", "reset")
@@ -201,7 +211,7 @@ def test_it_backs_off_from_an_unreachable_gateway_and_resolves_its_incident(sett
     assert incident.resolution == "Fetching works again."
 
 
-def test_it_suspends_a_user_after_repeated_bad_credentials(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_suspends_a_user_after_repeated_bad_credentials(settings: Settings) -> None:
     settings.INGEST_SUSPEND_AFTER_AUTH_FAILURES = 3
     with polling_run(settings, users=2) as run:
         run.move_to(run.clock.now + 1)
@@ -223,7 +233,9 @@ def test_it_suspends_a_user_after_repeated_bad_credentials(settings) -> None:  #
     assert "an-old-password" not in incident.raw_reply + incident.message
 
 
-def test_a_corrected_password_is_tried_at_the_next_tick_despite_the_backoff(settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_corrected_password_is_tried_at_the_next_tick_despite_the_backoff(
+    settings: Settings,
+) -> None:
     with polling_run(settings, users=2) as run:
         run.move_to(run.clock.now + 1)
         user = EagleUser.objects.get(cloud_id="000001")
@@ -240,7 +252,7 @@ def test_a_corrected_password_is_tried_at_the_next_tick_despite_the_backoff(sett
     assert Incident.objects.get(user=user).state == IncidentState.RESOLVED
 
 
-def test_it_picks_up_added_and_suspended_users_at_the_next_tick(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_picks_up_added_and_suspended_users_at_the_next_tick(settings: Settings) -> None:
     with polling_run(settings, users=3, create=2) as run:
         assert run.tick().users_due == 2
         run.move_to(run.clock.now + 1)
@@ -257,7 +269,9 @@ def test_it_picks_up_added_and_suspended_users_at_the_next_tick(settings) -> Non
     assert "000003" in {key[0] for key in logged_keys()}
 
 
-def test_it_cuts_off_a_slow_gateway_at_the_deadline_and_records_a_late_tick(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_cuts_off_a_slow_gateway_at_the_deadline_and_records_a_late_tick(
+    settings: Settings,
+) -> None:
     settings.INGEST_POLL_SECONDS = 1.0
     settings.INGEST_REQUEST_TIMEOUT = 30.0
     with polling_run(settings, users=4) as run:
@@ -273,7 +287,9 @@ def test_it_cuts_off_a_slow_gateway_at_the_deadline_and_records_a_late_tick(sett
     assert not Incident.objects.exists()
 
 
-def test_readings_fetched_early_are_on_disk_before_a_slow_gateway_answers(settings) -> None:  # type: ignore[no-untyped-def]
+def test_readings_fetched_early_are_on_disk_before_a_slow_gateway_answers(
+    settings: Settings,
+) -> None:
     settings.INGEST_REQUEST_TIMEOUT = 30.0
     on_disk_while_waiting = []
 
@@ -295,7 +311,9 @@ def test_readings_fetched_early_are_on_disk_before_a_slow_gateway_answers(settin
     assert sorted(key[0] for key in logged_keys()) == ["000001", "000003", "000004"]
 
 
-def test_readings_wait_for_the_end_of_the_tick_while_the_lease_is_in_doubt(settings) -> None:  # type: ignore[no-untyped-def]
+def test_readings_wait_for_the_end_of_the_tick_while_the_lease_is_in_doubt(
+    settings: Settings,
+) -> None:
     settings.INGEST_REQUEST_TIMEOUT = 30.0
     with polling_run(settings, users=4) as run:
         run.sim.set_fault("000002", "timeout")
@@ -308,7 +326,9 @@ def test_readings_wait_for_the_end_of_the_tick_while_the_lease_is_in_doubt(setti
 
 # The constant count is PostgreSQL's: elsewhere the metadata is written in batches of rows.
 @pytest.mark.postgresql
-def test_it_records_a_tick_in_the_same_number_of_statements_for_5_or_50_users(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_records_a_tick_in_the_same_number_of_statements_for_5_or_50_users(
+    settings: Settings,
+) -> None:
     with polling_run(settings, users=50, create=5) as run:
         # Failing every tick without backoff: an incident refreshed in every tick.
         run.sim.set_fault("000001", "html")
@@ -328,7 +348,7 @@ def test_it_records_a_tick_in_the_same_number_of_statements_for_5_or_50_users(se
     assert few == many <= 6
 
 
-def create_users_beyond(run, count: int) -> None:  # type: ignore[no-untyped-def]
+def create_users_beyond(run: Any, count: int) -> None:
     EagleUser.objects.bulk_create(
         [
             EagleUser(
@@ -341,7 +361,9 @@ def create_users_beyond(run, count: int) -> None:  # type: ignore[no-untyped-def
     )
 
 
-def test_it_fetches_extra_record_types_once_a_minute_besides_demand(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_fetches_extra_record_types_once_a_minute_besides_demand(
+    settings: Settings,
+) -> None:
     with polling_run(settings, users=2) as run:
         FetchState.objects.filter(user__cloud_id="000001").update(extra_record_types=["summation"])
         run.poller.load_users()
@@ -360,7 +382,7 @@ def test_it_fetches_extra_record_types_once_a_minute_besides_demand(settings) ->
     assert state.extra_timestamps == {"summation": max(key[2] for key in summations)}
 
 
-def test_it_registers_each_new_hour_file_in_the_manifest_once(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_registers_each_new_hour_file_in_the_manifest_once(settings: Settings) -> None:
     next_hour = (START // 3600 + 1) * 3600
     with polling_run(settings, users=3, start=next_hour - 30) as run:
         for _ in range(10):
@@ -378,7 +400,9 @@ def test_it_registers_each_new_hour_file_in_the_manifest_once(settings) -> None:
 # On SQLite, readings served around the simulated crash are missing from the files: a known
 # failure of the embedded default, not understood yet.
 @pytest.mark.postgresql
-def test_it_logs_exactly_the_simulators_readings_through_faults_and_a_crash(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_logs_exactly_the_simulators_readings_through_faults_and_a_crash(
+    settings: Settings,
+) -> None:
     settings.INGEST_REQUEST_TIMEOUT = 0.5
     plan = FaultPlan.parse(
         "timeout=0.004,reset=0.02,http_5xx=0.02,html=0.01,truncated=0.02,wrong_root=0.01,"
@@ -410,7 +434,9 @@ def test_it_logs_exactly_the_simulators_readings_through_faults_and_a_crash(sett
     assert not Incident.objects.filter(state="open", failure_class="meter_not_joined").exists()
 
 
-def test_a_meter_stuck_on_one_reading_gets_a_stale_reading_incident(settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_meter_stuck_on_one_reading_gets_a_stale_reading_incident(
+    settings: Settings,
+) -> None:
     settings.INGEST_STALL_SECONDS = 60
     with polling_run(settings, users=2) as run:
         run.tick()
@@ -429,7 +455,9 @@ def test_a_meter_stuck_on_one_reading_gets_a_stale_reading_incident(settings) ->
 # --- Hour file tails ---------------------------------------------------------------------------
 
 
-def test_it_reads_the_newest_timestamps_from_file_tails_despite_a_torn_line(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_reads_the_newest_timestamps_from_file_tails_despite_a_torn_line(
+    settings: Settings,
+) -> None:
     with polling_run(settings, users=2) as run:
         for _ in range(5):
             run.tick()
@@ -450,7 +478,7 @@ def test_it_reads_the_newest_timestamps_from_file_tails_despite_a_torn_line(sett
 # --- The command -------------------------------------------------------------------------------
 
 
-def test_poll_once_runs_one_tick_and_releases_the_shard(settings) -> None:  # type: ignore[no-untyped-def]
+def test_poll_once_runs_one_tick_and_releases_the_shard(settings: Settings) -> None:
     with polling_run(settings, users=3):
         out = StringIO()
         call_command("poll", "--once", stdout=out)
@@ -464,13 +492,13 @@ def test_poll_once_runs_one_tick_and_releases_the_shard(settings) -> None:  # ty
     assert PollLease.objects.get(shard=0).holder == ""
 
 
-def test_poll_refuses_a_shard_that_does_not_exist(settings) -> None:  # type: ignore[no-untyped-def]
+def test_poll_refuses_a_shard_that_does_not_exist(settings: Settings) -> None:
     settings.INGEST_SHARDS = 2
     with pytest.raises(CommandError, match="no shard 2"):
         call_command("poll", "--once", "--shard", "2")
 
 
-def test_poll_once_polls_only_the_users_of_its_shard(settings) -> None:  # type: ignore[no-untyped-def]
+def test_poll_once_polls_only_the_users_of_its_shard(settings: Settings) -> None:
     settings.INGEST_SHARDS = 2
     with polling_run(settings, users=12):
         call_command("poll", "--once", "--shard", "1", stdout=StringIO())
@@ -483,7 +511,7 @@ def test_poll_once_polls_only_the_users_of_its_shard(settings) -> None:  # type:
 @pytest.mark.django_db(transaction=True)
 # The child process needs a database server it shares with the test (SQLite's is in memory).
 @pytest.mark.postgresql
-def test_poll_stops_cleanly_on_sigterm_after_the_current_tick(settings) -> None:  # type: ignore[no-untyped-def]
+def test_poll_stops_cleanly_on_sigterm_after_the_current_tick(settings: Settings) -> None:
     with Simulator(users=3, seed=2) as sim:
         create_users(sim)
         env = {

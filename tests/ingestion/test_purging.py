@@ -8,6 +8,7 @@ import pytest
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
+from pytest_django.fixtures import Settings
 
 from ingestion import hourfiles
 from ingestion.models import HourFile, HourFileState
@@ -117,7 +118,7 @@ def test_delete_without_purge_keeps_every_file_object_and_manifest_row() -> None
     assert rows.count() == 2 and not rows.filter(user__isnull=False).exists()
 
 
-def test_purge_finds_archived_objects_under_an_earlier_prefix(settings) -> None:  # type: ignore[no-untyped-def]
+def test_purge_finds_archived_objects_under_an_earlier_prefix(settings: Settings) -> None:
     user = EagleUserFactory(cloud_id="002738")
     settings.ARCHIVE_PREFIX = "old-logs"
     old_key = archive("002738", SHIPPED_HOUR)
@@ -138,8 +139,8 @@ def test_purge_finds_archived_objects_under_an_earlier_prefix(settings) -> None:
 
 
 def test_a_purge_the_archive_refuses_keeps_the_user_suspended_and_can_be_retried(
-    settings,
-    s3_archive: str,  # type: ignore[no-untyped-def]
+    settings: Settings,
+    s3_archive: str,
 ) -> None:
     user = EagleUserFactory(cloud_id="002738")
     data_of("002738", user)

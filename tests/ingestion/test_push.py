@@ -4,11 +4,13 @@ import io
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.test import Client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,7 +39,7 @@ NOW = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 T0 = int(NOW.timestamp()) - 60
 
 
-def push_user(**over):  # type: ignore[no-untyped-def]
+def push_user(**over: Any) -> Any:
     fields = {
         "cloud_id": "00a1b2",
         "connection_type": ConnectionType.PUSH,
@@ -398,8 +400,8 @@ def test_push_token_command_warns_when_the_user_is_polled_and_fails_for_unknown_
 
 @pytest.mark.django_db
 def test_the_admin_issues_a_token_shown_once_on_an_uncached_page_and_revokes_it(
-    admin_client,
-) -> None:  # type: ignore[no-untyped-def]
+    admin_client: Client,
+) -> None:
     user = push_user()
     changelist = "/admin/users/eagleuser/"
 
@@ -458,7 +460,7 @@ JSON_PUSH_ITEMS = st.fixed_dictionaries(
 
 @given(st.lists(JSON_PUSH_ITEMS, max_size=3))
 @settings(max_examples=300, deadline=None)
-def test_any_eagle200_shaped_push_is_decoded_or_refused_with_a_status(items: list) -> None:  # type: ignore[type-arg]
+def test_any_eagle200_shaped_push_is_decoded_or_refused_with_a_status(items: list[Any]) -> None:
     text = orjson.dumps({"timestamp": "1", "body": items}).decode()
     try:
         parsed = parse_push(text, "00a1b2", NOW)

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -15,11 +17,13 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 from django_q.models import Schedule
+from pytest_django.fixtures import Settings
 
-from ingestion import hourfiles, readings_store
+from ingestion import hourfiles, readings_store, tasks
 from ingestion.archive import rotation
 from ingestion.models import FetchState, HourFile, LoadedHourFile, ReadingsLoad
 from ingestion.polling.schedules import LOAD_SCHEDULE, register_schedules
+from ingestion.purging import purge_user_data
 from ingestion.readings_store import COLUMNS
 from tests.factories import OperatorFactory
 from tests.hour_files import demand_readings, write
@@ -30,7 +34,7 @@ AFTER = datetime(2026, 3, 8, 12, 10, tzinfo=UTC)
 
 
 @pytest.fixture
-def store(settings):  # type: ignore[no-untyped-def]
+def store(settings: Settings) -> Any:
     settings.READINGS_STORE = "postgres"
     settings.READINGS_RETENTION_DAYS = 0
     # Worker threads have connections of their own, which see only committed data.
@@ -241,7 +245,9 @@ def test_partitions_are_made_ahead_and_dropped_whole_past_the_retention(store) -
 
 
 @pytest.mark.django_db
-def test_load_readings_backfills_a_range_with_a_dry_run_first(store, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_load_readings_backfills_a_range_with_a_dry_run_first(
+    store: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     for cloud_id in ("0f01", "0f02"):
         write(demand_readings(cloud_id, NINE, 1800))
     rotate_at(AFTER)
@@ -261,7 +267,7 @@ def test_load_readings_backfills_a_range_with_a_dry_run_first(store, capsys) -> 
 
 
 @pytest.mark.django_db
-def test_load_readings_says_why_when_the_store_is_off(settings) -> None:  # type: ignore[no-untyped-def]
+def test_load_readings_says_why_when_the_store_is_off(settings: Settings) -> None:
     settings.READINGS_STORE = ""
     with pytest.raises(CommandError, match="READINGS_STORE"):
         call_command("load_readings")
@@ -286,6 +292,22 @@ def test_the_admin_shows_the_lag_and_the_failed_loads(store) -> None:
 
 
 @pytest.mark.django_db
+def test_the_scheduled_task_keeps_the_partitions_and_loads_what_is_pending(store) -> None:
+    write(demand_readings("1c01", NINE, 10))
+    rotate_at(AFTER)
+
+    with time_machine.travel(AFTER, tick=False):
+        outcome = tasks.load_readings()
+
+    assert outcome["rows_inserted"] == 10 and outcome["failures"] == 0
+    assert outcome["partitions_made"] == [
+        "readings_p20260308",
+        "readings_p20260309",
+        "readings_p20260310",
+    ]
+
+
+@pytest.mark.django_db
 def test_the_load_schedule_exists_only_while_the_store_is_on(store) -> None:
     store.READINGS_LOAD_INTERVAL = 10
     register_schedules()
@@ -297,7 +319,7 @@ def test_the_load_schedule_exists_only_while_the_store_is_on(store) -> None:
     assert not Schedule.objects.filter(name=LOAD_SCHEDULE).exists()
 
 
-def test_on_sqlite_the_store_stays_off_and_a_system_check_says_why(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_on_sqlite_the_store_stays_off_and_a_system_check_says_why(tmp_path: Path) -> None:
     env = {
         **os.environ,
         "DEBUG": "1",
@@ -324,3 +346,16 @@ def test_a_load_the_database_refuses_is_recorded_with_its_error_and_loads_later(
     assert "no partition of relation" in failed.error
     assert table_keys() == [] and not LoadedHourFile.objects.exists()
     assert readings_store.run_pass(now=AFTER).rows_inserted == 10
+
+
+@pytest.mark.django_db
+def test_purging_a_households_data_deletes_its_readings_from_the_table(store) -> None:
+    write(demand_readings("1d01", NINE, 10))
+    write(demand_readings("1d02", NINE, 10))
+    rotate_at(AFTER)
+    readings_store.run_pass(now=AFTER)
+
+    report = purge_user_data("1d01")
+
+    assert report.store_rows == 10
+    assert {cloud_id for cloud_id, _, _ in table_keys()} == {"1d02"}

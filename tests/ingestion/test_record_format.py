@@ -4,6 +4,7 @@ the registered record types generate, and the documentation covers every field a
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -92,7 +93,7 @@ def test_pushed_and_negative_readings_validate(validator: Draft202012Validator) 
     validator.validate(record)
 
 
-def a_record() -> dict:  # type: ignore[type-arg]
+def a_record() -> dict[str, Any]:
     reading = decode_payload(
         "<InstantaneousDemand><TimeStamp>0x2f0a1b2c</TimeStamp><Demand>0x0004d2</Demand>"
         "<Divisor>0x3e8</Divisor>"
@@ -120,7 +121,7 @@ def a_record() -> dict:  # type: ignore[type-arg]
 )
 def test_the_schema_refuses_records_that_break_the_format(
     validator: Draft202012Validator,
-    spoil,  # type: ignore[no-untyped-def]
+    spoil: Any,
 ) -> None:
     record = a_record()
     validator.validate(record)

@@ -7,11 +7,15 @@ import json
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 import time_machine
 from django.core.management import CommandError, call_command
+from django.test import Client
 from django_q.models import Schedule
+from pytest_django.fixtures import Settings
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -45,7 +49,7 @@ def receiver() -> Iterator[HTTPServer]:
 
 
 @pytest.fixture
-def reporting_to(settings, receiver: HTTPServer) -> HTTPServer:  # type: ignore[no-untyped-def]
+def reporting_to(settings: Settings, receiver: HTTPServer) -> HTTPServer:
     """Reports configured to go to `receiver` (which the test starts when it wants it up)."""
     settings.ERROR_REPORT_URL = f"http://127.0.0.1:{receiver.port}/incidents"
     settings.ERROR_REPORT_SECRET = SECRET
@@ -59,8 +63,8 @@ def clock() -> Iterator[time_machine.Traveller]:
 
 
 def open_incident(
-    cloud_id: str = "00a1b2", message: str = "Gateway unreachable", **over
-) -> Incident:  # type: ignore[no-untyped-def]
+    cloud_id: str = "00a1b2", message: str = "Gateway unreachable", **over: Any
+) -> Incident:
     user = EagleUserFactory(cloud_id=cloud_id)
     fields = {"failure_class": FailureClass.GATEWAY_UNREACHABLE, "message": message, **over}
     return Incident.objects.create(user=user, **fields)
@@ -204,8 +208,8 @@ def test_it_never_puts_eagle_passwords_or_raw_replies_in_a_report(
 
 
 def test_it_gives_up_after_the_last_attempt_until_an_operator_retries(
-    settings, reporting_to: HTTPServer, clock: time_machine.Traveller
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, reporting_to: HTTPServer, clock: time_machine.Traveller
+) -> None:
     settings.ERROR_REPORT_MAX_ATTEMPTS = 2
     reporting_to.expect_request("/incidents").respond_with_data("no such topic", status=404)
     reporting_to.start()
@@ -246,7 +250,7 @@ def test_it_does_not_count_a_redirect_as_a_delivery(
     assert "redirects to http://127.0.0.1:1/elsewhere" in report.last_error
 
 
-def test_it_makes_no_reports_while_reporting_is_off(settings, clock) -> None:  # type: ignore[no-untyped-def]
+def test_it_makes_no_reports_while_reporting_is_off(settings: Settings, clock: Any) -> None:
     settings.ERROR_REPORT_URL = ""
     open_incident()
 
@@ -277,15 +281,15 @@ def test_deliver_reports_command_runs_a_pass_and_prints_what_it_did(
     assert "1 new reports; 1 delivered" in output.getvalue()
 
 
-def test_deliver_reports_command_says_how_to_turn_reporting_on(settings) -> None:  # type: ignore[no-untyped-def]
+def test_deliver_reports_command_says_how_to_turn_reporting_on(settings: Settings) -> None:
     settings.ERROR_REPORT_URL = ""
     with pytest.raises(CommandError, match="ERROR_REPORT_URL"):
         call_command("deliver_reports")
 
 
 def test_the_admin_shows_delivery_state(
-    admin_client, reporting_to: HTTPServer, clock: time_machine.Traveller
-) -> None:  # type: ignore[no-untyped-def]
+    admin_client: Client, reporting_to: HTTPServer, clock: time_machine.Traveller
+) -> None:
     open_incident("00c0de")
     run_report_pass()  # the receiver is down: one failed attempt
 
@@ -314,8 +318,8 @@ def test_reports_are_delivered_by_a_task_scheduled_every_minute(
 
 
 def test_a_receiver_that_never_answers_costs_one_short_timeout_per_pass(
-    settings, clock: time_machine.Traveller
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, clock: time_machine.Traveller
+) -> None:
     with socket.socket() as silent:
         # Connections are queued by the kernel but never answered.
         silent.bind(("127.0.0.1", 0))
@@ -333,7 +337,7 @@ def test_a_receiver_that_never_answers_costs_one_short_timeout_per_pass(
     assert "timed out" in IncidentReport.objects.get(attempts=1).last_error
 
 
-def test_it_refuses_to_start_with_a_report_url_but_no_secret(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_it_refuses_to_start_with_a_report_url_but_no_secret(tmp_path: Path) -> None:
     env = {**PRODUCTION_ENVIRONMENT, "ERROR_REPORT_URL": "https://alerts.example.org/rainlog"}
 
     result = manage("check", env=env, tmp_path=tmp_path)

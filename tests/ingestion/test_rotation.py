@@ -5,9 +5,11 @@ import gzip
 import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import time_machine
+from pytest_django.fixtures import Settings
 
 from ingestion import hourfiles
 from ingestion.archive import rotation
@@ -22,22 +24,22 @@ AFTER_CLOSE = HOUR + timedelta(hours=1, minutes=5)
 pytestmark = pytest.mark.django_db
 
 
-def object_bytes(s3_client, bucket: str, key: str) -> bytes:  # type: ignore[no-untyped-def]
+def object_bytes(s3_client: Any, bucket: str, key: str) -> bytes:
     return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-def keys_in(s3_client, bucket: str) -> list[str]:  # type: ignore[no-untyped-def]
+def keys_in(s3_client: Any, bucket: str) -> list[str]:
     return [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
 
 
-def rotate_at(moment: datetime, **options) -> rotation.RotationReport:  # type: ignore[no-untyped-def]
+def rotate_at(moment: datetime, **options: Any) -> rotation.RotationReport:
     with time_machine.travel(moment, tick=False):
         return rotation.rotate(**options)
 
 
 def test_it_ships_a_closed_hour_to_its_key_verified_and_removes_the_local_file(
-    s3_archive: str, s3_client
-) -> None:  # type: ignore[no-untyped-def]
+    s3_archive: str, s3_client: Any
+) -> None:
     user = EagleUserFactory(cloud_id="002738")
     write(demand_readings("002738", HOUR, 600))
     local = hourfiles.local_path("002738", HOUR)
@@ -64,7 +66,9 @@ def test_it_ships_a_closed_hour_to_its_key_verified_and_removes_the_local_file(
     assert (report.shipped, report.failed, report.conflicts) == (1, 0, 0)
 
 
-def test_it_leaves_the_current_hour_and_the_grace_period_alone(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+def test_it_leaves_the_current_hour_and_the_grace_period_alone(
+    s3_archive: str, s3_client: Any
+) -> None:
     write(demand_readings("002738", HOUR, 5))
     write(demand_readings("002738", HOUR + timedelta(hours=1), 5))
 
@@ -77,7 +81,7 @@ def test_it_leaves_the_current_hour_and_the_grace_period_alone(s3_archive: str, 
     assert hourfiles.local_path("002738", HOUR + timedelta(hours=1)).exists()
 
 
-def test_it_ships_to_the_local_file_system_archive_the_same_way(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_ships_to_the_local_file_system_archive_the_same_way(settings: Settings) -> None:
     write(demand_readings("0abc", HOUR, 20))
     data = hourfiles.local_path("0abc", HOUR).read_bytes()
 
@@ -93,8 +97,8 @@ def test_it_ships_to_the_local_file_system_archive_the_same_way(settings) -> Non
 
 
 def test_a_reading_after_the_seal_goes_to_a_late_part_shipped_under_its_own_key(
-    s3_archive: str, s3_client
-) -> None:  # type: ignore[no-untyped-def]
+    s3_archive: str, s3_client: Any
+) -> None:
     write(demand_readings("002738", HOUR, 10))
     rotate_at(AFTER_CLOSE)
     late_reading = demand_readings("002738", HOUR + timedelta(minutes=59), 1)
@@ -111,7 +115,7 @@ def test_a_reading_after_the_seal_goes_to_a_late_part_shipped_under_its_own_key(
     assert not late.exists()
 
 
-def test_it_counts_malformed_lines_and_ships_every_byte(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+def test_it_counts_malformed_lines_and_ships_every_byte(s3_archive: str, s3_client: Any) -> None:
     write(demand_readings("002738", HOUR, 3))
     local = hourfiles.local_path("002738", HOUR)
     # A line torn by a crash, then more readings after it.
@@ -154,7 +158,7 @@ def test_the_manifest_keeps_the_newest_time_of_each_record_type(
     }
 
 
-def test_an_empty_sealed_file_is_nothing_to_ship(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+def test_an_empty_sealed_file_is_nothing_to_ship(s3_archive: str, s3_client: Any) -> None:
     local = hourfiles.local_path("002738", HOUR)
     local.parent.mkdir(parents=True)
     local.touch()
@@ -169,8 +173,8 @@ def test_an_empty_sealed_file_is_nothing_to_ship(s3_archive: str, s3_client) -> 
 
 
 def test_gzip_objects_are_explicit_jl_gz_without_content_encoding(
-    settings, s3_archive: str, s3_client
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, s3_archive: str, s3_client: Any
+) -> None:
     settings.ARCHIVE_COMPRESS = "gzip"
     write(demand_readings("002738", HOUR, 600))
     data = hourfiles.local_path("002738", HOUR).read_bytes()
@@ -190,8 +194,8 @@ def test_gzip_objects_are_explicit_jl_gz_without_content_encoding(
 
 
 def test_the_key_stays_what_it_was_when_the_row_was_made(
-    settings, s3_archive: str, s3_client
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, s3_archive: str, s3_client: Any
+) -> None:
     write(demand_readings("002738", HOUR, 5))
     with time_machine.travel(AFTER_CLOSE, tick=False):
         rotation.rotate(should_stop=lambda: True)  # registers, ships nothing
@@ -207,8 +211,8 @@ def test_the_key_stays_what_it_was_when_the_row_was_made(
 
 
 def test_an_identical_object_already_at_the_key_counts_as_shipped(
-    s3_archive: str, s3_client
-) -> None:  # type: ignore[no-untyped-def]
+    s3_archive: str, s3_client: Any
+) -> None:
     write(demand_readings("002738", HOUR, 5))
     data = hourfiles.local_path("002738", HOUR).read_bytes()
     key = hourfiles.archive_key("002738", HOUR)
@@ -222,8 +226,8 @@ def test_an_identical_object_already_at_the_key_counts_as_shipped(
 
 
 def test_a_different_object_at_the_key_is_a_conflict_never_overwritten(
-    s3_archive: str, s3_client
-) -> None:  # type: ignore[no-untyped-def]
+    s3_archive: str, s3_client: Any
+) -> None:
     write(demand_readings("002738", HOUR, 5))
     local = hourfiles.local_path("002738", HOUR)
     data = local.read_bytes()
@@ -251,7 +255,7 @@ def test_a_different_object_at_the_key_is_a_conflict_never_overwritten(
     assert not local.exists()
 
 
-def test_a_conflict_on_the_local_archive_is_detected_too(settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_conflict_on_the_local_archive_is_detected_too(settings: Settings) -> None:
     write(demand_readings("0abc", HOUR, 5))
     stored = Path(settings.ARCHIVE_ROOT) / hourfiles.archive_key("0abc", HOUR)
     stored.parent.mkdir(parents=True)
@@ -264,7 +268,7 @@ def test_a_conflict_on_the_local_archive_is_detected_too(settings) -> None:  # t
     assert hourfiles.local_path("0abc", HOUR).exists()
 
 
-def test_only_the_requested_hour_and_user_are_shipped(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+def test_only_the_requested_hour_and_user_are_shipped(s3_archive: str, s3_client: Any) -> None:
     for cloud_id in ("0001", "0002"):
         write(demand_readings(cloud_id, HOUR, 3))
         write(demand_readings(cloud_id, HOUR - timedelta(hours=1), 3))
@@ -275,7 +279,7 @@ def test_only_the_requested_hour_and_user_are_shipped(s3_archive: str, s3_client
     assert HourFile.objects.count() == 1
 
 
-def test_a_row_registered_by_someone_else_is_shipped_too(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_row_registered_by_someone_else_is_shipped_too(s3_archive: str, s3_client: Any) -> None:
     write(demand_readings("002738", HOUR, 3))
     HourFile.objects.create(
         cloud_id="002738",
@@ -306,8 +310,8 @@ def test_a_verified_file_left_on_disk_by_a_stopped_run_is_removed(s3_archive: st
 
 
 def test_new_readings_under_a_shipped_name_move_to_a_new_late_part(
-    s3_archive: str, s3_client
-) -> None:  # type: ignore[no-untyped-def]
+    s3_archive: str, s3_client: Any
+) -> None:
     write(demand_readings("002738", HOUR, 3))
     rotate_at(AFTER_CLOSE)
     first_object = object_bytes(s3_client, s3_archive, hourfiles.archive_key("002738", HOUR))
@@ -331,8 +335,8 @@ def test_new_readings_under_a_shipped_name_move_to_a_new_late_part(
 
 
 def test_old_hour_directories_lose_their_markers_once_all_is_verified(
-    settings, s3_archive: str
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, s3_archive: str
+) -> None:
     settings.ROTATE_MARKER_RETENTION_HOURS = 24
     write(demand_readings("0001", HOUR, 3))
     write(demand_readings("0002", HOUR, 3))
@@ -348,8 +352,8 @@ def test_old_hour_directories_lose_their_markers_once_all_is_verified(
 
 
 def test_an_hour_directory_with_an_unshipped_file_is_kept(
-    settings, s3_archive: str, s3_client
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, s3_archive: str, s3_client: Any
+) -> None:
     settings.ROTATE_MARKER_RETENTION_HOURS = 24
     write(demand_readings("0001", HOUR, 3))
     key = hourfiles.archive_key("0001", HOUR)
@@ -362,7 +366,9 @@ def test_an_hour_directory_with_an_unshipped_file_is_kept(
     assert hourfiles.sealed_marker(hourfiles.local_path("0001", HOUR)).exists()
 
 
-def test_open_files_stay_bounded_whatever_the_number_of_files(settings, s3_archive: str) -> None:  # type: ignore[no-untyped-def]
+def test_open_files_stay_bounded_whatever_the_number_of_files(
+    settings: Settings, s3_archive: str
+) -> None:
     settings.ROTATE_CONCURRENCY = 3
     for n in range(60):
         write(demand_readings(f"{n:04x}", HOUR, 2))
@@ -382,8 +388,12 @@ def test_open_files_stay_bounded_whatever_the_number_of_files(settings, s3_archi
 
 @pytest.mark.parametrize("compress", ["", "gzip"])
 def test_a_file_too_large_for_memory_is_streamed_with_the_same_result(
-    settings, monkeypatch, s3_archive: str, s3_client, compress: str
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    s3_archive: str,
+    s3_client: Any,
+    compress: str,
+) -> None:
     settings.ARCHIVE_COMPRESS = compress
     # Tiny limits, so that this file is streamed and its lines span read chunks.
     monkeypatch.setattr(rotation, "SPOOL_BYTES", 1000)

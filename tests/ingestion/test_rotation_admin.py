@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
+from django.contrib.auth.models import User
 from django.test import Client
 
 from ingestion import hourfiles
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def admin_client_(client: Client, operator) -> Client:  # type: ignore[no-untyped-def]
+def admin_client_(client: Client, operator: User) -> Client:
     operator.is_superuser = True
     operator.save()
     client.force_login(operator)

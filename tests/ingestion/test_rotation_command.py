@@ -4,11 +4,13 @@ import os
 import signal
 from datetime import UTC, datetime, timedelta
 from io import StringIO
+from typing import Any
 
 import pytest
 import time_machine
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from pytest_django.fixtures import Settings
 
 from ingestion import hourfiles, tasks
 from ingestion.management.commands import rotate_logs as rotate_logs_module
@@ -35,7 +37,7 @@ def test_it_ships_and_prints_a_summary(s3_archive: str) -> None:
     assert HourFile.objects.get().state == HourFileState.VERIFIED
 
 
-def test_a_dry_run_lists_the_files_and_changes_nothing(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_dry_run_lists_the_files_and_changes_nothing(s3_archive: str, s3_client: Any) -> None:
     write(demand_readings("002738", HOUR, 4))
     local = hourfiles.local_path("002738", HOUR)
 
@@ -81,7 +83,7 @@ def test_bad_options_are_refused_with_a_clear_error(args: list[str], message: st
         rotate_logs(*args)
 
 
-def test_it_exits_non_zero_when_a_file_fails(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_exits_non_zero_when_a_file_fails(settings: Settings) -> None:
     write(demand_readings("002738", HOUR, 2))
     settings.STORAGES = {
         **settings.STORAGES,
@@ -104,8 +106,8 @@ def test_the_hourly_task_ships_and_returns_a_json_able_report(s3_archive: str) -
 
 
 def test_the_hourly_task_stops_before_its_timeout_and_leaves_the_rest(
-    settings, s3_archive: str
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, s3_archive: str
+) -> None:
     settings.Q_CLUSTER = {**settings.Q_CLUSTER, "timeout": 0}
     write(demand_readings("002738", HOUR, 2))
     with time_machine.travel(AFTER_CLOSE, tick=False):
@@ -115,14 +117,14 @@ def test_the_hourly_task_stops_before_its_timeout_and_leaves_the_rest(
 
 
 def test_sigterm_lets_the_files_in_flight_finish_and_stops(
-    settings, monkeypatch, s3_archive
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, s3_archive: str
+) -> None:
     settings.ROTATE_CONCURRENCY = 1
     for n in range(12):
         write(demand_readings(f"{n:04x}", HOUR, 2))
     seen = []
 
-    def terminate_after_the_first(self, shipment) -> None:  # type: ignore[no-untyped-def]
+    def terminate_after_the_first(self, shipment: Any) -> None:
         seen.append(shipment)
         if len(seen) == 1:
             os.kill(os.getpid(), signal.SIGTERM)

@@ -2,10 +2,12 @@
 
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import time_machine
 from django.db import connection
+from pytest_django.fixtures import Settings
 
 from ingestion import hourfiles
 from ingestion.archive import rotation
@@ -17,7 +19,9 @@ AFTER_CLOSE = HOUR + timedelta(hours=1, minutes=5)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_rotations_claim_each_file_once(settings, s3_archive, s3_client) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_rotations_claim_each_file_once(
+    settings: Settings, s3_archive: str, s3_client: Any
+) -> None:
     settings.ROTATE_CONCURRENCY = 3
     users = [f"{n:04x}" for n in range(40)]
     for cloud_id in users:

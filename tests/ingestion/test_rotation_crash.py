@@ -7,9 +7,11 @@ a SIGKILL, it leaves rows, leases, objects and files exactly as they were at tha
 import gzip
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import time_machine
+from pytest_django.fixtures import Settings
 
 from ingestion import hourfiles
 from ingestion.archive import rotation
@@ -28,7 +30,7 @@ class SimulatedCrash(BaseException):
 
 
 @pytest.fixture(params=["s3", "local-gzip"])
-def archive_bytes(request, settings):  # type: ignore[no-untyped-def]
+def archive_bytes(request: pytest.FixtureRequest, settings: Settings) -> Any:
     """Which archive the test ships to, and how to read back every object in it."""
     if request.param == "s3":
         bucket = request.getfixturevalue("s3_archive")
@@ -64,7 +66,9 @@ def crash_after(step: rotation.Step, key_part: str) -> rotation.AfterStep:
 
 
 @pytest.mark.parametrize("step", list(rotation.Step))
-def test_a_run_killed_after_any_step_is_finished_by_the_next(settings, archive_bytes, step) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_killed_after_any_step_is_finished_by_the_next(
+    settings: Settings, archive_bytes: Any, step: Any
+) -> None:
     originals = {}
     for cloud_id in USERS:
         write(demand_readings(cloud_id, HOUR, 50))
@@ -94,8 +98,8 @@ def test_a_run_killed_after_any_step_is_finished_by_the_next(settings, archive_b
 
 
 def test_a_run_that_dies_while_holding_a_lease_blocks_nobody_after_it_lapses(
-    settings, s3_archive
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, s3_archive: str
+) -> None:
     write(demand_readings("002738", HOUR, 5))
     with time_machine.travel(AFTER_CLOSE, tick=False), pytest.raises(SimulatedCrash):
         rotation.rotate(after_step=crash_after(rotation.Step.CLAIMED, ""))

@@ -5,10 +5,12 @@ import random
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
 import time_machine
+from pytest_django.fixtures import Settings
 
 from ingestion.archive import rotation
 from ingestion.hourfiles import HourFileWriter
@@ -48,7 +50,9 @@ def write_continuously(
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_every_reading_is_archived_exactly_once(settings, s3_archive, s3_client, seed) -> None:  # type: ignore[no-untyped-def]
+def test_every_reading_is_archived_exactly_once(
+    settings: Settings, s3_archive: str, s3_client: Any, seed: Any
+) -> None:
     settings.ROTATE_LEASE_SECONDS = 30
     chance = random.Random(seed)
     written: list[tuple[str, int]] = []

@@ -4,7 +4,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
+from django.contrib.auth.models import User
 from django.test import Client
+from pytest_django.fixtures import Settings
 
 from ingestion.models import HourFile, HourFileState
 from tests.hour_files import manifest_row
@@ -15,7 +17,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def client(client: Client, operator) -> Client:  # type: ignore[no-untyped-def]
+def client(client: Client, operator: User) -> Client:
     """Signed-in staff: anonymous callers of /healthz get no cloud ids."""
     client.force_login(operator)
     return client
@@ -27,7 +29,7 @@ def healthz(client: Client) -> tuple[int, dict]:
     return response.status_code, response.json()["checks"]["archive_freshness"]
 
 
-def test_oldest_unshipped_is_the_oldest_hour_not_verified(db) -> None:  # type: ignore[no-untyped-def]
+def test_oldest_unshipped_is_the_oldest_hour_not_verified(db: None) -> None:
     manifest_row("0001", datetime(2026, 3, 8, 7, tzinfo=UTC), state=HourFileState.VERIFIED)
     manifest_row("0001", datetime(2026, 3, 8, 9, tzinfo=UTC), state=HourFileState.CONFLICT)
     manifest_row("0002", datetime(2026, 3, 8, 10, tzinfo=UTC), state=HourFileState.FAILED)
@@ -55,7 +57,7 @@ def test_healthz_shows_the_lag_and_stays_green_below_the_threshold(client: Clien
     }
 
 
-def test_healthz_turns_red_past_the_threshold(client: Client, settings) -> None:  # type: ignore[no-untyped-def]
+def test_healthz_turns_red_past_the_threshold(client: Client, settings: Settings) -> None:
     settings.ARCHIVE_FRESHNESS_ALERT_SECONDS = 3 * 3600
     manifest_row("0001", NOW - timedelta(hours=3, minutes=31), state=HourFileState.SEALED)
 

@@ -13,16 +13,19 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import time_machine
+from django.contrib.auth.models import User
 from django.test import Client
+from pytest_django.fixtures import Settings
 
 from ingestion import hourfiles
 from ingestion.archive import rotation
 from ingestion.hourfiles import HourFileWriter
 from ingestion.models import HourFile, HourFileState, Incident, IncidentState
-from ingestion.records import FailureClass
+from ingestion.records import FailureClass, Reading
 from tests.factories import EagleUserFactory
 from tests.hour_files import demand_readings, write
 
@@ -46,18 +49,18 @@ def kill_after(step: rotation.Step, key_part: str) -> rotation.AfterStep:
     return hook
 
 
-def rotate_at(moment: datetime, **options) -> rotation.RotationReport:  # type: ignore[no-untyped-def]
+def rotate_at(moment: datetime, **options: Any) -> rotation.RotationReport:
     with time_machine.travel(moment, tick=False):
         return rotation.rotate(**options)
 
 
-def after_lease(moment: datetime, settings) -> datetime:  # type: ignore[no-untyped-def]
+def after_lease(moment: datetime, settings: Settings) -> datetime:
     """When a killed run's claims have lapsed."""
     return moment + timedelta(seconds=settings.ROTATE_LEASE_SECONDS + 1)
 
 
 @pytest.fixture
-def shipped_hour(db) -> Path:  # type: ignore[no-untyped-def]
+def shipped_hour(db: None) -> Path:
     """An hour shipped and removed, so readings that come for it later go to late part 1."""
     EagleUserFactory(cloud_id=CLOUD_ID)
     write(demand_readings(CLOUD_ID, HOUR, 300))
@@ -65,14 +68,14 @@ def shipped_hour(db) -> Path:  # type: ignore[no-untyped-def]
     return hourfiles.local_path(CLOUD_ID, HOUR, 1)
 
 
-def late_readings(count: int = 20) -> list:  # type: ignore[type-arg]
+def late_readings(count: int = 20) -> list[Reading]:
     return demand_readings(CLOUD_ID, HOUR + timedelta(minutes=40), count)
 
 
 @pytest.mark.parametrize("compress", [False, True])
 def test_a_late_part_gone_after_its_upload_is_settled_verified_from_the_archive(
-    settings, shipped_hour: Path, compress: bool
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, shipped_hour: Path, compress: bool
+) -> None:
     settings.ARCHIVE_COMPRESS = "gzip" if compress else ""
     write(late_readings())
     data = shipped_hour.read_bytes()
@@ -94,8 +97,8 @@ def test_a_late_part_gone_after_its_upload_is_settled_verified_from_the_archive(
 
 
 def test_a_late_part_gone_before_its_upload_is_recorded_missing_with_an_incident(
-    settings, shipped_hour: Path
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, shipped_hour: Path
+) -> None:
     write(late_readings())
     with pytest.raises(SimulatedKill):
         rotate_at(AFTER_CLOSE, after_step=kill_after(rotation.Step.SEALED, LATE_1))
@@ -122,8 +125,8 @@ def test_a_late_part_gone_before_its_upload_is_recorded_missing_with_an_incident
 
 
 def test_an_operator_puts_a_missing_file_back_and_ships_it_from_the_admin(
-    settings, shipped_hour: Path, client: Client, operator
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, shipped_hour: Path, client: Client, operator: User
+) -> None:
     write(late_readings())
     kept = shipped_hour.read_bytes()
     with pytest.raises(SimulatedKill):
@@ -159,8 +162,8 @@ def test_an_operator_puts_a_missing_file_back_and_ships_it_from_the_admin(
 
 
 def test_a_late_part_gone_with_another_hours_object_at_its_key_is_a_conflict(
-    settings, shipped_hour: Path
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, shipped_hour: Path
+) -> None:
     write(late_readings())
     other = Path(settings.ARCHIVE_ROOT) / hourfiles.archive_key(CLOUD_ID, HOUR, 1)
     other.parent.mkdir(parents=True, exist_ok=True)
@@ -186,8 +189,8 @@ def blocked_on(path: Path) -> bool:
 
 
 def test_a_writer_leaves_an_empty_file_sealed_under_it_to_the_rotation(
-    settings, shipped_hour: Path
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, shipped_hour: Path
+) -> None:
     """The soak's wedge: on a full disk a writer's append to late-1 fails and leaves it empty; a
     rotation claims it and seals it while the writer, past its first look at the marker, waits
     for the lock. The writer used to remove the empty file, leaving the claimed row without it."""

@@ -2,12 +2,14 @@
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import boto3
 import pytest
 import time_machine
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
+from pytest_django.fixtures import Settings
 
 from ingestion import hourfiles
 from ingestion.archive import rotation
@@ -21,7 +23,7 @@ BUCKET = "rainlog-outage"
 pytestmark = pytest.mark.django_db
 
 
-def point_archive_at(settings, endpoint: str) -> None:  # type: ignore[no-untyped-def]
+def point_archive_at(settings: Settings, endpoint: str) -> None:
     settings.STORAGES = {
         **settings.STORAGES,
         "archive": {
@@ -54,7 +56,9 @@ def stored_keys(port: int) -> list[str]:
     return sorted(o["Key"] for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", []))
 
 
-def test_an_unreachable_archive_fails_files_with_the_reason_and_keeps_them(settings) -> None:  # type: ignore[no-untyped-def]
+def test_an_unreachable_archive_fails_files_with_the_reason_and_keeps_them(
+    settings: Settings,
+) -> None:
     for cloud_id in ("0001", "0002"):
         write(demand_readings(cloud_id, HOUR, 5))
     point_archive_at(settings, "http://127.0.0.1:9")  # nothing listens there
@@ -71,7 +75,9 @@ def test_an_unreachable_archive_fails_files_with_the_reason_and_keeps_them(setti
         assert hourfiles.local_path(row.cloud_id, HOUR).exists()
 
 
-def test_failed_files_back_off_and_are_never_removed_however_often_they_fail(settings) -> None:  # type: ignore[no-untyped-def]
+def test_failed_files_back_off_and_are_never_removed_however_often_they_fail(
+    settings: Settings,
+) -> None:
     settings.ROTATE_RETRY_MAX_SECONDS = 600
     write(demand_readings("0001", HOUR, 5))
     point_archive_at(settings, "http://127.0.0.1:9")
@@ -90,7 +96,9 @@ def test_failed_files_back_off_and_are_never_removed_however_often_they_fail(set
     assert hourfiles.local_path("0001", HOUR).exists()
 
 
-def test_an_outage_in_the_middle_of_a_run_is_recovered_by_a_later_run(settings, own_s3) -> None:  # type: ignore[no-untyped-def]
+def test_an_outage_in_the_middle_of_a_run_is_recovered_by_a_later_run(
+    settings: Settings, own_s3: Any
+) -> None:
     server, port = own_s3
     settings.ROTATE_CONCURRENCY = 2
     originals = {}

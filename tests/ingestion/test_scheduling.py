@@ -24,6 +24,7 @@ from django_q.conf import Conf
 from django_q.models import OrmQ, Schedule, Success
 from django_q.scheduler import scheduler
 from django_q.tasks import async_task
+from pytest_django.fixtures import Settings
 
 from ingestion.eagle.simulator import Simulator
 from ingestion.models import PollLease, Tick
@@ -52,7 +53,9 @@ def wanted_names() -> list[str]:
 
 
 @pytest.mark.django_db
-def test_it_registers_a_polling_schedule_per_shard_and_the_hourly_rotation(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_registers_a_polling_schedule_per_shard_and_the_hourly_rotation(
+    settings: Settings,
+) -> None:
     settings.INGEST_SHARDS = 3
     Schedule.objects.all().delete()
     with time_machine.travel(NOW, tick=False):
@@ -82,7 +85,9 @@ def test_it_registers_a_polling_schedule_per_shard_and_the_hourly_rotation(setti
 
 
 @pytest.mark.django_db
-def test_registering_again_changes_nothing_but_follows_the_shard_count(settings) -> None:  # type: ignore[no-untyped-def]
+def test_registering_again_changes_nothing_but_follows_the_shard_count(
+    settings: Settings,
+) -> None:
     settings.INGEST_SHARDS = 3
     Schedule.objects.all().delete()
     register_schedules()
@@ -115,8 +120,8 @@ def test_migrate_leaves_the_schedules_in_place_and_the_command_reports_them() ->
 # The scheduler closes the connection it finds (as in a cluster): no test transaction around it.
 @pytest.mark.django_db(transaction=True)
 def test_the_scheduler_turns_each_polling_schedule_into_a_window_task(
-    settings, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings.INGEST_SHARDS = 2
     # Queue the tasks in the database broker instead of running them inline (the test setting).
     monkeypatch.setattr(Conf, "SYNC", False)
@@ -134,7 +139,7 @@ def test_the_scheduler_turns_each_polling_schedule_into_a_window_task(
 
 
 @pytest.mark.django_db
-def test_a_window_sends_a_task_for_a_shard_whose_holder_died(settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_window_sends_a_task_for_a_shard_whose_holder_died(settings: Settings) -> None:
     settings.INGEST_SHARDS = 3
     settings.INGEST_LEASE_SECONDS = 30
     settings.INGEST_POLL_SECONDS = 6
@@ -191,8 +196,8 @@ def holders(shard: int) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_two_clusters_share_the_shards_hand_windows_over_and_take_over_a_killed_one(
-    settings, tmp_path: Path, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     try:
         redis.Redis.from_url(REDIS_URL).ping()
     except redis.ConnectionError:

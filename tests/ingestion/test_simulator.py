@@ -8,6 +8,7 @@ import sys
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -92,7 +93,7 @@ def test_households_follow_a_daily_curve_and_solar_ones_export_at_midday() -> No
     plain = [g for g in sim.gateways.values() if g.meter.solar_kw == 0]
     assert solar and plain
 
-    def mean_demand(gateway, local_hour: float) -> float:  # type: ignore[no-untyped-def]
+    def mean_demand(gateway: Any, local_hour: float) -> float:
         start = NOON_UTC + (local_hour - 12 - gateway.meter.utc_offset_hours) * 3600
         truth = sim.ground_truth(gateway.meter.cloud_id, "demand", start, start + 600)
         return sum(t.value for t in truth) / len(truth)

@@ -19,6 +19,7 @@ from django_q.brokers.redis_broker import Redis
 from django_q.conf import Conf
 from django_q.models import Schedule
 from django_q.tasks import async_task
+from pytest_django.fixtures import Settings
 
 from ingestion.eagle.simulator import Simulator
 from ingestion.models import PollLease, Tick
@@ -35,13 +36,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def simulator(db) -> Iterator[Simulator]:  # type: ignore[no-untyped-def]
+def simulator(db: None) -> Iterator[Simulator]:
     with Simulator(users=12, seed=5) as sim:
         create_users(sim)
         yield sim
 
 
-def environment(settings, sim: Simulator, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def environment(settings: Settings, sim: Simulator, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
         "DATABASE_URL": current_database_url(),
@@ -127,8 +128,8 @@ def poller_and_standby(
 
 
 def test_manage_py_poll_stops_on_sigterm_and_hands_the_shard_to_its_standby_at_once(
-    settings, simulator: Simulator, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, simulator: Simulator, tmp_path: Path
+) -> None:
     log = tmp_path / "poll.log"
     with poller_and_standby(environment(settings, simulator), log) as (first, standby):
         first.send_signal(signal.SIGTERM)
@@ -142,8 +143,8 @@ def test_manage_py_poll_stops_on_sigterm_and_hands_the_shard_to_its_standby_at_o
 
 
 def test_a_standby_takes_a_killed_pollers_shard_once_its_lease_runs_out(
-    settings, simulator: Simulator, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, simulator: Simulator, tmp_path: Path
+) -> None:
     with poller_and_standby(environment(settings, simulator), tmp_path / "poll.log") as (
         first,
         standby,
@@ -163,8 +164,12 @@ def test_a_standby_takes_a_killed_pollers_shard_once_its_lease_runs_out(
 
 @pytest.mark.parametrize("to_every_process", [False, True], ids=["main-process", "every-process"])
 def test_qcluster_stops_within_30_seconds_of_sigterm_and_frees_the_shard(
-    settings, simulator: Simulator, tmp_path: Path, monkeypatch, to_every_process: bool
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings,
+    simulator: Simulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    to_every_process: bool,
+) -> None:
     """`kill <pid>` reaches the main process only; systemd's default reaches every process."""
     try:
         redis.Redis.from_url(REDIS_URL).ping()

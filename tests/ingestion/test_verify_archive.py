@@ -3,11 +3,13 @@
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 import time_machine
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from pytest_django.fixtures import Settings
 
 from ingestion import hourfiles
 from ingestion.archive import rotation
@@ -44,7 +46,7 @@ def test_a_faithful_archive_passes(s3_archive: str) -> None:
     assert "2 verified files checked against the archive" in output and "no problems" in output
 
 
-def test_it_finds_an_object_changed_behind_its_back(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+def test_it_finds_an_object_changed_behind_its_back(s3_archive: str, s3_client: Any) -> None:
     ship("0001", "0002")
     changed = hourfiles.archive_key("0002", HOUR)
     original = s3_client.get_object(Bucket=s3_archive, Key=changed)["Body"].read()
@@ -58,7 +60,7 @@ def test_it_finds_an_object_changed_behind_its_back(s3_archive: str, s3_client) 
     assert "1 mismatched" in output and hourfiles.archive_key("0001", HOUR) not in output
 
 
-def test_it_finds_a_missing_object_and_a_size_change(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+def test_it_finds_a_missing_object_and_a_size_change(s3_archive: str, s3_client: Any) -> None:
     ship("0001", "0002")
     s3_client.delete_object(Bucket=s3_archive, Key=hourfiles.archive_key("0001", HOUR))
     s3_client.put_object(
@@ -72,7 +74,7 @@ def test_it_finds_a_missing_object_and_a_size_change(s3_archive: str, s3_client)
     assert f"MISMATCHED {hourfiles.archive_key('0002', HOUR)}: 6 bytes" in output
 
 
-def test_it_finds_objects_the_manifest_does_not_know(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+def test_it_finds_objects_the_manifest_does_not_know(s3_archive: str, s3_client: Any) -> None:
     ship("0001")
     stray = "rainforest-logs/0003/2026/03/08/iseif-rainforest-0003-2026-03-08-09.jl"
     s3_client.put_object(Bucket=s3_archive, Key=stray, Body=b"{}\n")
@@ -85,7 +87,7 @@ def test_it_finds_objects_the_manifest_does_not_know(s3_archive: str, s3_client)
     assert "outside-the-prefix" not in output
 
 
-def test_since_limits_the_audit_to_later_hours(s3_archive: str, s3_client) -> None:  # type: ignore[no-untyped-def]
+def test_since_limits_the_audit_to_later_hours(s3_archive: str, s3_client: Any) -> None:
     earlier = HOUR - timedelta(hours=3)
     ship("0001", hour=earlier)
     ship("0001")
@@ -119,7 +121,7 @@ def test_it_finds_an_unshipped_file_gone_from_disk(s3_archive: str) -> None:
     assert f"LOCAL-MISSING {hourfiles.archive_key('0001', HOUR)}: failed" in output
 
 
-def test_it_audits_the_local_file_system_archive_too(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_audits_the_local_file_system_archive_too(settings: Settings) -> None:
     ship("0001")
     stored = Path(settings.ARCHIVE_ROOT) / hourfiles.archive_key("0001", HOUR)
     stored.write_bytes(stored.read_bytes().replace(b"1", b"2"))

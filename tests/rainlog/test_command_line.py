@@ -6,9 +6,11 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connection
+from pytest_django.fixtures import Settings
 
 from rainlog.local_env import write_local_env
 from tests.factories import EagleUserFactory
@@ -16,7 +18,7 @@ from tests.factories import EagleUserFactory
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
-def manage(*args: str, env: dict[str, str], **kwargs) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
+def manage(*args: str, env: dict[str, str], **kwargs: Any) -> subprocess.Popen[str]:
     clean = {"PATH": os.environ["PATH"], "HOME": env.get("HOME", "/nonexistent")}
     return subprocess.Popen(
         [sys.executable, "manage.py", *args],
@@ -100,8 +102,8 @@ def test_a_debug_run_without_an_env_never_defaults_to_the_real_cloud(tmp_path: P
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("users", [3, 2000])
 def test_a_reader_that_goes_away_ends_the_command_quietly(
-    settings, tmp_path: Path, users: int
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, tmp_path: Path, users: int
+) -> None:
     # A few lines sit in the output buffer until exit; thousands fill the pipe while exporting.
     EagleUserFactory.create_batch(users)
     database = connection.settings_dict

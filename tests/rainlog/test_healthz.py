@@ -2,6 +2,7 @@
 
 import pytest
 from django.test import Client
+from pytest_django.fixtures import Settings
 
 
 @pytest.mark.django_db
@@ -30,7 +31,9 @@ def test_it_reaches_the_s3_archive(client: Client, s3_archive: str) -> None:
 
 
 @pytest.mark.django_db
-def test_it_answers_503_naming_the_storage_when_s3_is_down(client: Client, settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_answers_503_naming_the_storage_when_s3_is_down(
+    client: Client, settings: Settings
+) -> None:
     settings.STORAGES = {
         **settings.STORAGES,
         "archive": {

@@ -62,15 +62,16 @@ def run_all(env: dict[str, str], port: int, simulator_port: int, ticks: int) -> 
     return lines + rest.splitlines()
 
 
-@pytest.mark.slow
-def test_a_fresh_start_and_a_restart_poll_the_simulator_without_a_failure(tmp_path: Path) -> None:
-    port, simulator_port = free_port(), free_port()
+def fresh_checkout(tmp_path: Path) -> tuple[dict[str, str], int]:
+    """The environment of a fresh checkout after `make run`'s first steps (the development
+    .env written, the SQLite database migrated), and the simulator's port."""
+    simulator_port = free_port()
     env_file = tmp_path / ".env"
     write_local_env(env_file, simulator_port, tmp_path / "var")
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
-        # Line by line into the pipe, as it would reach a terminal.
+        # Line by line into a pipe or file, as it would reach a terminal.
         "PYTHONUNBUFFERED": "1",
         "RAINLOG_ENV_FILE": str(env_file),
         "VAR_DIR": str(tmp_path / "var"),
@@ -84,6 +85,13 @@ def test_a_fresh_start_and_a_restart_poll_the_simulator_without_a_failure(tmp_pa
         timeout=120,
     )
     assert migrate.returncode == 0, migrate.stderr
+    return env, simulator_port
+
+
+@pytest.mark.slow
+def test_a_fresh_start_and_a_restart_poll_the_simulator_without_a_failure(tmp_path: Path) -> None:
+    port = free_port()
+    env, simulator_port = fresh_checkout(tmp_path)
 
     for _ in range(2):
         lines = run_all(env, port, simulator_port, ticks=3)

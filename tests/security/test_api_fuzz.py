@@ -26,6 +26,7 @@ from django.core.signals import request_finished, request_started
 from django.db import close_old_connections, transaction
 from hypothesis import HealthCheck, given, settings
 from knox.models import AuthToken
+from pytest_django.fixtures import Settings
 from rest_framework.test import APIClient
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import (
@@ -79,14 +80,14 @@ def wsgi_in_test_transaction() -> Iterator[None]:
 
 
 @pytest.fixture
-def simulator(settings) -> Iterator[Simulator]:  # type: ignore[no-untyped-def]
+def simulator(settings: Settings) -> Iterator[Simulator]:
     with Simulator(users=2) as sim:
         settings.EAGLE_CLOUD_URL = sim.cloud_url
         yield sim
 
 
 @pytest.fixture
-def fleet(db, s3_archive: str, simulator: Simulator) -> Fleet:  # type: ignore[no-untyped-def]
+def fleet(db: None, s3_archive: str, simulator: Simulator) -> Fleet:
     account = simulator.accounts()[0]
     polled = EagleUserFactory(
         cloud_id=account["cloud_id"],
@@ -115,7 +116,7 @@ def fleet(db, s3_archive: str, simulator: Simulator) -> Fleet:  # type: ignore[n
 
 
 @pytest.fixture
-def api_schema(fleet: Fleet, operator: User, wsgi_in_test_transaction) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+def api_schema(fleet: Fleet, operator: User, wsgi_in_test_transaction: Any) -> Iterator[Any]:
     _, token = AuthToken.objects.create(operator)
     yield schemathesis.openapi.from_wsgi(
         "/api/schema/?format=json", application, headers={"Authorization": f"Token {token}"}

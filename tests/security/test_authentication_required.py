@@ -14,12 +14,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, include, path, resolve, reverse
 from django.urls.exceptions import Resolver404
 from django.utils.regex_helper import normalize
+from pytest_django.fixtures import Settings
 
 from tests.factories import EagleUserFactory
 from users.models import ConnectionType
@@ -161,13 +163,13 @@ def open_view(request: HttpRequest) -> HttpResponse:
 urlpatterns = [path("", include("rainlog.urls")), path("forgotten", open_view, name="forgotten")]
 
 
-def test_a_new_route_that_answers_strangers_is_caught(settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_new_route_that_answers_strangers_is_caught(settings: Settings) -> None:
     settings.ROOT_URLCONF = __name__
 
     assert list(answers_to_strangers()) == ["forgotten"]
 
 
-def test_a_signed_in_viewer_who_is_not_staff_is_kept_out_of_the_admin(viewer) -> None:  # type: ignore[no-untyped-def]
+def test_a_signed_in_viewer_who_is_not_staff_is_kept_out_of_the_admin(viewer: User) -> None:
     client = Client()
     client.force_login(viewer)
     let_in = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import time_machine
@@ -67,7 +68,7 @@ def test_a_pushed_iso_4217_currency_is_accepted(currency: str) -> None:
 
 
 @pytest.fixture
-def planted_formula(db):  # type: ignore[no-untyped-def]
+def planted_formula(db: None) -> Any:
     """An hour file holding a formula in a text value (as a line from before the validation
     could) next to a solar household's negative demand."""
     EagleUserFactory(cloud_id=CLOUD_ID)
@@ -98,7 +99,7 @@ def planted_formula(db):  # type: ignore[no-untyped-def]
         yield
 
 
-def rows_of(response) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
+def rows_of(response: Any) -> list[dict[str, str]]:
     assert response.status_code == 200, response.content
     text = b"".join(response.streaming_content).decode()
     return list(csv.DictReader(io.StringIO(text)))

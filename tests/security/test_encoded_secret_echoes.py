@@ -17,6 +17,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 from django.test import Client
+from pytest_django.fixtures import Settings
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -117,8 +118,8 @@ def test_the_live_fetch_answer_keeps_no_form_of_the_echoed_password(legacy_user:
 
 
 def test_incidents_reports_logs_and_admin_messages_keep_no_form_of_the_echoed_password(
-    settings, legacy_user: EagleUser, caplog: pytest.LogCaptureFixture
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, legacy_user: EagleUser, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     with polling_run(settings, users=0, create=0) as run:
         run.restart()

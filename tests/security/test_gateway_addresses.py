@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from django.core.exceptions import ValidationError
 from django.test import Client
+from pytest_django.fixtures import Settings
 from pytest_httpserver import HTTPServer
 
 from tests.factories import OperatorFactory
@@ -36,7 +37,7 @@ ACCEPTED = ["eagle.example.org", "https://eagle.example.org:8443", "93.184.216.3
 
 
 @pytest.fixture
-def no_allowed_networks(settings) -> None:  # type: ignore[no-untyped-def]
+def no_allowed_networks(settings: Settings) -> None:
     """Production's default: no private network allowed."""
     settings.GATEWAY_ALLOWED_NETWORKS = []
 
@@ -62,7 +63,9 @@ def test_public_addresses_and_host_names_are_accepted(
     validate_gateway_address(address)
 
 
-def test_an_allowed_network_lets_rainlog_reach_the_gateways_on_a_lan(settings) -> None:  # type: ignore[no-untyped-def]
+def test_an_allowed_network_lets_rainlog_reach_the_gateways_on_a_lan(
+    settings: Settings,
+) -> None:
     settings.GATEWAY_ALLOWED_NETWORKS = ["192.168.1.0/24"]
 
     validate_gateway_address("192.168.1.20")
@@ -116,8 +119,8 @@ def lan_gateway(httpserver: HTTPServer) -> Iterator[HTTPServer]:
 @pytest.mark.django_db
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_a_fetch_never_reaches_an_address_that_is_not_allowed_now(
-    lan_gateway: HTTPServer, settings, host: str
-) -> None:  # type: ignore[no-untyped-def]
+    lan_gateway: HTTPServer, settings: Settings, host: str
+) -> None:
     EagleUser.objects.create(
         cloud_id="00e201",
         eagle_password="install-code",

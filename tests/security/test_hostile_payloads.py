@@ -23,6 +23,7 @@ from django.db import transaction
 from django.test import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pytest_django.fixtures import Settings
 from pytest_httpserver import HTTPServer
 
 from ingestion.eagle.decoders import decode_payload
@@ -212,8 +213,8 @@ def test_any_import_line_is_imported_or_refused_and_never_raises(
 
 
 def test_an_oversized_import_file_is_reported_line_by_line_and_only_good_lines_are_saved(
-    db,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    db: None,
+    tmp_path: Path,
 ) -> None:
     users_file = tmp_path / "users.jl"
     with users_file.open("wb") as out:
@@ -241,16 +242,16 @@ def test_an_oversized_import_file_is_reported_line_by_line_and_only_good_lines_a
 
 @pytest.mark.parametrize("name", ["missing.jl", "."])
 def test_an_import_file_that_cannot_be_read_is_named_in_the_error(
-    db,
+    db: None,
     tmp_path: Path,
-    name: str,  # type: ignore[no-untyped-def]
+    name: str,
 ) -> None:
     with pytest.raises(CommandError, match="cannot read"):
         call_command("import_users", str(tmp_path / name), stdout=StringIO())
     assert not EagleUser.objects.exists()
 
 
-def test_an_import_line_with_a_password_longer_than_the_api_accepts_is_refused(db) -> None:  # type: ignore[no-untyped-def]
+def test_an_import_line_with_a_password_longer_than_the_api_accepts_is_refused(db: None) -> None:
     (result,), users = import_one(json.dumps({**VALID_LINE, "user_pw": "p" * 2_000_000}))
 
     assert result.outcome is Outcome.FAILED
@@ -281,7 +282,7 @@ def test_a_fragment_nested_deeper_than_python_recurses_is_refused(depth: int) ->
 
 
 @pytest.fixture
-def push_token(db) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def push_token(db: None) -> Iterator[str]:
     user = EagleUserFactory(cloud_id=PUSH_CLOUD_ID, connection_type=ConnectionType.PUSH)
     user.ensure_fetch_state()
     with time_machine.travel(NOW, tick=False):
@@ -290,7 +291,7 @@ def push_token(db) -> Iterator[str]:  # type: ignore[no-untyped-def]
 
 def push(
     body: bytes, token: str, content_type: str = "application/x-www-form-urlencoded", **extra: Any
-):  # type: ignore[no-untyped-def]
+) -> Any:
     return Client().post(
         f"/api/push/{PUSH_CLOUD_ID}",
         data=body,
@@ -334,7 +335,9 @@ def test_a_hostile_push_gets_a_json_refusal_and_writes_no_reading(
         assert nothing_logged()
 
 
-def test_an_oversized_push_is_refused_before_it_is_read(push_token: str, settings) -> None:  # type: ignore[no-untyped-def]
+def test_an_oversized_push_is_refused_before_it_is_read(
+    push_token: str, settings: Settings
+) -> None:
     limit = settings.PUSH_MAX_BODY_BYTES
     valid = uploader_xml(fragment("demand", T0, (1234,)), sent_at=T0)
     padded = valid.replace(b"</rainforest>", b" " * (limit - len(valid) + 1) + b"</rainforest>")
@@ -460,9 +463,9 @@ def nul_gateway() -> Iterator[str]:
 
 
 def test_a_reply_with_nul_characters_is_an_incident_and_the_other_users_still_log(
-    db,
-    settings,
-    nul_gateway: str,  # type: ignore[no-untyped-def]
+    db: None,
+    settings: Settings,
+    nul_gateway: str,
 ) -> None:
     settings.INGEST_INCIDENT_AFTER_FAILURES = 1
     with polling_run(settings, users=1) as run:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.test import Client
 from django.utils import timezone
+from pytest_django.fixtures import Settings
 from pytest_httpserver import HTTPServer
 
 from ingestion.models import FetchState
@@ -44,15 +46,15 @@ def household(gateway: HTTPServer, cloud_id: str) -> EagleUser:
     return user
 
 
-def signed_in(user) -> Client:  # type: ignore[no-untyped-def]
+def signed_in(user: Any) -> Client:
     client = Client()
     client.force_login(user)
     return client
 
 
 def test_live_fetches_of_one_household_are_limited_whoever_asks(
-    gateway: HTTPServer, settings
-) -> None:  # type: ignore[no-untyped-def]
+    gateway: HTTPServer, settings: Settings
+) -> None:
     limit = int(settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["live_fetch"].split("/")[0])
     household(gateway, "00f001")
     household(gateway, "00f002")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from axes.models import AccessAttempt
@@ -16,6 +17,7 @@ from django.core.cache import caches
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client
+from pytest_django.fixtures import Settings
 from rest_framework.test import APIClient
 
 from tests.factories import OPERATOR_PASSWORD, OperatorFactory
@@ -26,17 +28,19 @@ pytestmark = pytest.mark.django_db
 TOKEN_URL = "/api/auth/token/"
 
 
-def obtain(client: APIClient, username: str, password: str = OPERATOR_PASSWORD, **extra: str):  # type: ignore[no-untyped-def]
+def obtain(
+    client: APIClient, username: str, password: str = OPERATOR_PASSWORD, **extra: str
+) -> Any:
     return client.post(TOKEN_URL, {"username": username, "password": password}, **extra)
 
 
 @pytest.fixture
-def token_limit(settings) -> int:  # type: ignore[no-untyped-def]
+def token_limit(settings: Settings) -> int:
     return int(settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["token"].split("/")[0])
 
 
 @pytest.fixture
-def no_lockout(settings) -> None:  # type: ignore[no-untyped-def]
+def no_lockout(settings: Settings) -> None:
     """The throttle alone, for tests of the throttle (the lockout would answer first)."""
     settings.AXES_FAILURE_LIMIT = 1000
 
@@ -54,8 +58,8 @@ def test_it_ignores_a_forged_x_forwarded_for_when_no_proxy_is_trusted(
 
 
 def test_it_counts_the_address_its_trusted_proxy_saw(
-    operator: User, token_limit: int, no_lockout: None, settings
-) -> None:  # type: ignore[no-untyped-def]
+    operator: User, token_limit: int, no_lockout: None, settings: Settings
+) -> None:
     settings.TRUSTED_PROXY_COUNT = 1
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
     client = APIClient()
@@ -85,8 +89,8 @@ def test_throttle_counts_are_kept_in_the_database_cache_that_every_process_share
 
 @pytest.mark.parametrize("url", ["/admin/login/?next=/admin/", "/api-auth/login/"])
 def test_a_sign_in_form_locks_out_an_address_after_too_many_wrong_passwords(
-    operator: User, settings, url: str
-) -> None:  # type: ignore[no-untyped-def]
+    operator: User, settings: Settings, url: str
+) -> None:
     client = Client()
     statuses = [
         client.post(url, {"username": operator.username, "password": "guess"}).status_code
@@ -100,8 +104,8 @@ def test_a_sign_in_form_locks_out_an_address_after_too_many_wrong_passwords(
 
 
 def test_the_token_endpoint_locks_out_an_address_after_too_many_wrong_passwords(
-    operator: User, settings
-) -> None:  # type: ignore[no-untyped-def]
+    operator: User, settings: Settings
+) -> None:
     client = APIClient()
     statuses = [
         obtain(client, operator.username, "guess").status_code
@@ -114,7 +118,7 @@ def test_the_token_endpoint_locks_out_an_address_after_too_many_wrong_passwords(
     assert "locked" in response.json()["detail"].lower()
 
 
-def test_an_operator_unlocks_an_address_with_axes_reset(operator: User, settings) -> None:  # type: ignore[no-untyped-def]
+def test_an_operator_unlocks_an_address_with_axes_reset(operator: User, settings: Settings) -> None:
     client = Client()
     for _ in range(settings.AXES_FAILURE_LIMIT):
         client.post("/admin/login/", {"username": operator.username, "password": "guess"})
@@ -131,7 +135,7 @@ def test_an_operator_unlocks_an_address_with_axes_reset(operator: User, settings
     assert response.status_code == 302
 
 
-def test_an_administrator_sees_and_deletes_lockouts_in_the_admin(settings) -> None:  # type: ignore[no-untyped-def]
+def test_an_administrator_sees_and_deletes_lockouts_in_the_admin(settings: Settings) -> None:
     locked_out = Client(REMOTE_ADDR="198.51.100.9")
     for _ in range(settings.AXES_FAILURE_LIMIT):
         locked_out.post("/admin/login/", {"username": "nobody", "password": "guess"})

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import time_machine
 from django.core.checks import run_checks
 from django.test import Client
+from pytest_django.fixtures import Settings
 
 from ingestion.models import HourFileState
 from tests.factories import EagleUserFactory, OperatorFactory
@@ -33,7 +35,7 @@ def push_user() -> str:
     return user.issue_push_token()
 
 
-def push(cloud_id: str, **headers: str):  # type: ignore[no-untyped-def]
+def push(cloud_id: str, **headers: str) -> Any:
     now = int(time.time())
     body = uploader_xml(fragment("demand", now - 60, (900,)), sent_at=now)
     return Client().post(f"/api/push/{cloud_id}", body, content_type="text/xml", **headers)
@@ -69,7 +71,7 @@ def overdue_users() -> None:
         manifest_row(cloud_id, NOW - timedelta(hours=5), state=HourFileState.FAILED)
 
 
-def healthz(client: Client):  # type: ignore[no-untyped-def]
+def healthz(client: Client) -> Any:
     with time_machine.travel(NOW, tick=False):
         return client.get("/healthz")
 
@@ -97,8 +99,8 @@ def test_staff_see_healthz_in_full(overdue_users: None) -> None:
 
 
 def test_metrics_are_closed_without_a_token_when_debug_is_off(
-    overdue_users: None, settings
-) -> None:  # type: ignore[no-untyped-def]
+    overdue_users: None, settings: Settings
+) -> None:
     settings.METRICS_TOKEN = ""
 
     response = Client().get("/metrics")
@@ -108,7 +110,9 @@ def test_metrics_are_closed_without_a_token_when_debug_is_off(
     assert "00c0ff" not in response.content.decode()
 
 
-def test_metrics_with_their_token_keep_what_prometheus_needs(overdue_users: None, settings) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_with_their_token_keep_what_prometheus_needs(
+    overdue_users: None, settings: Settings
+) -> None:
     settings.METRICS_TOKEN = "scrape-secret"
 
     with time_machine.travel(NOW, tick=False):
@@ -120,7 +124,7 @@ def test_metrics_with_their_token_keep_what_prometheus_needs(overdue_users: None
     )
 
 
-def test_the_deploy_check_warns_when_metrics_have_no_token(settings) -> None:  # type: ignore[no-untyped-def]
+def test_the_deploy_check_warns_when_metrics_have_no_token(settings: Settings) -> None:
     settings.METRICS_TOKEN = ""
     assert "api.W001" in {message.id for message in run_checks(include_deployment_checks=True)}
 

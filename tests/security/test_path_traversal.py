@@ -368,8 +368,8 @@ def test_a_manifest_row_whose_key_leaves_the_archive_is_not_served(
     "key", ["rainforest-logs/../decoy/passwd", "rainforest-logs/00a1b2/../../decoy/passwd"]
 )
 def test_a_manifest_key_with_dot_segments_reads_no_object_outside_the_prefix_on_s3(
-    key: str, staff: Client, s3_archive: str, s3_client
-) -> None:  # type: ignore[no-untyped-def]
+    key: str, staff: Client, s3_archive: str, s3_client: Any
+) -> None:
     s3_client.put_object(Bucket=s3_archive, Key="decoy/passwd", Body=b"root:x:0:0\n")
     row = HourFile.objects.create(
         cloud_id=PUSH_CLOUD_ID,

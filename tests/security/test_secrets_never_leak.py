@@ -25,6 +25,7 @@ from django.conf import settings as django_settings
 from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from django.test import Client
+from pytest_django.fixtures import Settings
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -108,7 +109,7 @@ class Transcript:
 
 
 def test_no_password_or_token_appears_in_any_response_log_line_or_report(
-    settings,  # type: ignore[no-untyped-def]
+    settings: Settings,
     caplog: pytest.LogCaptureFixture,
     loopback_server: HTTPServer,
     tmp_path: Path,

@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 from knox.models import AuthToken
+from pytest_django.fixtures import Settings
 
 from tests.factories import OPERATOR_PASSWORD, EagleUserFactory, OperatorFactory
 from users.models import ConnectionType, EagleUser
@@ -30,7 +32,7 @@ def superuser() -> User:
     return OperatorFactory(is_superuser=True)
 
 
-def csrf_token_of(response) -> str:  # type: ignore[no-untyped-def]
+def csrf_token_of(response: Any) -> str:
     return re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', response.content)[1].decode()
 
 
@@ -63,7 +65,7 @@ def test_every_kind_of_answer_carries_the_security_headers(superuser: User) -> N
     assert missing == {}
 
 
-def test_hsts_is_sent_over_https_only(settings) -> None:  # type: ignore[no-untyped-def]
+def test_hsts_is_sent_over_https_only(settings: Settings) -> None:
     assert not settings.DEBUG
     client = Client()
 
@@ -74,7 +76,7 @@ def test_hsts_is_sent_over_https_only(settings) -> None:  # type: ignore[no-unty
     assert not client.get("/healthz").has_header("Strict-Transport-Security")
 
 
-def test_plain_http_is_redirected_to_https_except_for_probes(settings) -> None:  # type: ignore[no-untyped-def]
+def test_plain_http_is_redirected_to_https_except_for_probes(settings: Settings) -> None:
     settings.SECURE_SSL_REDIRECT = True
     client = Client()
 

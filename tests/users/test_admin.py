@@ -6,6 +6,7 @@ from collections.abc import Iterator
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
 from django.test import Client
+from pytest_django.fixtures import Settings
 
 from ingestion import hourfiles
 from ingestion.eagle.simulator import Simulator
@@ -141,7 +142,7 @@ def test_the_suspend_and_activate_actions(admin_client: Client, krum: EagleUser)
 
 
 @pytest.fixture
-def sim(settings) -> Iterator[Simulator]:  # type: ignore[no-untyped-def]
+def sim(settings: Settings) -> Iterator[Simulator]:
     with Simulator(users=2) as simulator:
         settings.EAGLE_CLOUD_URL = simulator.cloud_url
         yield simulator

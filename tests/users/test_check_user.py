@@ -5,6 +5,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from pytest_django.fixtures import Settings
 
 from ingestion.eagle.simulator import Simulator
 from users.models import ConnectionType, EagleUser
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def sim(settings) -> Iterator[Simulator]:  # type: ignore[no-untyped-def]
+def sim(settings: Settings) -> Iterator[Simulator]:
     with Simulator(users=2) as simulator:
         settings.EAGLE_CLOUD_URL = simulator.cloud_url
         yield simulator

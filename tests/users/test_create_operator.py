@@ -12,7 +12,9 @@ from rest_framework.test import APIClient
 pytestmark = pytest.mark.django_db
 
 
-def test_it_creates_a_staff_operator_with_the_password_from_stdin(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_it_creates_a_staff_operator_with_the_password_from_stdin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("a-long-unusual-passphrase\n"))
     out = StringIO()
     call_command("create_operator", "alice", "--password-stdin", stdout=out)
@@ -34,7 +36,7 @@ def test_a_viewer_with_a_token_reads_but_cannot_sign_in_with_a_password() -> Non
     assert client.post("/api/users/002738", {"email": "a@example.org"}).status_code == 403
 
 
-def test_it_refuses_a_weak_password_and_an_existing_name(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_it_refuses_a_weak_password_and_an_existing_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("123\n"))
     with pytest.raises(CommandError, match="too short"):
         call_command("create_operator", "carol", "--password-stdin", stdout=StringIO())

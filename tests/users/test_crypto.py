@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from django.test import override_settings
+from pytest_django.fixtures import Settings
 
 from users.checks import check_field_encryption_keys
 from users.crypto import decrypt, encrypt
@@ -14,7 +15,7 @@ from users.crypto import decrypt, encrypt
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
-def test_the_check_names_each_key_that_is_not_a_fernet_key(settings) -> None:  # type: ignore[no-untyped-def]
+def test_the_check_names_each_key_that_is_not_a_fernet_key(settings: Settings) -> None:
     good = settings.FIELD_ENCRYPTION_KEYS[0]
     with override_settings(FIELD_ENCRYPTION_KEYS=[good, "not-a-key"]):
         errors = check_field_encryption_keys()

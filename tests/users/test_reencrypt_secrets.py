@@ -7,6 +7,7 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.db import connection
+from pytest_django.fixtures import Settings
 
 from tests.factories import EagleUserFactory
 from users.crypto import reencrypt_row
@@ -21,7 +22,7 @@ def stored_token(cloud_id: str) -> str:
         return cursor.fetchone()[0]
 
 
-def test_rotation_moves_every_secret_to_the_new_key(settings) -> None:  # type: ignore[no-untyped-def]
+def test_rotation_moves_every_secret_to_the_new_key(settings: Settings) -> None:
     old_key = settings.FIELD_ENCRYPTION_KEYS[0]
     for n in range(3):
         EagleUserFactory(cloud_id=f"00000{n}", eagle_password=f"secret-{n}")
@@ -47,7 +48,7 @@ def test_rotation_moves_every_secret_to_the_new_key(settings) -> None:  # type: 
     assert "0 re-encrypted, 3 already under the first key" in out.getvalue()
 
 
-def test_it_leaves_alone_a_password_changed_after_it_was_read(settings) -> None:  # type: ignore[no-untyped-def]
+def test_it_leaves_alone_a_password_changed_after_it_was_read(settings: Settings) -> None:
     user = EagleUserFactory(cloud_id="000001", eagle_password="old-password")
     token_read = stored_token("000001")
     settings.FIELD_ENCRYPTION_KEYS = [
@@ -62,7 +63,9 @@ def test_it_leaves_alone_a_password_changed_after_it_was_read(settings) -> None:
     assert EagleUser.objects.get(pk=user.pk).eagle_password == "new-password"
 
 
-def test_a_secret_no_key_can_read_stops_with_a_message_naming_the_setting(settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_secret_no_key_can_read_stops_with_a_message_naming_the_setting(
+    settings: Settings,
+) -> None:
     EagleUserFactory(cloud_id="000001", eagle_password="secret")
     settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
     with pytest.raises(ImproperlyConfigured, match="FIELD_ENCRYPTION_KEYS"):

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from ingestion import hourfiles, parquet_export
-from ingestion.management.options import time_option
+from ingestion.management.options import add_hour_range_arguments, hour_range
 from rainlog.stopping import StopRequest
 
 
@@ -23,21 +23,13 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--since",
-            help="from this time on (included): YYYY-MM-DD-HH or ISO 8601, UTC unless an offset "
-            "is given (default: every hour)",
-        )
-        parser.add_argument("--until", help="up to this time (excluded), in the same forms")
+        add_hour_range_arguments(parser)
         parser.add_argument(
             "--dry-run", action="store_true", help="list what would be exported; change nothing"
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        since = time_option("--since", options["since"], hourfiles.parse_utc_time)
-        until = time_option("--until", options["until"], hourfiles.parse_utc_time)
-        if since and until and until <= since:
-            raise CommandError("--until must be after --since")
+        since, until = hour_range(options)
         if options["dry_run"]:
             self.dry_run(since, until)
             return

@@ -12,7 +12,7 @@ from django.utils import timezone
 from tqdm import tqdm
 
 from ingestion import hourfiles, readings_store
-from ingestion.management.options import time_option
+from ingestion.management.options import add_hour_range_arguments, hour_range
 from ingestion.models import ReadingsLoad
 from rainlog.stopping import StopRequest
 
@@ -24,12 +24,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--since",
-            help="from this time on (included): YYYY-MM-DD-HH or ISO 8601, UTC unless an offset "
-            "is given (default: every hour)",
-        )
-        parser.add_argument("--until", help="up to this time (excluded), in the same forms")
+        add_hour_range_arguments(parser)
         parser.add_argument(
             "--workers",
             type=int,
@@ -43,10 +38,7 @@ class Command(BaseCommand):
         if not readings_store.enabled():
             raise CommandError(readings_store.off_reason())
         now = timezone.now()
-        since = time_option("--since", options["since"], hourfiles.parse_utc_time)
-        until = time_option("--until", options["until"], hourfiles.parse_utc_time)
-        if since and until and until <= since:
-            raise CommandError("--until must be after --since.")
+        since, until = hour_range(options)
         hours = readings_store.pending_hours(now, since, until)
         files = sum(pending.files for pending in hours)
         if options["dry_run"]:
