@@ -135,6 +135,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         and "pw" in request.query_params
     ):
         exc = exceptions.AuthenticationFailed(SEED_PASSWORD_HINT)
+        # Read by DRF's handler for WWW-Authenticate; the stubs do not declare it.
         exc.auth_header = "Token"  # type: ignore[attr-defined]
     response = drf_exception_handler(exc, context)
     if response is None or not isinstance(exc, exceptions.APIException):

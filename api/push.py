@@ -139,5 +139,6 @@ CHALLENGE = 'Bearer realm="rainlog push", Basic realm="rainlog push"'
 def rejected(status: int, detail: str) -> Problem:
     problem = Problem(status, detail, "push_rejected")
     if status == 401:
+        # Read by DRF's handler for WWW-Authenticate; the stubs do not declare it.
         problem.auth_header = CHALLENGE  # type: ignore[attr-defined]
     return problem

@@ -29,5 +29,6 @@ class ApiPagesPolicyMiddleware:
         response = self.get_response(request)
         is_html = response.get("Content-Type", "").startswith("text/html")
         if is_html and request.path.startswith(API_PAGE_PREFIXES):
+            # django-csp reads this per-response attribute; HttpResponse does not declare it.
             response._csp_update = API_PAGES_POLICY  # type: ignore[attr-defined]
         return response
