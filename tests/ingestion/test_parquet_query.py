@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
+from datetime import timedelta
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,11 @@ import pytest
 from django.core.management import CommandError, call_command
 from pytest_django.fixtures import Settings
 
-from ingestion import parquet
+from ingestion import parquet, parquet_query
 from ingestion.archive import store
 from tests.fleet_dataset import (
     AFTER_CLOSE,
+    BOUNDARY,
     archived_records,
     poll_across_the_hour,
     rotate_and_export,
@@ -76,6 +78,41 @@ def test_query_prints_a_table_and_writes_csv_and_parquet_files(tmp_path: Path) -
     assert (tmp_path / "out.csv").read_text().splitlines()[1] == '"000001",1,2026-09-21'
     query(sql, "--output", str(tmp_path / "out.parquet"))
     assert pq.read_table(tmp_path / "out.parquet")["cloud_id"].to_pylist() == ["000001"] * 3
+
+
+def test_one_households_rows_are_its_json_lines_readings_in_meter_time_order(
+    settings: Settings, any_archive: Any
+) -> None:
+    poll_across_the_hour(settings)
+    rotate_and_export(AFTER_CLOSE)
+    cloud_id = min(r["cloud_id"] for r in archived_records())
+    expected = sorted(
+        (record["meter_timestamp"], record["demand_kw"])
+        for record in archived_records()
+        if record["record_type"] == "demand" and record["cloud_id"] == cloud_id
+    )
+    start = BOUNDARY - timedelta(hours=1)
+
+    table = parquet_query.household_rows("demand", cloud_id, start, BOUNDARY + timedelta(hours=1))
+
+    assert table.schema == parquet.arrow_schema("demand")
+    assert set(table["cloud_id"].to_pylist()) == {cloud_id}
+    rows = [
+        (int(at.timestamp()), kw)
+        for at, kw in zip(
+            table["meter_time"].to_pylist(), table["demand_kw"].to_pylist(), strict=True
+        )
+    ]
+    assert rows == expected
+    assert any(at < BOUNDARY.timestamp() for at, _ in rows)
+    assert any(at >= BOUNDARY.timestamp() for at, _ in rows)
+    later = parquet_query.household_rows(
+        "demand", cloud_id, BOUNDARY, BOUNDARY + timedelta(hours=1)
+    )
+    assert later["meter_time"].to_pylist() == [
+        at for at in table["meter_time"].to_pylist() if at >= BOUNDARY
+    ]
+    assert parquet_query.household_rows("demand", "ffffff", start, BOUNDARY).num_rows == 0
 
 
 def test_a_bad_query_is_a_clear_error() -> None:
