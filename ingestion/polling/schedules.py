@@ -81,6 +81,8 @@ def wanted_schedules(now: datetime | None = None) -> list[ScheduleSpec]:
         )
         for shard in range(settings.INGEST_SHARDS)
     ]
+    # Files of an hour are shippable once it is over plus the grace period.
+    rotation = next_hour + timedelta(seconds=settings.ROTATE_GRACE_SECONDS + 30)
     specs.append(
         ScheduleSpec(
             name=ROTATE_SCHEDULE,
@@ -88,11 +90,9 @@ def wanted_schedules(now: datetime | None = None) -> list[ScheduleSpec]:
             args="",
             schedule_type=Schedule.HOURLY,
             minutes=None,
-            # Files of an hour are shippable once it is over plus the grace period.
-            first_run=next_hour + timedelta(seconds=settings.ROTATE_GRACE_SECONDS + 30),
+            first_run=rotation,
         )
     )
-    rotation = next_hour + timedelta(seconds=settings.ROTATE_GRACE_SECONDS + 30)
     specs.append(
         ScheduleSpec(
             name=PARQUET_SCHEDULE,
