@@ -81,9 +81,10 @@ from ingestion.polling.leases import (
     WINDOW,
     Acquisition,
     AfterTick,
+    HolderSession,
     ShardLease,
-    holder_name,
     is_foreground,
+    is_live,
     rescue_orphaned_shards,
     shard_of,
 )
@@ -1030,8 +1031,8 @@ def run_ticks(
     slot = first_slot if first_slot is not None else grid_floor(time.time(), period) + period
     ticks = 0
 
-    def leases_valid() -> bool:
-        return all(lease.confirm() for lease in leases)
+    def leases_valid(margin: float = 1.0) -> bool:
+        return all(lease.confirm(margin) for lease in leases)
 
     def leases_held() -> bool:
         return all(lease.is_valid() for lease in leases)
@@ -1048,8 +1049,9 @@ def run_ticks(
                     slot = current
                 with count_statements() as statements:
                     # Renewed first if it may run out during the tick: readings are written while
-                    # the fetches go on only under a lease that surely holds.
-                    if not leases_valid():
+                    # the fetches go on only under a lease that surely holds (a lease just taken
+                    # over lasts from the claim, which may be most of a period ago).
+                    if not leases_valid(period):
                         return "lease lost"
                     report = poller.run_tick(slot, confirm=leases_valid, holds=leases_held)
                     if report.lease_lost:
@@ -1103,9 +1105,9 @@ def run_window(shard: int, stop: threading.Event | None = None) -> str:
     if not 0 <= shard < settings.INGEST_SHARDS:
         raise ValueError(f"shard {shard} does not exist (INGEST_SHARDS={settings.INGEST_SHARDS})")
     stop = stop or threading.Event()
-    holder = holder_name(WINDOW)
-    lease = ShardLease(shard, holder)
-    poller = Poller([shard], holder)
+    session = HolderSession(WINDOW)
+    lease = ShardLease(shard, session.holder, session=session)
+    poller = Poller([shard], session.holder)
 
     def send_window(orphan: int) -> None:
         async_task(
@@ -1118,7 +1120,7 @@ def run_window(shard: int, stop: threading.Event | None = None) -> str:
     try:
         PollLease.objects.ensure(range(settings.INGEST_SHARDS))
         current = PollLease.objects.get(shard=shard)
-        if current.is_held(timezone.now()) and is_foreground(current.holder):
+        if is_foreground(current.holder) and is_live(current, timezone.now()):
             # `manage.py poll` keeps its shards: leave before loading anything.
             return f"shard {shard} not polled: {Acquisition.FOREGROUND_HOLDS.value}"
         poller.load_users()
@@ -1139,3 +1141,4 @@ def run_window(shard: int, stop: threading.Event | None = None) -> str:
     finally:
         lease.release()
         poller.close()
+        session.close()
