@@ -154,16 +154,29 @@ def newest_logged(
     for hour, directory in reversed(hourfiles.hour_dirs(root)):
         if earliest is not None and hour < earliest:
             break
-        for found in hourfiles.files_in(hour, directory):
+        for found in _files_in(hour, directory):
             if found.cloud_id not in since:
                 continue
             first_hour = since[found.cloud_id]
             if first_hour is not None and hour < first_hour:
                 continue
-            for record in read_tail_records(found.path):
+            try:
+                records = read_tail_records(found.path)
+            except FileNotFoundError:
+                # Shipped and removed meanwhile: the manifest, read after the files, has it.
+                continue
+            for record in records:
                 key = (found.cloud_id, str(record.get("record_type")))
                 _keep_newest(newest, key, record.get("meter_timestamp"))
     return newest
+
+
+def _files_in(hour: datetime, directory: Path) -> list[hourfiles.LocalFile]:
+    """The hour's files, none if the rotation removed its directory meanwhile."""
+    try:
+        return list(hourfiles.files_in(hour, directory))
+    except FileNotFoundError:
+        return []
 
 
 def newest_shipped(since: dict[str, datetime | None]) -> dict[tuple[str, str], int]:
