@@ -691,7 +691,7 @@ def load_pending(
 
 
 def summarize_new_pages() -> int:
-    """Summarise, in the meter-time BRIN index of each partition (migration 0009), the pages loads
+    """Summarise, in the meter-time BRIN index of each partition (migration 0010), the pages loads
     have written since; the number of page ranges summarised. Until then a fleet-wide query reads
     those pages whatever its range."""
     with connection.cursor() as cursor:

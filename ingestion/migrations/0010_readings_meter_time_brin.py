@@ -14,7 +14,7 @@ CREATE_INDEX = "CREATE INDEX readings_meter_time_brin ON readings USING brin (me
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("ingestion", "0008_parquet_hour_name"),
+        ("ingestion", "0009_poller_capacity"),
     ]
 
     operations = [
