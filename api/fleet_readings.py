@@ -24,7 +24,6 @@ from rest_framework.views import APIView
 from api.readings import AggregateQuerySerializer, iso_local, parse_query
 from api.schema import READ_ERRORS, error
 from ingestion import hourfiles, parquet_query, retrieval
-from ingestion.eagle.record_types import DEMAND
 from ingestion.models import DatasetHour
 from ingestion.records import iso_utc
 
@@ -72,10 +71,7 @@ class FleetAggregateSerializer(serializers.Serializer[Any]):
 def fleet_document(start: datetime, end: datetime, interval: str, tz: Any) -> dict[str, Any]:
     step = retrieval.INTERVALS[interval]
     boundaries = retrieval.interval_boundaries(start, end, step)
-    with parquet_query.open_dataset(start, end, [DEMAND]) as dataset:
-        found = {
-            bucket.start: bucket for bucket in parquet_query.fleet_demand(dataset, start, end, step)
-        }
+    found = {bucket.start: bucket for bucket in parquet_query.fleet_demand(start, end, step)}
     results = []
     for low, high in zip(boundaries, boundaries[1:], strict=False):
         aligned = datetime.fromtimestamp(
