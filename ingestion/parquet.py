@@ -48,6 +48,10 @@ HOUR_KEY = b"rainlog.hour"
 VERSION_KEY = b"rainlog.version"
 ROW_GROUP_ROWS = 8_192
 MAX_ROWS_PER_FILE = 2_000_000
+# The columns that fleet queries scan (cloud_id, meter_time, the values) are snappy: it
+# decompresses several times faster than zstd, which made a day's fleet query spend most of its
+# scan decompressing, for 15% more bytes. The others, `raw` above all, are zstd.
+SCAN_COMPRESSION = "snappy"
 COMPRESSION = "zstd"
 COMPRESSION_LEVEL = 3
 CONTENT_TYPE = "application/vnd.apache.parquet"
@@ -250,13 +254,20 @@ def parquet_bytes(table: pa.Table, metadata: dict[bytes, bytes] | None = None) -
     table = table.replace_schema_metadata(
         {SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode(), **(metadata or {})}
     )
+    zstd_columns = {f.name for f in [*COMMON_COLUMNS, *TAIL_COLUMNS]} - {"cloud_id", "meter_time"}
+    codecs = {
+        name: COMPRESSION if name in zstd_columns else SCAN_COMPRESSION
+        for name in table.column_names
+    }
     sink = pa.BufferOutputStream()
     pq.write_table(
         table,
         sink,
         row_group_size=ROW_GROUP_ROWS,
-        compression=COMPRESSION,
-        compression_level=COMPRESSION_LEVEL,
+        compression=codecs,
+        compression_level={
+            name: COMPRESSION_LEVEL for name, codec in codecs.items() if codec == COMPRESSION
+        },
         use_dictionary=["cloud_id", "source", "currency"],
         write_statistics=True,
         sorting_columns=[pq.SortingColumn(0), pq.SortingColumn(1)],
