@@ -36,7 +36,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from api.schema import READ_ERRORS, error
-from ingestion import parquet, parquet_query, readings_csv, retrieval
+from ingestion import parquet, parquet_readings, readings_csv, retrieval
 from ingestion.archive.store import CONTENT_TYPE_JSONL
 from ingestion.records import iso_local, iso_utc
 from ingestion.retrieval import EARLIEST, LATEST
@@ -357,7 +357,7 @@ class UserReadingsView(APIView):
         name = f"{cloud_id}-{query['start']:%Y%m%dT%H%M%SZ}-{query['end']:%Y%m%dT%H%M%SZ}"
         if fmt == "parquet":
             try:
-                table = parquet_query.household_readings(
+                table = parquet_readings.household_readings(
                     cloud_id, query["start"], query["end"], query.get("record_type") or None
                 )
             except retrieval.ArchiveReadError as exc:
