@@ -331,7 +331,8 @@ class UserReadingsView(APIView):
             (200, parquet.CONTENT_TYPE): OpenApiResponse(
                 OpenApiTypes.BINARY,
                 description="One Parquet file: record_type, then the columns of the Parquet "
-                "dataset (docs/record-format.md), every record type's value columns included.",
+                "dataset (docs/record-format.md), every record type's value columns included; "
+                "read from the dataset for the hours it holds, from JSON lines for the others.",
             ),
             400: error(
                 "Bad time, zone or format, end not after start, or a range too long "
