@@ -104,9 +104,10 @@ class Reading:
 def iso_utc(moment: datetime) -> str:
     """ISO 8601 in UTC with a Z suffix, to the millisecond when there is a fraction."""
     moment = moment.astimezone(UTC)
-    if moment.microsecond:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat() (in C, a third of strftime's cost: it runs twice for every line written)
+    # truncates to the millisecond as the format always did; "+00:00" becomes "Z".
+    text = moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
+    return text[:-6] + "Z"
 
 
 def iso_local(moment: datetime, tz: tzinfo) -> str:

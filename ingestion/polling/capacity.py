@@ -8,7 +8,8 @@ A moving estimate of it says how many fetches fit in the part of a tick in which
 start (`dispatch_budget`); a tick admits no more than that, so the requests it sends are answered
 within the tick (one still unanswered is awaited into the next: no reply is thrown away).
 
-When more users are due than fit, the users who waited longest go first: the ones left out in one
+A poller that has not measured yet (a cold start) sends one round of INGEST_CONCURRENCY requests
+in its first tick. When more users are due than fit, the users who waited longest go first: the ones left out in one
 tick are polled in the next, so each user is polled at least every second tick as long as the
 poller carries at most twice what it can fetch. Each left-out poll is counted (Tick.users_skipped,
 FetchState.skipped_polls), and a shard left short for INGEST_INCIDENT_AFTER_FAILURES ticks in a
@@ -28,8 +29,8 @@ from ingestion.models import Tick
 
 # Weight of the newest measurement in the moving estimate of fetches per second.
 SMOOTHING = 0.3
-# Shorter stretches of full workers measure the start-up more than the rate.
-MIN_MEASURED_SECONDS = 0.2
+# Shorter fetch phases measure one request's latency more than the rate.
+MIN_MEASURED_SECONDS = 0.05
 
 ADVICE = (
     "Add poller capacity: more shards (INGEST_SHARDS) with one poller process each "

@@ -683,9 +683,12 @@ class Poller:
         elapsed = time.time() - slot_start
         dispatch_seconds = dispatch_budget(self.period) - elapsed
         report.capacity = self.throughput.fetches_within(dispatch_budget(self.period))
-        jobs, waiting = self._due_jobs(
-            slot_start, report, self.throughput.fetches_within(dispatch_seconds)
-        )
+        admissible = self.throughput.fetches_within(dispatch_seconds)
+        if admissible is None:
+            # Not measured yet: one round of requests, not a flood whose replies would wait
+            # past their timeout for a busy process to read them.
+            admissible = settings.INGEST_CONCURRENCY
+        jobs, waiting = self._due_jobs(slot_start, report, admissible)
         run = self._loop.run_until_complete(
             self._fetch_all(
                 jobs,
@@ -716,9 +719,9 @@ class Poller:
         return report
 
     def _due_jobs(
-        self, slot_start: float, report: TickReport, admissible: int | None
+        self, slot_start: float, report: TickReport, admissible: int
     ) -> tuple[list[FetchJob], list[UserSlot]]:
-        """The fetches to send this tick, at most `admissible` (None: all), and the due users
+        """The fetches to send this tick, at most `admissible`, and the due users
         left waiting. Over capacity, the users sent longest ago go first, so the ones skipped
         in a tick are polled in the next."""
         tick_number = round(slot_start / self.period)
@@ -733,7 +736,7 @@ class Poller:
                 due.append(slot)
         due.sort(key=_sent_at)
         waiting: list[UserSlot] = []
-        if admissible is not None and len(due) > admissible:
+        if len(due) > admissible:
             due, waiting = due[:admissible], due[admissible:]
         demand = [FetchJob(slot, DEMAND, slot.seen(DEMAND) or None) for slot in due]
         extras = [
@@ -742,9 +745,8 @@ class Poller:
             if slot.extra_types and (tick_number + slot.phase) % every == 0
             for name in slot.extra_types
         ]
-        if admissible is not None:
-            # Extra record types only with room to spare: they wait for their next turn.
-            extras = extras[: max(0, admissible - len(demand))]
+        # Extra record types only with room to spare: they wait for their next turn.
+        extras = extras[: max(0, admissible - len(demand))]
         return demand + extras, waiting
 
     def _skip(self, waiting: list[UserSlot], batch: _TickBatch, report: TickReport) -> None:
