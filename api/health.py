@@ -1,10 +1,13 @@
 """/healthz: is each dependency reachable? JSON with 200 when all are, 503 otherwise.
 
 Anyone may ask (load balancers, uptime checks): they get each check's status and its numbers.
-Signed-in staff also get the details: error texts and the most overdue users' cloud ids.
+Signed-in staff also get the details: error texts, the most overdue users' cloud ids, each
+poller's load and what to do about it.
 
 A check raises to report an error, and may return details to show beside its status; a
 "status" among those details replaces "ok" (the archive's freshness reports its lag that way).
+"warning" (a poller over capacity: every user is still polled, less often) answers 200 with the
+overall status "warning"; any "error" answers 503.
 """
 
 import logging
@@ -19,6 +22,7 @@ from django_q.brokers import get_broker
 
 from api.permissions import is_operator
 from ingestion.archive import audit, store
+from ingestion.polling import capacity
 from ingestion.records import iso_utc
 
 logger = logging.getLogger(__name__)
@@ -71,11 +75,42 @@ def check_archive_freshness() -> dict[str, object]:
     return details
 
 
+def check_poller_capacity() -> dict[str, object]:
+    """The users the pollers carry (due per tick) against how many they could (measured), and
+    the polls skipped in their latest ticks; a warning when any poller is over capacity."""
+    loads = capacity.poller_loads(timezone.now())
+    measured = [load.capacity for load in loads if load.capacity is not None]
+    details: dict[str, object] = {
+        "pollers": len(loads),
+        "users_due": sum(load.users_due for load in loads),
+        "users_skipped": sum(load.users_skipped for load in loads),
+        "by_poller": [
+            {
+                "holder": load.holder,
+                "shards": list(load.shards),
+                "users_due": load.users_due,
+                "capacity": load.capacity,
+                "users_skipped": load.users_skipped,
+                "advice": load.advice,
+            }
+            for load in loads
+        ],
+    }
+    if measured:
+        details["capacity"] = sum(measured)
+    over = [load for load in loads if load.over_capacity]
+    if over:
+        details["status"] = "warning"
+        details["advice"] = " ".join(load.advice for load in over)
+    return details
+
+
 CHECKS: dict[str, Callable[[], dict[str, object] | None]] = {
     "database": check_database,
     "broker": check_broker,
     "storage": check_storage,
     "archive_freshness": check_archive_freshness,
+    "poller_capacity": check_poller_capacity,
 }
 
 
@@ -109,9 +144,9 @@ def without_details(checks: dict[str, dict[str, object]]) -> dict[str, dict[str,
 @require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     checks = run_checks()
-    healthy = all(result["status"] == "ok" for result in checks.values())
+    statuses = {result["status"] for result in checks.values()}
+    healthy = statuses <= {"ok", "warning"}
     if not is_operator(request.user):
         checks = without_details(checks)
-    return JsonResponse(
-        {"status": "ok" if healthy else "error", "checks": checks}, status=200 if healthy else 503
-    )
+    overall = "error" if not healthy else "warning" if "warning" in statuses else "ok"
+    return JsonResponse({"status": overall, "checks": checks}, status=200 if healthy else 503)

@@ -32,7 +32,18 @@ from ingestion.models import (
 
 
 class IncidentSerializer(serializers.ModelSerializer[Incident]):
-    cloud_id = serializers.CharField(source="user.cloud_id", read_only=True)
+    cloud_id = serializers.CharField(
+        source="user.cloud_id",
+        read_only=True,
+        allow_null=True,
+        default=None,
+        help_text="The user's cloud id; null for an incident of a shard (over capacity).",
+    )
+    shard = serializers.IntegerField(
+        read_only=True,
+        allow_null=True,
+        help_text="The shard of an over-capacity incident; null for a user's incident.",
+    )
     resolved_by = serializers.CharField(
         source="resolved_by.username", read_only=True, allow_null=True, default=None
     )
@@ -42,6 +53,7 @@ class IncidentSerializer(serializers.ModelSerializer[Incident]):
         fields = [
             "id",
             "cloud_id",
+            "shard",
             "failure_class",
             "state",
             "opened_at",

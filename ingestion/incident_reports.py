@@ -71,14 +71,16 @@ def reporting_enabled() -> bool:
 def report_payload(incident: Incident, event: ReportEvent) -> dict[str, Any]:
     """The JSON object sent for one incident event."""
     # A gateway's reply may have echoed the account's password into the failure message.
-    message = redact(incident.message, [incident.user.eagle_password])
+    secrets = [incident.user.eagle_password] if incident.user is not None else []
+    message = redact(incident.message, secrets)
     payload: dict[str, Any] = {
         "report_key": f"rainlog-incident-{incident.pk}-{event}",
         "event": str(event),
         "service": "rainlog",
         "site_url": settings.SITE_URL,
         "incident_id": incident.pk,
-        "cloud_id": incident.user.cloud_id,
+        "cloud_id": incident.user.cloud_id if incident.user is not None else None,
+        "shard": incident.shard,
         "failure_class": incident.failure_class,
         "failure_label": FailureClass(incident.failure_class).label,
         "message": message,

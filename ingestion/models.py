@@ -131,6 +131,13 @@ class FetchStateQuerySet(models.QuerySet["FetchState"]):
                 by_user[state.pk].apply_to(state)
             self.bulk_update(states, OUTCOME_FIELDS, batch_size=500)
 
+    def record_skipped(self, user_ids: Collection[int], now: datetime) -> None:
+        """Count one skipped poll for each of these users: one statement whatever their number."""
+        if user_ids:
+            self.filter(pk__in=list(user_ids)).update(
+                skipped_polls=models.F("skipped_polls") + 1, last_skipped_at=now
+            )
+
 
 class FetchState(models.Model):
     """Per-user fetch metadata, kept apart from EagleUser so operator edits never race the poller."""
@@ -158,6 +165,9 @@ class FetchState(models.Model):
     )
     # Extra record type -> unix seconds of its last meter reading logged (demand: last_timestamp).
     extra_timestamps = models.JSONField(default=dict, blank=True)
+    # Ticks in which the user was due but not polled, its poller being over capacity.
+    skipped_polls = models.BigIntegerField(default=0)
+    last_skipped_at = models.DateTimeField(null=True, blank=True)
 
     objects = FetchStateQuerySet.as_manager()
 
@@ -300,6 +310,32 @@ class IncidentQuerySet(models.QuerySet["Incident"]):
                 state=IncidentState.RESOLVED, resolved_at=now, resolution=resolution
             )
 
+    def record_over_capacity(self, shard: int, seen_at: datetime, message: str) -> None:
+        """Open or refresh the over-capacity incident of a shard (only its lease holder calls)."""
+        with transaction.atomic():
+            refreshed = (
+                self.open()
+                .filter(shard=shard, failure_class=FailureClass.OVER_CAPACITY)
+                .update(
+                    last_seen_at=seen_at, occurrences=models.F("occurrences") + 1, message=message
+                )
+            )
+            if not refreshed:
+                self.create(
+                    shard=shard,
+                    failure_class=FailureClass.OVER_CAPACITY,
+                    opened_at=seen_at,
+                    last_seen_at=seen_at,
+                    message=message,
+                )
+
+    def resolve_over_capacity(self, shard: int, now: datetime, resolution: str) -> int:
+        return (
+            self.open()
+            .filter(shard=shard, failure_class=FailureClass.OVER_CAPACITY)
+            .update(state=IncidentState.RESOLVED, resolved_at=now, resolution=resolution)
+        )
+
     def resolve(self, by: models.Model | None, resolution: str, now: datetime | None = None) -> int:
         """Resolve the open incidents of this queryset by hand; returns how many."""
         return self.open().update(
@@ -311,9 +347,20 @@ class IncidentQuerySet(models.QuerySet["Incident"]):
 
 
 class Incident(models.Model):
-    """A run of failures of one class for one user: opened on the first, resolved when fetching works."""
+    """A run of failures of one class for one user: opened on the first, resolved when fetching works.
 
-    user = models.ForeignKey("users.EagleUser", on_delete=models.CASCADE, related_name="incidents")
+    An over-capacity incident concerns a shard of the users (its poller cannot poll them all
+    within a tick) and has a shard instead of a user.
+    """
+
+    user = models.ForeignKey(
+        "users.EagleUser",
+        on_delete=models.CASCADE,
+        related_name="incidents",
+        null=True,
+        blank=True,
+    )
+    shard = models.PositiveIntegerField(null=True, blank=True)
     failure_class = models.CharField(max_length=32, choices=FAILURE_CLASS_CHOICES)
     state = models.CharField(
         max_length=16, choices=IncidentState.choices, default=IncidentState.OPEN
@@ -339,12 +386,27 @@ class Incident(models.Model):
                 fields=["user", "failure_class"],
                 condition=Q(state="open"),
                 name="one_open_incident_per_user_and_class",
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["shard", "failure_class"],
+                condition=Q(state="open", shard__isnull=False),
+                name="one_open_incident_per_shard_and_class",
+            ),
+            models.CheckConstraint(
+                condition=Q(user__isnull=False, shard__isnull=True)
+                | Q(user__isnull=True, shard__isnull=False),
+                name="incident_concerns_a_user_or_a_shard",
+            ),
         ]
         indexes = [models.Index(fields=["state", "failure_class"])]
 
     def __str__(self) -> str:
-        return f"{self.get_failure_class_display()} for {self.user.cloud_id}"
+        return f"{self.get_failure_class_display()} for {self.subject}"
+
+    @property
+    def subject(self) -> str:
+        """What the incident concerns: a user's cloud id, or a shard."""
+        return self.user.cloud_id if self.user is not None else f"shard {self.shard}"
 
 
 class HourFileState(models.TextChoices):
@@ -1077,6 +1139,15 @@ class Tick(models.Model):
     users_polled = models.IntegerField(default=0, help_text="users fetched before the deadline")
     readings_written = models.IntegerField(default=0)
     failures = models.IntegerField(default=0)
+    users_skipped = models.IntegerField(
+        default=0, help_text="users due but not polled: more than the poller could fetch in time"
+    )
+    capacity = models.IntegerField(
+        null=True,
+        blank=True,
+        help_text="fetches per tick the poller (all its shards) completes, measured; "
+        "empty until measured",
+    )
     # Finished after the next tick was due, or could not fetch every due user in time.
     late = models.BooleanField(default=False)
 

@@ -38,11 +38,13 @@ class FailureClass(StrEnum):
     STALE_READING = "stale_reading"
     # Not a fetch: an hour file gone from the local disk before it reached the archive.
     HOUR_FILE_MISSING = "hour_file_missing"
+    # Not a fetch either: a poller that cannot poll every due user of its shard within a tick.
+    OVER_CAPACITY = "over_capacity"
 
     @property
     def is_fetch_failure(self) -> bool:
         """Whether a fetch produces it (and a working fetch resolves its incident)."""
-        return self is not FailureClass.HOUR_FILE_MISSING
+        return self not in (FailureClass.HOUR_FILE_MISSING, FailureClass.OVER_CAPACITY)
 
     @property
     def label(self) -> str:

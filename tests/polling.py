@@ -133,13 +133,16 @@ def polling_run(
     faults: FaultPlan | None = None,
     start: float = START,
     seed: int = 3,
+    latency: float = 0.0,
 ) -> Iterator[PollingRun]:
-    """A simulator with `users` gateways, `create` of them (default all) as EAGLE users, and a
-    poller resumed at `start`. `settings` is pytest-django's fixture; configure it before
-    entering: the poller reads it."""
+    """A simulator with `users` gateways answering after `latency` seconds, `create` of them
+    (default all) as EAGLE users, and a poller resumed at `start`. `settings` is pytest-django's
+    fixture; configure it before entering: the poller reads it."""
     clock = Clock(start)
     with time_machine.travel(start, tick=False) as traveller:
-        with Simulator(users, seed=seed, faults=faults, clock=clock, timeout_hold=2.0) as sim:
+        with Simulator(
+            users, latency=latency, seed=seed, faults=faults, clock=clock, timeout_hold=2.0
+        ) as sim:
             settings.EAGLE_CLOUD_URL = sim.cloud_url
             create_users(sim, create if create is not None else users)
             run = PollingRun(sim, clock, traveller)

@@ -64,6 +64,7 @@ class IncidentUserFilter(admin.SimpleListFilter):
 
 INCIDENT_FIELDS = (
     "user",
+    "shard",
     "failure_class",
     "state",
     "opened_at",
@@ -103,7 +104,7 @@ class IncidentAdmin(admin.ModelAdmin):
 
     @admin.display(description="cloud id", ordering="user__cloud_id")
     def cloud_id(self, incident: Incident) -> str:
-        return incident.user.cloud_id
+        return incident.subject
 
     @admin.display(description="message")
     def short_message(self, incident: Incident) -> str:

@@ -50,7 +50,7 @@ class IncidentReportAdmin(admin.ModelAdmin):
 
     @admin.display(description="cloud id", ordering="incident__user__cloud_id")
     def cloud_id(self, report: IncidentReport) -> str:
-        return report.incident.user.cloud_id
+        return report.incident.subject
 
     @admin.display(description="failure class", ordering="incident__failure_class")
     def failure_class(self, report: IncidentReport) -> str:

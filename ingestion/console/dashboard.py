@@ -5,6 +5,7 @@ index stays fast for a fleet of 10,000 households:
 
 - users by state: one grouped query over EagleUser with the fetch state joined;
 - readings, ticks, open incidents, the oldest unshipped hour: one aggregate query each;
+- the pollers' load against their measured capacity: the Tick rows of the last three slots;
 - readings per minute over 24 h: one query grouping Tick rows by minute (1,440 rows at most);
 - fleet demand: measured from the Parquet dataset for the hours exported to it (one DuckDB query
   over the fleet's demand columns, every household counted); the hours after them (the last one
@@ -58,6 +59,7 @@ from ingestion.models import (
     hour_age_seconds,
 )
 from ingestion.polling import schedules
+from ingestion.polling.capacity import PollerLoad, poller_loads
 from ingestion.records import FailureClass
 from users.models import ConnectionType, EagleUser
 
@@ -112,6 +114,7 @@ class FleetSummary:
     ticks_expected: int
     oldest_unshipped: HourFile | None
     open_incidents: list[Figure]
+    pollers: list[PollerLoad] = field(default_factory=list)
 
     @property
     def users_failing_total(self) -> int:
@@ -160,6 +163,21 @@ class FleetSummary:
         if not self.ticks_expected or self.ticks_on_time >= 0.999 * self.ticks_expected:
             return "ok"
         return "warning" if self.ticks_on_time >= 0.95 * self.ticks_expected else "problem"
+
+    @property
+    def pollers_level(self) -> str:
+        """The worst of the pollers' levels: over capacity is a problem, near it a warning."""
+        levels = {poller.level for poller in self.pollers}
+        return next((level for level in ("problem", "warning") if level in levels), "ok")
+
+    @property
+    def pollers_users_due(self) -> int:
+        return sum(poller.users_due for poller in self.pollers)
+
+    @property
+    def pollers_capacity(self) -> int | None:
+        measured = [poller.capacity for poller in self.pollers if poller.capacity is not None]
+        return sum(measured) if measured else None
 
     @property
     def archive_level(self) -> str:
@@ -315,6 +333,7 @@ def fleet_summary(now: datetime | None = None) -> FleetSummary:
             Figure(row["failure_class"], failure_label(row["failure_class"]), row["n"])
             for row in incidents
         ],
+        pollers=poller_loads(now),
     )
 
 

@@ -5,22 +5,27 @@ One tick (`Poller.run_tick`), for the slot starting at a multiple of INGEST_POLL
 1. pick the due users: active, polled (not push), in our shards and not backing off; for those
    whose turn it is (every INGEST_EXTRA_POLL_SECONDS, spread over the ticks), also the extra
    record types enabled in their FetchState;
-2. fetch them all concurrently over one aiohttp pool, at most INGEST_CONCURRENCY at a time, each
-   request with its own INGEST_REQUEST_TIMEOUT, until the fetch deadline shortly before the slot
-   ends (no request starts in the last half second before it, so replies already on their way
-   arrive). Whatever has not answered by then is cut off, fetched first next tick, and the tick
-   is recorded as late. A slow gateway never holds up the others or the next tick;
-3. keep a reading only if its meter timestamp is newer than the last one logged for that user and
+2. admit as many as the poller can fetch before the slot ends, from its measured throughput
+   (capacity.py), the users who waited longest first; the others are skipped this tick and
+   counted (over capacity: an incident tells the operator);
+3. fetch the admitted ones concurrently over one aiohttp pool, at most INGEST_CONCURRENCY at a
+   time, each request with its own INGEST_REQUEST_TIMEOUT, until the fetch deadline shortly
+   before the slot ends (no request starts in the last half second before it, so replies already
+   on their way arrive). A request still unanswered then is not abandoned: its reply is taken
+   in the next tick (the tick is recorded as late). A slow gateway never holds up the others or
+   the next tick;
+4. keep a reading only if its meter timestamp is newer than the last one logged for that user and
    record type (a meter clock set back is logged again once it passes that timestamp: a repeat
    is never logged twice). That state lives in memory and is recovered at start from FetchState
    and from the tail of the user's newest hour files, so a crash between writing a file and
    updating the database never logs a reading twice;
-4. append the new readings to their hour files and make them durable with one syncfs. Readings
+5. append the new readings to their hour files and make them durable with one syncfs. Readings
    that cannot be written (disk full) are kept and written first next tick; the dedup state only
    advances for readings that are on disk;
-5. record what it learned in a constant number of statements whatever the number of users: the
-   FetchState rows (one UPDATE … FROM jsonb_to_recordset), incidents opened, refreshed and
-   resolved, the manifest rows of new hour files, and one Tick row per shard.
+6. record what it learned in a constant number of statements whatever the number of users: the
+   FetchState rows (one UPDATE … FROM jsonb_to_recordset, one more for skipped polls), incidents
+   opened, refreshed and resolved, the manifest rows of new hour files, and one Tick row per
+   shard.
 
 Failures: every failed fetch counts towards an incident of its class for that user (opened at
 once for bad credentials, an unknown cloud id or a lost meter, after INGEST_INCIDENT_AFTER_FAILURES
@@ -70,6 +75,7 @@ from ingestion.models import (
     PollLease,
     Tick,
 )
+from ingestion.polling.capacity import FetchRun, Throughput, over_capacity_message
 from ingestion.polling.failures import (
     BACKOFF_CLASSES,
     FailureRun,
@@ -225,7 +231,12 @@ class UserSlot:
     # Unix seconds before which the user is not fetched (backoff).
     next_attempt: float | None = None
     last_new_at: datetime | None = None
-    cut_off: bool = False
+    # The slot (unix seconds) of the tick that last sent its demand fetch: over capacity, the
+    # users sent longest ago go first.
+    last_sent: float = 0.0
+    # Its fetches sent and not answered yet (a reply may come in the tick after the one that
+    # sent it): not sent again meanwhile.
+    in_flight: int = 0
     runs: dict[FailureClass, FailureRun] = field(default_factory=dict)
 
     def seen(self, record_type: str) -> int:
@@ -237,6 +248,10 @@ class UserSlot:
 
     def is_due(self, slot: float) -> bool:
         return self.next_attempt is None or self.next_attempt <= slot + 1e-3
+
+
+def _sent_at(slot: UserSlot) -> float:
+    return slot.last_sent
 
 
 def _phase(cloud_id: str) -> int:
@@ -257,7 +272,7 @@ class FetchJob(NamedTuple):
 class ShardCounts:
     due: int = 0
     polled: int = 0
-    cut_off: int = 0
+    skipped: int = 0
     written: int = 0
     failures: int = 0
 
@@ -275,6 +290,10 @@ class TickReport:
     new_files: int = 0
     suspended: int = 0
     statements: int = 0
+    # Fetches per tick the poller completes (measured; None until measured), and its requests
+    # still unanswered when the tick ended (answered in the next).
+    capacity: int | None = None
+    in_flight: int = 0
     late: bool = False
     lease_lost: bool = False
 
@@ -290,8 +309,8 @@ class TickReport:
         return self._total("polled")
 
     @property
-    def cut_off(self) -> int:
-        return self._total("cut_off")
+    def users_skipped(self) -> int:
+        return self._total("skipped")
 
     @property
     def readings_written(self) -> int:
@@ -320,8 +339,13 @@ class TickReport:
             text += f", {self.readings_kept:,} readings kept for the next tick (not written)"
         if self.suspended:
             text += f", {self.suspended} users suspended"
+        if self.users_skipped:
+            capacity = f"{self.capacity:,}" if self.capacity is not None else "not measured"
+            text += f", {self.users_skipped:,} skipped (over capacity: {capacity} per tick)"
+        if self.in_flight:
+            text += f", {self.in_flight:,} replies awaited into the next tick"
         if self.late:
-            text += f" LATE ({self.cut_off:,} cut off)" if self.cut_off else " LATE"
+            text += " LATE"
         return text
 
 
@@ -335,6 +359,7 @@ class _TickBatch:
     resolutions: set[tuple[int, str]] = field(default_factory=set)
     suspensions: list[tuple[UserSlot, str]] = field(default_factory=list)
     new_files: list[HourFile] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
 
     def outcome(self, slot: UserSlot, attempted: bool = False) -> FetchOutcome:
         """The user's outcome; `attempted` also records the attempt and the user's backoff."""
@@ -355,6 +380,7 @@ class PollTotals:
     ticks: int = 0
     late: int = 0
     users_polled: int = 0
+    users_skipped: int = 0
     readings_written: int = 0
     failures: int = 0
 
@@ -362,16 +388,20 @@ class PollTotals:
         self.ticks += 1
         self.late += report.late
         self.users_polled += report.users_polled
+        self.users_skipped += report.users_skipped
         self.readings_written += report.readings_written
         self.failures += report.failures
 
     def summary(self) -> str:
         on_time = 100.0 * (self.ticks - self.late) / self.ticks if self.ticks else 100.0
         per_tick = self.users_polled / self.ticks if self.ticks else 0.0
-        return (
+        text = (
             f"{self.ticks} ticks ({on_time:.1f} % on time), {per_tick:,.0f} users per tick, "
             f"{self.readings_written:,} readings written, {self.failures:,} failed fetches"
         )
+        if self.users_skipped:
+            text += f", {self.users_skipped:,} polls skipped (over capacity)"
+        return text
 
 
 @contextmanager
@@ -427,6 +457,16 @@ class Poller:
         self._marker: tuple[int, datetime | None] | None = None
         self._loaded_at = -math.inf
         self._resumed = False
+        self.throughput = Throughput()
+        # Fetches answered and not yet taken (by the tick that sent them, or the next one).
+        self._arrived: list[tuple[FetchJob, Reading | FetchFailure]] = []
+        # Fetch workers still awaiting a reply when their tick ended.
+        self._carried: set[asyncio.Future[None]] = set()
+        # Shards skipping polls (ticks in a row), fitting again (ticks in a row), and those with
+        # an open over-capacity incident.
+        self._short_ticks: dict[int, int] = {}
+        self._fitting_ticks: dict[int, int] = {}
+        self._over_capacity: set[int] = set()
         self._loop = uvloop.new_event_loop()
         self._client = EagleClient()
         self._loop.run_until_complete(self._client.__aenter__())
@@ -434,11 +474,21 @@ class Poller:
     def close(self) -> None:
         """Flush and close the files, close the connection pool."""
         lost = sum(len(slot.pending) for slot in self.slots.values()) + len(self._orphans)
+        lost += len(self._arrived)
         if lost:
             logger.error("%d readings could not be written before the poller stopped", lost)
+        if self._carried:
+            logger.warning(
+                "%d requests were still awaiting their reply when the poller stopped",
+                sum(slot.in_flight for slot in self.slots.values()),
+            )
         try:
             self.writer.close()
         finally:
+            for worker in self._carried:
+                worker.cancel()
+            if self._carried:
+                self._loop.run_until_complete(asyncio.wait(self._carried))
             self._loop.run_until_complete(self._client.__aexit__(None, None, None))
             self._loop.close()
 
@@ -524,6 +574,13 @@ class Poller:
         after committing its last tick.
         """
         self._restore(list(self.slots.values()), from_files)
+        self._over_capacity = {
+            shard
+            for shard in Incident.objects.open()
+            .filter(shard__in=self.shards, failure_class=FailureClass.OVER_CAPACITY)
+            .values_list("shard", flat=True)
+            if shard is not None
+        }
         self._resumed = True
 
     def _restore(self, slots: list[UserSlot], from_files: bool) -> None:
@@ -568,8 +625,13 @@ class Poller:
     # --- One tick ------------------------------------------------------------------------------
 
     def can_hand_over(self, shard: int) -> bool:
-        """Whether nothing of the shard waits to be written (a successor could not write it)."""
-        return not self._orphans and not any(slot.shard == shard for slot in self._with_pending)
+        """Whether nothing of the shard waits to be written (a successor could not write it),
+        and no reply is awaited (it would be lost)."""
+        return (
+            not self._orphans
+            and not self._carried
+            and not any(slot.shard == shard for slot in self._with_pending)
+        )
 
     def run_tick(
         self,
@@ -591,134 +653,170 @@ class Poller:
         )
         _close_stale_connection()
         self._refresh_users()
-        jobs = self._due_jobs(slot_start, report)
-        results: list[Reading | FetchFailure | None] = [None] * len(jobs)
-        untaken = set(range(len(jobs)))
-        # Jobs answered since the last take, so a take costs what it takes, not the whole tick.
-        finished: list[int] = []
         batch = _TickBatch(now=timezone.now())
 
-        def take(finished_only: bool) -> None:
-            batch.now = timezone.now()
-            indices = sorted(finished if finished_only else untaken)
-            finished.clear()
-            untaken.difference_update(indices)
-            self._take_results(
-                [jobs[i] for i in indices], [results[i] for i in indices], slot_start, batch, report
-            )
+        def take() -> None:
+            if self._arrived:
+                batch.now = timezone.now()
+                arrived = self._arrived.copy()
+                self._arrived.clear()
+                self._take_results(arrived, slot_start, batch, report)
 
         def write_so_far() -> None:
             if holds is None or holds():
-                take(finished_only=True)
+                take()
                 self._write(batch, report, durable=False)
 
         elapsed = time.time() - slot_start
-        self._loop.run_until_complete(
+        dispatch_seconds = dispatch_budget(self.period) - elapsed
+        report.capacity = self.throughput.fetches_within(dispatch_budget(self.period))
+        jobs, waiting = self._due_jobs(
+            slot_start, report, self.throughput.fetches_within(dispatch_seconds)
+        )
+        run = self._loop.run_until_complete(
             self._fetch_all(
                 jobs,
-                results,
-                finished,
-                dispatch_seconds=dispatch_budget(self.period) - elapsed,
+                dispatch_seconds=dispatch_seconds,
                 seconds=fetch_budget(self.period) - elapsed,
                 while_waiting=write_so_far,
             )
+        )
+        self.throughput.observe(*run.busy_replies_and_seconds())
+        report.capacity = self.throughput.fetches_within(dispatch_budget(self.period))
+        for job in jobs[: run.sent]:
+            job.slot.last_sent = slot_start
+        # Admitted but not sent before the dispatch deadline: skipped as well.
+        waiting.extend(job.slot for job in jobs[run.sent :] if job.record_type == DEMAND)
+        self._skip(waiting, batch, report)
+        report.in_flight = (
+            sum(slot.in_flight for slot in self.slots.values()) if self._carried else 0
         )
         if confirm is not None and not confirm():
             report.lease_lost = True
             logger.error("%s: lease lost; the rest of this tick is not written", self.holder)
             return report
-        take(finished_only=False)
+        take()
         self._write(batch, report)
         self._save(batch, report)
         self.totals.add(report)
         return report
 
-    def _due_jobs(self, slot_start: float, report: TickReport) -> list[FetchJob]:
+    def _due_jobs(
+        self, slot_start: float, report: TickReport, admissible: int | None
+    ) -> tuple[list[FetchJob], list[UserSlot]]:
+        """The fetches to send this tick, at most `admissible` (None: all), and the due users
+        left waiting. Over capacity, the users sent longest ago go first, so the ones skipped
+        in a tick are polled in the next."""
         tick_number = round(slot_start / self.period)
         every = max(1, round(settings.INGEST_EXTRA_POLL_SECONDS / self.period))
-        demand: list[FetchJob] = []
-        extras: list[FetchJob] = []
+        due: list[UserSlot] = []
         for slot in self.slots.values():
-            if not slot.is_due(slot_start):
-                continue
-            report.shards[slot.shard].due += 1
-            demand.append(FetchJob(slot, DEMAND, slot.seen(DEMAND) or None))
-            if slot.extra_types and (tick_number + slot.phase) % every == 0:
-                extras.extend(
-                    FetchJob(slot, name, slot.seen(name) or None) for name in slot.extra_types
-                )
-        # Users cut off last tick go first, so an overloaded poller does not starve the same ones.
-        demand.sort(key=lambda job: not job.slot.cut_off)
-        return demand + extras
+            if slot.in_flight:
+                # Sent in an earlier tick, answered in this one.
+                report.shards[slot.shard].due += 1
+            elif slot.is_due(slot_start):
+                report.shards[slot.shard].due += 1
+                due.append(slot)
+        due.sort(key=_sent_at)
+        waiting: list[UserSlot] = []
+        if admissible is not None and len(due) > admissible:
+            due, waiting = due[:admissible], due[admissible:]
+        demand = [FetchJob(slot, DEMAND, slot.seen(DEMAND) or None) for slot in due]
+        extras = [
+            FetchJob(slot, name, slot.seen(name) or None)
+            for slot in due
+            if slot.extra_types and (tick_number + slot.phase) % every == 0
+            for name in slot.extra_types
+        ]
+        if admissible is not None:
+            # Extra record types only with room to spare: they wait for their next turn.
+            extras = extras[: max(0, admissible - len(demand))]
+        return demand + extras, waiting
+
+    def _skip(self, waiting: list[UserSlot], batch: _TickBatch, report: TickReport) -> None:
+        """Count the polls of the users left waiting: per shard, and per user in FetchState."""
+        for slot in waiting:
+            report.shards[slot.shard].skipped += 1
+            batch.skipped.append(slot.user_id)
 
     async def _fetch_all(
         self,
         jobs: list[FetchJob],
-        results: list[Reading | FetchFailure | None],
-        finished: list[int],
         dispatch_seconds: float,
         seconds: float,
         while_waiting: Callable[[], None],
-    ) -> None:
-        """Fill `results` with each job's result, and append its index to `finished`; None stays
-        for jobs not started within `dispatch_seconds` or not finished within `seconds`. Every
-        WRITE_EVERY_SECONDS until then, `while_waiting` runs (in the event loop: it must not
-        touch the database)."""
-        if not jobs:
-            return
-        queue = iter(range(len(jobs)))
+    ) -> FetchRun:
+        """Send the jobs' requests, none after `dispatch_seconds`, and put each answered job with
+        its result in `_arrived`, until `seconds` have passed. Every WRITE_EVERY_SECONDS until
+        then, `while_waiting` runs (in the event loop: it must not touch the database).
+
+        Requests still unanswered then (and those of earlier ticks) are not cancelled: their
+        workers go on in the next tick's event loop, so no reply sent is lost. Returns how many
+        requests were sent (the first ones of `jobs`) and the throughput measurement."""
         loop = asyncio.get_running_loop()
+        run = FetchRun()
         dispatch_until = loop.time() + dispatch_seconds
         deadline = loop.time() + max(0.0, seconds)
+        queue = iter(jobs)
+        arrived = self._arrived
+        fetch = self._client.fetch
 
         async def fetch_some() -> None:
-            for index in queue:
-                if loop.time() >= dispatch_until:
+            for job in queue:
+                now = loop.time()
+                if now >= dispatch_until:
                     return
-                job = jobs[index]
-                results[index] = await self._client.fetch(
-                    job.slot.target, job.record_type, job.previous_timestamp
-                )
-                finished.append(index)
+                run.sent += 1
+                run.last_sent_at = now
+                run.replies_at_last_send = run.replies
+                slot = job.slot
+                slot.in_flight += 1
+                try:
+                    result = await fetch(slot.target, job.record_type, job.previous_timestamp)
+                finally:
+                    slot.in_flight -= 1
+                arrived.append((job, result))
+                run.replies += 1
+                if run.first_reply_at is None:
+                    run.first_reply_at = loop.time()
 
         workers = [
             asyncio.ensure_future(fetch_some())
             for _ in range(min(settings.INGEST_CONCURRENCY, len(jobs)))
         ]
-        unfinished: set[asyncio.Future[None]] = set(workers)
+        unfinished: set[asyncio.Future[None]] = set(workers) | self._carried
         while unfinished and (remaining := deadline - loop.time()) > 0:
-            _, unfinished = await asyncio.wait(
+            done, unfinished = await asyncio.wait(
                 unfinished, timeout=min(WRITE_EVERY_SECONDS, remaining)
             )
-            if unfinished:
-                while_waiting()
-        for worker in unfinished:
-            worker.cancel()
-        if unfinished:
-            await asyncio.wait(unfinished)
-        for worker in workers:
-            if not worker.cancelled():
+            for worker in done:
                 # A bug in the client (it never raises for what a server sends) must not pass
                 # quietly.
                 worker.result()
+            if unfinished:
+                while_waiting()
+        self._carried = unfinished
+        return run
 
     def _take_results(
         self,
-        jobs: list[FetchJob],
-        results: list[Reading | FetchFailure | None],
+        arrived: list[tuple[FetchJob, Reading | FetchFailure]],
         slot_start: float,
         batch: _TickBatch,
         report: TickReport,
     ) -> None:
-        for job, result in zip(jobs, results, strict=True):
+        for job, result in arrived:
             slot = job.slot
+            if self.slots.get(slot.user_id) is not slot:
+                # Dropped while its fetch was under way (deleted, suspended, moved): a reading is
+                # written with the others no longer polled here.
+                if isinstance(result, Reading) and result.meter_timestamp > slot.seen(
+                    job.record_type
+                ):
+                    self._orphans.append(result)
+                continue
             counts = report.shards[slot.shard]
             is_demand = job.record_type == DEMAND
-            if result is None:
-                if is_demand:
-                    slot.cut_off = True
-                    counts.cut_off += 1
-                continue
             outcome = batch.outcome(slot, attempted=True)
             failure = None
             if isinstance(result, Reading):
@@ -741,7 +839,6 @@ class Poller:
                     outcome.error_class = result.failure_class.value
                     outcome.error = f"{job.record_type}: {result.message}"
             if is_demand:
-                slot.cut_off = False
                 counts.polled += 1
                 self._settle_backoff(slot, failure, slot_start, batch)
                 batch.outcome(slot, attempted=True)
@@ -939,7 +1036,10 @@ class Poller:
             if slot.user_id in self.slots:
                 self._drop(slot)
         report.finished_at = timezone.now()
-        report.late = report.cut_off > 0 or report.seconds > self.period
+        report.late = bool(report.users_skipped or report.in_flight) or (
+            report.seconds > self.period
+        )
+        self._record_capacity(report)
         Tick.objects.bulk_create(
             [
                 Tick(
@@ -952,15 +1052,48 @@ class Poller:
                     users_polled=counts.polled,
                     readings_written=counts.written,
                     failures=counts.failures,
+                    users_skipped=counts.skipped,
+                    capacity=report.capacity,
                     late=report.late,
                 )
                 for shard, counts in report.shards.items()
             ]
         )
 
+    def _record_capacity(self, report: TickReport) -> None:
+        """Open or refresh the over-capacity incident of each shard skipping polls for
+        INGEST_INCIDENT_AFTER_FAILURES ticks in a row; resolve it after as many ticks without."""
+        ticks = settings.INGEST_INCIDENT_AFTER_FAILURES
+        now = report.finished_at or timezone.now()
+        for shard, counts in report.shards.items():
+            if counts.skipped:
+                self._fitting_ticks[shard] = 0
+                self._short_ticks[shard] = self._short_ticks.get(shard, 0) + 1
+                if shard in self._over_capacity or self._short_ticks[shard] >= ticks:
+                    message = over_capacity_message(
+                        shard, self.holder, report.users_due, report.capacity, counts.skipped
+                    )
+                    Incident.objects.record_over_capacity(shard, now, message)
+                    if shard not in self._over_capacity:
+                        logger.error("over capacity: %s", message)
+                    self._over_capacity.add(shard)
+                continue
+            self._short_ticks[shard] = 0
+            if shard in self._over_capacity:
+                self._fitting_ticks[shard] = self._fitting_ticks.get(shard, 0) + 1
+                if self._fitting_ticks[shard] >= ticks:
+                    Incident.objects.resolve_over_capacity(
+                        shard,
+                        now,
+                        f"Every due user polled in {ticks} ticks in a row "
+                        f"({report.users_due:,} due, capacity {report.capacity or 0:,}).",
+                    )
+                    self._over_capacity.discard(shard)
+
     def _save_metadata(self, batch: _TickBatch) -> None:
         with transaction.atomic():
             FetchState.objects.apply_outcomes(list(batch.outcomes.values()))
+            FetchState.objects.record_skipped(batch.skipped, batch.now)
             Incident.objects.record_sightings(batch.sightings)
             Incident.objects.resolve_pairs(batch.resolutions, batch.now)
             if batch.new_files:

@@ -148,7 +148,7 @@ def test_it_computes_the_summary_in_the_same_number_of_queries_for_any_fleet_siz
     for _ in range(20):
         logging_user()
         failing_user(FailureClass.HTTP_ERROR)
-    assert queries() == few == 8
+    assert queries() == few == 9
 
 
 @pytest.mark.django_db

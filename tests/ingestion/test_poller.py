@@ -269,22 +269,29 @@ def test_it_picks_up_added_and_suspended_users_at_the_next_tick(settings: Settin
     assert "000003" in {key[0] for key in logged_keys()}
 
 
-def test_it_cuts_off_a_slow_gateway_at_the_deadline_and_records_a_late_tick(
+def test_it_awaits_a_slow_gateway_past_the_deadline_and_records_a_late_tick(
     settings: Settings,
 ) -> None:
     settings.INGEST_POLL_SECONDS = 1.0
     settings.INGEST_REQUEST_TIMEOUT = 30.0
     with polling_run(settings, users=4) as run:
         run.sim.set_fault("000002", "timeout")
+        slow = run.poller.slots[EagleUser.objects.get(cloud_id="000002").pk]
         report = run.tick()
-        assert report.late and report.cut_off == 1
+        assert report.late and report.in_flight == 1
         assert report.users_polled == 3 and report.readings_written == 3
-        assert run.poller.slots[EagleUser.objects.get(cloud_id="000002").pk].cut_off
-    tick = Tick.objects.get()
-    assert (tick.late, tick.users_due, tick.users_polled) == (True, 4, 3)
-    # Cut off by the deadline is not the gateway's failure: no backoff, no incident.
-    assert demand_state("000002").consecutive_failures == 0
-    assert not Incident.objects.exists()
+        # Not abandoned: its request goes on, and is not sent again while it does.
+        assert slow.in_flight == 1
+        run.sim.clear_faults()
+        for _ in range(6):
+            if not slow.in_flight:
+                break
+            run.tick()
+        assert slow.in_flight == 0
+    assert [tick.users_due for tick in Tick.objects.order_by("scheduled_at")][:2] == [4, 4]
+    # The simulator held the request, then dropped the connection: that answer is recorded.
+    state = demand_state("000002")
+    assert (state.consecutive_failures, state.last_error_class) == (1, "gateway_unreachable")
 
 
 def test_readings_fetched_early_are_on_disk_before_a_slow_gateway_answers(

@@ -1,0 +1,172 @@
+"""How many users a poller can carry: its measured throughput, the admission of each tick's
+fetches, and what an operator is told when the fleet outgrows it.
+
+A poller process fetches as fast as one core lets it parse replies (or as fast as
+INGEST_CONCURRENCY requests of the gateways' latency allow). That rate is measured in every tick
+whose requests kept all the workers busy: from the first reply to the last request sent, each
+reply let one more request go, so replies per second there are what the process sustains.
+A moving estimate of it says how many fetches fit in the part of a tick in which requests may
+start (`dispatch_budget`); a tick admits no more than that, so every request it sends is answered
+within the tick and no reply it receives is thrown away.
+
+When more users are due than fit, the users who waited longest go first: the ones left out in one
+tick are polled in the next, so each user is polled at least every second tick as long as the
+poller carries at most twice what it can fetch. Each left-out poll is counted (Tick.users_skipped,
+FetchState.skipped_polls), and a shard left short for INGEST_INCIDENT_AFTER_FAILURES ticks in a
+row gets an over-capacity incident, resolved after as many ticks in a row without a skipped poll.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from ingestion.models import Tick
+
+# Weight of the newest measurement in the moving estimate of fetches per second.
+SMOOTHING = 0.3
+# Shorter stretches of full workers measure the start-up more than the rate.
+MIN_MEASURED_SECONDS = 0.2
+
+ADVICE = (
+    "Add poller capacity: more shards (INGEST_SHARDS) with one poller process each "
+    "(`manage.py poll --shard N`, or qcluster workers for the window tasks), spread over more "
+    "machines once their cores are busy."
+)
+
+
+@dataclass(slots=True)
+class Throughput:
+    """Fetches a poller completes per second while all its workers are busy: a moving estimate,
+    None until a tick has measured it."""
+
+    per_second: float | None = None
+
+    def observe(self, replies: int, seconds: float) -> None:
+        """`replies` received in `seconds` during which every reply let another request go."""
+        if replies <= 0 or seconds < MIN_MEASURED_SECONDS:
+            return
+        measured = replies / seconds
+        if self.per_second is None:
+            self.per_second = measured
+        else:
+            self.per_second += SMOOTHING * (measured - self.per_second)
+
+    def fetches_within(self, seconds: float) -> int | None:
+        """How many fetches can be sent and answered in `seconds`; None when not measured."""
+        if self.per_second is None:
+            return None
+        return max(0, math.floor(self.per_second * seconds))
+
+
+@dataclass(slots=True)
+class FetchRun:
+    """One tick's fetch phase, as the throughput measurement needs it (event loop seconds)."""
+
+    sent: int = 0
+    replies: int = 0
+    first_reply_at: float | None = None
+    last_sent_at: float = 0.0
+    replies_at_last_send: int = 0
+
+    def busy_replies_and_seconds(self) -> tuple[int, float]:
+        """Replies received from the first reply until the last request was sent, and how long
+        that took: a stretch in which every reply made room for the next request."""
+        if self.first_reply_at is None or self.last_sent_at <= self.first_reply_at:
+            return 0, 0.0
+        return self.replies_at_last_send - 1, self.last_sent_at - self.first_reply_at
+
+
+def over_capacity_message(
+    shard: int, holder: str, due: int, capacity: int | None, skipped: int
+) -> str:
+    """The over-capacity incident's text: the load and measured capacity of the poller that
+    holds the shard (all its shards), the shard's skipped polls, and what to do."""
+    could = f"about {capacity:,}" if capacity is not None else "an unmeasured number of"
+    text = (
+        f"Shard {shard}: its poller {holder} had {due:,} users due in a tick and completes "
+        f"{could} fetches per tick; {skipped:,} of the shard's polls were skipped in the last "
+        "tick. "
+    )
+    if capacity is not None and 2 * capacity < due:
+        text += "Some users now wait more than one tick between polls. "
+    else:
+        text += "Every user is still polled at least every second tick. "
+    return text + ADVICE
+
+
+# --- What the operator sees ----------------------------------------------------------------------
+
+# A poller carrying more than this share of what it can fetch is near capacity.
+NEAR_CAPACITY = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class PollerLoad:
+    """One poller process as its shards' latest ticks show it: the users it carries (due per
+    tick), how many it could carry (measured fetches per tick), and the polls it skipped."""
+
+    holder: str
+    shards: tuple[int, ...]
+    scheduled_at: datetime
+    users_due: int
+    users_skipped: int
+    capacity: int | None
+
+    @property
+    def over_capacity(self) -> bool:
+        return self.users_skipped > 0
+
+    @property
+    def level(self) -> str:
+        """ "ok", "warning" (near capacity) or "problem" (over it: polls are skipped)."""
+        if self.over_capacity:
+            return "problem"
+        if self.capacity is not None and self.users_due > NEAR_CAPACITY * self.capacity:
+            return "warning"
+        return "ok"
+
+    @property
+    def advice(self) -> str:
+        """What to do, or "" when nothing needs doing."""
+        could = f"about {self.capacity:,}" if self.capacity is not None else "an unmeasured number"
+        if self.over_capacity:
+            return (
+                f"Over capacity: {self.users_due:,} users due per tick, {could} can be fetched "
+                f"in time; {self.users_skipped:,} polls skipped in the last tick. {ADVICE}"
+            )
+        if self.level == "warning":
+            return (
+                f"Near capacity: {self.users_due:,} users due per tick, {could} can be fetched "
+                f"in time. {ADVICE}"
+            )
+        return ""
+
+
+def poller_loads(now: datetime | None = None) -> list[PollerLoad]:
+    """The pollers of the shards' latest ticks (of the last three slots), in shard order: one
+    query over the few Tick rows of those slots."""
+    now = now or timezone.now()
+    since = now - timedelta(seconds=3 * settings.INGEST_POLL_SECONDS)
+    latest: dict[int, Tick] = {}
+    for tick in Tick.objects.filter(scheduled_at__gte=since).order_by("shard", "-scheduled_at"):
+        latest.setdefault(tick.shard, tick)
+    by_holder: dict[str, list[Tick]] = {}
+    for tick in latest.values():
+        by_holder.setdefault(tick.holder, []).append(tick)
+    loads = [
+        PollerLoad(
+            holder=holder,
+            shards=tuple(tick.shard for tick in ticks),
+            scheduled_at=max(tick.scheduled_at for tick in ticks),
+            users_due=sum(tick.users_due for tick in ticks),
+            users_skipped=sum(tick.users_skipped for tick in ticks),
+            capacity=max((t.capacity for t in ticks if t.capacity is not None), default=None),
+        )
+        for holder, ticks in by_holder.items()
+    ]
+    return sorted(loads, key=lambda load: load.shards)
