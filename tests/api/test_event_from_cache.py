@@ -127,7 +127,10 @@ def test_the_files_answer_while_redis_is_down_and_polling_goes_on(
                 response = viewer_client.get("/api/event/000001")
                 assert response.status_code == 200
                 assert response.json()["reading"] == latest_record("000001")
-        assert written and response.json()["reading"]["meter_timestamp"] > cached["reading"]["meter_timestamp"]
+        assert (
+            written
+            and response.json()["reading"]["meter_timestamp"] > cached["reading"]["meter_timestamp"]
+        )
     outages = [r for r in caplog.records if "cannot be reached" in r.getMessage()]
     assert len(outages) == 1
 
