@@ -341,7 +341,7 @@ Q_CLUSTER = {
 # Throttle counts live in a cache every process shares: Redis when there is one, else the
 # database (its table is made by a migration: `manage.py migrate`). With Redis, the poller keeps
 # each user's latest reading there too (ingestion/polling/latest.py). A Redis that stops answering
-# costs a request or a poller's write a second, not a hang.
+# costs a request or a poller's write REDIS_TIMEOUT_SECONDS, not a hang.
 REDIS_TIMEOUT_SECONDS = 1.0
 if REDIS_URL:
     CACHES = {

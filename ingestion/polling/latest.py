@@ -1,17 +1,17 @@
-"""The latest reading of a user: from the shared cache where REDIS_URL is set, else from the tail of
-its newest local hour file.
+"""The latest reading of a user: from Redis, the cache every process shares, where REDIS_URL is
+set; else from the tail of its newest local hour file.
 
 Web processes read it here without loading the polling engine (uvloop, leases, the tick loop).
 
 The poller hands every batch it writes to `remember_written`, which puts the newest reading of each
-user and record type in the shared cache (one pipelined round trip per batch), with the hour file
-it went to. `cached_record` serves it only while that file is still on local disk, so it is what
-the files would give: once the rotation ships and removes the file, or a purge deletes it, the
-files are read again. Without Redis (the database cache of the embedded defaults could not take a
-write per user every few seconds), and whenever Redis cannot be reached, everything comes from the
-files; polling never waits for or fails on the cache.
+user and record type in Redis (one pipelined round trip per batch), with the hour file it went to.
+`cached_record` serves it only while that file is still on local disk, so it is what the files
+would give: once the rotation ships and removes the file, or a purge deletes it, the files are read
+again. Without Redis (the database cache of the embedded defaults could not take a write per user
+every few seconds), and whenever Redis cannot be reached, everything comes from the files; polling
+never fails on Redis, and waits at most REDIS_TIMEOUT_SECONDS for it every RETRY_SECONDS.
 
-A deleted user's cloud_id is marked in the cache (until a user takes that cloud_id again), so a
+A deleted user's cloud_id is marked in Redis (until a user takes that cloud_id again), so a
 reading the poller writes in the moment before it notices the deletion is never served. Pushed
 readings drop the entry: they come from the files, since a push may resend older readings.
 """
@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import redis
 from django.conf import settings
-from django.core.cache import cache
 from django.db.models.signals import post_delete, post_save
 from redis import RedisError
 
@@ -43,7 +43,7 @@ LATEST_TAIL_BYTES = 4 * 1024
 # with each new reading; an entry it stopped rewriting (a user suspended or backing off, a meter
 # stalled) is dropped soon after, so a write missed during a Redis outage is not served for long.
 CACHE_SECONDS = 300
-# After a failed call, the cache is left alone this long: a Redis that is down or unreachable
+# After a failed call, Redis is left alone this long: a Redis that is down or unreachable
 # costs the poller and the web processes one timeout per this period, not one per call.
 RETRY_SECONDS = 30.0
 
@@ -87,43 +87,61 @@ def _newest_in_tail(path: Path, record_type: str) -> dict[str, Any] | None:
 
 
 # --- The shared cache ----------------------------------------------------------------------------
+# Straight through redis-py rather than Django's cache API, which builds a client for each call and
+# pickles values: that costs a dashboard's request more than the rest of the view.
+
+PREFIX = "rainlog:latest:"
+_clients: dict[str, redis.Redis] = {}
+
+
+def _redis() -> redis.Redis:
+    """This process's client of REDIS_URL (thread-safe, and it reconnects after a fork)."""
+    url = settings.REDIS_URL
+    client = _clients.get(url)
+    if client is None:
+        client = _clients[url] = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
+            socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
+        )
+    return client
 
 
 def _key(cloud_id: str, record_type: str) -> str:
-    return f"latest:{cloud_id}:{record_type}"
+    return f"{PREFIX}{cloud_id}:{record_type}"
 
 
 def _deleted_key(cloud_id: str) -> str:
-    return f"latest:{cloud_id}:deleted"
+    return f"{PREFIX}{cloud_id}:deleted"
 
 
 class _Reachability:
-    """Whether the shared cache answered lately; an outage is logged once, and so is its end."""
+    """Whether Redis answered lately; an outage is logged once, and so is its end."""
 
     def __init__(self) -> None:
         self.retry_at = 0.0
         self.down = False
 
-    def call(self, operation: Callable[..., T], *args: Any, always: bool = False) -> T | None:
-        """`operation(*args)`, or None if it failed or failed less than RETRY_SECONDS ago
-        (`always`: try anyway)."""
+    def call(self, operation: Callable[[redis.Redis], T], always: bool = False) -> T | None:
+        """`operation(client)`, or None without REDIS_URL, if it failed, or if Redis failed less
+        than RETRY_SECONDS ago (`always`: try anyway)."""
         if not settings.REDIS_URL or (not always and time.monotonic() < self.retry_at):
             return None
         try:
-            result = operation(*args)
+            result = operation(_redis())
         except (RedisError, OSError) as exc:
             self.retry_at = time.monotonic() + RETRY_SECONDS
             if not self.down:
                 self.down = True
                 logger.error(
-                    "the shared cache cannot be reached (%s): latest readings are read from the "
-                    "hour files until it answers again",
+                    "Redis cannot be reached (%s): latest readings are read from the hour files "
+                    "until it answers again",
                     exc,
                 )
             return None
         if self.down:
             self.down = False
-            logger.warning("the shared cache answers again: latest readings are cached again")
+            logger.warning("Redis answers again: latest readings are cached again")
         return result
 
 
@@ -146,27 +164,34 @@ def remember_written(readings: Sequence[Reading], result: AppendResult) -> None:
             reading
         ) not in unwritten:
             newest[key] = reading
-    entries = {}
-    for (cloud_id, record_type), reading in newest.items():
-        path = files[(cloud_id, hourfiles.hour_of_timestamp(reading.meter_timestamp))]
-        # The path under LOG_ROOT (hour directory and name), and the line as the file holds it.
-        entries[_key(cloud_id, record_type)] = (
-            f"{path.parent.name}/{path.name}",
-            reading.to_line(),
-        )
-    shared_cache.call(cache.set_many, entries, CACHE_SECONDS)
+
+    def store(client: redis.Redis) -> None:
+        pipeline = client.pipeline(transaction=False)
+        for (cloud_id, record_type), reading in newest.items():
+            path = files[(cloud_id, hourfiles.hour_of_timestamp(reading.meter_timestamp))]
+            # The file's path under LOG_ROOT (its hour directory and name), then the line as the
+            # file holds it.
+            entry = f"{path.parent.name}/{path.name}\n".encode() + reading.to_line()
+            pipeline.set(_key(cloud_id, record_type), entry, ex=CACHE_SECONDS)
+        pipeline.execute()
+
+    shared_cache.call(store)
 
 
 def cached_record(cloud_id: str, record_type: str = DEMAND) -> dict[str, Any] | None:
-    """The user's latest reading of a type from the shared cache, exactly as `latest_record` reads
-    it from its file, while that file is on local disk; None when the files must say (no entry,
-    the file gone, a deleted user, no Redis or none reachable)."""
-    key, deleted = _key(cloud_id, record_type), _deleted_key(cloud_id)
-    found = shared_cache.call(cache.get_many, [key, deleted])
-    if not found or deleted in found or key not in found:
+    """The user's latest reading of a type from Redis, exactly as `latest_record` reads it from
+    its file, while that file is on local disk; None when the files must say (no entry, the file
+    gone, a deleted user, no Redis or none reachable)."""
+    found = shared_cache.call(
+        lambda client: client.mget(_key(cloud_id, record_type), _deleted_key(cloud_id))
+    )
+    if not found:
         return None
-    relative_path, line = found[key]
-    if not os.path.exists(os.path.join(settings.LOG_ROOT, relative_path)):
+    entry, deleted = found
+    if not isinstance(entry, bytes) or deleted is not None:
+        return None
+    relative_path, _, line = entry.partition(b"\n")
+    if not os.path.exists(os.path.join(settings.LOG_ROOT, relative_path.decode())):
         return None
     return parse_line(line)
 
@@ -176,13 +201,13 @@ def forget(cloud_ids: Iterable[str]) -> None:
     a purge)."""
     keys = [_key(cloud_id, name) for cloud_id in cloud_ids for name in RECORD_TYPES]
     if keys:
-        shared_cache.call(cache.delete_many, keys, always=True)
+        shared_cache.call(lambda client: client.delete(*keys), always=True)
 
 
 def forget_deleted(cloud_id: str) -> None:
     """A user was deleted: its cached readings are dropped and never served again, whatever
     the poller writes before it notices, until a user takes the cloud_id again."""
-    shared_cache.call(cache.set, _deleted_key(cloud_id), True, None, always=True)
+    shared_cache.call(lambda client: client.set(_deleted_key(cloud_id), b"1"), always=True)
     forget([cloud_id])
 
 
@@ -193,7 +218,8 @@ def _user_deleted(sender: type, instance: Any, **kwargs: Any) -> None:
 def _user_saved(sender: type, instance: Any, created: bool, **kwargs: Any) -> None:
     if created:
         # A user took the cloud_id (perhaps again): its readings may be cached.
-        shared_cache.call(cache.delete, _deleted_key(instance.cloud_id), always=True)
+        key = _deleted_key(instance.cloud_id)
+        shared_cache.call(lambda client: client.delete(key), always=True)
 
 
 def connect_user_signals() -> None:
