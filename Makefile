@@ -14,7 +14,7 @@ RUN_PORT ?= 8000
 # The simulator's port follows the web server's, so that two checkouts run side by side.
 SIMULATOR_PORT ?= $(shell echo $$(( $(RUN_PORT) + 765 )))
 
-.PHONY: install install-dev chromium run test lint typecheck format migrate check bench bench-poll bench-rotate bench-api bench-simulator bench-load bench-parquet soak clean
+.PHONY: install install-dev chromium run test lint typecheck format migrate check bench bench-poll bench-rotate bench-api bench-simulator bench-load bench-parquet bench-failover soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -78,7 +78,7 @@ migrate: install
 check: install
 	$(PY) manage.py check
 
-bench: bench-poll bench-rotate bench-api bench-simulator bench-load bench-parquet
+bench: bench-poll bench-rotate bench-api bench-simulator bench-load bench-parquet bench-failover
 
 bench-poll: install-dev
 	$(PY) -m bench.poll
@@ -97,6 +97,9 @@ bench-load: install-dev
 
 bench-parquet: install-dev
 	$(PY) -m bench.parquet
+
+bench-failover: install-dev
+	$(PY) -m bench.failover
 
 soak: install-dev
 	$(PY) -m bench.soak

@@ -1,17 +1,19 @@
-"""Fleet-wide readings from the Parquet dataset.
+"""Fleet-wide readings from the Parquet dataset, or from the readings table where it holds them.
 
 GET /api/fleet/readings/aggregate?start=&end=&interval=1m|15m|1h|1d
 
 Per interval, each household's mean demand first, then across the households that reported:
 how many, their mean, percentiles and total (the fleet's demand). Computed by DuckDB over the
 dataset (ingestion.parquet_query): hours not exported yet (the current one, or one waiting for
-its hour files) are not in it, which `hours_exported` and `hours_in_range` show.
+its hour files) are not in it, which `hours_exported` and `hours_in_range` show. When the SQL
+readings store holds every hour of the range (ingestion.readings_store.fleet_loaded), the same
+figures come from the table in one query instead (`source`: `table`).
 """
 
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
@@ -23,7 +25,7 @@ from rest_framework.views import APIView
 
 from api.readings import AggregateQuerySerializer, iso_local, parse_query
 from api.schema import READ_ERRORS, error
-from ingestion import hourfiles, parquet_query, retrieval
+from ingestion import hourfiles, parquet_query, readings_store, retrieval
 from ingestion.eagle.record_types import DEMAND
 from ingestion.models import DatasetHour
 from ingestion.records import iso_utc
@@ -61,7 +63,10 @@ class FleetAggregateSerializer(serializers.Serializer[Any]):
     start = serializers.DateTimeField()
     end = serializers.DateTimeField()
     # A field named like Field.source (what DRF reads a value from): DRF keeps the two apart.
-    source = serializers.CharField(help_text="Always `parquet`: the dataset.")  # type: ignore[assignment]
+    source = serializers.CharField(  # type: ignore[assignment]
+        help_text="`table` when the readings table (READINGS_STORE) holds every hour of the range, "
+        "else `parquet`: the dataset."
+    )
     hours_in_range = serializers.IntegerField()
     hours_exported = serializers.IntegerField(
         help_text="Hours of the range in the dataset; the others are not counted."
@@ -69,13 +74,22 @@ class FleetAggregateSerializer(serializers.Serializer[Any]):
     results = FleetBucketSerializer(many=True)
 
 
+def fleet_demand(
+    start: datetime, end: datetime, step: timedelta
+) -> tuple[str, list[parquet_query.FleetBucket]]:
+    """(source, buckets): from the readings table, in one query, when the store holds every hour
+    of the range; else from the Parquet dataset."""
+    if readings_store.fleet_loaded(start, end):
+        return "table", readings_store.fleet_demand(start, end, step)
+    with parquet_query.open_dataset(start, end, [DEMAND]) as dataset:
+        return "parquet", parquet_query.fleet_demand(dataset, start, end, step)
+
+
 def fleet_document(start: datetime, end: datetime, interval: str, tz: Any) -> dict[str, Any]:
     step = retrieval.INTERVALS[interval]
+    source, buckets = fleet_demand(start, end, step)
     boundaries = retrieval.interval_boundaries(start, end, step)
-    with parquet_query.open_dataset(start, end, [DEMAND]) as dataset:
-        found = {
-            bucket.start: bucket for bucket in parquet_query.fleet_demand(dataset, start, end, step)
-        }
+    found = {bucket.start: bucket for bucket in buckets}
     results = []
     for low, high in zip(boundaries, boundaries[1:], strict=False):
         aligned = datetime.fromtimestamp(
@@ -101,7 +115,7 @@ def fleet_document(start: datetime, end: datetime, interval: str, tz: Any) -> di
         "interval": interval,
         "start": iso_utc(start),
         "end": iso_utc(end),
-        "source": "parquet",
+        "source": source,
         "hours_in_range": hours,
         "hours_exported": exported.count(),
         "results": results,
@@ -122,7 +136,8 @@ class FleetAggregateView(APIView):
             "Every interval of [start, end) in order, empty ones included (households 0, demand "
             "null). Per interval each household's readings are averaged first; `mean_kw` and "
             "the percentiles are over those household means, and `total_kw` is their sum, the "
-            "fleet's demand. Read from the Parquet dataset: hours not exported yet are missing."
+            "fleet's demand. Read from the Parquet dataset (hours not exported yet are missing), or "
+            "from the readings table when it holds every hour of the range."
         ),
         parameters=[FleetAggregateQuerySerializer],
         responses={

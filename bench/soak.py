@@ -13,13 +13,16 @@ Set-up, all on 127.0.0.1, everything removed at the end (also on Ctrl-C or failu
   seconds, jumps to just before the next hour boundary, so every segment crosses an hour and
   many hours close and rotate within minutes;
 - LOG_ROOT on a small tmpfs mounted for the run (a disk that can be filled);
-- two `manage.py qcluster` process groups: the poller (the per-minute "poll-shard-N" schedules)
-  and the rotation, which runs `rotate_closed_hours` with the simulated time the soak sends it.
-  The production "rotate-hourly" schedule is removed: it judges hours closed by the real clock,
-  for which every simulated hour is long over.
+- two `manage.py poll` processes, each in a process group of its own: one polls, the other stands
+  by for the shards and takes them when the first dies (its session lock frees) or stops;
+- a `manage.py qcluster` for the rotation, which runs `rotate_closed_hours` with the simulated
+  time the soak sends it. The production schedules are removed: the polling windows would leave
+  the foreground pollers' shards alone anyway, and the rotation judges hours closed by the real
+  clock, for which every simulated hour is long over.
 
-During the run: the poller and the rotation are killed (SIGKILL to the process group) at random
-moments and restarted, S3 goes away for a while, the log disk fills up and empties again, some
+During the run: the poller holding the shards and the rotation are killed (SIGKILL to the
+process group) at random moments and restarted (a restarted poller is the new standby), S3 goes
+away for a while, the log disk fills up and empties again, some
 accounts' credentials turn bad (the poller suspends them) and good again (an operator reactivates
 them with `EagleUser.activate()`), some gateways stall or lose their meter.
 
@@ -30,7 +33,8 @@ object under the prefix, read with boto3 and checked against the manifest), thro
 missing from the archive is excluded from "lost" only when it could not be observed, each reason
 counted on its own: the gateway failed every poll during the reading's life (or was being backed
 off from after a failure, or refused the account), or no poller was alive while it was current,
-or the poller that fetched it was killed before it could write it, or the simulator answered a
+(from a kill until the first request of the poller that took over), or the poller that fetched
+it was killed before it could write it, or the simulator answered a
 killed poller's request after its death, or the poller recorded a late tick for the reading's
 shard while it was current or when it was answered (it fell behind: a loaded machine). Anything else missing, any
 duplicate, or anything left unarchived fails the run (exit status 1). How much was archived
@@ -48,6 +52,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -184,6 +189,13 @@ class SimulatedClock:
             for sim_start, _, sim_end in self.segments
         )
 
+    def to_simulated(self, real: float) -> float:
+        """What the clock showed at the real moment `real` (unix seconds)."""
+        starts = [segment[1] for segment in self.segments]
+        i = max(0, bisect.bisect_right(starts, real) - 1)
+        sim_start, real_start, _ = self.segments[i]
+        return sim_start + (real - real_start)
+
     def to_real(self, simulated: float) -> float:
         """The real moment the clock showed `simulated` (the next segment's start if skipped)."""
         starts = [segment[0] for segment in self.segments]
@@ -284,19 +296,27 @@ class S3Proxy:
 
 
 class Cluster:
-    """One `manage.py qcluster` in a process group of its own, so a kill takes its workers too."""
+    """One `manage.py` command (`qcluster`, `poll`) in a process group of its own, so a kill takes
+    its workers too."""
 
-    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, name: str, env: dict[str, str], log: Path, command: str = "qcluster"
+    ) -> None:
         self.name = name
         self.env = {**env, "Q_CLUSTER_NAME": name}
         self.log = log
+        self.command = command
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+
+    @property
+    def label(self) -> str:
+        return self.name.rsplit("-", 1)[1]
 
     def start(self) -> None:
         with open(self.log, "ab") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "qcluster"],
+                [sys.executable, "manage.py", self.command],
                 cwd=BASE_DIR,
                 env=self.env,
                 stdout=output,
@@ -400,7 +420,7 @@ def soak_environment(config: SoakConfig, work: Path, s3_endpoint: str) -> dict[s
         "ROTATE_LEASE_SECONDS": "30",
         "ROTATE_RETRY_MAX_SECONDS": "60",
         "ROTATE_GRACE_SECONDS": str(max(1, math.floor(config.segment_seconds / 4))),
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": os.environ.get("SOAK_LOG_LEVEL", "WARNING"),
         "SOAK_CLOCK_FILE": str(work / "clock"),
     }
 
@@ -456,11 +476,13 @@ def local_hours(root: Path) -> list[datetime]:
 class Timeline:
     """What the soak did, in simulated time, to classify what could not be observed."""
 
-    # [simulated start, simulated end) while no poller was running, and the kill moments.
+    # [simulated start, simulated end) while no poller was polling, and the kill moments.
     poller_down: list[list[float]] = field(default_factory=list)
-    # Simulated moments the poller cluster was started: a down window lasts at least until the next.
-    poller_starts: list[float] = field(default_factory=list)
     poller_kills: list[float] = field(default_factory=list)
+    # Kill moment -> the holder name of the poller killed then ("" for the start).
+    killed_holders: dict[float, str] = field(default_factory=dict)
+    # Kill moment -> tick slots between the killed poller's last tick and the next poller's first.
+    missed_slots: dict[float, int] = field(default_factory=dict)
     # cloud_id -> [simulated start, simulated end) of refused credentials until reactivation.
     refused: dict[str, list[list[float]]] = field(default_factory=lambda: defaultdict(list))
     events: list[str] = field(default_factory=list)
@@ -493,6 +515,7 @@ class Soak:
         self.poller_name = f"{run_id}-poll"
         self.rotation_name = f"{run_id}-rotate"
         self.timeline = Timeline()
+        self.simulator: Any = None
         self.started = 0.0
 
     def note(self, text: str) -> None:
@@ -519,8 +542,7 @@ class Soak:
             proxy = S3Proxy(moto_port).start()
             stack.callback(proxy.stop)
             env = {**os.environ, **soak_environment(config, work, f"http://127.0.0.1:{proxy.port}")}
-            # Tasks sent from here (polling windows) are signed for the poller cluster.
-            env["Q_CLUSTER_NAME"] = self.poller_name
+            env["Q_CLUSTER_NAME"] = self.rotation_name
             os.environ.update(env)
             recreate_database(config.database_url)
             stack.callback(drop_database, config.database_url)
@@ -563,10 +585,13 @@ class Soak:
 
             create_users(simulator.accounts())
 
-            poller = Cluster(self.poller_name, env, work / "poller.log")
+            pollers = [
+                Cluster(f"{self.poller_name}-{label}", env, work / f"poller-{label}.log", "poll")
+                for label in ("a", "b")
+            ]
             rotation = Cluster(self.rotation_name, env, work / "rotation.log")
-            stack.callback(poller.stop, 10)
-            stack.callback(rotation.stop, 10)
+            for cluster in (*pollers, rotation):
+                stack.callback(cluster.stop, 10)
             self.out(
                 f"soak: seed {config.seed}, {config.users:,} gateways, {config.minutes:g} min, "
                 f"one simulated hour every {config.segment_seconds:g} s, LOG_ROOT on "
@@ -574,23 +599,22 @@ class Soak:
             )
             self.started = time.monotonic()
             self.timeline.poller_down.append([clock(), math.inf])
-            poller.start()
-            self.timeline.poller_starts.append(clock())
+            for cluster in pollers:
+                cluster.start()
             rotation.start()
-            self._send_windows()
-            self._drive(clock, simulator, poller, rotation, proxy, work / "logs", mounted)
-            # Ground truth ends as the clusters are told to stop. The poller's last ticks may
-            # hold fetched readings: like a kill for those.
-            clock.close()
+            self._drive(clock, simulator, pollers, rotation, proxy, work / "logs", mounted)
+            # The pollers' last ticks may hold fetched readings: like a kill for those. Ground
+            # truth ends once they have stopped, so that whatever those ticks archive was produced.
             stopped_at = clock()
             stopping = [
                 threading.Thread(target=c.stop, args=(config.stop_seconds,))
-                for c in (poller, rotation)
+                for c in (*pollers, rotation)
             ]
             for thread in stopping:
                 thread.start()
             for thread in stopping:
                 thread.join()
+            clock.close()
             self._close_down_windows(simulator)
             self.timeline.poller_kills.append(stopped_at)
             self.timeline.poller_down.append([stopped_at, math.inf])
@@ -600,17 +624,12 @@ class Soak:
         raise AssertionError("unreachable")
 
     def _prepare_schedules(self) -> None:
-        """The polling schedules for the poller cluster, the soak's rotation for the rotation
-        cluster, and no real-clock rotation. Schedules, not tasks sent from here: a task is
-        signed with its sender's cluster name, and the two clusters have different names."""
+        """The soak's rotation for the rotation cluster, and none of the production schedules
+        (registered by `migrate`)."""
         from django.utils import timezone
         from django_q.models import Schedule
 
-        from ingestion.polling.schedules import POLL_SCHEDULE_PREFIX, register_schedules
-
-        register_schedules()
-        Schedule.objects.exclude(name__startswith=POLL_SCHEDULE_PREFIX).delete()
-        Schedule.objects.update(cluster=self.poller_name)
+        Schedule.objects.all().delete()
         Schedule.objects.create(
             name="soak-rotation",
             func="bench.soak.rotate_simulated_hours",
@@ -622,20 +641,11 @@ class Soak:
             cluster=self.rotation_name,
         )
 
-    def _send_windows(self) -> None:
-        """Start polling now rather than at the next minute's schedule (as a restart script
-        would); a window that finds its shard held waits for the lease like any successor."""
-        from django.conf import settings
-        from django_q.tasks import async_task
-
-        for shard in range(settings.INGEST_SHARDS):
-            async_task("ingestion.tasks.poll_window", shard, cluster=self.poller_name)
-
     def _purge_redis(self) -> None:
         import redis
 
         client = redis.Redis.from_url(self.config.redis_url)
-        for name in (self.poller_name, self.rotation_name):
+        for name in (self.rotation_name,):
             keys = list(client.scan_iter(f"*{name}*"))
             if keys:
                 client.delete(*keys)
@@ -677,7 +687,7 @@ class Soak:
         self,
         clock: SimulatedClock,
         simulator: Any,
-        poller: Cluster,
+        pollers: list[Cluster],
         rotation: Cluster,
         proxy: S3Proxy,
         log_root: Path,
@@ -701,24 +711,28 @@ class Soak:
             for due_at, cluster in [r for r in restarts if r[0] <= now]:
                 restarts.remove((due_at, cluster))
                 cluster.start()
-                if cluster is poller:
-                    self.timeline.poller_starts.append(clock())
-                    self._send_windows()
-                self.note(f"{cluster.name.rsplit('-', 1)[1]} cluster restarted")
+                self.note(f"{cluster.label} restarted")
             while plan and plan[0][0] <= elapsed:
                 _, action, argument = plan.pop(0)
                 if action in ("kill_poller", "kill_rotation"):
-                    cluster = poller if action == "kill_poller" else rotation
+                    holder = ""
+                    if action == "kill_poller":
+                        found = self._polling(pollers)
+                        if found is None:
+                            continue
+                        cluster, holder = found
+                    else:
+                        cluster = rotation
                     if cluster.process is None:
                         continue
                     cluster.kill()
-                    if cluster is poller:
-                        self.timeline.poller_kills.append(clock())
-                        self.timeline.poller_down.append([clock(), math.inf])
+                    if holder:
+                        killed_at = clock()
+                        self.timeline.poller_kills.append(killed_at)
+                        self.timeline.poller_down.append([killed_at, math.inf])
+                        self.timeline.killed_holders[killed_at] = holder
                     restarts.append((now + argument, cluster))
-                    self.note(
-                        f"SIGKILL {cluster.name.rsplit('-', 1)[1]} cluster; restart in {argument:.1f} s"
-                    )
+                    self.note(f"SIGKILL {cluster.label}; restart in {argument:.1f} s")
                 elif action == "s3":
                     proxy.set_down(argument)
                     self.note("S3 unavailable" if argument else "S3 back")
@@ -761,20 +775,29 @@ class Soak:
                 if reactivated:
                     self.note(f"{reactivated} suspended accounts reactivated")
                 next_reactivation = now + 2.0
-            for cluster in (poller, rotation):
+            for cluster in (*pollers, rotation):
                 if cluster.process is not None and cluster.process.poll() is not None:
                     self.note(
                         f"{cluster.name} exited by itself ({cluster.process.returncode}); restarting"
                     )
                     cluster.start()
-                    if cluster is poller:
-                        self.timeline.poller_starts.append(clock())
             time.sleep(0.25)
         if filler is not None and filler.exists():
             filler.unlink()
         proxy.set_down(False)
         simulator.clear_faults()
         self.note(f"faults over after {hours} simulated hours")
+
+    @staticmethod
+    def _polling(pollers: list[Cluster]) -> tuple[Cluster, str] | None:
+        """The poller holding the shards, and its holder name (None: neither holds them now)."""
+        from ingestion.models import PollLease
+
+        for holder in PollLease.objects.exclude(holder="").values_list("holder", flat=True):
+            for cluster in pollers:
+                if cluster.process is not None and f":{cluster.process.pid}:" in holder:
+                    return cluster, holder
+        return None
 
     def _reactivate(self, cloud_ids: list[str], now: float) -> int:
         """Activate the suspended accounts among `cloud_ids`; their refused window ends now."""
@@ -790,16 +813,43 @@ class Soak:
         return count
 
     def _close_down_windows(self, simulator: Any) -> None:
-        """A down window ends at the first request made after the poller cluster started again
-        (a request that arrives between a kill and the restart is the killed poller's)."""
+        """A down window ends at the first request made after another poller than the one killed
+        started a tick (the standby that took over, or the first poller to start): a request
+        that arrives between a kill and that tick is the killed poller's."""
+        from ingestion.models import Tick
+
         times = sorted(simulator.request_times)
-        starts = sorted(self.timeline.poller_starts)
+        ticks = list(Tick.objects.order_by("started_at").values_list("started_at", "holder"))
+        polled_slots = list(
+            Tick.objects.filter(users_polled__gt=0)
+            .order_by("scheduled_at")
+            .values_list("scheduled_at", flat=True)
+        )
         for window in self.timeline.poller_down:
-            j = bisect.bisect_left(starts, window[0])
-            if j == len(starts):
+            killed = self.timeline.killed_holders.get(window[0], "")
+            killed_at = self.clock.to_real(window[0])
+            took_over = next(
+                (
+                    started.timestamp()
+                    for started, holder in ticks
+                    if started.timestamp() >= killed_at and holder != killed
+                ),
+                None,
+            )
+            if took_over is None:
                 window[1] = math.inf
                 continue
-            i = bisect.bisect_left(times, starts[j])
+            slots = [tick.timestamp() for tick in polled_slots if tick.timestamp() < killed_at]
+            if killed and slots:
+                following = min(
+                    (tick.timestamp() for tick in polled_slots if tick.timestamp() > slots[-1]),
+                    default=None,
+                )
+                if following is not None:
+                    self.timeline.missed_slots[window[0]] = (
+                        round((following - slots[-1]) / POLL_SECONDS) - 1
+                    )
+            i = bisect.bisect_left(times, self.clock.to_simulated(took_over))
             window[1] = times[i] if i < len(times) else math.inf
 
     # --- The end ----------------------------------------------------------------------------
@@ -854,6 +904,8 @@ class Soak:
         from ingestion.hourfiles import iter_records
         from ingestion.models import HourFile, HourFileState, Incident
         from ingestion.records import parse_line
+
+        self.simulator = simulator
 
         truth: dict[tuple[str, int], Any] = {}
         for sim_start, _, sim_end in clock.segments:
@@ -958,6 +1010,10 @@ class Soak:
             "coverage %": round(100.0 * exactly_once / len(truth), 1) if truth else 0.0,
             "unobserved, explained": sum(excluded.values()),
             "readings received but not written": sum(self._unwritten_by_kill.values()),
+            "most tick slots missed after a kill": max(
+                (self.timeline.missed_slots.get(kill, 0) for kill in self.timeline.poller_kills),
+                default=0,
+            ),
             "longest unpolled after a kill (s)": round(
                 max(
                     (
@@ -1065,22 +1121,28 @@ class Soak:
         return None
 
     def _unpolled_seconds(self, kill: float) -> float | None:
-        """Real seconds from a kill to the first request after it (None: none came)."""
-        for start, end in self.timeline.poller_down:
-            if start == kill:
-                return (
-                    None if end == math.inf else self.clock.to_real(end) - self.clock.to_real(start)
-                )
-        return None
+        """How much longer than a poll period a gateway waited for its next request across a
+        kill (real seconds, the median over the gateways asked both before and after it; a
+        gateway backed off waits longer anyway). None: no request came after it."""
+        clock, delays = self.clock, []
+        for log in self.simulator.request_log.values():
+            times = [entry[0] for entry in log]
+            i = bisect.bisect_left(times, kill)
+            if 0 < i < len(times):
+                waited = clock.to_real(times[i]) - clock.to_real(times[i - 1])
+                delays.append(max(0.0, waited - POLL_SECONDS))
+        return statistics.median(delays) if delays else None
 
     def _kill_lines(self) -> list[str]:
         run_start = self.clock.segments[0][1]
         lines = []
         for kill in self.timeline.poller_kills:
             unpolled = self._unpolled_seconds(kill)
+            missed = self.timeline.missed_slots.get(kill)
             lines.append(
                 f"  {self.clock.to_real(kill) - run_start:7.1f} s: unpolled "
-                + (f"{unpolled:5.1f} s" if unpolled is not None else "  (no restart)")
+                + (f"{unpolled:4.1f} s" if unpolled is not None else "(no poller after)")
+                + (f", {missed} tick slots missed" if missed is not None else "")
                 + f", {self._unwritten_by_kill[kill]:,} readings received but not written"
             )
         return lines
@@ -1138,7 +1200,10 @@ class Soak:
         lines.append("gaps between two ticks that polled (real seconds into the run, holders):")
         lines += self._tick_gaps() or ["  none"]
         lines.append(
-            "per poller kill (real seconds into the run; the last is the final stop, by SIGTERM):"
+            "per poller kill (real seconds into the run; the last is the final stop, by SIGTERM;"
+        )
+        lines.append(
+            "  unpolled: how much longer than a poll period a gateway waited across it, median):"
         )
         lines += self._kill_lines() or ["  none"]
         if self.timeline.skipped:
@@ -1169,7 +1234,8 @@ class Soak:
 
 
 def config_from_environment() -> SoakConfig:
-    """SOAK_MINUTES, SOAK_USERS, SOAK_SEED (random if unset), SOAK_DATABASE_URL, REDIS_URL; with
+    """SOAK_MINUTES, SOAK_USERS, SOAK_SEED (random if unset), SOAK_DATABASE_URL, REDIS_URL,
+    SOAK_LOG_LEVEL (the pollers' and the rotation's, WARNING unless set); with
     SOAK_PROFILE=short, the compressed fault schedule of the test suite's one-minute run."""
     seed = int(os.environ.get("SOAK_SEED") or random.SystemRandom().randrange(1, 1 << 31))
     short = os.environ.get("SOAK_PROFILE") == "short"

@@ -1011,11 +1011,16 @@ class PollLeaseQuerySet(models.QuerySet["PollLease"]):
     def ensure(self, shards: Iterable[int]) -> None:
         self.bulk_create([PollLease(shard=shard) for shard in shards], ignore_conflicts=True)
 
-    def claim(self, shard: int, holder: str, now: datetime, seconds: float) -> bool:
-        """Take the shard if nobody holds it, its holder's lease expired, or it is ours."""
+    def claim(
+        self, shard: int, holder: str, now: datetime, seconds: float, dead: str | None = None
+    ) -> bool:
+        """Take the shard if nobody holds it, its holder's lease expired, or it is ours; or from
+        `dead`, a holder known to have died (its session lock is free), if it still holds it."""
         claimable = (
             Q(holder="") | Q(holder=holder) | Q(expires_at__isnull=True) | Q(expires_at__lt=now)
         )
+        if dead:
+            claimable |= Q(holder=dead)
         return (
             self.filter(claimable, shard=shard).update(
                 holder=holder,

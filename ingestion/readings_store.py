@@ -19,13 +19,19 @@ What is loaded
 One load (`load_hour`): one hour's due files, one transaction, one connection
     1. SELECT pg_try_advisory_xact_lock(LOAD_LOCK, <hours since epoch>): if another worker is
        loading this hour, skip it; then the hour's due files are read again under the lock.
-    2. COPY readings_staging FROM STDIN: a temporary table (ON COMMIT DELETE ROWS) fed by
-       `copy_expert` from a file-like object that converts each file, when COPY asks for more,
-       into COPY text rows (`record_lines`, the conversion the Parquet export uses too). No row-by-row INSERT.
-    3. INSERT INTO readings SELECT … FROM readings_staging WHERE meter time is in the hour
-       ON CONFLICT DO NOTHING: a reading already there (an earlier load, another worker at the same
-       time) stays exactly once.
-    4. INSERT the `ReadingsLoad` (files, rows read and inserted, malformed lines, duration) and one
+    2. The files are converted, when COPY asks for more, into COPY text rows (`record_lines`, the
+       conversion the Parquet export uses too) and streamed by `copy_expert` from a file-like
+       object; no row-by-row INSERT. Only readings of the hour itself are streamed (a load writes
+       nothing outside the hour it holds the lock of), each once (a repeated line, a reading in
+       two parts of a household's hour).
+    3. When none of the load's households has a loaded file of the hour (the usual case: an hour
+       loaded for the first time), COPY readings FROM STDIN, straight into the table, inside a
+       savepoint. If a reading is there already after all (a load whose record was lost), the
+       unique violation rolls back the savepoint only, and the load goes as in 4.
+    4. Otherwise COPY readings_staging FROM STDIN, a temporary table (ON COMMIT DELETE ROWS) with
+       the table's columns and no key, then INSERT INTO readings SELECT * FROM readings_staging
+       ON CONFLICT DO NOTHING: a reading already there stays exactly once.
+    5. INSERT the `ReadingsLoad` (files, rows read and inserted, malformed lines, duration) and one
        `LoadedHourFile` per file, then COMMIT: the rows and the record of them land together.
     A file that cannot be read is left out (and counted); any other failure rolls the load back
     and records it, with its error, on its own.
@@ -37,8 +43,10 @@ database connection: one converts files while another's statements run in the se
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
+import re
 import threading
 import time
 import zlib
@@ -51,13 +59,14 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import DatabaseError, connection, connections, transaction
+from django.db import DatabaseError, IntegrityError, connection, connections, transaction
 from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
 from ingestion import hourfiles
 from ingestion.archive.store import Archive, ArchiveError, open_archive
 from ingestion.models import HourFile, HourFileState, LoadedHourFile, ReadingsLoad
+from ingestion.parquet_query import PERCENTILES, FleetBucket
 from ingestion.record_lines import VALUE_FIELDS, VALUES, decode_lines
 from ingestion.records import iso_utc
 
@@ -66,6 +75,7 @@ logger = logging.getLogger(__name__)
 TABLE = "readings"
 STAGING = "readings_staging"
 PARTITION_PREFIX = "readings_p"
+METER_TIME_INDEX = "readings_meter_time_brin"
 PARTITIONS_AHEAD_DAYS = 2
 # Advisory lock classes (first key of pg_*advisory_xact_lock(int, int)): "RL" + 1, 2.
 LOAD_LOCK = 0x524C0001
@@ -74,23 +84,13 @@ PARTITION_LOCK = 0x524C0002
 MAX_FILES_PER_LOAD = 2000
 COPY_READ_BYTES = 1 << 20
 
-_CREATE_STAGING = f"""
-CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING} (
-    cloud_id text, record_type text, meter_timestamp bigint, received_at timestamptz, source text,
-    demand_kw double precision, delivered_kwh double precision, received_kwh double precision,
-    price double precision, currency text, tier integer, format_version integer, raw text
-) ON COMMIT DELETE ROWS
-"""
-_COPY = f"COPY {STAGING} FROM STDIN"
-_MOVE = f"""
-INSERT INTO {TABLE} (cloud_id, record_type, meter_time, received_at, source, demand_kw,
-    delivered_kwh, received_kwh, price, currency, tier, format_version, raw)
-SELECT cloud_id, record_type, to_timestamp(meter_timestamp), received_at, source, demand_kw,
-    delivered_kwh, received_kwh, price, currency, tier, format_version, raw::jsonb
-FROM {STAGING}
-WHERE meter_timestamp >= %s AND meter_timestamp < %s
-ON CONFLICT DO NOTHING
-"""
+# The table's columns without its key: a load that may repeat readings already in the table goes
+# through it (module doc, "One load", 4).
+_CREATE_STAGING = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING} (LIKE {TABLE}) ON COMMIT DELETE ROWS"
+)
+_MOVE = f"INSERT INTO {TABLE} SELECT * FROM {STAGING} ON CONFLICT DO NOTHING"
+UNIQUE_VIOLATION = "23505"
 
 
 def enabled() -> bool:
@@ -278,12 +278,13 @@ COLUMNS = (
 NULL = "\\N"
 # COPY text format: a backslash, tab, newline or carriage return in a value is escaped.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-# Meter times the table can hold (bigint seconds PostgreSQL turns into a timestamp) and integers
-# an integer column can.
+# Meter times (Unix seconds) a reading may have, and integers an integer column can hold.
 MAX_TIMESTAMP = 2**40
 MAX_INTEGER = 2**31
 TAB = "\t"
-TABS = len(COLUMNS) - 1
+# What COPY text needs escaped in a value.
+_SPECIAL = re.compile(r"[\\\t\n\r\x00]")
+_NULLS = (NULL,) * len(VALUE_FIELDS)
 # Per record type: (position among VALUE_FIELDS, name) of the values it carries.
 _TYPE_VALUES = {
     kind: [(VALUE_FIELDS.index(name), name) for name in names]
@@ -324,9 +325,16 @@ def _instant(text: str) -> str:
     return text if text.endswith("Z") and text[10] == "T" and text[4] == "-" else moment.isoformat()
 
 
-def copy_row(record: Any, keep_raw: bool) -> str:
-    """One decoded reading (`record_lines.RecordLine`) as a line of COPY text for the staging
-    table; ValueError if it cannot be a row of the table."""
+@functools.lru_cache(maxsize=4096)
+def _plain(text: str) -> bool:
+    """Whether a string goes into COPY text as it is. Cached: a load repeats the same few
+    households and sources on every row."""
+    return _SPECIAL.search(text) is None
+
+
+def copy_row(record: Any, keep_raw: bool, meter_time: str) -> str:
+    """One decoded reading (`record_lines.RecordLine`) as a line of COPY text for the table, with
+    its meter time already as text; ValueError if it cannot be a row of the table."""
     received_at, source, version = record.received_at, record.source, record.format_version
     if received_at is None or source is None or version is None:
         raise ValueError("received_at, source and format_version are required")
@@ -335,29 +343,42 @@ def copy_row(record: Any, keep_raw: bool) -> str:
     if not -MAX_INTEGER < version < MAX_INTEGER:
         raise ValueError(f"format_version {version} does not fit an integer column")
     received_at = _instant(received_at)
-    # Valid JSON (msgspec checked it) holds no raw control character.
-    raw = bytes(record.raw).decode() if keep_raw else NULL
-    values = [NULL] * len(VALUE_FIELDS)
-    nulls = len(values) + (not keep_raw)
+    # The record type is a registered one, the times are ours or checked, numbers print plainly:
+    # only the strings read from the line may need escaping.
+    plain = _plain(record.cloud_id) and _plain(source)
+    values = list(_NULLS)
     for index, name in _TYPE_VALUES[record.record_type]:
         value = getattr(record, name)
         if value is not None:
+            if value.__class__ is str:
+                plain = plain and _plain(value)
             values[index] = _cell(value)
-            nulls -= 1
-    row = (
-        f"{record.cloud_id}\t{record.record_type}\t{record.meter_timestamp}\t{received_at}\t"
-        f"{source}\t{TAB.join(values)}\t{version}\t{raw}"
+    if keep_raw:
+        # Valid JSON (msgspec checked it) holds no control character: only its backslashes
+        # are doubled.
+        raw = bytes(record.raw).decode()
+        if "\\" in raw:
+            if "\\u0000" in raw:
+                raise ValueError("raw holds \\u0000, which jsonb cannot hold")
+            raw = raw.replace("\\", "\\\\")
+    else:
+        raw = NULL
+    if not plain:
+        cells = [record.cloud_id, record.record_type, meter_time, received_at, source, *values]
+        escaped = [cell if cell is NULL else _escaped(cell) for cell in cells]
+        return TAB.join([*escaped, str(version), raw]) + "\n"
+    return (
+        f"{record.cloud_id}\t{record.record_type}\t{meter_time}\t{received_at}\t{source}\t"
+        f"{TAB.join(values)}\t{version}\t{raw}\n"
     )
-    # Nearly every row needs no escaping: one look at the whole row rather than one per value
-    # (its only backslashes are those of its NULLs).
-    escapes = row.count("\\") != nulls or row.count(TAB) != TABS
-    if escapes or "\n" in row or "\r" in row or "\x00" in row:
-        if "\\u0000" in raw:
-            raise ValueError("raw holds \\u0000, which jsonb cannot hold")
-        cells = [record.cloud_id, record.record_type, str(record.meter_timestamp), received_at]
-        cells += [source, *values, str(version), raw]
-        row = TAB.join([cell if cell is NULL else _escaped(cell) for cell in cells])
-    return row + "\n"
+
+
+@functools.lru_cache(maxsize=64)
+def meter_times(hour_start: int) -> tuple[str, ...]:
+    """The 3,600 meter times of the hour starting at `hour_start` (Unix seconds) as COPY text,
+    by second: looked up, not formatted, for each row."""
+    prefix = datetime.fromtimestamp(hour_start, UTC).strftime("%Y-%m-%d %H:")
+    return tuple(f"{prefix}{second // 60:02d}:{second % 60:02d}+00" for second in range(3600))
 
 
 @dataclass(slots=True)
@@ -367,24 +388,43 @@ class Conversion:
     files: list[HourFile] = field(default_factory=list)
     files_failed: int = 0
     rows: int = 0
+    rows_loaded: int = 0
     malformed_lines: int = 0
     errors: list[str] = field(default_factory=list)
+    # (cloud_id, record_type, second of the hour) of the rows streamed for the current household.
+    seen: set[tuple[str, str, int]] = field(default_factory=set)
 
 
-def copy_chunk(data: bytes, origin: str, conversion: Conversion, keep_raw: bool) -> bytes:
-    """An hour file's content as COPY text rows; lines that are no typed reading are counted,
-    logged and left out (they stay in the file)."""
+def copy_chunk(
+    data: bytes, origin: str, conversion: Conversion, keep_raw: bool, hour_start: int
+) -> bytes:
+    """An hour file's readings of the hour starting at `hour_start` (Unix seconds) as COPY text
+    rows, each reading once. Lines that are no typed reading are counted, logged and left out (they
+    stay in the file); readings of another hour are counted as read and left out too, as are
+    repeats of a reading already streamed for the household."""
     readings, not_readings = decode_lines(data)
+    times = meter_times(hour_start)
+    seen = conversion.seen
     rows = []
+    read = 0
     for record in readings:
+        second = record.meter_timestamp - hour_start
+        in_hour = 0 <= second < 3600
         try:
-            rows.append(copy_row(record, keep_raw))
+            row = copy_row(record, keep_raw, times[second] if in_hour else "")
         except ValueError as exc:
             not_readings += 1
             logger.warning("%s: a reading not loaded: %s", origin, exc)
+            continue
+        read += 1
+        key = (record.cloud_id, record.record_type, second)
+        if in_hour and key not in seen:
+            seen.add(key)
+            rows.append(row)
     if not_readings:
         logger.warning("%s: %d line(s) that are no typed reading not loaded", origin, not_readings)
-    conversion.rows += len(rows)
+    conversion.rows += read
+    conversion.rows_loaded += len(rows)
     conversion.malformed_lines += not_readings
     return "".join(rows).encode()
 
@@ -446,8 +486,11 @@ def hour_file_content(row: HourFile, archive: Archive) -> bytes:
     raise NotSealedYetError(f"{path.name} is not sealed yet")
 
 
-def _chunks(rows: list[HourFile], conversion: Conversion, keep_raw: bool) -> Iterator[bytes]:
+def _chunks(
+    rows: list[HourFile], conversion: Conversion, keep_raw: bool, hour_start: int
+) -> Iterator[bytes]:
     archive = open_archive()
+    household = None
     for row in rows:
         try:
             data = hour_file_content(row, archive)
@@ -459,7 +502,11 @@ def _chunks(rows: list[HourFile], conversion: Conversion, keep_raw: bool) -> Ite
             logger.error("readings store: cannot read %s: %s", row.key, exc)
             continue
         conversion.files.append(row)
-        yield copy_chunk(data, row.key, conversion, keep_raw)
+        if row.cloud_id != household:
+            # Rows come household by household: a repeat can only be of the same household's.
+            conversion.seen.clear()
+            household = row.cloud_id
+        yield copy_chunk(data, row.key, conversion, keep_raw, hour_start)
 
 
 # --- Loading ------------------------------------------------------------------------------------
@@ -467,6 +514,34 @@ def _chunks(rows: list[HourFile], conversion: Conversion, keep_raw: bool) -> Ite
 
 def _hour_key(hour: datetime) -> int:
     return int(hour.timestamp()) // 3600
+
+
+def _copy(cursor: Any, table: str, chunks: Iterator[bytes]) -> None:
+    """COPY the rows of `chunks` into `table`, streamed as COPY asks for them."""
+    sql = f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN"
+    with connection.wrap_database_errors:  # psycopg2's errors as Django's
+        cursor.cursor.copy_expert(sql, CopyStream(chunks), size=COPY_READ_BYTES)
+
+
+def _copy_straight(
+    cursor: Any, rows: list[HourFile], conversion: Conversion, keep_raw: bool, hour: datetime
+) -> bool:
+    """COPY the rows straight into `readings`, in a savepoint. False when a reading was in the
+    table already (an earlier load whose record was lost, a reading written in two households'
+    files): the savepoint is rolled back and nothing of it stays."""
+    try:
+        with transaction.atomic():
+            _copy(cursor, TABLE, _chunks(rows, conversion, keep_raw, int(hour.timestamp())))
+    except IntegrityError as exc:
+        if getattr(exc.__cause__, "pgcode", None) != UNIQUE_VIOLATION:
+            raise
+        logger.info(
+            "readings store: %s: a reading is in the table already, loading through %s",
+            hourfiles.hour_label(hour),
+            STAGING,
+        )
+        return False
+    return True
 
 
 def load_hour(hour: datetime, now: datetime | None = None) -> ReadingsLoad | None:
@@ -489,15 +564,20 @@ def load_hour(hour: datetime, now: datetime | None = None) -> ReadingsLoad | Non
                 return None
             # A load lost in a crash is lost with its record, and loaded again by the next pass.
             cursor.execute("SET LOCAL synchronous_commit = off")
-            cursor.execute(_CREATE_STAGING)
-            # Empty already after a commit; not so when the load runs inside a caller's transaction.
-            cursor.execute(f"TRUNCATE {STAGING}")
-            stream = CopyStream(_chunks(rows, conversion, keep_raw))
-            with connection.wrap_database_errors:  # psycopg2's errors as Django's
-                cursor.cursor.copy_expert(_COPY, stream, size=COPY_READ_BYTES)
-            start_ts = int(hour.timestamp())
-            cursor.execute(_MOVE, [start_ts, start_ts + 3600])
-            load.rows_inserted = cursor.rowcount
+            loaded_before = HourFile.objects.filter(
+                hour=hour, cloud_id__in={row.cloud_id for row in rows}, store_load__isnull=False
+            ).exists()
+            if not loaded_before and _copy_straight(cursor, rows, conversion, keep_raw, hour):
+                load.rows_inserted = conversion.rows_loaded
+            else:
+                conversion = Conversion()
+                cursor.execute(_CREATE_STAGING)
+                # Empty already after a commit; not so when the load runs inside a caller's
+                # transaction.
+                cursor.execute(f"TRUNCATE {STAGING}")
+                _copy(cursor, STAGING, _chunks(rows, conversion, keep_raw, int(hour.timestamp())))
+                cursor.execute(_MOVE)
+                load.rows_inserted = cursor.rowcount
             if not conversion.files and not conversion.files_failed:
                 return None
             _fill(load, conversion, started)
@@ -605,7 +685,22 @@ def load_pending(
         with ThreadPoolExecutor(count, thread_name_prefix="readings-load") as executor:
             for future in [executor.submit(work, True) for _ in range(count)]:
                 future.result()
+    if any(load.rows_inserted for load in loads):
+        summarize_new_pages()
     return sorted(loads, key=lambda load: (load.hour, load.started_at))
+
+
+def summarize_new_pages() -> int:
+    """Summarise, in the meter-time BRIN index of each partition (migration 0010), the pages loads
+    have written since; the number of page ranges summarised. Until then a fleet-wide query reads
+    those pages whatever its range."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT coalesce(sum(brin_summarize_new_values(inhrelid)), 0) FROM pg_inherits "
+            "WHERE inhparent = to_regclass(%s)",
+            [METER_TIME_INDEX],
+        )
+        return int(cursor.fetchone()[0])
 
 
 def run_pass(
@@ -800,3 +895,65 @@ def meter_timestamps(cloud_id: str, start: datetime, end: datetime) -> list[int]
             [cloud_id, start, end],
         )
         return [timestamp for (timestamp,) in cursor.fetchall()]
+
+
+# --- The fleet's demand (GET /api/fleet/readings/aggregate) -------------------------------------
+
+
+def fleet_loaded(start: datetime, end: datetime) -> bool:
+    """Whether the table holds the fleet's readings of [start, end): the store is on, the range is
+    within the retention, its hours have hour files, and every one of them is loaded (an hour
+    being written has none yet: the Parquet dataset has not got it either)."""
+    if not enabled():
+        return False
+    first = hourfiles.hour_floor(start)
+    kept_from = retention_start(timezone.now())
+    if kept_from is not None and first < kept_from:
+        return False
+    files = HourFile.objects.filter(hour__gte=first, hour__lt=end)
+    return files.exists() and not files.filter(store_load__isnull=True).exists()
+
+
+# Each household's mean demand per interval, then across the households: the same figures as
+# parquet_query.FLEET_DEMAND_SQL over the dataset.
+_FLEET_DEMAND = f"""
+WITH households AS (
+    SELECT extract(epoch FROM meter_time)::bigint / %(step)s * %(step)s AS bucket, cloud_id,
+        avg(demand_kw) AS kw, count(*) AS readings
+    FROM {TABLE}
+    WHERE record_type = 'demand' AND meter_time >= %(start)s AND meter_time < %(end)s
+    GROUP BY 1, 2
+)
+SELECT bucket, count(*), avg(kw), sum(kw),
+    percentile_cont(%(quantiles)s::float8[]) WITHIN GROUP (ORDER BY kw), sum(readings)
+FROM households
+GROUP BY bucket
+ORDER BY bucket
+"""
+
+
+def fleet_demand(start: datetime, end: datetime, interval: timedelta) -> list[FleetBucket]:
+    """parquet_query.fleet_demand from the table, in one query: per interval of [start, end)
+    aligned on multiples of `interval` since the Unix epoch, the households reporting, the mean
+    and percentiles of their mean demands and their total. Intervals without readings are left
+    out."""
+    params: dict[str, Any] = {
+        "step": int(interval.total_seconds()),
+        "start": start,
+        "end": end,
+        "quantiles": [p / 100 for p in PERCENTILES],
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_FLEET_DEMAND, params)
+        rows = cursor.fetchall()
+    return [
+        FleetBucket(
+            start=datetime.fromtimestamp(bucket, start.tzinfo),
+            households=households,
+            mean_kw=mean,
+            total_kw=total,
+            percentiles_kw=dict(zip(PERCENTILES, percentiles, strict=True)),
+            readings=int(readings),
+        )
+        for bucket, households, mean, total, percentiles, readings in rows
+    ]

@@ -88,9 +88,10 @@ from ingestion.polling.leases import (
     WINDOW,
     Acquisition,
     AfterTick,
+    HolderSession,
     ShardLease,
-    holder_name,
     is_foreground,
+    is_live,
     rescue_orphaned_shards,
     shard_of,
 )
@@ -160,16 +161,29 @@ def newest_logged(
     for hour, directory in reversed(hourfiles.hour_dirs(root)):
         if earliest is not None and hour < earliest:
             break
-        for found in hourfiles.files_in(hour, directory):
+        for found in _files_in(hour, directory):
             if found.cloud_id not in since:
                 continue
             first_hour = since[found.cloud_id]
             if first_hour is not None and hour < first_hour:
                 continue
-            for record in read_tail_records(found.path):
+            try:
+                records = read_tail_records(found.path)
+            except FileNotFoundError:
+                # Shipped and removed meanwhile: the manifest, read after the files, has it.
+                continue
+            for record in records:
                 key = (found.cloud_id, str(record.get("record_type")))
                 _keep_newest(newest, key, record.get("meter_timestamp"))
     return newest
+
+
+def _files_in(hour: datetime, directory: Path) -> list[hourfiles.LocalFile]:
+    """The hour's files, none if the rotation removed its directory meanwhile."""
+    try:
+        return list(hourfiles.files_in(hour, directory))
+    except FileNotFoundError:
+        return []
 
 
 def newest_shipped(since: dict[str, datetime | None]) -> dict[tuple[str, str], int]:
@@ -1165,8 +1179,8 @@ def run_ticks(
     slot = first_slot if first_slot is not None else grid_floor(time.time(), period) + period
     ticks = 0
 
-    def leases_valid() -> bool:
-        return all(lease.confirm() for lease in leases)
+    def leases_valid(margin: float = 1.0) -> bool:
+        return all(lease.confirm(margin) for lease in leases)
 
     def leases_held() -> bool:
         return all(lease.is_valid() for lease in leases)
@@ -1183,8 +1197,9 @@ def run_ticks(
                     slot = current
                 with count_statements() as statements:
                     # Renewed first if it may run out during the tick: readings are written while
-                    # the fetches go on only under a lease that surely holds.
-                    if not leases_valid():
+                    # the fetches go on only under a lease that surely holds (a lease just taken
+                    # over lasts from the claim, which may be most of a period ago).
+                    if not leases_valid(period):
                         return "lease lost"
                     report = poller.run_tick(slot, confirm=leases_valid, holds=leases_held)
                     if report.lease_lost:
@@ -1238,9 +1253,9 @@ def run_window(shard: int, stop: threading.Event | None = None) -> str:
     if not 0 <= shard < settings.INGEST_SHARDS:
         raise ValueError(f"shard {shard} does not exist (INGEST_SHARDS={settings.INGEST_SHARDS})")
     stop = stop or threading.Event()
-    holder = holder_name(WINDOW)
-    lease = ShardLease(shard, holder)
-    poller = Poller([shard], holder)
+    session = HolderSession(WINDOW)
+    lease = ShardLease(shard, session.holder, session=session)
+    poller = Poller([shard], session.holder)
 
     def send_window(orphan: int) -> None:
         async_task(
@@ -1253,7 +1268,7 @@ def run_window(shard: int, stop: threading.Event | None = None) -> str:
     try:
         PollLease.objects.ensure(range(settings.INGEST_SHARDS))
         current = PollLease.objects.get(shard=shard)
-        if current.is_held(timezone.now()) and is_foreground(current.holder):
+        if is_foreground(current.holder) and is_live(current, timezone.now()):
             # `manage.py poll` keeps its shards: leave before loading anything.
             return f"shard {shard} not polled: {Acquisition.FOREGROUND_HOLDS.value}"
         poller.load_users()
@@ -1274,3 +1289,4 @@ def run_window(shard: int, stop: threading.Event | None = None) -> str:
     finally:
         lease.release()
         poller.close()
+        session.close()

@@ -13,6 +13,14 @@ conditional UPDATE whose row count says whether it happened:
   (`last_tick_at` + one tick). Consecutive windows therefore neither overlap nor leave a gap. A
   newer waiting task replaces an older one as successor, and the older one gives up;
 - release: when a holder stops, to the waiting successor if there is one, else to nobody;
+- liveness: on PostgreSQL a holder also holds, for its whole life, a session-level advisory lock
+  on a connection of its own (`HolderSession`), its key written in its name. The server frees
+  it the moment the process dies (SIGKILL, a crash: the connection closes), so a standby, which
+  looks at the row every SUCCESSOR_POLL_SECONDS, takes a dead holder's shard at once instead of
+  waiting for its lease to expire: a kill costs less than a tick. The holder stops writing as
+  soon as that connection is gone, so a holder cut off from the server while alive gives way
+  too. A holder that hangs alive keeps its lock and is passed over only when its lease expires;
+  on SQLite, which has no such locks, expiry is the only way;
 - rescue: a holder that dies mid-window leaves its shard unpolled until the next scheduled window
   arrives, up to a minute later. So every window task also looks, after each tick, for shards
   left unclaimed since its lease expired, and sends a window task for each at once
@@ -28,7 +36,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import secrets
+import select
 import socket
 import threading
 import time
@@ -38,6 +48,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from django.conf import settings
+from django.db import connection, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from ingestion.models import PollLease
@@ -46,8 +58,12 @@ logger = logging.getLogger(__name__)
 
 WINDOW = "window"
 FOREGROUND = "poll"
-# How often a waiting successor looks at the lease row (one primary-key read).
+# How often a waiting successor looks at the lease row (one primary-key read, and one lock probe
+# while it is held).
 SUCCESSOR_POLL_SECONDS = 0.2
+# In a holder's name: the key of the advisory lock it holds for as long as it lives.
+SESSION_LOCK_MARK = "#lock="
+SESSION_LOCK_KEY = re.compile(re.escape(SESSION_LOCK_MARK) + r"(\d+)$")
 
 
 def shard_of(cloud_id: str, shards: int | None = None) -> int:
@@ -63,6 +79,61 @@ def holder_name(kind: str) -> str:
 
 def is_foreground(holder: str) -> bool:
     return holder.startswith(f"{FOREGROUND}@")
+
+
+class HolderSession:
+    """A poller process's proof of life, for as long as it may hold leases.
+
+    On PostgreSQL: a connection of its own (never closed by Django's connection management, which
+    may close the default one between ticks) holding a session-level advisory lock whose key is
+    in the holder's name. Elsewhere: just the name, and leases end by expiry only.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self._wrapper: BaseDatabaseWrapper | None = None
+        if connection.vendor != "postgresql":
+            self.holder = holder_name(kind)
+            return
+        key = secrets.randbits(63)
+        self.holder = f"{holder_name(kind)}{SESSION_LOCK_MARK}{key}"
+        self._wrapper = connections.create_connection("default")
+        with self._wrapper.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [key])
+        self._socket = self._wrapper.connection.fileno()
+
+    def intact(self) -> bool:
+        """Whether the lock surely still holds, without a round trip: nothing ever arrives on
+        that connection unless the server ends it (a restart, pg_terminate_backend)."""
+        if self._wrapper is None:
+            return True
+        if self._wrapper.connection is None:
+            return False
+        readable, _, _ = select.select([self._socket], [], [], 0)
+        return not readable
+
+    def close(self) -> None:
+        if self._wrapper is not None:
+            self._wrapper.close()
+            self._wrapper = None
+
+
+def is_gone(holder: str) -> bool:
+    """Whether a holder that proves its life with a session lock is dead: its lock is free.
+
+    A transaction-level try-lock taken and dropped at once (autocommit), so a dead holder's key is
+    never held by the one who looked.
+    """
+    found = SESSION_LOCK_KEY.search(holder)
+    if found is None or connection.vendor != "postgresql":
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [int(found.group(1))])
+        return bool(cursor.fetchone()[0])
+
+
+def is_live(row: PollLease, now: datetime) -> bool:
+    """Whether the lease is held by a holder still alive (not expired, and not known dead)."""
+    return row.is_held(now) and not is_gone(row.holder)
 
 
 class Acquisition(StrEnum):
@@ -91,6 +162,8 @@ class ShardLease:
     shard: int
     holder: str
     seconds: float = field(default_factory=lambda: float(settings.INGEST_LEASE_SECONDS))
+    # The holder's proof of life (None: the lease ends by expiry only).
+    session: HolderSession | None = None
     # Until when the lease is ours, as of our last claim or renewal.
     valid_until: datetime | None = None
     # The last tick the previous holder ran, as the row said when we took the lease.
@@ -118,8 +191,13 @@ class ShardLease:
             row = PollLease.objects.get(shard=self.shard)
             if row.holder == self.holder:
                 return self._took(row, Acquisition.HANDED_OVER)
-            if not row.is_held(now):
-                if PollLease.objects.claim(self.shard, self.holder, now, self.seconds):
+            if not is_live(row, now):
+                dead = row.holder if row.is_held(now) else None
+                if PollLease.objects.claim(self.shard, self.holder, now, self.seconds, dead):
+                    if dead:
+                        logger.warning(
+                            "%s took shard %d from %s, which died", self.holder, self.shard, dead
+                        )
                     return self._took(row, Acquisition.CLAIMED)
                 continue
             if leave_to_foreground and (is_foreground(row.holder) or is_foreground(row.successor)):
@@ -161,17 +239,24 @@ class ShardLease:
             self.held
             and self.valid_until is not None
             and timezone.now() + timedelta(seconds=margin) < self.valid_until
+            and (self.session is None or self.session.intact())
         )
 
-    def confirm(self) -> bool:
-        """Renew now, before acting on the shard, when the lease may have run out meanwhile."""
-        if self.is_valid():
+    def confirm(self, margin: float = 1.0) -> bool:
+        """Renew now, before acting on the shard, when the lease may run out within `margin`
+        seconds."""
+        if self.is_valid(margin):
             return True
         return self.after_tick(self.previous_tick_at or timezone.now(), False) is AfterTick.KEPT
 
     def after_tick(self, tick_at: datetime, may_hand_over: bool) -> AfterTick:
         """Renew after a tick, or hand the shard to a waiting successor when allowed."""
         now = timezone.now()
+        if self.session is not None and not self.session.intact():
+            # A standby may already have taken the shard: stop at once, keep nothing.
+            self.release()
+            logger.error("shard %d: %s lost its session lock", self.shard, self.holder)
+            return AfterTick.LOST
         if may_hand_over and PollLease.objects.hand_over(
             self.shard, self.holder, now, self.seconds, tick_at
         ):

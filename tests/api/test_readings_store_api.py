@@ -12,6 +12,7 @@ import orjson
 import pytest
 import time_machine
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from pytest_django.fixtures import Settings
 from rest_framework.test import APIClient
 
@@ -19,6 +20,7 @@ from ingestion import readings_store
 from ingestion.archive import rotation
 from ingestion.records import Reading, Source
 from tests.factories import EagleUserFactory
+from tests.fleet_dataset import AFTER_CLOSE, poll_across_the_hour, rotate_and_export
 from tests.hour_files import demand_readings, write
 
 CLOUD_ID = "2a01"
@@ -157,3 +159,46 @@ def test_readings_without_raw_in_the_table_come_from_files(
     readings_store.run_pass(now=ROTATION)
 
     assert answers(viewer_client) == from_files
+
+
+FLEET_QUERIES = [
+    {"start": "2026-09-21T09:40:00Z", "end": "2026-09-21T10:05:00Z", "interval": "1m"},
+    {"start": "2026-09-21T09:00:00Z", "end": "2026-09-21T11:00:00Z", "interval": "15m"},
+    {"start": "2026-09-21T09:59:30Z", "end": "2026-09-21T10:02:10Z", "interval": "1h"},
+    {"start": "2026-09-21T00:00:00Z", "end": "2026-09-22T00:00:00Z", "interval": "1d"},
+]
+
+
+def fleet_answers(client: APIClient) -> list[dict[str, Any]]:
+    documents = []
+    for query in FLEET_QUERIES:
+        response = client.get("/api/fleet/readings/aggregate", query)
+        assert response.status_code == 200, (query, response.content[:300])
+        documents.append(response.json())
+    return documents
+
+
+def test_the_fleet_aggregate_answers_the_same_from_the_table_in_one_query(
+    settings: Settings, viewer_client: APIClient
+) -> None:
+    settings.READINGS_RETENTION_DAYS = 0
+    settings.READINGS_LOAD_WORKERS = 1
+    poll_across_the_hour(settings)
+    rotate_and_export(AFTER_CLOSE)
+    from_dataset = fleet_answers(viewer_client)
+
+    settings.READINGS_STORE = "postgres"
+    assert fleet_answers(viewer_client) == from_dataset  # nothing loaded yet: the dataset answers
+    nine, ten = readings_store.pending_hours(AFTER_CLOSE)
+    readings_store.load_pending([nine], now=AFTER_CLOSE)
+    assert fleet_answers(viewer_client) == from_dataset  # 10:00 not loaded yet: the dataset
+    readings_store.load_pending([ten], now=AFTER_CLOSE)
+    with CaptureQueriesContext(connection) as queries:
+        from_table = fleet_answers(viewer_client)
+
+    assert {document["source"] for document in from_dataset} == {"parquet"}
+    assert {document["source"] for document in from_table} == {"table"}
+    assert [{**document, "source": "parquet"} for document in from_table] == from_dataset
+    assert all(max(r["households"] for r in document["results"]) == 4 for document in from_table)
+    table_queries = [q["sql"] for q in queries.captured_queries if "FROM readings\n" in q["sql"]]
+    assert len(table_queries) == len(FLEET_QUERIES)

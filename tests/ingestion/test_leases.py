@@ -2,12 +2,14 @@
 
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import time_machine
 from django.db import connection
+from django.utils import timezone
 from pytest_django.fixtures import Settings
 
 from ingestion.eagle.simulator import Simulator
@@ -18,8 +20,10 @@ from ingestion.polling.leases import (
     WINDOW,
     Acquisition,
     AfterTick,
+    HolderSession,
     ShardLease,
     holder_name,
+    is_gone,
     shard_of,
 )
 from tests.polling import create_users, duplicates, logged_keys
@@ -230,3 +234,67 @@ def test_a_lease_taken_over_from_a_dead_holder_is_never_handed_to_a_dead_success
         traveller.move_to(tick_at)
         assert rescuer.after_tick(tick_at, may_hand_over=True) is AfterTick.KEPT
         assert row().holder == rescuer.holder
+
+
+def session_lease(sessions: list[HolderSession], kind: str = FOREGROUND) -> ShardLease:
+    session = HolderSession(kind)
+    sessions.append(session)
+    return ShardLease(0, session.holder, seconds=30, session=session)
+
+
+@pytest.fixture
+def sessions() -> Iterator[list[HolderSession]]:
+    opened: list[HolderSession] = []
+    yield opened
+    for session in opened:
+        session.close()
+
+
+@pytest.mark.django_db
+def test_a_standby_takes_the_shard_of_a_holder_whose_session_ended_before_its_lease_expires(
+    sessions: list[HolderSession],
+) -> None:
+    holder, standby = session_lease(sessions), session_lease(sessions)
+    stop = threading.Event()
+    assert holder.acquire(stop, wait_seconds=0) is Acquisition.CLAIMED
+    # Alive: the standby waits, whatever its kind.
+    assert standby.acquire(stop, wait_seconds=0, leave_to_foreground=False) is Acquisition.GAVE_UP
+    assert not is_gone(holder.holder)
+    # The holder's process dies: its connection closes and the server frees its lock.
+    sessions[0].close()
+    wait_until(lambda: is_gone(holder.holder))
+    assert row().expires_at is not None and row().expires_at > timezone.now()
+    assert standby.acquire(stop, wait_seconds=0, leave_to_foreground=False) is (Acquisition.CLAIMED)
+    assert row().holder == standby.holder and not standby.handed_over
+    # A window task, too, passes over a dead foreground holder instead of leaving.
+    sessions[1].close()
+    window = session_lease(sessions, WINDOW)
+    assert window.acquire(stop, wait_seconds=0) is Acquisition.CLAIMED
+
+
+@pytest.mark.django_db
+def test_a_holder_cut_off_from_its_session_lock_stops_writing_and_gives_the_shard_up(
+    sessions: list[HolderSession],
+) -> None:
+    holder = session_lease(sessions)
+    holder.acquire(threading.Event(), wait_seconds=0)
+    assert holder.is_valid() and sessions[0].intact()
+    key = int(holder.holder.rsplit("=", 1)[1])
+    with connection.cursor() as cursor:
+        # Its lock's backend, ended by the server (a restart, an administrator).
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND classid = %s AND objid = %s AND objsubid = 1",
+            [key >> 32, key & 0xFFFFFFFF],
+        )
+        assert cursor.fetchall() == [(True,)]
+    wait_until(lambda: not sessions[0].intact())
+    assert not holder.is_valid()
+    assert holder.after_tick(timezone.now(), may_hand_over=True) is AfterTick.LOST
+    assert row().holder == ""
+
+
+def test_a_holder_name_without_a_session_lock_is_never_taken_for_dead() -> None:
+    # A holder on SQLite, or named by hand: only its lease's expiry frees the shard.
+    assert not is_gone(holder_name(FOREGROUND))

@@ -359,3 +359,86 @@ def test_purging_a_households_data_deletes_its_readings_from_the_table(store) ->
 
     assert report.store_rows == 10
     assert {cloud_id for cloud_id, _, _ in table_keys()} == {"1d02"}
+
+
+def staging_table_made() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('pg_temp.readings_staging')")
+        return cursor.fetchone()[0] is not None
+
+
+def sealed_file(cloud_id: str, hour: datetime, part: int, lines: list[bytes]) -> None:
+    path = hourfiles.local_path(cloud_id, hour, part)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    hourfiles.sealed_marker(path).touch()
+    HourFile.objects.create(
+        cloud_id=cloud_id,
+        hour=hour,
+        part=part,
+        local_path=str(path),
+        key=hourfiles.archive_key(cloud_id, hour, part),
+        sealed_at=AFTER,
+    )
+
+
+@pytest.mark.django_db
+def test_an_hour_loaded_for_the_first_time_is_copied_straight_into_the_table(
+    store, caplog: pytest.LogCaptureFixture
+) -> None:
+    for cloud_id in ("2a01", "2a02"):
+        write(demand_readings(cloud_id, NINE, 600))  # 09:00 to 10:00
+    rotate_at(AFTER)
+
+    with caplog.at_level("INFO", logger="ingestion.readings_store"):
+        report = readings_store.run_pass(now=AFTER)
+
+    assert report.rows_inserted == report.rows_read == 1200 and report.failures == 0
+    assert len(set(table_keys())) == 1200
+    assert not staging_table_made()
+    assert "loading through readings_staging" not in caplog.text
+
+
+@pytest.mark.django_db
+def test_repeated_readings_and_readings_of_another_hour_are_left_out_as_before(store) -> None:
+    ten = NINE + timedelta(hours=1)
+    lines = [reading.to_line().rstrip(b"\n") for reading in demand_readings("2b01", NINE, 10)]
+    elsewhere = demand_readings("2b01", ten + timedelta(seconds=5), 1)[0].to_line().rstrip(b"\n")
+    # A line written twice, and a reading of 10:00 in the 09:00 file.
+    sealed_file("2b01", NINE, 0, [*lines[:6], lines[5], elsewhere])
+    # A late part that repeats a reading of the first.
+    sealed_file("2b01", NINE, 1, lines[4:])
+
+    report = readings_store.run_pass(now=AFTER)
+
+    ((load,),) = [report.loads]
+    assert (load.files, load.rows_read, load.rows_inserted, load.malformed_lines) == (2, 14, 10, 0)
+    assert sorted(t for _, _, t in table_keys()) == [
+        int(NINE.timestamp()) + 6 * n for n in range(10)
+    ]
+    assert not staging_table_made()
+
+
+@pytest.mark.django_db
+def test_readings_in_the_table_without_a_load_record_send_the_load_through_the_staging_table(
+    store, caplog: pytest.LogCaptureFixture
+) -> None:
+    for cloud_id in ("2c01", "2c02", "2c03"):
+        write(demand_readings(cloud_id, NINE, 600))
+    rotate_at(AFTER)
+    readings_store.run_pass(now=AFTER)
+    # The records of the load lost, and the first two households' rows too: the straight copy
+    # runs into the third household's rows after having copied the first two's.
+    LoadedHourFile.objects.all().delete()
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM readings WHERE cloud_id IN ('2c01', '2c02')")
+
+    with caplog.at_level("INFO", logger="ingestion.readings_store"):
+        report = readings_store.run_pass(now=AFTER)
+
+    assert "2026-03-08-09: a reading is in the table already" in caplog.text
+    assert staging_table_made()
+    assert (report.rows_read, report.rows_inserted, report.failures) == (1800, 1200, 0)
+    keys = table_keys()
+    assert len(keys) == len(set(keys)) == 1800
+    assert LoadedHourFile.objects.count() == 3

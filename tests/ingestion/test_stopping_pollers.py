@@ -162,6 +162,28 @@ def test_a_standby_takes_a_killed_pollers_shard_once_its_lease_runs_out(
     assert missed <= LEASE_SECONDS // POLL_SECONDS + 1
 
 
+def test_a_standby_takes_a_killed_pollers_shard_at_once_without_waiting_for_its_lease(
+    settings: Settings, simulator: Simulator, tmp_path: Path
+) -> None:
+    """The dead holder's session lock frees as its connection closes: the standby takes the shard
+    long before a 30-s lease would run out, and the kill costs at most the slot it was in."""
+    log = tmp_path / "poll.log"
+    env = environment(settings, simulator, INGEST_LEASE_SECONDS="30")
+    with poller_and_standby(env, log) as (first, standby):
+        dead_until = lease().expires_at
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        wait_until(lambda: f":{standby.pid}:" in lease().holder, 60, "the standby takes the shard")
+        taken_at = timezone.now()
+        wait_until(lambda: polled_by(FOREGROUND, standby.pid), 60, "the standby polls")
+    assert dead_until is not None and taken_at < dead_until, log.read_text()
+    slots = list(Tick.objects.order_by("scheduled_at").values_list("scheduled_at", flat=True))
+    assert all(
+        (b - a).total_seconds() == POLL_SECONDS for a, b in zip(slots, slots[1:], strict=False)
+    )
+    assert Tick.objects.filter(users_polled=0, users_due=0, late=True).count() <= 1
+
+
 @pytest.mark.parametrize("to_every_process", [False, True], ids=["main-process", "every-process"])
 def test_qcluster_stops_within_30_seconds_of_sigterm_and_frees_the_shard(
     settings: Settings,

@@ -13,7 +13,7 @@ from django.db import connections
 
 from ingestion.models import PollLease
 from ingestion.polling.engine import Poller, TickReport, following_slot, grid_floor, run_ticks
-from ingestion.polling.leases import FOREGROUND, ShardLease, holder_name
+from ingestion.polling.leases import FOREGROUND, HolderSession, ShardLease
 from rainlog.stopping import StopRequest
 
 # How long `--once` waits for a shard held by someone else.
@@ -61,9 +61,10 @@ class Command(BaseCommand):
         self.stdout.write("stopping after the current tick...")
 
     def poll(self, shards: list[int], stop: threading.Event, options: dict[str, Any]) -> None:
-        holder = holder_name(FOREGROUND)
+        session = HolderSession(FOREGROUND)
+        holder = session.holder
         poller = Poller(shards, holder)
-        leases = [ShardLease(shard, holder) for shard in shards]
+        leases = [ShardLease(shard, holder, session=session) for shard in shards]
         try:
             self.stdout.write(f"loading the users of shard {', '.join(map(str, shards))}...")
             poller.load_users()
@@ -91,6 +92,7 @@ class Command(BaseCommand):
             for lease in leases:
                 lease.release()
             poller.close()
+            session.close()
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         self.stdout.write(
             self.style.SUCCESS(f"{ended}: {poller.totals.summary()}; peak RSS {peak_mb:.0f} MB")
