@@ -91,20 +91,31 @@ def _newest_in_tail(path: Path, record_type: str) -> dict[str, Any] | None:
 # pickles values: that costs a dashboard's request more than the rest of the view.
 
 PREFIX = "rainlog:latest:"
-_clients: dict[str, redis.Redis] = {}
+# Every entry of a batch in one command: redis-py spends several times more building a command
+# than the rest of this module spends on a reading, so one SET per reading would cost the poller a
+# tenth more CPU per user-tick.
+STORE_SCRIPT = """
+local seconds = ARGV[#ARGV]
+for i, key in ipairs(KEYS) do
+    redis.call("SET", key, ARGV[i], "EX", seconds)
+end
+"""
+_clients: dict[str, tuple[redis.Redis, Any]] = {}
 
 
-def _redis() -> redis.Redis:
-    """This process's client of REDIS_URL (thread-safe, and it reconnects after a fork)."""
+def _connected() -> tuple[redis.Redis, Any]:
+    """This process's client of REDIS_URL (thread-safe, and it reconnects after a fork), with
+    STORE_SCRIPT registered on it."""
     url = settings.REDIS_URL
-    client = _clients.get(url)
-    if client is None:
-        client = _clients[url] = redis.Redis.from_url(
+    found = _clients.get(url)
+    if found is None:
+        client = redis.Redis.from_url(
             url,
             socket_connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
             socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
         )
-    return client
+        found = _clients[url] = (client, client.register_script(STORE_SCRIPT))
+    return found
 
 
 def _key(cloud_id: str, record_type: str) -> str:
@@ -122,13 +133,13 @@ class _Reachability:
         self.retry_at = 0.0
         self.down = False
 
-    def call(self, operation: Callable[[redis.Redis], T], always: bool = False) -> T | None:
-        """`operation(client)`, or None without REDIS_URL, if it failed, or if Redis failed less
+    def call(self, operation: Callable[[redis.Redis, Any], T], always: bool = False) -> T | None:
+        """`operation(client, store script)`, or None without REDIS_URL, if it failed, or if Redis failed less
         than RETRY_SECONDS ago (`always`: try anyway)."""
         if not settings.REDIS_URL or (not always and time.monotonic() < self.retry_at):
             return None
         try:
-            result = operation(_redis())
+            result = operation(*_connected())
         except (RedisError, OSError) as exc:
             self.retry_at = time.monotonic() + RETRY_SECONDS
             if not self.down:
@@ -154,7 +165,14 @@ def remember_written(readings: Sequence[Reading], result: AppendResult) -> None:
     only get newer."""
     if not settings.REDIS_URL or not result.written:
         return
-    files = {(written.cloud_id, written.hour): written.path for written in result.written}
+    # Each file's path under LOG_ROOT (its hour directory and name), by user and hour (unix
+    # seconds, so that a reading's is found without building a datetime).
+    files = {
+        (written.cloud_id, int(written.hour.timestamp())): (
+            f"{written.path.parent.name}/{written.path.name}\n".encode()
+        )
+        for written in result.written
+    }
     unwritten = {id(reading) for reading in result.unwritten}
     newest: dict[tuple[str, str], Reading] = {}
     for reading in readings:
@@ -165,17 +183,13 @@ def remember_written(readings: Sequence[Reading], result: AppendResult) -> None:
         ) not in unwritten:
             newest[key] = reading
 
-    def store(client: redis.Redis) -> None:
-        pipeline = client.pipeline(transaction=False)
-        for (cloud_id, record_type), reading in newest.items():
-            path = files[(cloud_id, hourfiles.hour_of_timestamp(reading.meter_timestamp))]
-            # The file's path under LOG_ROOT (its hour directory and name), then the line as the
-            # file holds it.
-            entry = f"{path.parent.name}/{path.name}\n".encode() + reading.to_line()
-            pipeline.set(_key(cloud_id, record_type), entry, ex=CACHE_SECONDS)
-        pipeline.execute()
-
-    shared_cache.call(store)
+    keys, entries = [], []
+    for (cloud_id, record_type), reading in newest.items():
+        timestamp = reading.meter_timestamp
+        keys.append(_key(cloud_id, record_type))
+        # The file's path, then the line as the file holds it.
+        entries.append(files[(cloud_id, timestamp - timestamp % 3600)] + reading.to_line())
+    shared_cache.call(lambda client, store: store(keys, [*entries, CACHE_SECONDS]))
 
 
 def cached_record(cloud_id: str, record_type: str = DEMAND) -> dict[str, Any] | None:
@@ -183,7 +197,7 @@ def cached_record(cloud_id: str, record_type: str = DEMAND) -> dict[str, Any] | 
     its file, while that file is on local disk; None when the files must say (no entry, the file
     gone, a deleted user, no Redis or none reachable)."""
     found = shared_cache.call(
-        lambda client: client.mget(_key(cloud_id, record_type), _deleted_key(cloud_id))
+        lambda client, _: client.mget(_key(cloud_id, record_type), _deleted_key(cloud_id))
     )
     if not found:
         return None
@@ -201,13 +215,13 @@ def forget(cloud_ids: Iterable[str]) -> None:
     a purge)."""
     keys = [_key(cloud_id, name) for cloud_id in cloud_ids for name in RECORD_TYPES]
     if keys:
-        shared_cache.call(lambda client: client.delete(*keys), always=True)
+        shared_cache.call(lambda client, _: client.delete(*keys), always=True)
 
 
 def forget_deleted(cloud_id: str) -> None:
     """A user was deleted: its cached readings are dropped and never served again, whatever
     the poller writes before it notices, until a user takes the cloud_id again."""
-    shared_cache.call(lambda client: client.set(_deleted_key(cloud_id), b"1"), always=True)
+    shared_cache.call(lambda client, _: client.set(_deleted_key(cloud_id), b"1"), always=True)
     forget([cloud_id])
 
 
@@ -219,7 +233,7 @@ def _user_saved(sender: type, instance: Any, created: bool, **kwargs: Any) -> No
     if created:
         # A user took the cloud_id (perhaps again): its readings may be cached.
         key = _deleted_key(instance.cloud_id)
-        shared_cache.call(lambda client: client.delete(key), always=True)
+        shared_cache.call(lambda client, _: client.delete(key), always=True)
 
 
 def connect_user_signals() -> None:
