@@ -24,10 +24,11 @@ One load (`load_hour`): one hour's due files, one transaction, one connection
        object; no row-by-row INSERT. Only readings of the hour itself are streamed (a load writes
        nothing outside the hour it holds the lock of), each once (a repeated line, a reading in
        two parts of a household's hour).
-    3. When none of the load's households has a loaded file of the hour (the usual case: an hour
-       loaded for the first time), COPY readings FROM STDIN, straight into the table, inside a
-       savepoint. If a reading is there already after all (a load whose record was lost), the
-       unique violation rolls back the savepoint only, and the load goes as in 4.
+    3. When the table has no reading of the load's households in the hour (the usual case: an
+       hour loaded for the first time; one primary-key probe per household and record type),
+       COPY readings FROM STDIN, straight into the table, inside a savepoint. If a reading is
+       there already after all (a line in another household's file), the unique violation rolls
+       back the savepoint only, and the load goes as in 4.
     4. Otherwise COPY readings_staging FROM STDIN, a temporary table (ON COMMIT DELETE ROWS) with
        the table's columns and no key, then INSERT INTO readings SELECT * FROM readings_staging
        ON CONFLICT DO NOTHING: a reading already there stays exactly once.
@@ -91,6 +92,10 @@ _CREATE_STAGING = (
 )
 _MOVE = f"INSERT INTO {TABLE} SELECT * FROM {STAGING} ON CONFLICT DO NOTHING"
 UNIQUE_VIOLATION = "23505"
+_HAS_READINGS = f"""
+SELECT EXISTS (SELECT FROM {TABLE} WHERE cloud_id = ANY(%s) AND record_type = ANY(%s)
+    AND meter_time >= %s AND meter_time < %s)
+"""
 
 
 def enabled() -> bool:
@@ -523,12 +528,20 @@ def _copy(cursor: Any, table: str, chunks: Iterator[bytes]) -> None:
         cursor.cursor.copy_expert(sql, CopyStream(chunks), size=COPY_READ_BYTES)
 
 
+def _has_readings(cursor: Any, households: list[str], hour: datetime) -> bool:
+    """Whether the table has any reading of `households` in `hour`: one probe of the primary key
+    per household and record type."""
+    cursor.execute(_HAS_READINGS, [households, list(VALUES), hour, hour + hourfiles.HOUR])
+    return bool(cursor.fetchone()[0])
+
+
 def _copy_straight(
     cursor: Any, rows: list[HourFile], conversion: Conversion, keep_raw: bool, hour: datetime
 ) -> bool:
     """COPY the rows straight into `readings`, in a savepoint. False when a reading was in the
-    table already (an earlier load whose record was lost, a reading written in two households'
-    files): the savepoint is rolled back and nothing of it stays."""
+    table already after all (a line in another household's file): the savepoint is rolled back
+    and nothing of it stays. The whole stream is converted and sent before the server's error
+    comes back, hence the probe (`_has_readings`) first."""
     try:
         with transaction.atomic():
             _copy(cursor, TABLE, _chunks(rows, conversion, keep_raw, int(hour.timestamp())))
@@ -564,10 +577,9 @@ def load_hour(hour: datetime, now: datetime | None = None) -> ReadingsLoad | Non
                 return None
             # A load lost in a crash is lost with its record, and loaded again by the next pass.
             cursor.execute("SET LOCAL synchronous_commit = off")
-            loaded_before = HourFile.objects.filter(
-                hour=hour, cloud_id__in={row.cloud_id for row in rows}, store_load__isnull=False
-            ).exists()
-            if not loaded_before and _copy_straight(cursor, rows, conversion, keep_raw, hour):
+            households = sorted({row.cloud_id for row in rows})
+            in_table = _has_readings(cursor, households, hour)
+            if not in_table and _copy_straight(cursor, rows, conversion, keep_raw, hour):
                 load.rows_inserted = conversion.rows_loaded
             else:
                 conversion = Conversion()
@@ -685,22 +697,26 @@ def load_pending(
         with ThreadPoolExecutor(count, thread_name_prefix="readings-load") as executor:
             for future in [executor.submit(work, True) for _ in range(count)]:
                 future.result()
-    if any(load.rows_inserted for load in loads):
-        summarize_new_pages()
+    refresh_partitions({load.hour.astimezone(UTC).date() for load in loads if load.rows_inserted})
     return sorted(loads, key=lambda load: (load.hour, load.started_at))
 
 
-def summarize_new_pages() -> int:
-    """Summarise, in the meter-time BRIN index of each partition (migration 0010), the pages loads
-    have written since; the number of page ranges summarised. Until then a fleet-wide query reads
-    those pages whatever its range."""
+def refresh_partitions(days: set[date]) -> None:
+    """After loads into the partitions of `days`: summarise the pages written since in each
+    partition's meter-time BRIN index (migration 0010), and ANALYZE those partitions. A query by
+    meter time alone (the fleet's) then reads only its hours' pages at once, rather than once
+    autovacuum gets to them (until then it reads every new page, or, without statistics, the
+    planner walks the whole primary key)."""
+    if not days:
+        return
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT coalesce(sum(brin_summarize_new_values(inhrelid)), 0) FROM pg_inherits "
+            "SELECT brin_summarize_new_values(inhrelid) FROM pg_inherits "
             "WHERE inhparent = to_regclass(%s)",
             [METER_TIME_INDEX],
         )
-        return int(cursor.fetchone()[0])
+        for day in sorted(days):
+            cursor.execute(f"ANALYZE {partition_name(day)}")
 
 
 def run_pass(

@@ -427,8 +427,7 @@ def test_readings_in_the_table_without_a_load_record_send_the_load_through_the_s
         write(demand_readings(cloud_id, NINE, 600))
     rotate_at(AFTER)
     readings_store.run_pass(now=AFTER)
-    # The records of the load lost, and the first two households' rows too: the straight copy
-    # runs into the third household's rows after having copied the first two's.
+    # The records of the load lost, and the first two households' rows too.
     LoadedHourFile.objects.all().delete()
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM readings WHERE cloud_id IN ('2c01', '2c02')")
@@ -436,9 +435,32 @@ def test_readings_in_the_table_without_a_load_record_send_the_load_through_the_s
     with caplog.at_level("INFO", logger="ingestion.readings_store"):
         report = readings_store.run_pass(now=AFTER)
 
-    assert "2026-03-08-09: a reading is in the table already" in caplog.text
+    # The table has the third household's readings of the hour: no straight copy is tried.
+    assert "a reading is in the table already" not in caplog.text
     assert staging_table_made()
     assert (report.rows_read, report.rows_inserted, report.failures) == (1800, 1200, 0)
     keys = table_keys()
     assert len(keys) == len(set(keys)) == 1800
     assert LoadedHourFile.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_a_straight_copy_that_meets_a_reading_in_the_table_is_undone_and_loads_through_staging(
+    store, caplog: pytest.LogCaptureFixture
+) -> None:
+    own = [r.to_line().rstrip(b"\n") for r in demand_readings("2d01", NINE, 300)]
+    other = [r.to_line().rstrip(b"\n") for r in demand_readings("2d09", NINE, 300)]
+    sealed_file("2d09", NINE, 0, other)
+    readings_store.run_pass(now=AFTER)
+    # A line of 2d09's, already loaded, in the middle of 2d01's file: the probe of 2d01's
+    # readings finds none, and the straight copy meets it after 2d01's first 150 rows.
+    sealed_file("2d01", NINE, 0, [*own[:150], other[7], *own[150:]])
+
+    with caplog.at_level("INFO", logger="ingestion.readings_store"):
+        report = readings_store.run_pass(now=AFTER)
+
+    assert "2026-03-08-09: a reading is in the table already" in caplog.text
+    ((load,),) = [report.loads]
+    assert (load.files, load.rows_read, load.rows_inserted, load.failed) == (1, 301, 300, False)
+    keys = table_keys()
+    assert len(keys) == len(set(keys)) == 600
