@@ -83,6 +83,7 @@ from ingestion.polling.failures import (
     incident_threshold,
 )
 from ingestion.polling.gc_tuning import lighter_garbage_collection
+from ingestion.polling.latest import remember_written
 from ingestion.polling.leases import (
     WINDOW,
     Acquisition,
@@ -971,6 +972,7 @@ class Poller:
         if not readings:
             return
         result = self.writer.append(readings)
+        remember_written(readings, result)
         unwritten = {id(reading) for reading in result.unwritten}
         for slot in slots:
             kept = []
