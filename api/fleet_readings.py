@@ -26,7 +26,6 @@ from rest_framework.views import APIView
 from api.readings import AggregateQuerySerializer, iso_local, parse_query
 from api.schema import READ_ERRORS, error
 from ingestion import hourfiles, parquet_query, readings_store, retrieval
-from ingestion.eagle.record_types import DEMAND
 from ingestion.models import DatasetHour
 from ingestion.records import iso_utc
 
@@ -81,8 +80,7 @@ def fleet_demand(
     of the range; else from the Parquet dataset."""
     if readings_store.fleet_loaded(start, end):
         return "table", readings_store.fleet_demand(start, end, step)
-    with parquet_query.open_dataset(start, end, [DEMAND]) as dataset:
-        return "parquet", parquet_query.fleet_demand(dataset, start, end, step)
+    return "parquet", parquet_query.fleet_demand(start, end, step)
 
 
 def fleet_document(start: datetime, end: datetime, interval: str, tz: Any) -> dict[str, Any]:

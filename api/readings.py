@@ -36,7 +36,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from api.schema import READ_ERRORS, error
-from ingestion import parquet, readings_csv, retrieval
+from ingestion import parquet, parquet_readings, readings_csv, retrieval
 from ingestion.archive.store import CONTENT_TYPE_JSONL
 from ingestion.records import iso_local, iso_utc
 from ingestion.retrieval import EARLIEST, LATEST
@@ -331,7 +331,8 @@ class UserReadingsView(APIView):
             (200, parquet.CONTENT_TYPE): OpenApiResponse(
                 OpenApiTypes.BINARY,
                 description="One Parquet file: record_type, then the columns of the Parquet "
-                "dataset (docs/record-format.md), every record type's value columns included.",
+                "dataset (docs/record-format.md), every record type's value columns included; "
+                "read from the dataset for the hours it holds, from JSON lines for the others.",
             ),
             400: error(
                 "Bad time, zone or format, end not after start, or a range too long "
@@ -357,7 +358,9 @@ class UserReadingsView(APIView):
         name = f"{cloud_id}-{query['start']:%Y%m%dT%H%M%SZ}-{query['end']:%Y%m%dT%H%M%SZ}"
         if fmt == "parquet":
             try:
-                table = parquet.readings_table(record for records in hours for record in records)
+                table = parquet_readings.household_readings(
+                    cloud_id, query["start"], query["end"], query.get("record_type") or None
+                )
             except retrieval.ArchiveReadError as exc:
                 raise ServiceUnavailable(str(exc)) from exc
             response: HttpResponseBase = HttpResponse(

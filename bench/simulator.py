@@ -3,9 +3,13 @@
     python -m bench.simulator [--gateways 5000] [--latency 0.2] [--seconds 10] [--concurrency 1000]
 
 Each server runs in its own process; this process polls it with the real EagleClient (uvloop),
-cycling over every gateway with `--concurrency` requests in flight. The baseline, measured in
-the same run, is the cheapest possible aiohttp server: wait the latency, return a fixed reply.
-Printed: requests/s, server CPU per request, time to poll the whole fleet once, and the ratios.
+cycling over every gateway with `--concurrency` requests in flight, as the poller does (the
+cloud API: Cloud-ID/User/Password headers, an XML command). Two baselines are measured in the
+same run, each waiting the latency and returning a fixed reply: a bare aiohttp server (what the
+simulator's CPU per request was bounded by while it was served by aiohttp) and the simulator's
+own HTTP layer (http_server.py). Printed: the load average, requests/s, server CPU per request
+(process CPU time from /proc over the requests answered), time to poll the whole fleet once, the
+ratios, and the share of one core the simulator needs for 20,000 users polled every 6 s.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench.support import cpu_seconds, free_port
+from bench.support import cpu_seconds, free_port, load_average
 
 CLOUD_PATH = "/cgi-bin/post_manager"
+# The fleet of bench-poll's 20,000-user target, polled every 6 s.
+TARGET_REQUESTS_PER_SECOND = 20_000 / 6
 FIXED_REPLY = (
     b"<InstantaneousDemand>\n  <DeviceMacId>0xd8d5b9000000f8bc</DeviceMacId>\n"
     b"  <MeterMacId>0x00135003005dba2b</MeterMacId>\n  <TimeStamp>0x2f0a1b2c</TimeStamp>\n"
@@ -53,6 +59,30 @@ def serve_baseline(port: int, latency: float, ready: multiprocessing.Event) -> N
         runner = web.ServerRunner(web.Server(handle, access_log=None))
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
+        ready.set()
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
+def serve_http_layer(port: int, latency: float, ready: multiprocessing.Event) -> None:
+    import socket
+
+    import uvloop
+
+    from ingestion.eagle.simulator.http_server import HttpServer, Reply, Request
+
+    fixed = Reply(FIXED_REPLY, content_type="text/xml")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def receive(request: Request) -> None:
+            loop.call_later(latency, request.respond, fixed)
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", port))
+        await HttpServer(receive).start(sock)
         ready.set()
         await asyncio.Event().wait()
 
@@ -175,16 +205,27 @@ def main() -> None:
     accounts = Simulator(users=options.gateways, seed=1).accounts()
     print(
         f"{options.gateways} gateways, {options.latency * 1000:.0f} ms latency, "
-        f"{options.concurrency} requests in flight, {options.seconds:g} s per server"
+        f"{options.concurrency} requests in flight, {options.seconds:g} s per server; "
+        f"load average {load_average()}"
     )
-    baseline = measure("baseline", serve_baseline, (options.latency,), accounts, options)
+    aiohttp_floor = measure("aiohttp", serve_baseline, (options.latency,), accounts, options)
+    layer_floor = measure("http layer", serve_http_layer, (options.latency,), accounts, options)
     simulator = measure(
         "simulator", serve_simulator, (options.gateways, options.latency), accounts, options
     )
+    cpu = simulator.cpu_per_request_us
     print(
-        f"simulator / baseline: {simulator.rate / baseline.rate:.2f}× the requests/s, "
-        f"{simulator.cpu_per_request_us / baseline.cpu_per_request_us:.2f}× the server CPU per request; "
-        f"a 6-s tick of {options.gateways} gateways needs {options.gateways / 6:.0f} requests/s"
+        f"simulator: {cpu / aiohttp_floor.cpu_per_request_us:.2f}× the server CPU per request "
+        f"of a bare aiohttp server, {cpu / layer_floor.cpu_per_request_us:.2f}× its own HTTP "
+        f"layer's; {simulator.rate / aiohttp_floor.rate:.2f}× aiohttp's requests/s"
+    )
+    print(
+        f"a 6-s tick of {options.gateways} gateways needs {options.gateways / 6:.0f} requests/s; "
+        f"20,000 users every 6 s ({TARGET_REQUESTS_PER_SECOND:,.0f} requests/s) need "
+        f"{cpu * TARGET_REQUESTS_PER_SECOND / 1e4:.0f} % of one core for the simulator "
+        f"(a bare aiohttp server: "
+        f"{aiohttp_floor.cpu_per_request_us * TARGET_REQUESTS_PER_SECOND / 1e4:.0f} %); "
+        f"load average {load_average()}"
     )
 
 

@@ -32,7 +32,8 @@ object under the prefix, read with boto3 and checked against the manifest), thro
 `ingestion.retrieval.iter_readings` (for a sample of users) and in local leftovers. A reading
 missing from the archive is excluded from "lost" only when it could not be observed, each reason
 counted on its own: the gateway failed every poll during the reading's life (or was being backed
-off from after a failure, or refused the account), or no poller was alive while it was current,
+off from after a failure, or refused the account; a request the poller gave up on before the
+answer, its timeout on a loaded machine, is a failure), or no poller was alive while it was current,
 (from a kill until the first request of the poller that took over), or the poller that fetched
 it was killed before it could write it, or the simulator answered a
 killed poller's request after its death, or the poller recorded a late tick for the reading's
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextvars
 import json
 import logging
 import math
@@ -89,6 +91,8 @@ FLEET_FAULT_RATES = {
 # The line of the report that carries the figures as JSON (read by the short soak test).
 FIGURES_PREFIX = "soak figures: "
 POLL_SECONDS = 6.0
+# The pollers' INGEST_REQUEST_TIMEOUT.
+REQUEST_TIMEOUT_SECONDS = 4.0
 # Threads reading the archive back at the end.
 READERS = 16
 # How long one rotation task runs. Scheduled every minute, so two overlap (two rotations at
@@ -209,8 +213,15 @@ class SimulatedClock:
 def make_simulator(users: int, seed: int, clock: SimulatedClock, timeout_hold: float) -> Any:
     from ingestion.eagle.simulator import Simulator
 
+    # (cloud_id, index in its request log) of the request being answered, per request task.
+    answering: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+        "answering", default=None
+    )
+
     class RecordingSimulator(Simulator):
-        """The simulator, also noting every request it answered: when, and whether it went well."""
+        """The simulator, also noting every request it answered: when, and whether it went well
+        (for the poller: one it gave up on before the answer was a failure, which it backed
+        off from, like one the simulator failed on purpose)."""
 
         def __init__(self) -> None:
             super().__init__(users, latency=0.05, seed=seed, clock=clock, timeout_hold=timeout_hold)
@@ -223,7 +234,20 @@ def make_simulator(users: int, seed: int, clock: SimulatedClock, timeout_hold: f
             good = event is None and stall is None and not not_joined
             self.request_log[cloud_id].append((now, good))
             self.request_times.append(now)
+            answering.set((cloud_id, len(self.request_log[cloud_id]) - 1))
             return event, stall, not_joined
+
+        async def _handle(self, request: Any) -> Any:
+            started = time.monotonic()
+            response = await super()._handle(request)
+            entry = answering.get()
+            gone = request.transport is None or request.transport.is_closing()
+            if entry is not None and (gone or time.monotonic() - started > REQUEST_TIMEOUT_SECONDS):
+                # The poller's request timed out (a loaded machine): a failure as it saw it.
+                cloud_id, index = entry
+                moment, _ = self.request_log[cloud_id][index]
+                self.request_log[cloud_id][index] = (moment, False)
+            return response
 
     return RecordingSimulator()
 
@@ -413,7 +437,7 @@ def soak_environment(config: SoakConfig, work: Path, s3_endpoint: str) -> dict[s
         "ERROR_REPORT_URL": "",
         "Q_WORKERS": "3",
         "INGEST_POLL_SECONDS": str(POLL_SECONDS),
-        "INGEST_REQUEST_TIMEOUT": "4",
+        "INGEST_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_SECONDS),
         "INGEST_LEASE_SECONDS": str(config.lease_seconds),
         "INGEST_SUSPEND_AFTER_AUTH_FAILURES": str(config.suspend_after),
         "INGEST_MAX_BACKOFF_SECONDS": str(config.max_backoff_seconds),

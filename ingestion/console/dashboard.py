@@ -46,7 +46,6 @@ from redis.exceptions import RedisError
 
 from ingestion import expected, parquet_query, retrieval
 from ingestion.archive.store import ArchiveError
-from ingestion.eagle.record_types import DEMAND
 from ingestion.hourfiles import HOUR, hour_floor
 from ingestion.models import (
     SETTLED_STATES,
@@ -480,8 +479,7 @@ def _measured_fleet_demand(
     if not exported:
         return {}
     try:
-        with parquet_query.open_dataset(start, end, [DEMAND]) as dataset:
-            buckets = parquet_query.fleet_demand(dataset, start, end, bucket)
+        buckets = parquet_query.fleet_demand(start, end, bucket)
     except (parquet_query.QueryError, ArchiveError, OSError) as exc:
         logger.warning("fleet demand: the Parquet dataset cannot be read: %s", exc)
         return {}

@@ -17,9 +17,9 @@ conditional UPDATE whose row count says whether it happened:
   on a connection of its own (`HolderSession`), its key written in its name. The server frees
   it the moment the process dies (SIGKILL, a crash: the connection closes), so a standby, which
   looks at the row every SUCCESSOR_POLL_SECONDS, takes a dead holder's shard at once instead of
-  waiting for its lease to expire: a kill costs less than a tick. The holder stops writing as
-  soon as that connection is gone, so a holder cut off from the server while alive gives way
-  too. A holder that hangs alive keeps its lock and is passed over only when its lease expires;
+  waiting for its lease to expire: a kill costs at most the tick it cut short. The holder stops
+  writing as soon as that connection is gone, so a holder cut off from the server while alive
+  gives way too. A holder that hangs alive keeps its lock and is passed over only when its lease expires;
   on SQLite, which has no such locks, expiry is the only way;
 - rescue: a holder that dies mid-window leaves its shard unpolled until the next scheduled window
   arrives, up to a minute later. So every window task also looks, after each tick, for shards

@@ -250,6 +250,7 @@ def sessions() -> Iterator[list[HolderSession]]:
         session.close()
 
 
+@pytest.mark.postgresql
 @pytest.mark.django_db
 def test_a_standby_takes_the_shard_of_a_holder_whose_session_ended_before_its_lease_expires(
     sessions: list[HolderSession],
@@ -272,6 +273,7 @@ def test_a_standby_takes_the_shard_of_a_holder_whose_session_ended_before_its_le
     assert window.acquire(stop, wait_seconds=0) is Acquisition.CLAIMED
 
 
+@pytest.mark.postgresql
 @pytest.mark.django_db
 def test_a_holder_cut_off_from_its_session_lock_stops_writing_and_gives_the_shard_up(
     sessions: list[HolderSession],

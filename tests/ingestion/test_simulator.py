@@ -3,6 +3,7 @@
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -303,3 +304,77 @@ def test_run_simulator_refuses_a_bad_fault_plan() -> None:
 
     with pytest.raises(CommandError, match="unknown kind"):
         call_command("run_simulator", "--port", "0", "--faults", "melt")
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+
+def exchange(sim: Simulator, data: bytes) -> bytes:
+    """Send raw bytes on one connection and read until the server closes it."""
+    with socket.create_connection((sim.host, sim.port), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def cloud_request(sim: Simulator, body: bytes, framing: bytes, last: bool = False) -> bytes:
+    meter = sim.gateways["000001"].meter
+    return (
+        b"POST /cgi-bin/post_manager HTTP/1.1\r\nHost: eagle\r\n"
+        + f"cloud-id: 000001\r\nUSER: {meter.email}\r\nPassword: {meter.password}\r\n".encode()
+        + (b"Connection: close\r\n" if last else b"")
+        + framing
+        + b"\r\n"
+        + body
+    )
+
+
+def test_it_keeps_connections_open_and_answers_pipelined_and_chunked_requests_in_order() -> None:
+    command = b"<Command><Name>get_current_summation</Name></Command>"
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (command[:9], command[9:]))
+    with Simulator(users=1, seed=2) as sim:
+        replies = exchange(
+            sim,
+            cloud_request(sim, command, b"Content-Length: %d\r\n" % len(command))
+            + cloud_request(
+                sim, b"<Command><Name>nothing</Name></Command>", b"Content-Length: 39\r\n"
+            )
+            + cloud_request(
+                sim, chunked + b"0\r\n\r\n", b"Transfer-Encoding: chunked\r\n", last=True
+            ),
+        )
+    heads = replies.split(b"HTTP/1.1 ")[1:]
+    assert [head[:6] for head in heads] == [b"200 OK"] * 3
+    assert b"<CurrentSummation>" in heads[0] and b"Unknown command" in heads[1]
+    assert b"<CurrentSummation>" in heads[2] and b"Connection: close" in heads[2]
+    assert all(b"Content-Length: " in head and b"Date: " in head for head in heads)
+
+
+def test_it_asks_for_the_body_on_expect_100_continue_and_answers_head() -> None:
+    command = b"<Command><Name>get_instantaneous_demand</Name></Command>"
+    with Simulator(users=3) as sim:
+        with socket.create_connection((sim.host, sim.port), timeout=10) as sock:
+            sock.sendall(
+                cloud_request(
+                    sim, b"", b"Content-Length: %d\r\nExpect: 100-continue\r\n" % len(command)
+                )
+            )
+            assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            sock.sendall(command)
+            assert b"<InstantaneousDemand>" in sock.recv(65536)
+        head = exchange(sim, b"HEAD / HTTP/1.0\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+    assert b"Content-Length: 28\r\n" in head and b"Connection: close" in head
+
+
+def test_it_refuses_what_is_not_an_http_request_and_closes_the_connection() -> None:
+    with Simulator(users=1) as sim:
+        assert exchange(sim, b"HELLO\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+        assert exchange(sim, b"POST / HTTP/1.1\r\nContent-Length: 5000000\r\n\r\n").startswith(
+            b"HTTP/1.1 413 "
+        )
+        assert exchange(sim, b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 20000).startswith(
+            b"HTTP/1.1 431 "
+        )
