@@ -1,4 +1,5 @@
-"""What the benchmarks share: ports, subprocesses, moto's server, scratch databases, CPU time."""
+"""What the benchmarks share: ports, subprocesses, moto's and Redis's servers, scratch databases,
+CPU time."""
 
 from __future__ import annotations
 
@@ -81,6 +82,30 @@ def moto_server(port: int, log: Path) -> Iterator[tuple[str, int]]:
         endpoint = f"http://127.0.0.1:{port}"
         wait_for(f"{endpoint}/")
         yield endpoint, child.pid
+
+
+@contextmanager
+def redis_server(port: int, log: Path) -> Iterator[tuple[str, int]]:
+    """A redis-server of the benchmark's own on a loopback port, without persistence: (url, pid)."""
+    import redis
+
+    command = [
+        "redis-server", "--bind", "127.0.0.1", "--port", str(port),
+        "--save", "", "--appendonly", "no", "--dir", str(log.parent),
+    ]  # fmt: skip
+    with process(command, None, log) as child:
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield url, child.pid
 
 
 def _admin_connection(url: str) -> Any:

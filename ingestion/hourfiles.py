@@ -43,6 +43,9 @@ SEALED_SUFFIX = ".sealed"
 NAME_PREFIX = "iseif-rainforest-"
 # Enough of a file's end to hold the lines of the last ticks, whatever the record types.
 TAIL_BYTES = 16 * 1024
+# File names a writer remembers (cloud id, hour, part -> path and sealed marker): a few hours of
+# a large fleet. Building a Path per line cost more than writing the line.
+NAMES_KEPT = 200_000
 FILE_NAME = re.compile(
     rf"^{NAME_PREFIX}(?P<cloud_id>{CLOUD_ID_CHARACTERS})"
     r"-(?P<hour>\d{4}-\d{2}-\d{2}-\d{2})"
@@ -321,9 +324,12 @@ class HourFileWriter:
     def __init__(self, root: Path | None = None, max_open: int | None = None) -> None:
         self.root = Path(root or settings.LOG_ROOT)
         self.max_open = max_open or settings.INGEST_OPEN_FILES
-        self._open: OrderedDict[Path, int] = OrderedDict()
+        # Open files by path (as a string), least recently written first.
+        self._open: OrderedDict[str, int] = OrderedDict()
         self._dirty = False
         self._known_dirs: set[Path] = set()
+        self._names: dict[tuple[str, int, int], tuple[Path, str, str]] = {}
+        self._hours: dict[int, datetime] = {}
 
     def __enter__(self) -> HourFileWriter:
         return self
@@ -341,14 +347,17 @@ class HourFileWriter:
         Files are written independently: readings whose file could not be written come back in
         `AppendResult.unwritten`, with the error, and nothing of them is in any file.
         """
-        batches: dict[tuple[str, datetime], list[Reading]] = defaultdict(list)
+        batches: dict[tuple[str, int], list[Reading]] = defaultdict(list)
         for reading in readings:
-            batches[(reading.cloud_id, hour_of_timestamp(reading.meter_timestamp))].append(reading)
+            batches[(reading.cloud_id, reading.meter_timestamp // 3600)].append(reading)
         result = AppendResult()
-        for (cloud_id, hour), batch in batches.items():
+        for (cloud_id, hour_number), batch in batches.items():
+            hour = self._hours.get(hour_number)
+            if hour is None:
+                hour = self._hours[hour_number] = hour_of_timestamp(hour_number * 3600)
             data = b"".join(reading.to_line() for reading in batch)
             try:
-                path, part = self._write(cloud_id, hour, data)
+                path, part = self._write(cloud_id, hour_number, data)
             except OSError as exc:
                 logger.error("cannot append %d readings for %s: %s", len(batch), cloud_id, exc)
                 result.unwritten.extend(batch)
@@ -357,20 +366,24 @@ class HourFileWriter:
                 result.written.append(WrittenFile(cloud_id, hour, part, path, len(batch)))
         return result
 
-    def _write(self, cloud_id: str, hour: datetime, data: bytes) -> tuple[Path, int]:
+    def _write(self, cloud_id: str, hour_number: int, data: bytes) -> tuple[Path, int]:
         part = 0
         while True:
-            path = local_path(cloud_id, hour, part, self.root)
-            if sealed_marker(path).exists():
-                # Checked before opening too, so that a shipped and removed file is not recreated.
-                self._close(path)
+            path, name, marker = self._where(cloud_id, hour_number, part)
+            fd = self._open.get(name)
+            if fd is not None:
+                self._open.move_to_end(name)
+            elif os.path.exists(marker):
+                # Checked before opening too, so that a shipped and removed file is not recreated
+                # (an open file is checked under its lock below, before every append).
                 part += 1
                 continue
-            fd = self._fd(path)
+            else:
+                fd = self._fd(path, name)
             # Exclusive, so that a short write can be undone without tearing another writer's line.
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                if not sealed_marker(path).exists():
+                if not os.path.exists(marker):
                     _append_whole(fd, data)
                     self._dirty = True
                     return path, part
@@ -380,27 +393,35 @@ class HourFileWriter:
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             # Sealed under us (or before): this file is closed for good, try the next late part.
-            self._close(path)
+            self._close(name)
             part += 1
 
-    def _fd(self, path: Path) -> int:
-        fd = self._open.get(path)
-        if fd is not None:
-            self._open.move_to_end(path)
-            return fd
+    def _where(self, cloud_id: str, hour_number: int, part: int) -> tuple[Path, str, str]:
+        """The file of a cloud id's hour (unix hours) and part: its path, as a string, and its
+        sealed marker's."""
+        key = (cloud_id, hour_number, part)
+        found = self._names.get(key)
+        if found is None:
+            if len(self._names) >= NAMES_KEPT:
+                self._names.clear()
+            path = local_path(cloud_id, self._hours[hour_number], part, self.root)
+            found = self._names[key] = (path, str(path), str(sealed_marker(path)))
+        return found
+
+    def _fd(self, path: Path, name: str) -> int:
         directory = path.parent
         if directory not in self._known_dirs:
             directory.mkdir(parents=True, exist_ok=True)
             self._known_dirs.add(directory)
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        self._open[path] = fd
+        fd = os.open(name, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._open[name] = fd
         while len(self._open) > self.max_open:
             _, evicted = self._open.popitem(last=False)
             os.close(evicted)
         return fd
 
-    def _close(self, path: Path) -> None:
-        fd = self._open.pop(path, None)
+    def _close(self, name: str) -> None:
+        fd = self._open.pop(name, None)
         if fd is not None:
             os.close(fd)
 

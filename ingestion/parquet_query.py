@@ -229,14 +229,16 @@ class FleetBucket:
 
 # Buckets are whole multiples of the interval in microseconds since the epoch: integer arithmetic
 # on the timestamps' own representation, several times cheaper per row than `epoch()` (a double)
-# and `time_bucket` on a TIMESTAMPTZ (which goes through the calendar).
+# and `time_bucket` on a TIMESTAMPTZ (which goes through the calendar). A household's mean is its
+# sum over its count, which the readings column reuses: one aggregate state fewer per group than
+# `avg` beside `count`.
 FLEET_DEMAND_SQL = """
 WITH households AS (
     SELECT
         epoch_us(meter_time) // $step_us AS bucket,
         cloud_id,
-        avg(demand_kw) AS kw,
-        count(*) AS readings
+        sum(demand_kw) / count(demand_kw) AS kw,
+        count(demand_kw) AS readings
     FROM demand
     {where}
     GROUP BY ALL

@@ -1,4 +1,5 @@
-"""Removing everything rainlog holds for one cloud_id: local hour files, archived objects, manifest.
+"""Removing everything rainlog holds for one cloud_id: local hour files, archived objects, manifest,
+the latest readings in the shared cache.
 
 Used when an operator deletes a user and asks for its data to go too. Every removal is logged, and
 the report lists each file and key, so there is a record of what was removed.
@@ -14,6 +15,7 @@ from typing import Any
 from ingestion import hourfiles, readings_store
 from ingestion.archive.store import Archive, ArchiveError, open_archive
 from ingestion.models import DatasetHour, HourFile
+from ingestion.polling import latest
 from users.models import EagleUser
 
 logger = logging.getLogger(__name__)
@@ -124,6 +126,7 @@ def purge_user_data(cloud_id: str) -> PurgeReport:
     )
     report.store_rows = readings_store.forget(cloud_id)
     report.manifest_rows, _ = rows.delete()
+    latest.forget([cloud_id])
     logger.info("purge %s: removed %s", cloud_id, report.summary())
     return report
 

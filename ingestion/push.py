@@ -61,7 +61,7 @@ from ingestion.eagle.record_types import (
 from ingestion.hourfiles import HourFileWriter, iter_records
 from ingestion.models import OUTCOME_FIELDS, FetchOutcome, FetchState, Incident, IncidentSighting
 from ingestion.polling.failures import PUSH_FAILURE_CLASSES, PUSH_RESOLUTION
-from ingestion.polling.latest import latest_record
+from ingestion.polling.latest import forget, latest_record
 from ingestion.records import FailureClass, FetchFailure, Reading, Source, iso_utc
 from users.models import ConnectionType, EagleUser
 
@@ -400,6 +400,9 @@ def ingest_readings(
                 )
         with HourFileWriter() as writer:
             appended = writer.append(trusted)
+        if appended.written:
+            # A push may resend older readings: the user's latest ones are read from the files.
+            forget([user.cloud_id])
         unwritten = {id(reading) for reading in appended.unwritten}
         written = [reading for reading in trusted if id(reading) not in unwritten]
         result.written = len(written)

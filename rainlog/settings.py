@@ -339,10 +339,20 @@ Q_CLUSTER = {
     "sync": env_bool("Q_SYNC", False),
 }
 # Throttle counts live in a cache every process shares: Redis when there is one, else the
-# database (its table is made by a migration: `manage.py migrate`).
+# database (its table is made by a migration: `manage.py migrate`). With Redis, the poller keeps
+# each user's latest reading there too (ingestion/polling/latest.py). A Redis that stops answering
+# costs a request or a poller's write REDIS_TIMEOUT_SECONDS, not a hang.
+REDIS_TIMEOUT_SECONDS = 1.0
 if REDIS_URL:
     CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {
+                "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+                "socket_timeout": REDIS_TIMEOUT_SECONDS,
+            },
+        }
     }
 else:
     CACHES = {

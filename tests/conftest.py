@@ -1,13 +1,18 @@
-"""Fixtures shared by the whole suite: moto's S3 server, per-test log roots, operators."""
+"""Fixtures shared by the whole suite: moto's S3 server, Redis, per-test log roots, operators."""
 
 import hashlib
 import importlib
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+import redis
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection
@@ -84,6 +89,75 @@ def any_archive(request: pytest.FixtureRequest) -> str:
     if request.param == "s3":
         request.getfixturevalue("s3_archive")
     return str(request.param)
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port, without persistence."""
+
+    def __init__(self, directory: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [
+            "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+            "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server on this machine")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_cache(settings: Settings, redis_server: RedisServer) -> Iterator[RedisServer]:
+    """The shared cache on a running Redis, emptied, as where REDIS_URL is set (a test may stop
+    the server: it is started again after)."""
+    from ingestion.polling.latest import shared_cache
+
+    if redis_server.process is None:
+        redis_server.start()
+    redis.Redis.from_url(redis_server.url).flushdb()
+    settings.REDIS_URL = redis_server.url
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": redis_server.url,
+            "OPTIONS": {"socket_connect_timeout": 1.0, "socket_timeout": 1.0},
+        }
+    }
+    # A cache found unreachable by an earlier test is tried again at once.
+    shared_cache.retry_at = 0.0
+    yield redis_server
+    if redis_server.process is None:
+        redis_server.start()
 
 
 @pytest.fixture(autouse=True)

@@ -1,13 +1,12 @@
 """How many users a poller can carry: its measured throughput, the admission of each tick's
 fetches, and what an operator is told when the fleet outgrows it.
 
-A poller process fetches as fast as one core lets it parse replies (or as fast as
-INGEST_CONCURRENCY requests of the gateways' latency allow). That rate is measured in every tick
-whose requests kept all the workers busy: from the first reply to the last request sent, each
-reply let one more request go, so replies per second there are what the process sustains.
+A poller process fetches as fast as one core lets it send requests and parse replies (or as
+fast as INGEST_CONCURRENCY requests of the gateways' latency allow): each tick measures its
+replies per second.
 A moving estimate of it says how many fetches fit in the part of a tick in which requests may
-start (`dispatch_budget`); a tick admits no more than that, so every request it sends is answered
-within the tick and no reply it receives is thrown away.
+start (`dispatch_budget`); a tick admits no more than that, so the requests it sends are answered
+within the tick (one still unanswered is awaited into the next: no reply is thrown away).
 
 When more users are due than fit, the users who waited longest go first: the ones left out in one
 tick are polled in the next, so each user is polled at least every second tick as long as the
@@ -41,20 +40,23 @@ ADVICE = (
 
 @dataclass(slots=True)
 class Throughput:
-    """Fetches a poller completes per second while all its workers are busy: a moving estimate,
-    None until a tick has measured it."""
+    """Fetches a poller completes per second: a moving estimate, None until measured."""
 
     per_second: float | None = None
 
-    def observe(self, replies: int, seconds: float) -> None:
-        """`replies` received in `seconds` during which every reply let another request go."""
-        if replies <= 0 or seconds < MIN_MEASURED_SECONDS:
+    def observe(self, run: FetchRun) -> None:
+        """Learn from a tick's fetches. A tick that sent all it was given measured a lower bound
+        (the poller might have done more): it can only raise the estimate. A tick that had more
+        to send than it could measured the poller at full stretch."""
+        if run.replies <= 0 or run.last_reply_at - run.started_at < MIN_MEASURED_SECONDS:
             return
-        measured = replies / seconds
+        measured = run.replies / (run.last_reply_at - run.started_at)
         if self.per_second is None:
             self.per_second = measured
-        else:
+        elif run.saturated:
             self.per_second += SMOOTHING * (measured - self.per_second)
+        else:
+            self.per_second = max(self.per_second, measured)
 
     def fetches_within(self, seconds: float) -> int | None:
         """How many fetches can be sent and answered in `seconds`; None when not measured."""
@@ -65,20 +67,18 @@ class Throughput:
 
 @dataclass(slots=True)
 class FetchRun:
-    """One tick's fetch phase, as the throughput measurement needs it (event loop seconds)."""
+    """One tick's fetch phase, as the throughput measurement needs it (event loop seconds).
 
+    Replies per second from the first request to the last reply: one request's latency more
+    than the sending and the replies themselves took, so a poller admitting what it measured
+    settles a latency short of its full rate, never drifting lower."""
+
+    started_at: float
     sent: int = 0
     replies: int = 0
-    first_reply_at: float | None = None
-    last_sent_at: float = 0.0
-    replies_at_last_send: int = 0
-
-    def busy_replies_and_seconds(self) -> tuple[int, float]:
-        """Replies received from the first reply until the last request was sent, and how long
-        that took: a stretch in which every reply made room for the next request."""
-        if self.first_reply_at is None or self.last_sent_at <= self.first_reply_at:
-            return 0, 0.0
-        return self.replies_at_last_send - 1, self.last_sent_at - self.first_reply_at
+    last_reply_at: float = 0.0
+    # More was due than the tick sent (admission or the dispatch deadline held some back).
+    saturated: bool = False
 
 
 def over_capacity_message(

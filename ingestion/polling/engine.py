@@ -83,6 +83,7 @@ from ingestion.polling.failures import (
     incident_threshold,
 )
 from ingestion.polling.gc_tuning import lighter_garbage_collection
+from ingestion.polling.latest import remember_written
 from ingestion.polling.leases import (
     WINDOW,
     Acquisition,
@@ -694,7 +695,8 @@ class Poller:
                 while_waiting=write_so_far,
             )
         )
-        self.throughput.observe(*run.busy_replies_and_seconds())
+        run.saturated = bool(waiting) or run.sent < len(jobs)
+        self.throughput.observe(run)
         report.capacity = self.throughput.fetches_within(dispatch_budget(self.period))
         for job in jobs[: run.sent]:
             job.slot.last_sent = slot_start
@@ -767,7 +769,7 @@ class Poller:
         workers go on in the next tick's event loop, so no reply sent is lost. Returns how many
         requests were sent (the first ones of `jobs`) and the throughput measurement."""
         loop = asyncio.get_running_loop()
-        run = FetchRun()
+        run = FetchRun(started_at=loop.time())
         dispatch_until = loop.time() + dispatch_seconds
         deadline = loop.time() + max(0.0, seconds)
         queue = iter(jobs)
@@ -780,8 +782,6 @@ class Poller:
                 if now >= dispatch_until:
                     return
                 run.sent += 1
-                run.last_sent_at = now
-                run.replies_at_last_send = run.replies
                 slot = job.slot
                 slot.in_flight += 1
                 try:
@@ -790,8 +790,7 @@ class Poller:
                     slot.in_flight -= 1
                 arrived.append((job, result))
                 run.replies += 1
-                if run.first_reply_at is None:
-                    run.first_reply_at = loop.time()
+                run.last_reply_at = loop.time()
 
         workers = [
             asyncio.ensure_future(fetch_some())
@@ -971,6 +970,7 @@ class Poller:
         if not readings:
             return
         result = self.writer.append(readings)
+        remember_written(readings, result)
         unwritten = {id(reading) for reading in result.unwritten}
         for slot in slots:
             kept = []
