@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextvars
 import json
 import logging
 import math
@@ -213,11 +212,6 @@ class SimulatedClock:
 def make_simulator(users: int, seed: int, clock: SimulatedClock, timeout_hold: float) -> Any:
     from ingestion.eagle.simulator import Simulator
 
-    # (cloud_id, index in its request log) of the request being answered, per request task.
-    answering: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
-        "answering", default=None
-    )
-
     class RecordingSimulator(Simulator):
         """The simulator, also noting every request it answered: when, and whether it went well
         (for the poller: one it gave up on before the answer was a failure, which it backed
@@ -228,26 +222,35 @@ def make_simulator(users: int, seed: int, clock: SimulatedClock, timeout_hold: f
             # cloud_id -> [(simulated time, good?)]
             self.request_log: dict[str, list[tuple[float, bool]]] = defaultdict(list)
             self.request_times: list[float] = []
+            # id(request) -> when it arrived; (cloud_id, index in its log) of the one answered.
+            self._arrived: dict[int, float] = {}
+            self._answering: tuple[str, int] | None = None
 
         def _faults_for(self, cloud_id: str, now: float) -> Any:
             event, stall, not_joined = super()._faults_for(cloud_id, now)
             good = event is None and stall is None and not not_joined
             self.request_log[cloud_id].append((now, good))
             self.request_times.append(now)
-            answering.set((cloud_id, len(self.request_log[cloud_id]) - 1))
+            self._answering = (cloud_id, len(self.request_log[cloud_id]) - 1)
             return event, stall, not_joined
 
-        async def _handle(self, request: Any) -> Any:
-            started = time.monotonic()
-            response = await super()._handle(request)
-            entry = answering.get()
-            gone = request.transport is None or request.transport.is_closing()
-            if entry is not None and (gone or time.monotonic() - started > REQUEST_TIMEOUT_SECONDS):
+        def _receive(self, request: Any) -> None:
+            self._arrived[id(request)] = time.monotonic()
+            super()._receive(request)
+
+        def _answer(self, request: Any) -> None:
+            # Whether the client closed its end before the answer (the simulator's HTTP server
+            # keeps the connection there).
+            gone = request._connection._transport is None
+            self._answering = None
+            super()._answer(request)
+            arrived = self._arrived.pop(id(request), None)
+            late = arrived is not None and time.monotonic() - arrived > REQUEST_TIMEOUT_SECONDS
+            if self._answering is not None and (gone or late):
                 # The poller's request timed out (a loaded machine): a failure as it saw it.
-                cloud_id, index = entry
+                cloud_id, index = self._answering
                 moment, _ = self.request_log[cloud_id][index]
                 self.request_log[cloud_id][index] = (moment, False)
-            return response
 
     return RecordingSimulator()
 
