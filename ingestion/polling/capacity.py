@@ -46,9 +46,9 @@ class Throughput:
     per_second: float | None = None
 
     def observe(self, run: FetchRun) -> None:
-        """Learn from a tick's fetches. A tick that sent all it was given measured a lower bound
-        (the poller might have done more): it can only raise the estimate. A tick that had more
-        to send than it could measured the poller at full stretch."""
+        """Learn from a tick's fetches. A tick that sent all it admitted measured a lower bound
+        (the poller might have done more): it can only raise the estimate. A tick whose dispatch
+        deadline held requests back measured the poller at full stretch."""
         if run.replies <= 0 or run.last_reply_at - run.started_at < MIN_MEASURED_SECONDS:
             return
         measured = run.replies / (run.last_reply_at - run.started_at)
@@ -78,7 +78,7 @@ class FetchRun:
     sent: int = 0
     replies: int = 0
     last_reply_at: float = 0.0
-    # More was due than the tick sent (admission or the dispatch deadline held some back).
+    # The dispatch deadline held admitted requests back.
     saturated: bool = False
 
 

@@ -698,7 +698,7 @@ class Poller:
                 while_waiting=write_so_far,
             )
         )
-        run.saturated = bool(waiting) or run.sent < len(jobs)
+        run.saturated = run.sent < len(jobs)
         self.throughput.observe(run)
         report.capacity = self.throughput.fetches_within(dispatch_budget(self.period))
         for job in jobs[: run.sent]:
