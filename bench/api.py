@@ -42,11 +42,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
-import dj_database_url
 import orjson
-import psycopg2
 
 from bench.support import (
+    connect,
     cpu_seconds,
     free_port,
     load_average,
@@ -357,15 +356,7 @@ async def measure(
 def server_processes(gunicorn_pid: int, redis_pid: int) -> Callable[[], list[int]]:
     """What serves the requests: gunicorn's workers, Redis, the bench database's backends."""
     # Its own connection, outside Django's: it is asked from the event loop of the load.
-    config = dj_database_url.parse(DATABASE_URL)
-    database = psycopg2.connect(
-        host=config["HOST"] or "127.0.0.1",
-        port=config["PORT"] or 5432,
-        user=config["USER"] or None,
-        password=config["PASSWORD"] or None,
-        dbname=config["NAME"],
-    )
-    database.autocommit = True
+    database = connect(DATABASE_URL)
 
     def found() -> list[int]:
         with open(f"/proc/{gunicorn_pid}/task/{gunicorn_pid}/children") as children:

@@ -108,17 +108,22 @@ def redis_server(port: int, log: Path) -> Iterator[tuple[str, int]]:
         yield url, child.pid
 
 
-def _admin_connection(url: str) -> Any:
+def connect(url: str, dbname: str | None = None) -> Any:
+    """An autocommit psycopg2 connection to the server of `url`, to its database or `dbname`."""
     config = dj_database_url.parse(url)
-    admin = psycopg2.connect(
+    connection = psycopg2.connect(
         host=config["HOST"] or "127.0.0.1",
         port=config["PORT"] or 5432,
         user=config["USER"] or None,
         password=config["PASSWORD"] or None,
-        dbname="postgres",
+        dbname=dbname or config["NAME"],
     )
-    admin.autocommit = True
-    return admin, config["NAME"]
+    connection.autocommit = True
+    return connection
+
+
+def _admin_connection(url: str) -> Any:
+    return connect(url, "postgres"), dj_database_url.parse(url)["NAME"]
 
 
 def drop_database(url: str) -> None:
