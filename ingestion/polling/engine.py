@@ -465,7 +465,14 @@ class Poller:
         self.holder = holder
         self.period = settings.INGEST_POLL_SECONDS
         self.root = Path(root or settings.LOG_ROOT)
-        self.writer = HourFileWriter(self.root)
+        hourfiles.raise_open_file_limit()
+        # Besides the hour files: a connection per request in flight.
+        self.writer = HourFileWriter(
+            self.root,
+            max_open=hourfiles.open_files_allowed(
+                settings.INGEST_CONCURRENCY + hourfiles.DESCRIPTORS_RESERVED
+            ),
+        )
         self.slots: dict[int, UserSlot] = {}
         self.totals = PollTotals()
         self._by_cloud_id: dict[str, UserSlot] = {}
