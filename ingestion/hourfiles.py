@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import functools
 import logging
 import os
 import re
@@ -71,7 +72,9 @@ def hour_of_timestamp(unix_seconds: float) -> datetime:
     return hour_floor(datetime.fromtimestamp(unix_seconds, UTC))
 
 
+@functools.lru_cache(maxsize=256)
 def hour_label(hour: datetime) -> str:
+    # Cached: a poller names thousands of files of the same few hours at the top of an hour.
     return hour_floor(hour).strftime(HOUR_FORMAT)
 
 
