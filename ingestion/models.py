@@ -105,6 +105,12 @@ WHERE f.user_id = v.user_id
 """
 
 
+_RECORD_SKIPPED_SQL = """
+UPDATE {table} SET skipped_polls = skipped_polls + 1, last_skipped_at = %s
+WHERE user_id = ANY(%s::bigint[])
+"""
+
+
 class FetchStateQuerySet(models.QuerySet["FetchState"]):
     def ensure_for(self, user_ids: Collection[int]) -> None:
         """Create the missing rows (the poller updates rows, it never inserts them per tick)."""
@@ -132,11 +138,21 @@ class FetchStateQuerySet(models.QuerySet["FetchState"]):
             self.bulk_update(states, OUTCOME_FIELDS, batch_size=500)
 
     def record_skipped(self, user_ids: Collection[int], now: datetime) -> None:
-        """Count one skipped poll for each of these users: one statement whatever their number."""
-        if user_ids:
-            self.filter(pk__in=list(user_ids)).update(
-                skipped_polls=models.F("skipped_polls") + 1, last_skipped_at=now
-            )
+        """Count one skipped poll for each of these users: one statement whatever their number
+        (on PostgreSQL with the ids as one array: Django prepares each value of an IN list, which
+        over capacity cost the poller more than a fetch)."""
+        if not user_ids:
+            return
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _RECORD_SKIPPED_SQL.format(table=FetchState._meta.db_table),
+                    [now, list(user_ids)],
+                )
+            return
+        self.filter(pk__in=list(user_ids)).update(
+            skipped_polls=models.F("skipped_polls") + 1, last_skipped_at=now
+        )
 
 
 class FetchState(models.Model):
