@@ -336,6 +336,9 @@ class AppendResult:
     written: list[WrittenFile] = field(default_factory=list)
     unwritten: list[Reading] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # The line written for each reading written, by the reading's id(): what the latest-reading
+    # cache stores, without encoding the reading again.
+    lines: dict[int, bytes] = field(default_factory=dict)
 
 
 class HourFileWriter:
@@ -385,15 +388,17 @@ class HourFileWriter:
             hour = self._hours.get(hour_number)
             if hour is None:
                 hour = self._hours[hour_number] = hour_of_timestamp(hour_number * 3600)
-            data = b"".join(reading.to_line() for reading in batch)
+            lines = [reading.to_line() for reading in batch]
             try:
-                path, part = self._write(cloud_id, hour_number, data)
+                path, part = self._write(cloud_id, hour_number, b"".join(lines))
             except OSError as exc:
                 logger.error("cannot append %d readings for %s: %s", len(batch), cloud_id, exc)
                 result.unwritten.extend(batch)
                 result.errors.append(f"{cloud_id} {hour_label(hour)}: {exc}")
             else:
                 result.written.append(WrittenFile(cloud_id, hour, part, path, len(batch)))
+                for reading, line in zip(batch, lines, strict=True):
+                    result.lines[id(reading)] = line
         return result
 
     def _write(self, cloud_id: str, hour_number: int, data: bytes) -> tuple[Path, int]:
