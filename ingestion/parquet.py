@@ -12,8 +12,9 @@ arrived) gets new keys; the export (ingestion/parquet_export.py) publishes it an
 old version, so the prefix holds one version of each hour.
 
 Columns (SCHEMA_VERSION 1, docs/record-format.md "Parquet"): cloud_id string, meter_time
-timestamp[s, UTC], received_at timestamp[ms, UTC], source string, the record type's value columns
-(typed from its `value_schema`), format_version int16, raw string (the reply's fields as JSON).
+timestamp[s, UTC], received_at timestamp[ms, UTC] (both stored in microseconds), source string, the
+record type's value columns (typed from its `value_schema`), format_version int16, raw string (the
+reply's fields as JSON).
 
 Lines are decoded with msgspec straight into these columns (ingestion/record_lines.py, shared
 with the SQL readings store); `raw` is kept as the exact JSON text
