@@ -37,7 +37,9 @@ answer, its timeout on a loaded machine, is a failure), or no poller was alive w
 (from a kill until the first request of the poller that took over), or the poller that fetched
 it was killed before it could write it, or the simulator answered a
 killed poller's request after its death, or the poller recorded a late tick for the reading's
-shard while it was current or when it was answered (it fell behind: a loaded machine). Anything else missing, any
+shard while it was current or when it was answered (it fell behind: a loaded machine), or a jump
+of the simulated clock cut its life shorter than the time between two requests of consecutive
+ticks. Anything else missing, any
 duplicate, or anything left unarchived fails the run (exit status 1). How much was archived
 ("coverage %") depends on the machine's load and is reported, not judged.
 """
@@ -222,6 +224,8 @@ def make_simulator(users: int, seed: int, clock: SimulatedClock, timeout_hold: f
             # cloud_id -> [(simulated time, good?)]
             self.request_log: dict[str, list[tuple[float, bool]]] = defaultdict(list)
             self.request_times: list[float] = []
+            # (cloud_id, simulated time) of the good replies the poller had given up on.
+            self.given_up: set[tuple[str, float]] = set()
             # id(request) -> when it arrived; (cloud_id, index in its log) of the one answered.
             self._arrived: dict[int, float] = {}
             self._answering: tuple[str, int] | None = None
@@ -239,9 +243,9 @@ def make_simulator(users: int, seed: int, clock: SimulatedClock, timeout_hold: f
             super()._receive(request)
 
         def _answer(self, request: Any) -> None:
-            # Whether the client closed its end before the answer (the simulator's HTTP server
-            # keeps the connection there).
-            gone = request._connection._transport is None
+            # The pollers' HTTP client closes the connection of a request it gives up on (its
+            # timeout), never only its sending half.
+            gone = request.client_closed
             self._answering = None
             super()._answer(request)
             arrived = self._arrived.pop(id(request), None)
@@ -249,8 +253,10 @@ def make_simulator(users: int, seed: int, clock: SimulatedClock, timeout_hold: f
             if self._answering is not None and (gone or late):
                 # The poller's request timed out (a loaded machine): a failure as it saw it.
                 cloud_id, index = self._answering
-                moment, _ = self.request_log[cloud_id][index]
+                moment, good = self.request_log[cloud_id][index]
                 self.request_log[cloud_id][index] = (moment, False)
+                if good:
+                    self.given_up.add((cloud_id, moment))
 
     return RecordingSimulator()
 
@@ -538,6 +544,9 @@ class Soak:
         # Simulated time of a kill (or the final stop) -> readings the simulator served to the
         # poller it ended that were never written.
         self._unwritten_by_kill: Counter[float] = Counter()
+        # The same moment -> readings served only in replies to the poller it ended, written
+        # after its death into connections nobody read any more.
+        self._answered_after_kill: Counter[float] = Counter()
         run_id = f"{config.name}-{os.getpid()}-{random.getrandbits(24):06x}"
         self.poller_name = f"{run_id}-poll"
         self.rotation_name = f"{run_id}-rotate"
@@ -1037,6 +1046,7 @@ class Soak:
             "coverage %": round(100.0 * exactly_once / len(truth), 1) if truth else 0.0,
             "unobserved, explained": sum(excluded.values()),
             "readings received but not written": sum(self._unwritten_by_kill.values()),
+            "readings answered after a kill": sum(self._answered_after_kill.values()),
             "most tick slots missed after a kill": max(
                 (self.timeline.missed_slots.get(kill, 0) for kill in self.timeline.poller_kills),
                 default=0,
@@ -1092,6 +1102,11 @@ class Soak:
         during = log[lo:hi]
         if reading.served:
             served = [t for t, good in during if good]
+            if not served and any((cloud_id, t) in simulator.given_up for t, _ in during):
+                # Answered only to requests the poller had given up on: their timeout passed
+                # (while its event loop ran: a reply that came in time is read) before the
+                # answer, or the answer went to a connection the poller had closed.
+                return "answered only after the poller had given up the request"
             windows = [
                 next((start for start, end in self.timeline.poller_down if start <= t < end), None)
                 for t in served
@@ -1099,7 +1114,7 @@ class Soak:
             if served and all(start is not None for start in windows):
                 # Asked for before a kill, answered after it (a loaded simulator is slow) into a
                 # dead connection, while no poller was alive to ask again.
-                self._unwritten_by_kill[windows[0]] += 1  # type: ignore[index]
+                self._answered_after_kill[windows[0]] += 1  # type: ignore[index]
                 return "answered after the poller that asked was killed"
             # Fetched, then the poller died before writing it, and no poller saw it again.
             served_at = clock.to_real(max((t for t, good in during if good), default=born))
@@ -1141,10 +1156,20 @@ class Soak:
         if any(start < gone_real and born_real < end for start, end in self._late_ticks[cloud_id]):
             # The poller recorded that it fell behind (a busy machine): coverage, not loss.
             return "not polled while current: a late tick was recorded"
-        if clock.observable_seconds(born, gone) < POLL_SECONDS + 0.5:
+        observable = clock.observable_seconds(born, gone)
+        if observable < POLL_SECONDS + 0.5:
             # Real meters keep a reading 8-10 s, longer than a poll period; a jump of the soak's
             # clock can end one sooner.
             return "current for less than a poll period before a clock jump"
+        if observable < gone - born and 0 < lo and hi < len(log):
+            # A jump cut the reading short, between two requests of consecutive ticks that were
+            # more than its life apart: a tick's requests go out over its first seconds, and a
+            # loaded simulator answers late, but within the tick's fetch budget.
+            from ingestion.polling.engine import fetch_budget
+
+            apart = clock.to_real(log[hi][0]) - clock.to_real(log[lo - 1][0])
+            if apart < POLL_SECONDS + fetch_budget(POLL_SECONDS):
+                return "current between the requests of two consecutive ticks (a clock jump)"
         return None
 
     def _unpolled_seconds(self, kill: float) -> float | None:
@@ -1171,6 +1196,7 @@ class Soak:
                 + (f"{unpolled:4.1f} s" if unpolled is not None else "(no poller after)")
                 + (f", {missed} tick slots missed" if missed is not None else "")
                 + f", {self._unwritten_by_kill[kill]:,} readings received but not written"
+                + f", {self._answered_after_kill[kill]:,} answered after it"
             )
         return lines
 

@@ -2,7 +2,8 @@
 
 `EagleClient.fetch()` returns a decoded Reading or a classified FetchFailure and never raises for
 anything a server can send. One client owns one aiohttp session, so thousands of fetches share a
-connection pool; each request has its own timeout. `fetch_now()` is the same for sync code.
+connection pool; each request has its own timeout, counted while the event loop listens (see
+`listening_timeout`). `fetch_now()` is the same for sync code.
 
 How each connection type is reached (`users.models.ConnectionType`):
 
@@ -21,7 +22,8 @@ import asyncio
 import base64
 import concurrent.futures
 import socket
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar
 
@@ -40,6 +42,9 @@ if TYPE_CHECKING:
 
 # Replies larger than this are not EAGLE replies (a full device_query is about 30 KB).
 MAX_REPLY_BYTES = 1 << 20
+# A request's timeout that comes due while the event loop is not running (a poller between two
+# ticks, or busy writing) is judged again this long after the loop runs again.
+LISTEN_SECONDS = 0.05
 LOCAL_PATH = "/cgi-bin/post_manager"
 
 # Connection type -> source recorded with its readings.
@@ -132,6 +137,38 @@ class GuardedResolver(aiohttp.ThreadedResolver):
         return results
 
 
+@asynccontextmanager
+async def listening_timeout(seconds: float) -> AsyncIterator[None]:
+    """Raise TimeoutError in the block once it has waited `seconds` for a reply, counting only
+    time the event loop could read one.
+
+    An event loop runs its due timers before it reads its sockets. A poller stops its loop
+    between ticks (and a busy one runs none for a while): a plain timeout that came due
+    meanwhile would fire before the loop read a reply that had arrived in time, and throw that
+    reading away. So a timeout found overdue by more than LISTEN_SECONDS gives the loop
+    LISTEN_SECONDS to read what arrived, and expires only when it fires on time.
+    """
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(None) as timeout:
+        due = loop.time() + seconds
+        handle: asyncio.TimerHandle
+
+        def check() -> None:
+            nonlocal due, handle
+            now = loop.time()
+            if now - due > LISTEN_SECONDS:
+                due = now + LISTEN_SECONDS
+                handle = loop.call_at(due, check)
+            else:
+                timeout.reschedule(now)
+
+        handle = loop.call_at(due, check)
+        try:
+            yield
+        finally:
+            handle.cancel()
+
+
 class EagleClient:
     """Fetches readings from many gateways over one pooled aiohttp session.
 
@@ -165,7 +202,8 @@ class EagleClient:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            # Each fetch has its own timeout (listening_timeout), not aiohttp's.
+            timeout=aiohttp.ClientTimeout(total=None),
             skip_auto_headers=("User-Agent",),
             headers={"User-Agent": "rainlog", "Content-Type": "text/xml"},
         )
@@ -198,10 +236,11 @@ class EagleClient:
         if self._session is None:
             raise RuntimeError("EagleClient.fetch() outside `async with EagleClient()`")
         try:
-            if source is Source.EAGLE200:
-                result = await self._fetch_eagle200(target, kind)
-            else:
-                result = await self._fetch_command(target, kind, source)
+            async with listening_timeout(self.timeout):
+                if source is Source.EAGLE200:
+                    result = await self._fetch_eagle200(target, kind)
+                else:
+                    result = await self._fetch_command(target, kind, source)
         except TimeoutError:
             return failure(FailureClass.TIMEOUT, f"no reply within {self.timeout:g} s")
         except ReplyTooLargeError:

@@ -8,8 +8,9 @@ A moving estimate of it says how many fetches fit in the part of a tick in which
 start (`dispatch_budget`); a tick admits no more than that, so the requests it sends are answered
 within the tick (one still unanswered is awaited into the next: no reply is thrown away).
 
-A poller that has not measured yet (a cold start) sends one round of INGEST_CONCURRENCY requests
-in its first tick. When more users are due than fit, the users who waited longest go first: the ones left out in one
+A poller starts from the capacity its shards' latest tick recorded (the previous process's
+measurement); one that has none (a new shard) sends one round of INGEST_CONCURRENCY requests in
+its first tick. When more users are due than fit, the users who waited longest go first: the ones left out in one
 tick are polled in the next, so each user is polled at least every second tick as long as the
 poller carries at most twice what it can fetch. Each left-out poll is counted (Tick.users_skipped,
 FetchState.skipped_polls), and a shard left short for INGEST_INCIDENT_AFTER_FAILURES ticks in a
@@ -19,6 +20,7 @@ row gets an over-capacity incident, resolved after as many ticks in a row withou
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -59,6 +61,13 @@ class Throughput:
         else:
             self.per_second = max(self.per_second, measured)
 
+    def restore(self, capacity: int, seconds: float) -> None:
+        """Start from a capacity measured before (fetches within `seconds`), as a restarted
+        poller does: a cold estimate would admit one round of requests and leave most users
+        waiting for two ticks."""
+        if capacity > 0 and seconds > 0:
+            self.per_second = capacity / seconds
+
     def fetches_within(self, seconds: float) -> int | None:
         """How many fetches can be sent and answered in `seconds`; None when not measured."""
         if self.per_second is None:
@@ -80,6 +89,16 @@ class FetchRun:
     last_reply_at: float = 0.0
     # The dispatch deadline held admitted requests back.
     saturated: bool = False
+
+
+def last_capacity(shards: Collection[int]) -> int | None:
+    """The capacity the latest tick of these shards recorded, None if none was measured."""
+    return (
+        Tick.objects.filter(shard__in=shards, capacity__isnull=False)
+        .order_by("-scheduled_at")
+        .values_list("capacity", flat=True)
+        .first()
+    )
 
 
 def over_capacity_message(

@@ -75,7 +75,12 @@ from ingestion.models import (
     PollLease,
     Tick,
 )
-from ingestion.polling.capacity import FetchRun, Throughput, over_capacity_message
+from ingestion.polling.capacity import (
+    FetchRun,
+    Throughput,
+    last_capacity,
+    over_capacity_message,
+)
 from ingestion.polling.failures import (
     BACKOFF_CLASSES,
     FailureRun,
@@ -581,13 +586,17 @@ class Poller:
             self.load_users()
 
     def resume(self, from_files: bool) -> None:
-        """Take over the users' state: last readings logged, backoff, open incidents.
+        """Take over the users' state: last readings logged, backoff, open incidents, and the
+        capacity the shards' latest tick measured.
 
         `from_files` also reads the tails of their newest hour files, and the manifest for those
         already shipped and removed: needed unless the previous holder handed the shards over
         after committing its last tick.
         """
         self._restore(list(self.slots.values()), from_files)
+        capacity = last_capacity(self.shards)
+        if capacity is not None:
+            self.throughput.restore(capacity, dispatch_budget(self.period))
         self._over_capacity = {
             shard
             for shard in Incident.objects.open()
@@ -686,8 +695,8 @@ class Poller:
         report.capacity = self.throughput.fetches_within(dispatch_budget(self.period))
         admissible = self.throughput.fetches_within(dispatch_seconds)
         if admissible is None:
-            # Not measured yet: one round of requests, not a flood whose replies would wait
-            # past their timeout for a busy process to read them.
+            # Never measured (a new shard): one round of requests, not a flood whose replies
+            # would wait past their timeout for a busy process to read them.
             admissible = settings.INGEST_CONCURRENCY
         jobs, waiting = self._due_jobs(slot_start, report, admissible)
         run = self._loop.run_until_complete(

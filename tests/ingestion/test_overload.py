@@ -92,6 +92,21 @@ def fair_ticks(run: PollingRun) -> list[TickReport]:
     return reports
 
 
+def test_a_restarted_poller_starts_from_the_capacity_its_shard_last_measured(
+    overloaded: PollingRun, settings: Settings
+) -> None:
+    run = overloaded
+    for _ in range(3):
+        measured = run.tick().capacity
+    assert measured is not None and measured > settings.INGEST_CONCURRENCY
+    run.restart()
+    report = run.tick()
+    # A cold poller would send one round of INGEST_CONCURRENCY requests.
+    assert report.users_polled > settings.INGEST_CONCURRENCY
+    assert report.users_skipped < USERS - settings.INGEST_CONCURRENCY
+    assert Tick.objects.order_by("-scheduled_at")[1].capacity == measured
+
+
 def test_each_skipped_poll_is_recorded_per_tick_and_per_user(overloaded: PollingRun) -> None:
     run = overloaded
     reports = [run.tick() for _ in range(5)]

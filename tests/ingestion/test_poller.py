@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
@@ -41,6 +42,7 @@ from tests.polling import (
     duplicates,
     logged_keys,
     polling_run,
+    wait_until,
 )
 from users.models import EagleUser
 
@@ -292,6 +294,35 @@ def test_it_awaits_a_slow_gateway_past_the_deadline_and_records_a_late_tick(
     # The simulator held the request, then dropped the connection: that answer is recorded.
     state = demand_state("000002")
     assert (state.consecutive_failures, state.last_error_class) == (1, "gateway_unreachable")
+
+
+def test_a_reply_that_arrives_between_two_ticks_within_its_timeout_is_taken_not_timed_out(
+    settings: Settings,
+) -> None:
+    # Fetches stop 0.8 s into a 1-second tick; the gateways answer after 0.9 s, within the
+    # 1-second request timeout, while the poller is between ticks.
+    settings.INGEST_POLL_SECONDS = 1.0
+    settings.INGEST_REQUEST_TIMEOUT = 1.0
+    with polling_run(settings, users=2, latency=0.9) as run:
+        sent_at = time.monotonic()
+        first = run.tick()
+        assert first.in_flight == 2 and first.readings_written == 0
+        wait_until(lambda: run.sim.in_flight == 0, 10, "the simulator answered")
+        # The next tick starts after the requests' timeouts came due (a loaded machine's late
+        # tick): the replies that arrived before then are read, not thrown away.
+        wait_until(
+            lambda: time.monotonic() > sent_at + settings.INGEST_REQUEST_TIMEOUT + 0.3,
+            10,
+            "the requests' timeouts came due",
+        )
+        second = run.tick()
+        served = run.served()
+    assert (second.failures, second.users_polled, second.readings_written) == (0, 2, 2)
+    assert set(logged_keys()) == served and len(served) == 2
+    assert [demand_state(cloud_id).consecutive_failures for cloud_id in ("000001", "000002")] == [
+        0,
+        0,
+    ]
 
 
 def test_readings_fetched_early_are_on_disk_before_a_slow_gateway_answers(

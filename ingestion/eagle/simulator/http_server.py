@@ -83,6 +83,12 @@ class Request:
         self.keep_alive = head.keep_alive
         self._connection = connection
 
+    @property
+    def client_closed(self) -> bool:
+        """Whether the client has closed the connection, or its sending half, since it sent the
+        request (an HTTP client that gives up on a request closes its connection)."""
+        return self._connection.client_closed
+
     def respond(self, reply: Reply) -> None:
         self._connection.respond(self, reply)
 
@@ -218,6 +224,10 @@ class Connection(asyncio.Protocol):
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         transport.abort()
+
+    @property
+    def client_closed(self) -> bool:
+        return self._transport is None or self._eof
 
     def idle_since(self, moment: float) -> bool:
         """Waiting for a request (not answering one) since before `moment`."""
