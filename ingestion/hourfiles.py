@@ -22,10 +22,13 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import functools
 import logging
 import os
 import re
-from collections import OrderedDict, defaultdict
+import resource
+import time
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -69,7 +72,9 @@ def hour_of_timestamp(unix_seconds: float) -> datetime:
     return hour_floor(datetime.fromtimestamp(unix_seconds, UTC))
 
 
+@functools.lru_cache(maxsize=256)
 def hour_label(hour: datetime) -> str:
+    # Cached: a poller names thousands of files of the same few hours at the top of an hour.
     return hour_floor(hour).strftime(HOUR_FORMAT)
 
 
@@ -294,6 +299,27 @@ def _cut_back(fd: int, size: int) -> None:
         logger.error("cannot cut a failed append back to %d bytes: %s", size, exc)
 
 
+# File descriptors left for everything but hour files (database, Redis, logs, a push's request).
+DESCRIPTORS_RESERVED = 256
+
+
+def raise_open_file_limit() -> None:
+    """Raise this process's soft limit of open files to its hard limit (allowed unprivileged):
+    a poller keeps its users' hour files open, and their connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def open_files_allowed(reserved: int = DESCRIPTORS_RESERVED) -> int:
+    """Hour files a writer may keep open: INGEST_OPEN_FILES, within what the process's limit of
+    open files leaves after `reserved` descriptors for everything else."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return settings.INGEST_OPEN_FILES
+    return max(8, min(settings.INGEST_OPEN_FILES, soft - reserved))
+
+
 @dataclass(frozen=True, slots=True)
 class WrittenFile:
     """Where a batch of lines went: the file, its hour and part, and how many lines."""
@@ -310,10 +336,14 @@ class AppendResult:
     written: list[WrittenFile] = field(default_factory=list)
     unwritten: list[Reading] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # The line written for each reading written, by the reading's id(): what the latest-reading
+    # cache stores, without encoding the reading again.
+    lines: dict[int, bytes] = field(default_factory=dict)
 
 
 class HourFileWriter:
-    """Appends readings to their hour files, with a bounded pool of open files.
+    """Appends readings to their hour files, with a bounded pool of open files (opening a file
+    costs more than the write: a poller keeps every file of its users open while it can).
 
     Lines reach the operating system at once (unbuffered `os.write`); `sync()` makes everything
     written since the last call durable, so a crash loses at most what came after it. A batch that
@@ -323,9 +353,12 @@ class HourFileWriter:
 
     def __init__(self, root: Path | None = None, max_open: int | None = None) -> None:
         self.root = Path(root or settings.LOG_ROOT)
-        self.max_open = max_open or settings.INGEST_OPEN_FILES
-        # Open files by path (as a string), least recently written first.
-        self._open: OrderedDict[str, int] = OrderedDict()
+        self.max_open = max_open or open_files_allowed()
+        # Open files by path (as a string), least recently written first, with their hour (unix
+        # hours).
+        self._open: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        # Open files per hour: those of hours past their sealing are closed at the next sync.
+        self._open_per_hour: Counter[int] = Counter()
         self._dirty = False
         self._known_dirs: set[Path] = set()
         self._names: dict[tuple[str, int, int], tuple[Path, str, str]] = {}
@@ -355,23 +388,26 @@ class HourFileWriter:
             hour = self._hours.get(hour_number)
             if hour is None:
                 hour = self._hours[hour_number] = hour_of_timestamp(hour_number * 3600)
-            data = b"".join(reading.to_line() for reading in batch)
+            lines = [reading.to_line() for reading in batch]
             try:
-                path, part = self._write(cloud_id, hour_number, data)
+                path, part = self._write(cloud_id, hour_number, b"".join(lines))
             except OSError as exc:
                 logger.error("cannot append %d readings for %s: %s", len(batch), cloud_id, exc)
                 result.unwritten.extend(batch)
                 result.errors.append(f"{cloud_id} {hour_label(hour)}: {exc}")
             else:
                 result.written.append(WrittenFile(cloud_id, hour, part, path, len(batch)))
+                for reading, line in zip(batch, lines, strict=True):
+                    result.lines[id(reading)] = line
         return result
 
     def _write(self, cloud_id: str, hour_number: int, data: bytes) -> tuple[Path, int]:
         part = 0
         while True:
             path, name, marker = self._where(cloud_id, hour_number, part)
-            fd = self._open.get(name)
-            if fd is not None:
+            found = self._open.get(name)
+            if found is not None:
+                fd = found[0]
                 self._open.move_to_end(name)
             elif os.path.exists(marker):
                 # Checked before opening too, so that a shipped and removed file is not recreated
@@ -379,7 +415,7 @@ class HourFileWriter:
                 part += 1
                 continue
             else:
-                fd = self._fd(path, name)
+                fd = self._fd(path, name, hour_number)
             # Exclusive, so that a short write can be undone without tearing another writer's line.
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -408,36 +444,44 @@ class HourFileWriter:
             found = self._names[key] = (path, str(path), str(sealed_marker(path)))
         return found
 
-    def _fd(self, path: Path, name: str) -> int:
+    def _fd(self, path: Path, name: str, hour_number: int) -> int:
         directory = path.parent
         if directory not in self._known_dirs:
             directory.mkdir(parents=True, exist_ok=True)
             self._known_dirs.add(directory)
         fd = os.open(name, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        self._open[name] = fd
+        self._open[name] = (fd, hour_number)
+        self._open_per_hour[hour_number] += 1
         while len(self._open) > self.max_open:
-            _, evicted = self._open.popitem(last=False)
-            os.close(evicted)
+            self._close(next(iter(self._open)))
         return fd
 
     def _close(self, name: str) -> None:
-        fd = self._open.pop(name, None)
-        if fd is not None:
+        found = self._open.pop(name, None)
+        if found is not None:
+            fd, hour_number = found
+            self._open_per_hour[hour_number] -= 1
+            if not self._open_per_hour[hour_number]:
+                del self._open_per_hour[hour_number]
             os.close(fd)
 
     def sync(self) -> None:
-        """Make every line appended so far durable (file data and new directory entries)."""
-        if not self._dirty:
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        sync_filesystem(self.root)
-        self._dirty = False
+        """Make every line appended so far durable (file data and new directory entries), and
+        close the files of hours the rotation has sealed by now (ROTATE_GRACE_SECONDS after
+        their end): a shipped file held open would keep its disk space."""
+        if self._dirty:
+            self.root.mkdir(parents=True, exist_ok=True)
+            sync_filesystem(self.root)
+            self._dirty = False
+        sealed_before = (time.time() - settings.ROTATE_GRACE_SECONDS) // 3600
+        if any(hour_number < sealed_before for hour_number in self._open_per_hour):
+            for name in [name for name, (_, hour) in self._open.items() if hour < sealed_before]:
+                self._close(name)
 
     def close(self) -> None:
         self.sync()
         while self._open:
-            _, fd = self._open.popitem()
-            os.close(fd)
+            self._close(next(iter(self._open)))
 
 
 @dataclass(slots=True)

@@ -389,7 +389,9 @@ if INGEST_LEASE_SECONDS <= INGEST_POLL_SECONDS:
         f"INGEST_LEASE_SECONDS={INGEST_LEASE_SECONDS} must be longer than "
         f"INGEST_POLL_SECONDS={INGEST_POLL_SECONDS:g}."
     )
-INGEST_OPEN_FILES = env_int("INGEST_OPEN_FILES", 512, minimum=8)
+# A poller keeps its users' hour files open (within its limit of open files, which it raises to
+# the hard limit): opening a file for each reading cost more than writing it.
+INGEST_OPEN_FILES = env_int("INGEST_OPEN_FILES", 50_000, minimum=8)
 INGEST_EXTRA_POLL_SECONDS = env_int("INGEST_EXTRA_POLL_SECONDS", 60, minimum=6)
 INGEST_SUSPEND_AFTER_AUTH_FAILURES = env_int("INGEST_SUSPEND_AFTER_AUTH_FAILURES", 5, minimum=1)
 INGEST_MAX_BACKOFF_SECONDS = env_int("INGEST_MAX_BACKOFF_SECONDS", 300, minimum=6)

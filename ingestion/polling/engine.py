@@ -49,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import chain
 from pathlib import Path
@@ -72,6 +72,7 @@ from ingestion.models import (
     HourFile,
     Incident,
     IncidentSighting,
+    NewHourFile,
     PollLease,
     Tick,
 )
@@ -377,7 +378,7 @@ class _TickBatch:
     sightings: list[IncidentSighting] = field(default_factory=list)
     resolutions: set[tuple[int, str]] = field(default_factory=set)
     suspensions: list[tuple[UserSlot, str]] = field(default_factory=list)
-    new_files: list[HourFile] = field(default_factory=list)
+    new_files: list[NewHourFile] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
 
     def outcome(self, slot: UserSlot, attempted: bool = False) -> FetchOutcome:
@@ -465,7 +466,14 @@ class Poller:
         self.holder = holder
         self.period = settings.INGEST_POLL_SECONDS
         self.root = Path(root or settings.LOG_ROOT)
-        self.writer = HourFileWriter(self.root)
+        hourfiles.raise_open_file_limit()
+        # Besides the hour files: a connection per request in flight.
+        self.writer = HourFileWriter(
+            self.root,
+            max_open=hourfiles.open_files_allowed(
+                settings.INGEST_CONCURRENCY + hourfiles.DESCRIPTORS_RESERVED
+            ),
+        )
         self.slots: dict[int, UserSlot] = {}
         self.totals = PollTotals()
         self._by_cloud_id: dict[str, UserSlot] = {}
@@ -1021,13 +1029,12 @@ class Poller:
             self._registered.add(key)
             slot = self._by_cloud_id.get(item.cloud_id)
             batch.new_files.append(
-                HourFile.new_row(
+                NewHourFile(
                     item.cloud_id,
                     item.hour,
                     item.part,
-                    item.path,
+                    str(item.path),
                     slot.user_id if slot else None,
-                    batch.now,
                 )
             )
         if batch.new_files:
@@ -1046,9 +1053,10 @@ class Poller:
             logger.warning("users were deleted during a tick; recording the others only")
             batch.outcomes = {pk: o for pk, o in batch.outcomes.items() if pk in existing}
             batch.sightings = [s for s in batch.sightings if s.user_id in existing]
-            for row in batch.new_files:
-                if row.user_id not in existing:
-                    row.user_id = None
+            batch.new_files = [
+                row if row.user_id in existing else replace(row, user_id=None)
+                for row in batch.new_files
+            ]
             self._save_metadata(batch)
         for slot, reason in batch.suspensions:
             user = EagleUser.objects.filter(pk=slot.user_id, is_active=True).first()
@@ -1119,8 +1127,7 @@ class Poller:
             FetchState.objects.record_skipped(batch.skipped, batch.now)
             Incident.objects.record_sightings(batch.sightings)
             Incident.objects.resolve_pairs(batch.resolutions, batch.now)
-            if batch.new_files:
-                HourFile.objects.bulk_create(batch.new_files, ignore_conflicts=True)
+            HourFile.objects.register_new(batch.new_files, batch.now)
 
     def record_missed(self, first_slot: float, end_slot: float) -> int:
         """Late Tick rows for the slots in [first_slot, end_slot) that no tick ran in."""

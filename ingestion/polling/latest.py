@@ -173,14 +173,14 @@ def remember_written(readings: Sequence[Reading], result: AppendResult) -> None:
         )
         for written in result.written
     }
-    unwritten = {id(reading) for reading in result.unwritten}
+    lines = result.lines
     newest: dict[tuple[str, str], Reading] = {}
     for reading in readings:
         key = (reading.cloud_id, reading.record_type)
         kept = newest.get(key)
         if (kept is None or reading.meter_timestamp > kept.meter_timestamp) and id(
             reading
-        ) not in unwritten:
+        ) in lines:
             newest[key] = reading
 
     keys, entries = [], []
@@ -188,7 +188,7 @@ def remember_written(readings: Sequence[Reading], result: AppendResult) -> None:
         timestamp = reading.meter_timestamp
         keys.append(_key(cloud_id, record_type))
         # The file's path, then the line as the file holds it.
-        entries.append(files[(cloud_id, timestamp - timestamp % 3600)] + reading.to_line())
+        entries.append(files[(cloud_id, timestamp - timestamp % 3600)] + lines[id(reading)])
     shared_cache.call(lambda client, store: store(keys, [*entries, CACHE_SECONDS]))
 
 

@@ -5,6 +5,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import time_machine
+from pytest_django.fixtures import Settings
 
 from ingestion import hourfiles
 from ingestion.records import Reading, Source
@@ -50,6 +52,26 @@ def test_it_keeps_open_files_within_the_pool_bound(tmp_path: Path) -> None:
             writer.append([reading(f"{n:06x}", datetime(2026, 3, 8, 10, 1, tzinfo=UTC))])
             assert writer.open_files <= 8
     assert len(list((tmp_path / "2026-03-08-10").glob("*.jl"))) == 50
+
+
+def test_files_of_hours_the_rotation_has_sealed_are_closed_at_the_next_sync(
+    tmp_path: Path, settings: Settings
+) -> None:
+    settings.ROTATE_GRACE_SECONDS = 120
+    nine = datetime(2026, 3, 8, 9, 59, tzinfo=UTC)
+    ten = datetime(2026, 3, 8, 10, 1, tzinfo=UTC)
+    with hourfiles.HourFileWriter(root=tmp_path) as writer:
+        with time_machine.travel(ten, tick=False):
+            writer.append([reading("0001", nine), reading("0002", nine), reading("0001", ten)])
+            writer.sync()
+            # Within the grace, a reading of the hour just ended may still come.
+            assert writer.open_files == 3
+        with time_machine.travel(datetime(2026, 3, 8, 10, 2, 1, tzinfo=UTC), tick=False):
+            writer.sync()
+            # A shipped file held open would keep its disk space.
+            assert writer.open_files == 1
+            writer.append([reading("0002", nine.replace(second=30))])
+    assert len(lines_of(hourfiles.local_path("0002", nine, root=tmp_path))) == 2
 
 
 def test_a_reading_for_a_sealed_hour_goes_to_a_late_part(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from ingestion.models import (
     HourFileState,
     Incident,
     IncidentState,
+    NewHourFile,
     PollLease,
     Tick,
 )
@@ -433,6 +434,35 @@ def test_it_registers_each_new_hour_file_in_the_manifest_once(settings: Settings
         assert row.key == hourfiles.archive_key(row.cloud_id, row.hour)
         assert row.local_path == str(hourfiles.local_path(row.cloud_id, row.hour))
         assert row.user.cloud_id == row.cloud_id
+
+
+def test_new_hour_files_are_registered_as_new_row_makes_them_and_existing_rows_are_kept(
+    settings: Settings,
+) -> None:
+    settings.ARCHIVE_COMPRESS = "gzip"
+    now = datetime(2026, 12, 3, 22, 0, 7, tzinfo=UTC)
+    hour = now.replace(second=0)
+    user = EagleUser.objects.create(cloud_id="00ab01", email="a@example.org", eagle_password="x")
+    path = hourfiles.local_path("00ab01", hour)
+    HourFile.objects.register_new([NewHourFile("00ab01", hour, 0, str(path), user.pk)], now)
+    HourFile.objects.filter(part=0).update(attempts=3)
+    HourFile.objects.register_new(
+        [
+            NewHourFile("00ab01", hour, 0, str(path), user.pk),
+            NewHourFile("00ab01", hour, 1, str(path) + ".late", None),
+        ],
+        now,
+    )
+
+    expected = HourFile.new_row("00ab01", hour, 0, path, user.pk, now)
+    registered = HourFile.objects.get(part=0)
+    ignored = {"id", "updated_at", "attempts"}
+    for model_field in HourFile._meta.concrete_fields:
+        if model_field.attname not in ignored:
+            name = model_field.attname
+            assert getattr(registered, name) == getattr(expected, name), name
+    assert registered.attempts == 3
+    assert HourFile.objects.get(part=1).key.endswith(".late-1.jl.gz")
 
 
 # On SQLite, readings served around the simulated crash are missing from the files: a known
