@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -140,6 +141,36 @@ def test_files_are_sorted_by_household_then_time_under_hive_partitions(
         "format_version",
         "raw",
     ]
+
+
+def test_files_store_times_in_microseconds_and_repeating_values_as_dictionaries() -> None:
+    start = BOUNDARY
+    demand = [r.to_record() for r in demand_readings("00a1b2", start, 400)]
+    totals = [
+        {**record, "record_type": "summation", "delivered_kwh": 100 + n / 1000, "received_kwh": 0.0}
+        for n, record in enumerate(demand)
+    ]
+    tables = dict(parquet.typed_tables([*demand, *totals]))
+
+    for record_type, table in tables.items():
+        file = pq.ParquetFile(pa.BufferReader(parquet.parquet_bytes(table)))
+        columns = file.metadata.row_group(0)
+        encodings = {
+            columns.column(i).path_in_schema: columns.column(i).encodings
+            for i in range(columns.num_columns)
+        }
+        dictionary = {name for name, used in encodings.items() if "RLE_DICTIONARY" in used}
+        if record_type == "demand":
+            # Seven values over 400 readings; meter totals are new at every reading.
+            assert dictionary == {"cloud_id", "source", "demand_kw"}
+        else:
+            assert dictionary == {"cloud_id", "source", "received_kwh"}
+        meter_time = file.schema.column(1)
+        assert meter_time.name == "meter_time"
+        assert orjson.loads(meter_time.logical_type.to_json())["timeUnit"] == "microseconds"
+        back = file.read()
+        assert back.schema.field("meter_time").type == pa.timestamp("us", tz="UTC")
+        assert back.equals(table.cast(back.schema))
 
 
 def test_a_late_part_replaces_its_hour_with_a_new_complete_version(

@@ -16,6 +16,7 @@ import pytest
 
 from ingestion.eagle.client import EagleClient, GatewayTarget
 from ingestion.eagle.simulator import FaultKind, FaultPlan, FaultSpec, Simulator
+from ingestion.eagle.simulator.http_server import HttpServer, Reply, Request
 from ingestion.records import FetchFailure, Reading
 from users.models import ConnectionType
 
@@ -378,3 +379,31 @@ def test_it_refuses_what_is_not_an_http_request_and_closes_the_connection() -> N
         assert exchange(sim, b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 20000).startswith(
             b"HTTP/1.1 431 "
         )
+
+
+def test_a_request_knows_its_client_closed_before_the_server_has_read_the_close() -> None:
+    async def main() -> dict[str, bool]:
+        requests: list[Request] = []
+        server = HttpServer(requests.append)
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        await server.start(listening)
+        address = listening.getsockname()
+        clients = {path: socket.create_connection(address) for path in ("/stays", "/leaves")}
+        for path, client in clients.items():
+            client.sendall(f"GET {path} HTTP/1.1\r\nHost: eagle\r\n\r\n".encode())
+        for _ in range(500):
+            if len(requests) == 2:
+                break
+            await asyncio.sleep(0.01)
+        # Closed as a client closes a request it gave up on; the server's event loop does not run
+        # before the answer, so it has not read the close.
+        clients["/leaves"].close()
+        closed = {request.path: request.client_closed for request in requests}
+        for request in requests:
+            request.respond(Reply(b"ok\n"))
+        clients["/stays"].close()
+        await server.close()
+        return closed
+
+    assert asyncio.run(main()) == {"/stays": False, "/leaves": True}

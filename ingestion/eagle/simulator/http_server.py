@@ -86,7 +86,8 @@ class Request:
     @property
     def client_closed(self) -> bool:
         """Whether the client has closed the connection, or its sending half, since it sent the
-        request (an HTTP client that gives up on a request closes its connection)."""
+        request (an HTTP client that gives up on a request closes its connection). It looks at
+        the socket: a call or two into the kernel."""
         return self._connection.client_closed
 
     def respond(self, reply: Reply) -> None:
@@ -227,7 +228,23 @@ class Connection(asyncio.Protocol):
 
     @property
     def client_closed(self) -> bool:
-        return self._transport is None or self._eof
+        """Also when the client's end of the connection has arrived but the event loop has not
+        read it yet (a busy loop runs its due timers, answers among them, before it reads)."""
+        if self._transport is None or self._eof:
+            return True
+        fileno = self._transport.get_extra_info("socket").fileno()
+        # The transport's own socket object cannot read: look through one of our own, detached
+        # so that it leaves the descriptor open.
+        probe = socket.socket(fileno=fileno)
+        try:
+            return probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            # Reset by the client.
+            return True
+        finally:
+            probe.detach()
 
     def idle_since(self, moment: float) -> bool:
         """Waiting for a request (not answering one) since before `moment`."""
