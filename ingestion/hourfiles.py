@@ -14,6 +14,9 @@ The sealing protocol, shared by every writer (poller, push) and the rotation:
   (`….late-1.jl`, `….late-2.jl`, …), itself sealed and shipped the same way.
 - Markers stay after the data file is shipped and removed, so a late reading never recreates a
   shipped file under its old name.
+
+A file may be empty: a poller creates its users' files of the next hour before it starts
+(`HourFileWriter.prepare`), and the rotation drops a file that stayed empty.
 """
 
 from __future__ import annotations
