@@ -14,6 +14,9 @@ The sealing protocol, shared by every writer (poller, push) and the rotation:
   (`….late-1.jl`, `….late-2.jl`, …), itself sealed and shipped the same way.
 - Markers stay after the data file is shipped and removed, so a late reading never recreates a
   shipped file under its old name.
+
+A file may be empty: a poller creates its users' files of the next hour before it starts
+(`HourFileWriter.prepare`), and the rotation drops a file that stayed empty.
 """
 
 from __future__ import annotations
@@ -432,6 +435,23 @@ class HourFileWriter:
             self._close(name)
             part += 1
 
+    def prepare(self, cloud_ids: Iterable[str], hour_number: int) -> None:
+        """Create, empty, the files of an hour to come (unix hours) for these cloud ids, so that
+        its first tick only opens them: creating a file cost a poller more than its fetch, and
+        at the top of an hour it would create one for every user at once. A file that exists or
+        was sealed is left alone; one that stays empty is dropped by the rotation."""
+        if hour_number not in self._hours:
+            self._hours[hour_number] = hour_of_timestamp(hour_number * 3600)
+        for cloud_id in cloud_ids:
+            path, name, marker = self._where(cloud_id, hour_number, 0)
+            if name in self._open or os.path.exists(marker):
+                continue
+            self._make_directory(path.parent)
+            try:
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            except FileExistsError:
+                continue
+
     def _where(self, cloud_id: str, hour_number: int, part: int) -> tuple[Path, str, str]:
         """The file of a cloud id's hour (unix hours) and part: its path, as a string, and its
         sealed marker's."""
@@ -445,16 +465,18 @@ class HourFileWriter:
         return found
 
     def _fd(self, path: Path, name: str, hour_number: int) -> int:
-        directory = path.parent
-        if directory not in self._known_dirs:
-            directory.mkdir(parents=True, exist_ok=True)
-            self._known_dirs.add(directory)
+        self._make_directory(path.parent)
         fd = os.open(name, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         self._open[name] = (fd, hour_number)
         self._open_per_hour[hour_number] += 1
         while len(self._open) > self.max_open:
             self._close(next(iter(self._open)))
         return fd
+
+    def _make_directory(self, directory: Path) -> None:
+        if directory not in self._known_dirs:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._known_dirs.add(directory)
 
     def _close(self, name: str) -> None:
         found = self._open.pop(name, None)

@@ -119,6 +119,8 @@ MISSED_TICKS_LIMIT = 600
 LOAD_BATCH = 5000
 # Older hours are no longer created by the writer, so their manifest keys need not be remembered.
 REGISTERED_HOURS_KEPT = 3
+# The next hour's files are created over the ticks of this last part of an hour.
+PREPARE_HOUR_SECONDS = 300
 
 
 def grid_floor(moment: float, period: float) -> float:
@@ -481,6 +483,9 @@ class Poller:
         # Unwritten readings of users no longer polled here: written with the next tick.
         self._orphans: list[Reading] = []
         self._registered: set[tuple[str, datetime, int]] = set()
+        # The hour (unix hours) whose files are being created ahead, and the users still to do.
+        self._preparing_hour = 0
+        self._to_prepare: list[str] = []
         self._marker: tuple[int, datetime | None] | None = None
         self._loaded_at = -math.inf
         self._resumed = False
@@ -732,9 +737,29 @@ class Poller:
             return report
         take()
         self._write(batch, report)
+        self._prepare_next_hour(slot_start)
         self._save(batch, report)
         self.totals.add(report)
         return report
+
+    def _prepare_next_hour(self, slot_start: float) -> None:
+        """Create the users' files of the next hour, a share in each tick of its last
+        PREPARE_HOUR_SECONDS: its first tick then opens them instead of creating thousands."""
+        next_hour = int(slot_start // 3600) + 1
+        seconds_left = next_hour * 3600 - slot_start
+        if seconds_left > PREPARE_HOUR_SECONDS:
+            return
+        if self._preparing_hour != next_hour:
+            self._preparing_hour = next_hour
+            self._to_prepare = [slot.cloud_id for slot in self.slots.values()]
+        ticks_left = max(1, math.ceil(seconds_left / self.period))
+        count = math.ceil(len(self._to_prepare) / ticks_left)
+        cloud_ids, self._to_prepare = self._to_prepare[:count], self._to_prepare[count:]
+        try:
+            self.writer.prepare(cloud_ids, next_hour)
+        except OSError as exc:
+            # Only an optimisation: the first reading of the hour creates its file.
+            logger.warning("cannot create the files of the next hour: %s", exc)
 
     def _due_jobs(
         self, slot_start: float, report: TickReport, admissible: int

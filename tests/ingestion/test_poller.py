@@ -436,6 +436,30 @@ def test_it_registers_each_new_hour_file_in_the_manifest_once(settings: Settings
         assert row.user.cloud_id == row.cloud_id
 
 
+def test_the_next_hours_files_are_created_empty_before_it_and_written_in_it(
+    settings: Settings,
+) -> None:
+    next_hour = (START // 3600 + 1) * 3600
+    hour = datetime.fromtimestamp(next_hour, UTC)
+    with polling_run(settings, users=3, start=next_hour - 60) as run:
+        cloud_ids = sorted(slot.cloud_id for slot in run.poller.slots.values())
+        while run.clock.now + settings.INGEST_POLL_SECONDS < next_hour:
+            run.tick()
+        paths = [hourfiles.local_path(cloud_id, hour) for cloud_id in cloud_ids]
+        # Created before the hour, so that its first tick only opens them; not registered.
+        assert [path.stat().st_size for path in paths] == [0, 0, 0]
+        assert not HourFile.objects.filter(hour=hour).exists()
+        while run.clock.now < next_hour + 60:
+            run.tick()
+        served = run.served()
+    assert all(read_tail_records(path) for path in paths)
+    assert sorted(HourFile.objects.filter(hour=hour).values_list("cloud_id", flat=True)) == (
+        cloud_ids
+    )
+    logged = logged_keys()
+    assert duplicates(logged) == [] and set(logged) == served
+
+
 def test_new_hour_files_are_registered_as_new_row_makes_them_and_existing_rows_are_kept(
     settings: Settings,
 ) -> None:
