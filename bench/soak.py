@@ -1108,20 +1108,22 @@ class Soak:
         during = log[lo:hi]
         if reading.served:
             served = [t for t, good in during if good]
-            if not served and any((cloud_id, t) in simulator.given_up for t, _ in during):
-                # Answered only to requests the poller had given up on: their timeout passed
-                # (while its event loop ran: a reply that came in time is read) before the
-                # answer, or the answer went to a connection the poller had closed.
-                return "answered only after the poller had given up the request"
+            given_up = [t for t, _ in during if (cloud_id, t) in simulator.given_up]
+            answered = served or given_up
             windows = [
                 next((start for start, end in self.timeline.poller_down if start <= t < end), None)
-                for t in served
+                for t in answered
             ]
-            if served and all(start is not None for start in windows):
+            if answered and all(start is not None for start in windows):
                 # Asked for before a kill, answered after it (a loaded simulator is slow) into a
                 # dead connection, while no poller was alive to ask again.
                 self._answered_after_kill[windows[0]] += 1  # type: ignore[index]
                 return "answered after the poller that asked was killed"
+            if not served and given_up:
+                # Answered only to requests the poller had given up on: their timeout passed
+                # (while its event loop ran: a reply that came in time is read) before the
+                # answer, or the answer went to a connection the poller had closed.
+                return "answered only after the poller had given up the request"
             # Fetched, then the poller died before writing it, and no poller saw it again.
             served_at = clock.to_real(max((t for t, good in during if good), default=born))
             kill = next(
