@@ -26,7 +26,7 @@ Measured in the same run, on the same gateways:
 
 Targets up to 20,000 users per 6-second tick on a 2-core machine with the simulator beside it:
 every user polled every tick, at least 99.9 % of ticks on time (after a cold poller's first tick,
-which measures its capacity with one round of requests), no reading lost or duplicated,
+which measures its capacity by sending until its dispatch deadline), no reading lost or duplicated,
 poller RSS under 300 MB. Beyond what the pollers can fetch (try --users 30000): no user waits two
 ticks in a row, no reply thrown away, skipped polls counted, an over-capacity incident raised.
 The load average is printed at the start and the end: on-time figures need a quiet machine, CPU
@@ -365,8 +365,9 @@ def report(
     incidents: int,
 ) -> None:
     ticks = len(results[0]["ticks"])
-    # The first tick of a cold poller measures its throughput with one round of requests: the
-    # figures below are those of the ticks after it, the first one's are printed apart.
+    # The first tick of a cold poller measures its throughput, and opens and registers every
+    # hour file: the figures below are those of the ticks after it, the first one's are printed
+    # apart.
     per_tick = [sum(result["ticks"][i].users_polled for result in results) for i in range(1, ticks)]
     all_ticks = [tick for result in results for tick in result["ticks"][1:]]
     first_ticks = [result["ticks"][0] for result in results]

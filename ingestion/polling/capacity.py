@@ -5,16 +5,19 @@ A poller process fetches as fast as one core lets it send requests and parse rep
 fast as INGEST_CONCURRENCY requests of the gateways' latency allow): each tick measures its
 replies per second.
 A moving estimate of it says how many fetches fit in the part of a tick in which requests may
-start (`dispatch_budget`); a tick admits no more than that, so the requests it sends are answered
-within the tick (one still unanswered is awaited into the next: no reply is thrown away).
+start (`dispatch_budget`); a tick admits that many, so the requests it sends are answered within
+the tick (one still unanswered is awaited into the next: no reply is thrown away). When the
+admitted ones are all sent with time to spare, as many more are admitted as fit in the time left,
+less those still awaiting their replies: an estimate that is low costs no skipped polls.
 
 A poller starts from the capacity its shards' latest tick recorded (the previous process's
-measurement); one that has none (a new shard) sends one round of INGEST_CONCURRENCY requests in
-its first tick. When more users are due than fit, the users who waited longest go first: the ones left out in one
-tick are polled in the next, so each user is polled at least every second tick as long as the
-poller carries at most twice what it can fetch. Each left-out poll is counted (Tick.users_skipped,
-FetchState.skipped_polls), and a shard left short for INGEST_INCIDENT_AFTER_FAILURES ticks in a
-row gets an over-capacity incident, resolved after as many ticks in a row without a skipped poll.
+measurement); one that has none (a new shard) admits every due user in its first tick and sends
+until its dispatch deadline, measuring itself at full stretch. When more users are due than fit,
+the users who waited longest go first: the ones left out in one tick are polled in the next, so
+each user is polled at least every second tick as long as the poller carries at most twice what
+it can fetch. Each left-out poll is counted (Tick.users_skipped, FetchState.skipped_polls), and a
+shard left short for INGEST_INCIDENT_AFTER_FAILURES ticks in a row gets an over-capacity
+incident, resolved after as many ticks in a row without a skipped poll.
 """
 
 from __future__ import annotations
@@ -63,8 +66,8 @@ class Throughput:
 
     def restore(self, capacity: int, seconds: float) -> None:
         """Start from a capacity measured before (fetches within `seconds`), as a restarted
-        poller does: a cold estimate would admit one round of requests and leave most users
-        waiting for two ticks."""
+        poller does: its first tick sends what it planned rather than everything it can
+        until the dispatch deadline."""
         if capacity > 0 and seconds > 0:
             self.per_second = capacity / seconds
 
@@ -87,7 +90,7 @@ class FetchRun:
     sent: int = 0
     replies: int = 0
     last_reply_at: float = 0.0
-    # The dispatch deadline held admitted requests back.
+    # The dispatch deadline held due requests back.
     saturated: bool = False
 
 

@@ -706,28 +706,27 @@ class Poller:
         elapsed = time.time() - slot_start
         dispatch_seconds = dispatch_budget(self.period) - elapsed
         report.capacity = self.throughput.fetches_within(dispatch_budget(self.period))
-        admissible = self.throughput.fetches_within(dispatch_seconds)
-        if admissible is None:
-            # Never measured (a new shard): one round of requests, not a flood whose replies
-            # would wait past their timeout for a busy process to read them.
-            admissible = settings.INGEST_CONCURRENCY
-        jobs, waiting = self._due_jobs(slot_start, report, admissible)
+        # Never measured (a new shard): every due user is admitted, and the dispatch deadline
+        # holds back what does not fit, so the first tick measures the poller at full stretch.
+        jobs, admitted = self._due_jobs(
+            slot_start, report, self.throughput.fetches_within(dispatch_seconds)
+        )
         run = self._loop.run_until_complete(
             self._fetch_all(
                 jobs,
+                admitted,
                 dispatch_seconds=dispatch_seconds,
                 seconds=fetch_budget(self.period) - elapsed,
                 while_waiting=write_so_far,
             )
         )
-        run.saturated = run.sent < len(jobs)
         self.throughput.observe(run)
         report.capacity = self.throughput.fetches_within(dispatch_budget(self.period))
         for job in jobs[: run.sent]:
             job.slot.last_sent = slot_start
-        # Admitted but not sent before the dispatch deadline: skipped as well.
-        waiting.extend(job.slot for job in jobs[run.sent :] if job.record_type == DEMAND)
-        self._skip(waiting, batch, report)
+        self._skip(
+            [job.slot for job in jobs[run.sent :] if job.record_type == DEMAND], batch, report
+        )
         report.in_flight = (
             sum(slot.in_flight for slot in self.slots.values()) if self._carried else 0
         )
@@ -762,11 +761,12 @@ class Poller:
             logger.warning("cannot create the files of the next hour: %s", exc)
 
     def _due_jobs(
-        self, slot_start: float, report: TickReport, admissible: int
-    ) -> tuple[list[FetchJob], list[UserSlot]]:
-        """The fetches to send this tick, at most `admissible`, and the due users
-        left waiting. Over capacity, the users sent longest ago go first, so the ones skipped
-        in a tick are polled in the next."""
+        self, slot_start: float, report: TickReport, admissible: int | None
+    ) -> tuple[list[FetchJob], int]:
+        """The fetches due this tick in the order they are to be sent, and how many of them
+        are admitted: at most `admissible` (None: all). Over capacity, the users sent longest
+        ago go first, so the ones left waiting in a tick are polled in the next; their demand
+        fetches come last, sent only if the admitted ones leave time to spare."""
         tick_number = round(slot_start / self.period)
         every = max(1, round(settings.INGEST_EXTRA_POLL_SECONDS / self.period))
         due: list[UserSlot] = []
@@ -778,19 +778,20 @@ class Poller:
                 report.shards[slot.shard].due += 1
                 due.append(slot)
         due.sort(key=_sent_at)
-        waiting: list[UserSlot] = []
-        if len(due) > admissible:
-            due, waiting = due[:admissible], due[admissible:]
         demand = [FetchJob(slot, DEMAND, slot.seen(DEMAND) or None) for slot in due]
+        if admissible is not None and len(demand) > admissible:
+            # Extra record types only with room to spare: they wait for their next turn.
+            return demand, admissible
         extras = [
             FetchJob(slot, name, slot.seen(name) or None)
             for slot in due
             if slot.extra_types and (tick_number + slot.phase) % every == 0
             for name in slot.extra_types
         ]
-        # Extra record types only with room to spare: they wait for their next turn.
-        extras = extras[: max(0, admissible - len(demand))]
-        return demand + extras, waiting
+        if admissible is not None:
+            extras = extras[: max(0, admissible - len(demand))]
+        jobs = demand + extras
+        return jobs, len(jobs)
 
     def _skip(self, waiting: list[UserSlot], batch: _TickBatch, report: TickReport) -> None:
         """Count the polls of the users left waiting: per shard, and per user in FetchState."""
@@ -801,13 +802,20 @@ class Poller:
     async def _fetch_all(
         self,
         jobs: list[FetchJob],
+        admitted: int,
         dispatch_seconds: float,
         seconds: float,
         while_waiting: Callable[[], None],
     ) -> FetchRun:
-        """Send the jobs' requests, none after `dispatch_seconds`, and put each answered job with
-        its result in `_arrived`, until `seconds` have passed. Every WRITE_EVERY_SECONDS until
-        then, `while_waiting` runs (in the event loop: it must not touch the database).
+        """Send the jobs' requests in order, none after `dispatch_seconds`, and put each answered
+        job with its result in `_arrived`, until `seconds` have passed. Every
+        WRITE_EVERY_SECONDS until then, `while_waiting` runs (in the event loop: it must not
+        touch the database).
+
+        The first `admitted` jobs are sent as long as the dispatch time lasts. Once they are all
+        sent with time to spare (the estimate was low: a cold or restarted poller, a lighter
+        tick), more are admitted: as many as the throughput estimate says fit in the time left,
+        less the requests still awaiting their replies.
 
         Requests still unanswered then (and those of earlier ticks) are not cancelled: their
         workers go on in the next tick's event loop, so no reply sent is lost. Returns how many
@@ -816,15 +824,26 @@ class Poller:
         run = FetchRun(started_at=loop.time())
         dispatch_until = loop.time() + dispatch_seconds
         deadline = loop.time() + max(0.0, seconds)
-        queue = iter(jobs)
         arrived = self._arrived
         fetch = self._client.fetch
+        fetches_within = self.throughput.fetches_within
+
+        def may_send(now: float) -> bool:
+            nonlocal admitted
+            if now >= dispatch_until:
+                run.saturated = True
+                return False
+            if run.sent < admitted:
+                return True
+            awaiting = run.sent - run.replies
+            admitted = run.sent + max(0, (fetches_within(dispatch_until - now) or 0) - awaiting)
+            return run.sent < admitted
 
         async def fetch_some() -> None:
-            for job in queue:
-                now = loop.time()
-                if now >= dispatch_until:
-                    return
+            # Jobs are taken in order, and only when they are sent: the ones sent are always
+            # the first `run.sent`.
+            while run.sent < len(jobs) and may_send(loop.time()):
+                job = jobs[run.sent]
                 run.sent += 1
                 slot = job.slot
                 slot.in_flight += 1
