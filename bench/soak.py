@@ -35,8 +35,7 @@ counted on its own: the gateway failed every poll during the reading's life (or 
 off from after a failure, or refused the account; a request the poller gave up on before the
 answer, its timeout on a loaded machine, is a failure), or no poller was alive while it was current,
 (from a kill until the first request of the poller that took over), or the poller that fetched
-it was killed before it could write it (or held it in memory while the log disk was full and was
-killed before space came back), or the simulator answered a
+it was killed before it could write it, or the simulator answered a
 killed poller's request after its death, or the poller recorded a late tick for the reading's
 shard while it was current or when it was answered (it fell behind: a loaded machine), or a jump
 of the simulated clock cut its life shorter than the time between two requests of consecutive
@@ -519,8 +518,6 @@ class Timeline:
     missed_slots: dict[float, int] = field(default_factory=dict)
     # cloud_id -> [simulated start, simulated end) of refused credentials until reactivation.
     refused: dict[str, list[list[float]]] = field(default_factory=lambda: defaultdict(list))
-    # [simulated start, simulated end) while the log disk was full.
-    disk_full: list[list[float]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
@@ -780,11 +777,9 @@ class Soak:
                         continue
                     if argument:
                         filler = fill_disk(log_root)
-                        self.timeline.disk_full.append([clock(), math.inf])
                         self.note(f"log disk full ({filler.stat().st_size >> 20} MiB filler)")
                     elif filler is not None:
                         filler.unlink()
-                        self.timeline.disk_full[-1][1] = clock()
                         self.note("log disk space back")
                 elif action == "credentials":
                     if argument:
@@ -825,7 +820,6 @@ class Soak:
             time.sleep(0.25)
         if filler is not None and filler.exists():
             filler.unlink()
-            self.timeline.disk_full[-1][1] = clock()
         proxy.set_down(False)
         simulator.clear_faults()
         self.note(f"faults over after {hours} simulated hours")
@@ -1139,23 +1133,6 @@ class Soak:
             ):
                 self._unwritten_by_kill[kill] += 1
                 return "fetched by a poller killed before it wrote it"
-            held = next(
-                (
-                    kill
-                    for start, end in self.timeline.disk_full
-                    if start <= clock.to_simulated(served_at) < end
-                    for kill in self.timeline.poller_kills
-                    if served_at <= clock.to_real(kill) <= clock.to_real(end)
-                ),
-                None,
-            )
-            if held is not None and not any(
-                good and clock.to_real(t) > clock.to_real(held) for t, good in during
-            ):
-                # Fetched while the log disk was full: the poller keeps what it cannot write in
-                # memory until there is room, and was killed before there was.
-                self._unwritten_by_kill[held] += 1
-                return "held unwritten on a full log disk by a poller killed before space came back"
             late = self._late_ticks[cloud_id]
             if served and all(
                 any(start <= clock.to_real(t) < end for start, end in late) for t in served

@@ -12,7 +12,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ingestion import hourfiles
-from ingestion.records import FailureClass
+from ingestion.records import FailureClass, Reading
 from users.cloud_ids import CloudIdField
 
 FAILURE_CLASS_CHOICES = [(c.value, c.label) for c in FailureClass]
@@ -201,6 +201,66 @@ class FetchState(models.Model):
         if unknown:
             message = f"Unknown: {', '.join(unknown)}. Choose from: {', '.join(extras)}."
             raise ValidationError({"extra_record_types": message})
+
+
+class HeldReadingQuerySet(models.QuerySet["HeldReading"]):
+    def hold(self, readings: Iterable[tuple[int, Reading]]) -> None:
+        """Keep these (user id, reading) pairs until they are written; a pair already held is
+        left as it is."""
+        self.bulk_create(
+            [
+                HeldReading(
+                    user_id=user_id,
+                    record_type=reading.record_type,
+                    meter_timestamp=reading.meter_timestamp,
+                    line=reading.to_line().decode(),
+                )
+                for user_id, reading in readings
+            ],
+            batch_size=5000,
+            ignore_conflicts=True,
+        )
+
+    def release(self, user_ids: Collection[int]) -> None:
+        """Forget the readings held for these users: all of them are in their hour files."""
+        if user_ids:
+            self.filter(user_id__in=list(user_ids)).delete()
+
+    def of_users(self, user_ids: Collection[int]) -> Iterator[tuple[int, Reading]]:
+        """The readings held for these users, oldest first per user and record type."""
+        rows = (
+            self.filter(user_id__in=list(user_ids))
+            .order_by("user_id", "record_type", "meter_timestamp")
+            .values_list("user_id", "line")
+        )
+        for user_id, line in rows.iterator(chunk_size=5000):
+            yield user_id, Reading.from_record(orjson.loads(line))
+
+
+class HeldReading(models.Model):
+    """A reading a poller fetched but could not write (its log disk full), kept here until it is
+    in its hour file: a poller stopped meanwhile loses nothing, as the next holder of the user's
+    shard writes it first. The line is the record exactly as it will be written."""
+
+    user = models.ForeignKey(
+        "users.EagleUser", on_delete=models.CASCADE, related_name="held_readings"
+    )
+    record_type = models.CharField(max_length=32)
+    meter_timestamp = models.BigIntegerField()
+    line = models.TextField()
+    held_at = models.DateTimeField(default=timezone.now)
+
+    objects = HeldReadingQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "record_type", "meter_timestamp"], name="held_reading_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.record_type} reading {self.meter_timestamp} held for user {self.user_id}"
 
 
 class IncidentState(models.TextChoices):

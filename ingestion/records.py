@@ -100,6 +100,35 @@ class Reading:
         """The record as one newline-terminated JSON line."""
         return orjson.dumps(self.to_record()) + b"\n"
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Reading:
+        """The reading a record of `to_record` holds: its line is the same again."""
+        values = {key: value for key, value in record.items() if key not in _RECORD_FIELDS}
+        return cls(
+            cloud_id=record["cloud_id"],
+            record_type=record["record_type"],
+            meter_timestamp=record["meter_timestamp"],
+            received_at=datetime.fromisoformat(record["received_at"]),
+            source=record["source"],
+            values=values,
+            raw=record["raw"],
+        )
+
+
+# The fields of a record that are not the record type's values.
+_RECORD_FIELDS = frozenset(
+    {
+        "format_version",
+        "record_type",
+        "cloud_id",
+        "meter_timestamp",
+        "meter_time",
+        "received_at",
+        "source",
+        "raw",
+    }
+)
+
 
 def iso_utc(moment: datetime) -> str:
     """ISO 8601 in UTC with a Z suffix, to the millisecond when there is a fraction."""

@@ -20,8 +20,9 @@ One tick (`Poller.run_tick`), for the slot starting at a multiple of INGEST_POLL
    and from the tail of the user's newest hour files, so a crash between writing a file and
    updating the database never logs a reading twice;
 5. append the new readings to their hour files and make them durable with one syncfs. Readings
-   that cannot be written (disk full) are kept and written first next tick; the dedup state only
-   advances for readings that are on disk;
+   that cannot be written (disk full) are kept, in memory and in the database (HeldReading, where
+   the next poller of their users finds them if this one stops first), and written first next
+   tick; the dedup state only advances for readings that are on disk;
 6. record what it learned in a constant number of statements whatever the number of users: the
    FetchState rows (one UPDATE … FROM jsonb_to_recordset, one more for skipped polls), incidents
    opened, refreshed and resolved, the manifest rows of new hour files, and one Tick row per
@@ -69,6 +70,7 @@ from ingestion.hourfiles import HourFileWriter, read_tail_records
 from ingestion.models import (
     FetchOutcome,
     FetchState,
+    HeldReading,
     HourFile,
     Incident,
     IncidentSighting,
@@ -248,6 +250,9 @@ class UserSlot:
     logged: dict[str, int] = field(default_factory=dict)
     # New readings not yet on disk, oldest first.
     pending: list[Reading] = field(default_factory=list)
+    # Record type -> meter timestamp of the newest pending reading also kept in the database
+    # (HeldReading), where the next poller finds it if this one stops before writing it.
+    held: dict[str, int] = field(default_factory=dict)
     failures: int = 0
     auth_failures: int = 0
     # Unix seconds before which the user is not fetched (backoff).
@@ -270,6 +275,10 @@ class UserSlot:
 
     def is_due(self, slot: float) -> bool:
         return self.next_attempt is None or self.next_attempt <= slot + 1e-3
+
+    def unheld(self) -> list[Reading]:
+        """The pending readings not kept in the database yet."""
+        return [r for r in self.pending if r.meter_timestamp > self.held.get(r.record_type, 0)]
 
 
 def _sent_at(slot: UserSlot) -> float:
@@ -382,6 +391,10 @@ class _TickBatch:
     suspensions: list[tuple[UserSlot, str]] = field(default_factory=list)
     new_files: list[NewHourFile] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+    # Readings to keep in the database until written (user id, reading), and the users all of
+    # whose kept readings are written now.
+    held: list[tuple[int, Reading]] = field(default_factory=list)
+    released: set[int] = field(default_factory=set)
 
     def outcome(self, slot: UserSlot, attempted: bool = False) -> FetchOutcome:
         """The user's outcome; `attempted` also records the attempt and the user's backoff."""
@@ -505,8 +518,15 @@ class Poller:
 
     def close(self) -> None:
         """Flush and close the files, close the connection pool."""
-        lost = sum(len(slot.pending) for slot in self.slots.values()) + len(self._orphans)
-        lost += len(self._arrived)
+        unheld = sum(len(slot.unheld()) for slot in self._with_pending)
+        held = sum(len(slot.pending) for slot in self._with_pending) - unheld
+        lost = unheld + len(self._orphans) + len(self._arrived)
+        if held:
+            logger.warning(
+                "%d readings could not be written before the poller stopped: they are kept in "
+                "the database for the next poller of their users",
+                held,
+            )
         if lost:
             logger.error("%d readings could not be written before the poller stopped", lost)
         if self._carried:
@@ -592,6 +612,10 @@ class Poller:
         self._by_cloud_id.pop(slot.cloud_id, None)
         self._with_pending.discard(slot)
         self._orphans.extend(slot.pending)
+        if slot.held:
+            # Its readings are written from here, with the orphans: the poller that takes the
+            # user next must not find them too.
+            HeldReading.objects.release([slot.user_id])
 
     def _refresh_users(self) -> None:
         stale = time.monotonic() - self._loaded_at >= settings.INGEST_WINDOW_SECONDS
@@ -657,16 +681,38 @@ class Poller:
             for (cloud_id, record_type), timestamp in found:
                 slot = self._by_cloud_id[cloud_id]
                 slot.logged[record_type] = max(slot.logged.get(record_type, 0), timestamp)
+        self._take_held(by_id)
+
+    def _take_held(self, by_id: dict[int, UserSlot]) -> None:
+        """Make the readings an earlier poller kept in the database (its disk full) pending
+        here, to be written first; forget those already written."""
+        taken, written = 0, set()
+        for batch in _batches(list(by_id)):
+            for user_id, reading in HeldReading.objects.of_users(batch):
+                slot = by_id[user_id]
+                name = reading.record_type
+                slot.held[name] = max(slot.held.get(name, 0), reading.meter_timestamp)
+                if reading.meter_timestamp <= slot.seen(name):
+                    written.add(user_id)
+                    continue
+                slot.pending.append(reading)
+                self._with_pending.add(slot)
+                taken += 1
+        HeldReading.objects.release([user_id for user_id in written if not by_id[user_id].pending])
+        if taken:
+            logger.warning(
+                "%s: %d readings held by an earlier poller are written first", self.holder, taken
+            )
 
     # --- One tick ------------------------------------------------------------------------------
 
     def can_hand_over(self, shard: int) -> bool:
-        """Whether nothing of the shard waits to be written (a successor could not write it),
-        and no reply is awaited (it would be lost)."""
+        """Whether nothing of the shard waits to be written that a successor could not find (a
+        reading not kept in the database yet), and no reply is awaited (it would be lost)."""
         return (
             not self._orphans
             and not self._carried
-            and not any(slot.shard == shard for slot in self._with_pending)
+            and not any(slot.shard == shard and slot.unheld() for slot in self._with_pending)
         )
 
     def run_tick(
@@ -1047,6 +1093,13 @@ class Poller:
             slot.pending = kept
             if not kept:
                 self._with_pending.discard(slot)
+                if slot.held:
+                    slot.held = {}
+                    batch.released.add(slot.user_id)
+            else:
+                for reading in slot.unheld():
+                    batch.held.append((slot.user_id, reading))
+                    slot.held[reading.record_type] = reading.meter_timestamp
         self._orphans = [reading for reading in orphans if id(reading) in unwritten]
         report.readings_kept = len(result.unwritten)
         self._register(result.written, batch)
@@ -1101,6 +1154,7 @@ class Poller:
                 row if row.user_id in existing else replace(row, user_id=None)
                 for row in batch.new_files
             ]
+            batch.held = [(user_id, r) for user_id, r in batch.held if user_id in existing]
             self._save_metadata(batch)
         for slot, reason in batch.suspensions:
             user = EagleUser.objects.filter(pk=slot.user_id, is_active=True).first()
@@ -1172,6 +1226,8 @@ class Poller:
             Incident.objects.record_sightings(batch.sightings)
             Incident.objects.resolve_pairs(batch.resolutions, batch.now)
             HourFile.objects.register_new(batch.new_files, batch.now)
+            HeldReading.objects.release(batch.released)
+            HeldReading.objects.hold(batch.held)
 
     def record_missed(self, first_slot: float, end_slot: float) -> int:
         """Late Tick rows for the slots in [first_slot, end_slot) that no tick ran in."""

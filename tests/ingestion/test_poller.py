@@ -25,6 +25,7 @@ from ingestion.eagle.simulator import FaultPlan, Simulator
 from ingestion.hourfiles import HourFileWriter, read_tail_records
 from ingestion.models import (
     FetchState,
+    HeldReading,
     HourFile,
     HourFileState,
     Incident,
@@ -171,7 +172,6 @@ def test_it_keeps_readings_it_cannot_write_and_writes_them_first_next_tick(
         assert logged_keys() == []
         # Nothing is recorded as logged while it is not on disk.
         assert set(FetchState.objects.values_list("last_timestamp", flat=True)) == {None}
-        assert not run.poller.can_hand_over(0)
         run.tick()
         run.poller.writer.full = False
         report = run.tick()
@@ -184,6 +184,28 @@ def test_it_keeps_readings_it_cannot_write_and_writes_them_first_next_tick(
     for cloud_id in {key[0] for key in logged}:
         stamps = [key[2] for key in logged if key[0] == cloud_id]
         assert stamps == sorted(stamps)
+
+
+def test_readings_held_on_a_full_disk_survive_a_poller_stopped_before_space_returns(
+    settings: Settings,
+) -> None:
+    with polling_run(settings, users=4) as run:
+        run.poller.writer = FullDisk(run.poller.root)
+        for _ in range(3):
+            run.tick()
+        assert logged_keys() == []
+        held = set(HeldReading.objects.values_list("user__cloud_id", "meter_timestamp"))
+        assert len(held) >= 4
+        # Everything it holds is in the database: a successor can take the shard.
+        assert run.poller.can_hand_over(0)
+        run.restart(from_files=True)
+        run.tick()
+        served = run.served()
+    logged = logged_keys()
+    assert duplicates(logged) == []
+    assert set(logged) == served
+    assert {(cloud_id, ts) for cloud_id, _, ts in logged} >= held
+    assert not HeldReading.objects.exists()
 
 
 def test_it_backs_off_from_an_unreachable_gateway_and_resolves_its_incident(
