@@ -103,7 +103,7 @@ class Reading:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Reading:
         """The reading a record of `to_record` holds: its line is the same again."""
-        values = {key: value for key, value in record.items() if key not in _RECORD_FIELDS}
+        values = {key: value for key, value in record.items() if key not in META_FIELDS}
         return cls(
             cloud_id=record["cloud_id"],
             record_type=record["record_type"],
@@ -115,18 +115,16 @@ class Reading:
         )
 
 
-# The fields of a record that are not the record type's values.
-_RECORD_FIELDS = frozenset(
-    {
-        "format_version",
-        "record_type",
-        "cloud_id",
-        "meter_timestamp",
-        "meter_time",
-        "received_at",
-        "source",
-        "raw",
-    }
+# Record keys that describe a reading rather than being one of its measured values.
+META_FIELDS = (
+    "format_version",
+    "record_type",
+    "cloud_id",
+    "meter_timestamp",
+    "meter_time",
+    "received_at",
+    "source",
+    "raw",
 )
 
 

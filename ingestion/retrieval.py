@@ -65,23 +65,12 @@ from ingestion.archive.store import (
 )
 from ingestion.eagle.record_types import DEMAND
 from ingestion.models import HourFile, HourFileState, Incident
-from ingestion.records import parse_line
+from ingestion.records import META_FIELDS, parse_line
 from users.models import EagleUser
 
 logger = logging.getLogger(__name__)
 
 DEMAND_FIELD = "demand_kw"
-# Record keys that describe a reading rather than being one of its measured values.
-META_FIELDS = (
-    "format_version",
-    "record_type",
-    "cloud_id",
-    "meter_timestamp",
-    "meter_time",
-    "received_at",
-    "source",
-    "raw",
-)
 DEFAULT_GAP_SECONDS = 60
 # The instants a range may start or end at (API parameters, console days): wider than any meter's
 # life, and far enough from year 1 and 9999 that every computation on them stays a datetime.
