@@ -1123,12 +1123,21 @@ class DatasetFileState(models.TextChoices):
     OBSOLETE = "obsolete", "Obsolete"  # of a replaced version or a dead attempt: to delete
 
 
+class DatasetFileContent(models.TextChoices):
+    READINGS = "readings", "Readings"  # one row per reading, under PARQUET_PREFIX
+    # One row per household and minute of its demand readings, under PARQUET_SUMMARY_PREFIX.
+    DEMAND_MINUTES = "demand_minutes", "Demand per household-minute"
+
+
 class DatasetFile(models.Model):
     """One Parquet object of the dataset, recorded before it is written and until it is gone."""
 
     dataset_hour = models.ForeignKey(DatasetHour, on_delete=models.CASCADE, related_name="files")
     version = models.PositiveIntegerField()
     record_type = models.CharField(max_length=32)
+    content = models.CharField(
+        max_length=16, choices=DatasetFileContent.choices, default=DatasetFileContent.READINGS
+    )
     key = models.CharField(max_length=500, unique=True)
     state = models.CharField(
         max_length=16, choices=DatasetFileState.choices, default=DatasetFileState.PLANNED

@@ -11,6 +11,11 @@ partition columns: they are in the path, not in the files. A new version of an h
 arrived) gets new keys; the export (ingestion/parquet_export.py) publishes it and then deletes the
 old version, so the prefix holds one version of each hour.
 
+With each hour's demand readings goes their summary per household and minute (`demand_minutes`),
+which fleet aggregates read instead of every reading, under a prefix of its own:
+
+    PARQUET_SUMMARY_PREFIX/demand_minutes/date=<YYYY-MM-DD>/hour-<Y-M-D-H>-v<version>-<n>.parquet
+
 Columns (SCHEMA_VERSION 1, docs/record-format.md "Parquet"): cloud_id string, meter_time
 timestamp[s, UTC], received_at timestamp[ms, UTC] (both stored in microseconds), source string, the
 record type's value columns (typed from its `value_schema`), format_version int16, raw string (the
@@ -39,7 +44,8 @@ import pyarrow.parquet as pq
 from django.conf import settings
 
 from ingestion import hourfiles
-from ingestion.eagle.record_types import RECORD_TYPES
+from ingestion.eagle.record_types import DEMAND, RECORD_TYPES
+from ingestion.models import DatasetFileContent
 from ingestion.record_lines import decode_lines, json_kind
 
 SCHEMA_VERSION = 1
@@ -48,6 +54,9 @@ SCHEMA_VERSION_KEY = b"rainlog.parquet_schema_version"
 HOUR_KEY = b"rainlog.hour"
 VERSION_KEY = b"rainlog.version"
 ROW_GROUP_ROWS = 8_192
+# The summary is read whole by fleet aggregates, never one household at a time: large row groups
+# (fewer to schedule and decode) make its scan faster.
+SUMMARY_ROW_GROUP_ROWS = 65_536
 MAX_ROWS_PER_FILE = 2_000_000
 # The columns that fleet queries scan (cloud_id, meter_time, the values) are snappy: it
 # decompresses several times faster than zstd, which made a day's fleet query spend most of its
@@ -100,6 +109,41 @@ def arrow_schema(record_type: str) -> pa.Schema:
     return pa.schema([*COMMON_COLUMNS, *value_columns(record_type), *TAIL_COLUMNS])
 
 
+# Each household's demand per minute of meter time: a fleet aggregate over whole minutes reads
+# one row per household-minute (six times fewer than readings every 10 seconds) and groups those,
+# for the same numbers (a household's mean over a bucket is its sum over its readings).
+DEMAND_MINUTES_SCHEMA = pa.schema(
+    [
+        pa.field("cloud_id", pa.string(), nullable=False),
+        pa.field("minute", pa.timestamp("s", tz="UTC"), nullable=False),
+        pa.field("readings", pa.int32(), nullable=False),
+        pa.field("demand_kw_sum", pa.float64()),
+        pa.field("demand_kw_min", pa.float64()),
+        pa.field("demand_kw_max", pa.float64()),
+    ]
+)
+
+
+def demand_minutes(demand: pa.Table) -> pa.Table:
+    """The summary of a table of demand readings: for each household and minute of meter time
+    with readings, how many and the sum, minimum and maximum of their demand; sorted by cloud_id
+    then minute."""
+    seconds = demand.column("meter_time").cast(pa.int64())
+    minutes = pc.multiply(pc.divide(seconds, 60), 60).cast(pa.timestamp("s", tz="UTC"))
+    grouped = (
+        pa.table(
+            {"cloud_id": demand.column("cloud_id"), "minute": minutes, "kw": demand["demand_kw"]}
+        )
+        .group_by(["cloud_id", "minute"], use_threads=False)
+        .aggregate([("kw", "count"), ("kw", "sum"), ("kw", "min"), ("kw", "max")])
+        .sort_by([("cloud_id", "ascending"), ("minute", "ascending")])
+    )
+    columns = ["cloud_id", "minute", "kw_count", "kw_sum", "kw_min", "kw_max"]
+    return pa.Table.from_arrays(
+        [grouped.column(name) for name in columns], names=DEMAND_MINUTES_SCHEMA.names
+    ).cast(DEMAND_MINUTES_SCHEMA)
+
+
 # --- Keys ---------------------------------------------------------------------------------------
 
 
@@ -107,14 +151,30 @@ def prefix() -> str:
     return settings.PARQUET_PREFIX
 
 
-def partition_prefix(record_type: str, hour: datetime) -> str:
-    base = f"{prefix()}/" if prefix() else ""
-    return f"{base}record_type={record_type}/date={hourfiles.hour_floor(hour):%Y-%m-%d}"
+def summary_prefix() -> str:
+    return settings.PARQUET_SUMMARY_PREFIX
 
 
-def file_key(record_type: str, hour: datetime, version: int, index: int) -> str:
+def partition_prefix(
+    record_type: str, hour: datetime, content: str = DatasetFileContent.READINGS
+) -> str:
+    date = f"date={hourfiles.hour_floor(hour):%Y-%m-%d}"
+    if content == DatasetFileContent.READINGS:
+        base = f"{prefix()}/" if prefix() else ""
+        return f"{base}record_type={record_type}/{date}"
+    base = f"{summary_prefix()}/" if summary_prefix() else ""
+    return f"{base}{content}/{date}"
+
+
+def file_key(
+    record_type: str,
+    hour: datetime,
+    version: int,
+    index: int,
+    content: str = DatasetFileContent.READINGS,
+) -> str:
     return (
-        f"{partition_prefix(record_type, hour)}/"
+        f"{partition_prefix(record_type, hour, content)}/"
         f"hour-{hourfiles.hour_label(hour)}-v{version}-{index}.parquet"
     )
 
@@ -251,13 +311,18 @@ class ParquetObject:
     body: bytes
     rows: int
     sha256: str
+    content: str = DatasetFileContent.READINGS
 
     @property
     def size(self) -> int:
         return len(self.body)
 
 
-def parquet_bytes(table: pa.Table, metadata: dict[bytes, bytes] | None = None) -> bytes:
+def parquet_bytes(
+    table: pa.Table,
+    metadata: dict[bytes, bytes] | None = None,
+    row_group_rows: int = ROW_GROUP_ROWS,
+) -> bytes:
     """The table as one Parquet file, in the dataset's encoding (deterministic for a table)."""
     table = table.replace_schema_metadata(
         {SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode(), **(metadata or {})}
@@ -271,7 +336,7 @@ def parquet_bytes(table: pa.Table, metadata: dict[bytes, bytes] | None = None) -
     pq.write_table(
         table,
         sink,
-        row_group_size=ROW_GROUP_ROWS,
+        row_group_size=row_group_rows,
         compression=codecs,
         compression_level={
             name: COMPRESSION_LEVEL for name, codec in codecs.items() if codec == COMPRESSION
@@ -295,26 +360,34 @@ def _dictionary_columns(table: pa.Table) -> list[str]:
         and pc.count_distinct(table.column(name)).as_py()
         <= DICTIONARY_MAX_DISTINCT_SHARE * table.num_rows
     ]
-    return ["cloud_id", "source", *repeating]
+    return [name for name in ("cloud_id", "source") if name in table.column_names] + repeating
 
 
 def hour_objects(
     hour: datetime, version: int, tables: Iterable[tuple[str, pa.Table]]
 ) -> Iterator[ParquetObject]:
-    """The files of one version of one fleet-hour: each record type's table in slices of at
-    most MAX_ROWS_PER_FILE rows."""
+    """The files of one version of one fleet-hour: each record type's table, and the summary of
+    its demand readings, in slices of at most MAX_ROWS_PER_FILE rows."""
     metadata = {HOUR_KEY: hourfiles.hour_label(hour).encode(), VERSION_KEY: str(version).encode()}
     for record_type, table in tables:
-        for index, offset in enumerate(range(0, max(table.num_rows, 1), MAX_ROWS_PER_FILE)):
-            piece = table.slice(offset, MAX_ROWS_PER_FILE).cast(arrow_schema(record_type))
-            body = parquet_bytes(piece, metadata)
-            yield ParquetObject(
-                record_type,
-                file_key(record_type, hour, version, index),
-                body,
-                piece.num_rows,
-                hashlib.sha256(body).hexdigest(),
+        files = [(DatasetFileContent.READINGS, table, arrow_schema(record_type), ROW_GROUP_ROWS)]
+        if record_type == DEMAND:
+            summary = demand_minutes(table)
+            files.append(
+                (DatasetFileContent.DEMAND_MINUTES, summary, summary.schema, SUMMARY_ROW_GROUP_ROWS)
             )
+        for content, rows, schema, row_group_rows in files:
+            for index, offset in enumerate(range(0, max(rows.num_rows, 1), MAX_ROWS_PER_FILE)):
+                piece = rows.slice(offset, MAX_ROWS_PER_FILE).cast(schema)
+                body = parquet_bytes(piece, metadata, row_group_rows)
+                yield ParquetObject(
+                    record_type,
+                    file_key(record_type, hour, version, index, content),
+                    body,
+                    piece.num_rows,
+                    hashlib.sha256(body).hexdigest(),
+                    content,
+                )
 
 
 def rows_in(body: bytes) -> int:
@@ -325,6 +398,12 @@ def rows_in(body: bytes) -> int:
 def rows_in_file(filesystem: pa.fs.FileSystem, path: str) -> int:
     """The rows a stored Parquet file's footer declares (only the footer is read)."""
     return int(pq.read_metadata(path, filesystem=filesystem).num_rows)
+
+
+def summarised_readings(filesystem: pa.fs.FileSystem, path: str) -> int:
+    """The readings a stored demand summary counts (only its `readings` column is read)."""
+    counts = pq.read_table(path, columns=["readings"], filesystem=filesystem).column("readings")
+    return int(pc.sum(counts).as_py() or 0)
 
 
 def readings_schema() -> pa.Schema:

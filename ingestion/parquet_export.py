@@ -15,7 +15,8 @@ Exporting one hour (`export_hour`), each step committed before the next:
    before, so its keys are new: an attempt never meets the objects of another.
 2. Clean up what a dead attempt left: files planned by an earlier attempt, and obsolete files,
    are deleted from the archive, then forgotten.
-3. Read every verified hour file of the hour; build one table per record type.
+3. Read every verified hour file of the hour; build one table per record type, and the summary
+   of its demand readings (ingestion/parquet.py).
 4. Plan: every file's key, rows, size and SHA-256 are recorded (`DatasetFile`, planned) before it
    is written.
 5. Write: each object is created only if its key is absent and verified: its footer declares the
@@ -273,6 +274,7 @@ class _Attempt:
                     dataset_hour=self.row,
                     version=self.version,
                     record_type=item.record_type,
+                    content=item.content,
                     key=item.key,
                     rows=item.rows,
                     size=item.size,

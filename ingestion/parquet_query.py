@@ -3,7 +3,8 @@
 The files to read come from the database (`DatasetFile`, current), never from listing the
 archive, so an export in progress (planned files) or a replaced version waiting for deletion is
 never read twice. Each record type is one view named after it (`demand`, `summation`, `price`)
-with the columns of docs/record-format.md ("Parquet") plus `date`.
+with the columns of docs/record-format.md ("Parquet") plus `date`, and `demand_minutes` is the
+summary of the demand readings per household and minute.
 
 - Local archive: DuckDB reads the files itself (`read_parquet`), in parallel, with row-group
   pruning on the statistics.
@@ -29,12 +30,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+from django.db.models import QuerySet
 
 from ingestion import hourfiles
 from ingestion.archive.store import open_archive
 from ingestion.eagle.record_types import DEMAND, RECORD_TYPES
-from ingestion.models import DatasetFile, DatasetFileState
-from ingestion.parquet import arrow_schema
+from ingestion.models import DatasetFile, DatasetFileContent, DatasetFileState
+from ingestion.parquet import DEMAND_MINUTES_SCHEMA, arrow_schema
 
 # DuckDB may use every core, and no more memory than this, whatever the query.
 MEMORY_LIMIT = "2GB"
@@ -54,16 +56,71 @@ class QueryError(Exception):
     """A query DuckDB refused (syntax, unknown column, …), with its message."""
 
 
-def current_keys(
-    record_type: str, start: datetime | None = None, end: datetime | None = None
-) -> list[str]:
-    """Keys of the current files of one record type whose hour overlaps [start, end)."""
-    files = DatasetFile.objects.filter(state=DatasetFileState.CURRENT, record_type=record_type)
+def current_files(
+    record_type: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    content: str = DatasetFileContent.READINGS,
+) -> QuerySet[DatasetFile]:
+    """The current files of one record type (its readings, or a summary of them) whose hour
+    overlaps [start, end)."""
+    files = DatasetFile.objects.filter(
+        state=DatasetFileState.CURRENT, record_type=record_type, content=content
+    )
     if start is not None:
         files = files.filter(dataset_hour__hour__gte=hourfiles.hour_floor(start))
     if end is not None:
         files = files.filter(dataset_hour__hour__lt=end)
+    return files
+
+
+def current_keys(
+    record_type: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    content: str = DatasetFileContent.READINGS,
+) -> list[str]:
+    """Keys of the current files of `current_files`, hour by hour."""
+    files = current_files(record_type, start, end, content)
     return list(files.order_by("dataset_hour__hour", "key").values_list("key", flat=True))
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """A view of `open_dataset`: the current files of one record type's readings or summary."""
+
+    name: str
+    record_type: str
+    content: str
+    schema: pa.Schema
+    # The Hive partitions the files are under besides `date`, left out of the view.
+    partitions: tuple[str, ...]
+
+    @classmethod
+    def of_readings(cls, record_type: str) -> View:
+        return cls(
+            record_type,
+            record_type,
+            DatasetFileContent.READINGS,
+            arrow_schema(record_type),
+            ("record_type",),
+        )
+
+
+DEMAND_MINUTES_VIEW = View(
+    DatasetFileContent.DEMAND_MINUTES.value,
+    DEMAND,
+    DatasetFileContent.DEMAND_MINUTES,
+    DEMAND_MINUTES_SCHEMA,
+    (),
+)
+
+
+def views(names: Iterable[str] | None = None) -> list[View]:
+    """The views named (all by default): each record type's, then `demand_minutes`."""
+    every = [View.of_readings(record_type) for record_type in sorted(RECORD_TYPES)]
+    every.append(DEMAND_MINUTES_VIEW)
+    return [view for view in every if names is None or view.name in names]
 
 
 _database: duckdb.DuckDBPyConnection | None = None
@@ -119,47 +176,46 @@ class Dataset:
 def open_dataset(
     start: datetime | None = None,
     end: datetime | None = None,
-    record_types: Iterable[str] | None = None,
+    view_names: Iterable[str] | None = None,
 ) -> Dataset:
-    """The dataset as DuckDB views, limited to the hours overlapping [start, end) if given."""
+    """The dataset as DuckDB views (`views`), limited to the hours overlapping [start, end) if
+    given."""
     archive = open_archive()
     filesystem, root = archive.arrow_filesystem()
     local = isinstance(filesystem, pa.fs.LocalFileSystem)
     connection = connect()
     files = {}
-    for record_type in record_types or sorted(RECORD_TYPES):
-        keys = current_keys(record_type, start, end)
-        files[record_type] = len(keys)
-        schema = _schema_with_date(record_type)
+    for view in views(view_names):
+        name = view.name
+        keys = current_keys(view.record_type, start, end, view.content)
+        files[name] = len(keys)
+        schema = view.schema.append(pa.field("date", pa.date32()))
         if not keys:
-            connection.register(f"{record_type}_empty", schema.empty_table())
-            connection.execute(
-                f'CREATE TEMP VIEW "{record_type}" AS SELECT * FROM {record_type}_empty'
-            )
+            connection.register(f"{name}_empty", schema.empty_table())
+            connection.execute(f'CREATE TEMP VIEW "{name}" AS SELECT * FROM {name}_empty')
         elif local:
             # A view cannot take parameters: the file list is a quoted SQL literal.
             files_sql = ", ".join(_sql_string(f"{root}/{key}") for key in keys)
+            exclude = f"EXCLUDE ({', '.join(view.partitions)}) " if view.partitions else ""
+            types = {name: "VARCHAR" for name in view.partitions} | {"date": "DATE"}
+            hive_types = ", ".join(f"'{column}': {kind}" for column, kind in types.items())
             connection.execute(
-                f'CREATE TEMP VIEW "{record_type}" AS SELECT * EXCLUDE (record_type) FROM '
+                f'CREATE TEMP VIEW "{name}" AS SELECT * {exclude}FROM '
                 f"read_parquet([{files_sql}], hive_partitioning = true, "
-                "hive_types = {'record_type': VARCHAR, 'date': DATE})"
+                f"hive_types = {{{hive_types}}})"
             )
         else:
+            partition_fields = [(p, pa.string()) for p in view.partitions] + [("date", pa.date32())]
             dataset = ds.dataset(
                 [f"{root}/{key}" for key in keys],
                 schema=schema,
                 format="parquet",
                 filesystem=filesystem,
-                partitioning=ds.partitioning(
-                    pa.schema([("record_type", pa.string()), ("date", pa.date32())]),
-                    flavor="hive",
-                ),
-                partition_base_dir=f"{root}/{_prefix_of(keys[0])}",
+                partitioning=ds.partitioning(pa.schema(partition_fields), flavor="hive"),
+                partition_base_dir=f"{root}/{_partition_base(keys[0], view)}",
             )
-            connection.register(f"{record_type}_files", dataset)
-            connection.execute(
-                f'CREATE TEMP VIEW "{record_type}" AS SELECT * FROM {record_type}_files'
-            )
+            connection.register(f"{name}_files", dataset)
+            connection.execute(f'CREATE TEMP VIEW "{name}" AS SELECT * FROM {name}_files')
     return Dataset(connection, files)
 
 
@@ -215,12 +271,10 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _schema_with_date(record_type: str) -> pa.Schema:
-    return arrow_schema(record_type).append(pa.field("date", pa.date32()))
-
-
-def _prefix_of(key: str) -> str:
-    return key.split("/record_type=", 1)[0]
+def _partition_base(key: str, view: View) -> str:
+    """The directory of `key` above its Hive partitions."""
+    first = (*view.partitions, "date")[0]
+    return key.split(f"/{first}=", 1)[0]
 
 
 # --- Fleet aggregates ---------------------------------------------------------------------------
@@ -242,17 +296,19 @@ class FleetBucket:
 
 # Buckets are whole multiples of the interval in microseconds since the epoch: integer arithmetic
 # on the timestamps' own representation, several times cheaper per row than `epoch()` (a double)
-# and `time_bucket` on a TIMESTAMPTZ (which goes through the calendar). A household's mean is its
-# sum over its count, which the readings column reuses: one aggregate state fewer per group than
-# `avg` beside `count`.
+# and `time_bucket` on a TIMESTAMPTZ (which goes through the calendar). A household's mean in a
+# bucket is its sum over its count, which the readings column reuses (one aggregate state fewer
+# per group than `avg` beside `count`), taken either from its readings or from its minutes in the
+# demand summary: the same mean from a sixth of the rows at a 10-second cadence, as a minute lies
+# in one bucket when the interval is whole minutes.
 FLEET_DEMAND_SQL = """
 WITH households AS (
     SELECT
-        epoch_us(meter_time) // $step_us AS bucket,
+        epoch_us({time}) // $step_us AS bucket,
         cloud_id,
-        sum(demand_kw) / count(demand_kw) AS kw,
-        count(demand_kw) AS readings
-    FROM demand
+        {kw_sum} / {readings} AS kw,
+        {readings} AS readings
+    FROM {relation}
     {where}
     GROUP BY ALL
 )
@@ -267,32 +323,66 @@ FROM households
 GROUP BY bucket
 ORDER BY bucket
 """
-WITHIN_RANGE_SQL = "WHERE meter_time >= to_timestamp($start) AND meter_time < to_timestamp($end)"
+FROM_READINGS = {
+    "relation": "demand",
+    "time": "meter_time",
+    "kw_sum": "sum(demand_kw)",
+    "readings": "count(demand_kw)",
+}
+FROM_MINUTES = {
+    "relation": DEMAND_MINUTES_VIEW.name,
+    "time": "minute",
+    "kw_sum": "sum(demand_kw_sum)",
+    "readings": "sum(readings)",
+}
+WITHIN_RANGE_SQL = "WHERE {time} >= to_timestamp($start) AND {time} < to_timestamp($end)"
+MINUTE = timedelta(minutes=1)
 
 
 def fleet_demand(start: datetime, end: datetime, interval: timedelta) -> list[FleetBucket]:
     """Fleet demand per interval of [start, end) aligned on multiples of `interval` since the
     Unix epoch (UTC days for 1 d), from the dataset: households reporting, the mean and
     percentiles of their mean demands, and their total (the fleet's demand). Intervals without
-    readings are left out."""
-    with open_dataset(start, end, [DEMAND]) as dataset:
-        return fleet_demand_of(dataset, start, end, interval)
+    readings are left out. From the demand summary where it gives the answer, else from the
+    readings."""
+    from_minutes = summary_answers(start, end, interval)
+    view = DEMAND_MINUTES_VIEW.name if from_minutes else DEMAND
+    with open_dataset(start, end, [view]) as dataset:
+        return fleet_demand_of(dataset, start, end, interval, from_minutes)
+
+
+def summary_answers(start: datetime, end: datetime, interval: timedelta) -> bool:
+    """Whether `fleet_demand` over [start, end) by `interval` can come from the demand summary:
+    all three are whole minutes, and every hour of the range with demand readings has its
+    summary (hours exported before the summary existed have none until exported again)."""
+    if interval % MINUTE or any(moment.second or moment.microsecond for moment in (start, end)):
+        return False
+    summarised = current_files(DEMAND, start, end, DatasetFileContent.DEMAND_MINUTES)
+    readings = current_files(DEMAND, start, end)
+    return not readings.exclude(dataset_hour__in=summarised.values("dataset_hour")).exists()
 
 
 def fleet_demand_of(
-    dataset: Dataset, start: datetime, end: datetime, interval: timedelta
+    dataset: Dataset,
+    start: datetime,
+    end: datetime,
+    interval: timedelta,
+    from_minutes: bool = False,
 ) -> list[FleetBucket]:
-    """`fleet_demand` over the `demand` relation of `dataset`, which holds the readings of the
-    hours overlapping [start, end) and no others."""
+    """`fleet_demand` over the `demand` relation of `dataset` (or its `demand_minutes`), which
+    holds the readings of the hours overlapping [start, end) and no others."""
     step_us = round(interval.total_seconds() * 1_000_000)
     parameters: dict[str, Any] = {"step_us": step_us, "quantiles": [p / 100 for p in PERCENTILES]}
     # An hour's files hold only that hour's readings (hour files are cut by meter time) and only
-    # the range's hours are in `demand`: a range of whole hours needs no filter, which would
+    # the range's hours are in the relation: a range of whole hours needs no filter, which would
     # otherwise be evaluated on every row.
     whole_hours = start == hourfiles.hour_floor(start) and end == hourfiles.hour_floor(end)
+    source = FROM_MINUTES if from_minutes else FROM_READINGS
+    where = ""
     if not whole_hours:
         parameters.update(start=start.timestamp(), end=end.timestamp())
-    sql = FLEET_DEMAND_SQL.format(where="" if whole_hours else WITHIN_RANGE_SQL)
+        where = WITHIN_RANGE_SQL.format(time=source["time"])
+    sql = FLEET_DEMAND_SQL.format(where=where, **source)
     rows = dataset.execute(sql, parameters).fetchall()
     return [
         FleetBucket(

@@ -426,10 +426,21 @@ ARCHIVE_BUCKET = env_str("ARCHIVE_BUCKET")
 ARCHIVE_PREFIX = env_str("ARCHIVE_PREFIX", "rainforest-logs").strip("/")
 # The Parquet dataset of every reading (ingestion/parquet.py), beside the hour files.
 PARQUET_PREFIX = env_str("PARQUET_PREFIX", "rainforest-parquet").strip("/")
-if PARQUET_PREFIX == ARCHIVE_PREFIX:
-    raise ImproperlyConfigured(
-        f"PARQUET_PREFIX={PARQUET_PREFIX!r} is ARCHIVE_PREFIX: the dataset needs a prefix of its own."
-    )
+# Its summaries (the demand of each household-minute), which the fleet aggregates read: outside
+# PARQUET_PREFIX, so that tools reading the dataset's tree find readings only.
+PARQUET_SUMMARY_PREFIX = env_str("PARQUET_SUMMARY_PREFIX", "rainforest-parquet-summary").strip("/")
+_prefixes = {
+    "ARCHIVE_PREFIX": ARCHIVE_PREFIX,
+    "PARQUET_PREFIX": PARQUET_PREFIX,
+    "PARQUET_SUMMARY_PREFIX": PARQUET_SUMMARY_PREFIX,
+}
+for _name, _prefix in _prefixes.items():
+    for _other, _other_prefix in _prefixes.items():
+        if _other != _name and f"{_prefix}/".startswith(f"{_other_prefix}/"):
+            raise ImproperlyConfigured(
+                f"{_name}={_prefix!r} is within {_other}={_other_prefix!r}: each needs a prefix "
+                "of its own."
+            )
 ARCHIVE_COMPRESS = env_str("ARCHIVE_COMPRESS", "")
 if ARCHIVE_COMPRESS not in ("", "gzip"):
     raise ImproperlyConfigured(

@@ -11,7 +11,7 @@ from ingestion.models import DatasetFile, DatasetHour
 
 class DatasetFileInline(admin.TabularInline):
     model = DatasetFile
-    fields = ("record_type", "version", "state", "key", "rows", "size", "sha256")
+    fields = ("record_type", "content", "version", "state", "key", "rows", "size", "sha256")
     readonly_fields = fields
     extra = 0
     can_delete = False

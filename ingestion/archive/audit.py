@@ -16,8 +16,10 @@ from django.utils import timezone
 
 from ingestion import hourfiles, parquet
 from ingestion.archive.store import Archive, ArchiveError, open_archive, stored_sha256
+from ingestion.eagle.record_types import DEMAND
 from ingestion.models import (
     DatasetFile,
+    DatasetFileContent,
     DatasetFileState,
     DatasetHour,
     HourFile,
@@ -39,6 +41,8 @@ class ProblemKind(StrEnum):
     # The Parquet dataset (ingestion/parquet_export.py) against the hour files:
     PARQUET_STALE = "parquet-stale"  # an hour not exported, or exported from other hour files
     PARQUET_ROWS = "parquet-rows"  # rows that do not add up to the hour files' lines
+    # An hour's demand summary missing, or not counting the hour's demand readings.
+    PARQUET_SUMMARY = "parquet-summary"
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +187,9 @@ def audit_parquet(
 ) -> Iterator[Problem]:
     """Compare the Parquet dataset with the hour files: every hour whose hour files are all
     verified (for PARQUET_GRACE) is exported from exactly those files; its rows, plus the
-    repeated and unreadable lines, are the lines of its hour files; each current file is in the
-    archive with its size, SHA-256 and, in its footer, its rows; nothing else is under
-    PARQUET_PREFIX."""
+    repeated and unreadable lines, are the lines of its hour files; its demand summary counts its
+    demand readings; each current file is in the archive with its size, SHA-256 and, in its
+    footer, its rows; nothing else is under PARQUET_PREFIX or PARQUET_SUMMARY_PREFIX."""
     archive = open_archive()
     filesystem, root = archive.arrow_filesystem()
     late = timezone.now() - PARQUET_GRACE
@@ -226,13 +230,17 @@ def audit_parquet(
                 )
             yield from _check_parquet_files(archive, filesystem, root, row, report)
         on_page(report)
-    listed: list[str] = []
-    for key, _ in archive.keys(parquet.prefix()):
-        listed.append(key)
-        if len(listed) == BATCH:
-            yield from _parquet_orphans(listed, report)
-            listed = []
-    yield from _parquet_orphans(listed, report)
+    for setting, prefix in (
+        ("PARQUET_PREFIX", parquet.prefix()),
+        ("PARQUET_SUMMARY_PREFIX", parquet.summary_prefix()),
+    ):
+        listed: list[str] = []
+        for key, _ in archive.keys(prefix):
+            listed.append(key)
+            if len(listed) == BATCH:
+                yield from _parquet_orphans(listed, setting, report)
+                listed = []
+        yield from _parquet_orphans(listed, setting, report)
     on_page(report)
 
 
@@ -241,17 +249,29 @@ def _check_parquet_files(
 ) -> Iterator[Problem]:
     files = list(
         DatasetFile.objects.filter(dataset_hour=row, state=DatasetFileState.CURRENT).values_list(
-            "key", "size", "sha256", "rows"
+            "key", "size", "sha256", "rows", "record_type", "content"
         )
     )
-    if sum(rows for *_, rows in files) != row.rows:
+    label = f"{parquet.prefix()} hour {hourfiles.hour_label(row.hour)}"
+    readings = [f for f in files if f[5] == DatasetFileContent.READINGS]
+    if sum(f[3] for f in readings) != row.rows:
         report.problems[ProblemKind.PARQUET_ROWS] += 1
         yield Problem(
             ProblemKind.PARQUET_ROWS,
-            f"{parquet.prefix()} hour {hourfiles.hour_label(row.hour)}",
-            f"its files hold {sum(rows for *_, rows in files)} rows, the hour {row.rows}",
+            label,
+            f"its files hold {sum(f[3] for f in readings)} rows, the hour {row.rows}",
         )
-    for key, size, sha256, rows in files:
+    demand_rows = sum(f[3] for f in readings if f[4] == DEMAND)
+    summaries = [f for f in files if f[5] == DatasetFileContent.DEMAND_MINUTES]
+    if demand_rows and not summaries:
+        report.problems[ProblemKind.PARQUET_SUMMARY] += 1
+        yield Problem(
+            ProblemKind.PARQUET_SUMMARY,
+            label,
+            f"{demand_rows} demand readings and no summary of them (export the hour again)",
+        )
+    summarised = 0
+    for key, size, sha256, rows, _, content in files:
         report.parquet_files_checked += 1
         problem = check_object(archive, key, size, sha256)
         if problem is None:
@@ -266,17 +286,26 @@ def _check_parquet_files(
                         key,
                         f"its footer says {declared} rows, not {rows}",
                     )
+                elif content == DatasetFileContent.DEMAND_MINUTES:
+                    summarised += parquet.summarised_readings(filesystem, f"{root}/{key}")
         if problem is not None:
             report.problems[problem.kind] += 1
             yield problem
+    if summaries and summarised != demand_rows:
+        report.problems[ProblemKind.PARQUET_SUMMARY] += 1
+        yield Problem(
+            ProblemKind.PARQUET_SUMMARY,
+            label,
+            f"its demand summary counts {summarised} readings, its files hold {demand_rows}",
+        )
 
 
-def _parquet_orphans(keys: list[str], report: AuditReport) -> Iterator[Problem]:
+def _parquet_orphans(keys: list[str], setting: str, report: AuditReport) -> Iterator[Problem]:
     known = set(DatasetFile.objects.filter(key__in=keys).values_list("key", flat=True))
     for key in keys:
         if key not in known:
             report.problems[ProblemKind.ORPHANED] += 1
-            yield Problem(ProblemKind.ORPHANED, key, "under PARQUET_PREFIX, not in the database")
+            yield Problem(ProblemKind.ORPHANED, key, f"under {setting}, not in the database")
 
 
 # --- Freshness ---------------------------------------------------------------------------------

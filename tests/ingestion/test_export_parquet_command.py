@@ -49,7 +49,8 @@ def test_it_exports_only_the_range_asked_for() -> None:
         HOUR + timedelta(hours=1),
         HOUR + timedelta(hours=2),
     ]
-    assert DatasetFile.objects.count() == 2
+    # Each hour: its demand readings and their summary.
+    assert DatasetFile.objects.count() == 4
     # The rest of the day: only the hour not exported yet.
     assert "1 of 1 hours exported (10 rows" in run("--since", "2026-03-08")
     assert "0 of 0 hours exported" in run()

@@ -2,6 +2,7 @@
 exactly its verified hour files, rows adding up to their lines, each file in the archive as
 recorded, nothing else under PARQUET_PREFIX."""
 
+import hashlib
 from datetime import datetime, timedelta
 from io import StringIO
 from typing import Any
@@ -11,9 +12,9 @@ import time_machine
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from ingestion import parquet_export
+from ingestion import parquet, parquet_export
 from ingestion.archive import rotation, store
-from ingestion.models import DatasetFile, DatasetHour
+from ingestion.models import DatasetFile, DatasetFileContent, DatasetHour
 from tests.fleet_dataset import AFTER_CLOSE, BOUNDARY, rotate_and_export
 from tests.hour_files import demand_readings, write
 
@@ -39,7 +40,7 @@ def test_an_exported_hour_passes(any_archive: Any) -> None:
     two_households_exported()
     output, error = verify(AFTER_CLOSE + timedelta(hours=3))
     assert error is None, output
-    assert "1 Parquet hours (1 files) checked against the hour files: no problems" in output
+    assert "1 Parquet hours (2 files) checked against the hour files: no problems" in output
 
 
 def test_an_hour_shipped_long_ago_but_never_exported_is_reported(any_archive: Any) -> None:
@@ -72,7 +73,7 @@ def test_a_late_part_not_exported_yet_makes_the_hour_stale(any_archive: Any) -> 
 def test_a_changed_missing_or_stray_object_is_reported(any_archive: Any) -> None:
     two_households_exported()
     archive = store.open_archive()
-    current = DatasetFile.objects.get()
+    current = DatasetFile.objects.get(content=DatasetFileContent.READINGS)
     archive.delete(current.key)
     archive.create(current.key, b"PAR1 not really", 15, "0" * 64, "application/octet-stream")
     stray = current.key.replace("-v1-0", "-v7-0")
@@ -96,3 +97,37 @@ def test_rows_that_do_not_add_up_are_reported(any_archive: Any) -> None:
     assert error is not None
     assert "PARQUET-ROWS rainforest-parquet hour 2026-09-21-10: 19 rows, 0 repeats" in output
     assert "its footer says 20 rows, not 19" in output
+
+
+def test_a_demand_summary_missing_or_not_counting_the_readings_is_reported(
+    any_archive: Any,
+) -> None:
+    two_households_exported()
+    summary = DatasetFile.objects.get(content=DatasetFileContent.DEMAND_MINUTES)
+    # A summary of three readings, recorded as this hour's with its own size and checksum.
+    records = [reading.to_record() for reading in demand_readings("00a1", BOUNDARY, 3)]
+    other = parquet.demand_minutes(dict(parquet.typed_tables(records))["demand"])
+    body = parquet.parquet_bytes(other)
+    digest = hashlib.sha256(body).hexdigest()
+    archive = store.open_archive()
+    archive.delete(summary.key)
+    archive.create(summary.key, body, len(body), digest, parquet.CONTENT_TYPE)
+    DatasetFile.objects.filter(pk=summary.pk).update(
+        size=len(body), sha256=digest, rows=other.num_rows
+    )
+
+    output, error = verify(AFTER_CLOSE + timedelta(hours=3))
+    assert error is not None
+    assert (
+        "PARQUET-SUMMARY rainforest-parquet hour 2026-09-21-10: its demand summary counts 3 "
+        "readings, its files hold 20" in output
+    )
+
+    summary.delete()
+    output, error = verify(AFTER_CLOSE + timedelta(hours=3))
+    assert error is not None
+    assert (
+        "PARQUET-SUMMARY rainforest-parquet hour 2026-09-21-10: 20 demand readings and no "
+        "summary of them" in output
+    )
+    assert f"ORPHANED {summary.key}: under PARQUET_SUMMARY_PREFIX, not in the database" in output

@@ -5,7 +5,8 @@ version; a crash at any step leaves a state the next export completes."""
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -21,6 +22,7 @@ from ingestion import hourfiles, parquet, parquet_export
 from ingestion.archive import rotation, store
 from ingestion.models import (
     DatasetFile,
+    DatasetFileContent,
     DatasetFileState,
     DatasetHour,
     DatasetHourState,
@@ -50,6 +52,19 @@ def dataset_rows() -> list[dict[str, Any]]:
         for row in pq.read_table(info.path, filesystem=filesystem).to_pylist():
             rows.append({**row, "record_type": record_type})
     return rows
+
+
+def summary_rows() -> list[dict[str, Any]]:
+    """Every row of every current demand summary file, read with pyarrow."""
+    filesystem, root = store.open_archive().arrow_filesystem()
+    files = DatasetFile.objects.filter(
+        content=DatasetFileContent.DEMAND_MINUTES, state=DatasetFileState.CURRENT
+    ).order_by("dataset_hour__hour", "key")
+    return [
+        row
+        for key in files.values_list("key", flat=True)
+        for row in pq.read_table(f"{root}/{key}", filesystem=filesystem).to_pylist()
+    ]
 
 
 def as_record(row: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +138,9 @@ def test_files_are_sorted_by_household_then_time_under_hive_partitions(
     poll_across_the_hour(settings, users=3, ticks=15)
     rotate_and_export(AFTER_CLOSE)
 
-    demand = DatasetFile.objects.get(record_type="demand", dataset_hour__hour=BOUNDARY)
+    demand = DatasetFile.objects.get(
+        record_type="demand", content=DatasetFileContent.READINGS, dataset_hour__hour=BOUNDARY
+    )
     assert demand.key == (
         "rainforest-parquet/record_type=demand/date=2026-09-21/hour-2026-09-21-10-v1-0.parquet"
     )
@@ -141,6 +158,35 @@ def test_files_are_sorted_by_household_then_time_under_hive_partitions(
         "format_version",
         "raw",
     ]
+
+
+def test_each_hours_demand_is_summarised_per_household_and_minute(
+    settings: Settings, any_archive: Any
+) -> None:
+    poll_across_the_hour(settings, users=3, ticks=25)
+    rotate_and_export(AFTER_CLOSE)
+    minutes: dict[tuple[str, datetime], list[float]] = defaultdict(list)
+    for record in archived_records():
+        if record["record_type"] == "demand":
+            minute = datetime.fromtimestamp(record["meter_timestamp"] // 60 * 60, UTC)
+            minutes[record["cloud_id"], minute].append(record["demand_kw"])
+
+    summary = DatasetFile.objects.get(
+        content=DatasetFileContent.DEMAND_MINUTES, dataset_hour__hour=BOUNDARY
+    )
+    assert summary.key == (
+        "rainforest-parquet-summary/demand_minutes/date=2026-09-21/hour-2026-09-21-10-v1-0.parquet"
+    )
+    rows = summary_rows()
+    assert [(r["cloud_id"], r["minute"]) for r in rows] == sorted(
+        minutes, key=lambda key: (key[1].hour, key)
+    )
+    for row in rows:
+        values = minutes[row["cloud_id"], row["minute"]]
+        assert row["readings"] == len(values)
+        assert row["demand_kw_sum"] == pytest.approx(sum(values))
+        assert (row["demand_kw_min"], row["demand_kw_max"]) == (min(values), max(values))
+    assert {r["minute"].hour for r in rows} == {9, 10}
 
 
 def test_files_store_times_in_microseconds_and_repeating_values_as_dictionaries() -> None:
@@ -201,6 +247,10 @@ def test_a_late_part_replaces_its_hour_with_a_new_complete_version(
     assert sorted(identity(as_record(r)) for r in rows) == sorted(
         identity(r) for r in archived_records()
     )
+    # The summary is of the new version too: 00a1's minute 30 holds the late reading.
+    minutes = {(r["cloud_id"], r["minute"]): r["readings"] for r in summary_rows()}
+    assert sum(minutes.values()) == 31
+    assert minutes[("00a1", hour + timedelta(minutes=30))] == 1
 
 
 def test_an_hour_waits_until_all_its_hour_files_are_verified(
@@ -249,11 +299,20 @@ def test_a_crash_after_any_step_leaves_a_state_the_next_export_completes(
     row = DatasetHour.objects.get()
     assert (row.state, row.rows) == (DatasetHourState.EXPORTED, 23)
     files = DatasetFile.objects.all()
-    assert [f.state for f in files] == [DatasetFileState.CURRENT]
-    # The prefix holds exactly the current version: nothing planned, nothing obsolete.
-    listed = {key for key, _ in store.open_archive().keys(parquet.prefix())}
+    assert [(f.content, f.state) for f in files.order_by("content")] == [
+        (DatasetFileContent.DEMAND_MINUTES, DatasetFileState.CURRENT),
+        (DatasetFileContent.READINGS, DatasetFileState.CURRENT),
+    ]
+    # The prefixes hold exactly the current version: nothing planned, nothing obsolete.
+    archive = store.open_archive()
+    listed = {
+        key
+        for prefix in (parquet.prefix(), parquet.summary_prefix())
+        for key, _ in archive.keys(prefix)
+    }
     assert listed == {f.key for f in files}
     assert len(dataset_rows()) == 23
+    assert sum(row["readings"] for row in summary_rows()) == 23
 
 
 def test_a_reading_repeated_in_a_late_part_is_exported_once(any_archive: Any) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from pytest_django.fixtures import Settings
 
 from ingestion import parquet, parquet_query
 from ingestion.archive import store
+from ingestion.models import DatasetFile, DatasetFileContent
 from tests.fleet_dataset import (
     AFTER_CLOSE,
     BOUNDARY,
@@ -150,3 +151,76 @@ def test_duckdb_pyarrow_and_pandas_read_cloud_id_as_a_string(any_archive: Any) -
             f"'{prefix}/*/*/*.parquet', hive_partitioning = true) LIMIT 1"
         ).fetchall()
         assert rows == [("VARCHAR", "000001", "demand")]
+
+
+def readings_answer(
+    start: datetime, end: datetime, interval: timedelta
+) -> list[parquet_query.FleetBucket]:
+    with parquet_query.open_dataset(start, end, ["demand"]) as dataset:
+        return parquet_query.fleet_demand_of(dataset, start, end, interval)
+
+
+def assert_same_buckets(
+    got: list[parquet_query.FleetBucket], expected: list[parquet_query.FleetBucket]
+) -> None:
+    assert [(b.start, b.households, b.readings) for b in got] == [
+        (b.start, b.households, b.readings) for b in expected
+    ]
+    for a, b in zip(got, expected, strict=True):
+        assert (a.mean_kw, a.total_kw) == (pytest.approx(b.mean_kw), pytest.approx(b.total_kw))
+        assert a.percentiles_kw == pytest.approx(b.percentiles_kw)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "interval"),
+    [
+        (BOUNDARY - timedelta(hours=1), BOUNDARY + timedelta(hours=1), timedelta(minutes=15)),
+        (BOUNDARY - timedelta(hours=1), BOUNDARY + timedelta(hours=1), timedelta(minutes=1)),
+        (BOUNDARY - timedelta(minutes=1), BOUNDARY + timedelta(minutes=1), timedelta(minutes=1)),
+        (BOUNDARY - timedelta(hours=1), BOUNDARY + timedelta(hours=1), timedelta(days=1)),
+    ],
+    ids=["15m", "1m", "two-minutes-across-the-hour", "1d"],
+)
+def test_fleet_demand_from_the_summary_equals_the_readings_answer(
+    settings: Settings, start: datetime, end: datetime, interval: timedelta
+) -> None:
+    poll_across_the_hour(settings)
+    rotate_and_export(AFTER_CLOSE)
+
+    assert parquet_query.summary_answers(start, end, interval)
+    buckets = parquet_query.fleet_demand(start, end, interval)
+
+    assert max(b.households for b in buckets) == 4
+    assert_same_buckets(buckets, readings_answer(start, end, interval))
+
+
+def test_fleet_demand_reads_the_readings_where_the_summary_cannot_answer(
+    settings: Settings,
+) -> None:
+    poll_across_the_hour(settings)
+    rotate_and_export(AFTER_CLOSE)
+    start, end = BOUNDARY - timedelta(hours=1), BOUNDARY + timedelta(hours=1)
+    quarter = timedelta(minutes=15)
+
+    # Not whole minutes: a minute of the summary would straddle a bucket or the range's ends.
+    assert not parquet_query.summary_answers(start, end, timedelta(seconds=90))
+    assert not parquet_query.summary_answers(BOUNDARY - timedelta(seconds=30), end, quarter)
+    part = (BOUNDARY - timedelta(seconds=30), BOUNDARY + timedelta(seconds=12))
+    seconds = parquet_query.fleet_demand(*part, timedelta(seconds=6))
+    assert sum(b.readings for b in seconds) == sum(
+        1
+        for r in archived_records()
+        if r["record_type"] == "demand"
+        and part[0].timestamp() <= r["meter_timestamp"] < part[1].timestamp()
+    )
+    assert_same_buckets(seconds, readings_answer(*part, timedelta(seconds=6)))
+
+    # An hour exported before the summary existed has none until it is exported again.
+    DatasetFile.objects.filter(
+        content=DatasetFileContent.DEMAND_MINUTES, dataset_hour__hour=BOUNDARY
+    ).delete()
+    assert not parquet_query.summary_answers(start, end, quarter)
+    assert parquet_query.summary_answers(start, BOUNDARY, quarter)
+    assert_same_buckets(
+        parquet_query.fleet_demand(start, end, quarter), readings_answer(start, end, quarter)
+    )

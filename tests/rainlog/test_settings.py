@@ -53,6 +53,9 @@ def test_it_refuses_to_start_without_a_secret_key_when_debug_is_off(tmp_path: Pa
         ("ARCHIVE_COMPRESS", "zip"),
         # Shorter than a poll period: a healthy holder would lose its shard between two ticks.
         ("INGEST_LEASE_SECONDS", "6"),
+        # The dataset's readings, its summary and the hour files each need a prefix of their own.
+        ("PARQUET_PREFIX", "rainforest-logs"),
+        ("PARQUET_SUMMARY_PREFIX", "rainforest-parquet/summary"),
     ],
 )
 def test_it_names_the_variable_that_does_not_parse(

@@ -20,7 +20,8 @@ class Command(BaseCommand):
     help = (
         "Run one SQL query (DuckDB) over the Parquet dataset and print a table, or write CSV or "
         "Parquet. Each record type is a view named after it: demand, summation, price (columns "
-        'in docs/record-format.md, "Parquet", plus date). Example: manage.py query "SELECT '
+        'in docs/record-format.md, "Parquet", plus date), and demand_minutes is the demand '
+        'summary per household and minute. Example: manage.py query "SELECT '
         "cloud_id, avg(demand_kw) FROM demand WHERE date = '2026-03-08' GROUP BY 1\""
     )
 
