@@ -74,14 +74,8 @@ def current_files(
     return files
 
 
-def current_keys(
-    record_type: str,
-    start: datetime | None = None,
-    end: datetime | None = None,
-    content: str = DatasetFileContent.READINGS,
-) -> list[str]:
-    """Keys of the current files of `current_files`, hour by hour."""
-    files = current_files(record_type, start, end, content)
+def keys_by_hour(files: QuerySet[DatasetFile]) -> list[str]:
+    """The keys of `files`, hour by hour."""
     return list(files.order_by("dataset_hour__hour", "key").values_list("key", flat=True))
 
 
@@ -187,7 +181,7 @@ def open_dataset(
     files = {}
     for view in views(view_names):
         name = view.name
-        keys = current_keys(view.record_type, start, end, view.content)
+        keys = keys_by_hour(current_files(view.record_type, start, end, view.content))
         files[name] = len(keys)
         schema = view.schema.append(pa.field("date", pa.date32()))
         if not keys:
@@ -223,7 +217,7 @@ def household_rows(record_type: str, cloud_id: str, start: datetime, end: dateti
     """One household's rows of one record type with meter_time in [start, end), in meter-time
     order, with the columns of the record type's files."""
     schema = arrow_schema(record_type)
-    keys = current_keys(record_type, start, end)
+    keys = keys_by_hour(current_files(record_type, start, end))
     if not keys:
         return schema.empty_table()
     filesystem, root = open_archive().arrow_filesystem()

@@ -248,21 +248,22 @@ def _check_parquet_files(
     archive: Archive, filesystem: Any, root: str, row: DatasetHour, report: AuditReport
 ) -> Iterator[Problem]:
     files = list(
-        DatasetFile.objects.filter(dataset_hour=row, state=DatasetFileState.CURRENT).values_list(
+        DatasetFile.objects.filter(dataset_hour=row, state=DatasetFileState.CURRENT).only(
             "key", "size", "sha256", "rows", "record_type", "content"
         )
     )
     label = f"{parquet.prefix()} hour {hourfiles.hour_label(row.hour)}"
-    readings = [f for f in files if f[5] == DatasetFileContent.READINGS]
-    if sum(f[3] for f in readings) != row.rows:
+    readings = [f for f in files if f.content == DatasetFileContent.READINGS]
+    readings_rows = sum(f.rows for f in readings)
+    if readings_rows != row.rows:
         report.problems[ProblemKind.PARQUET_ROWS] += 1
         yield Problem(
             ProblemKind.PARQUET_ROWS,
             label,
-            f"its files hold {sum(f[3] for f in readings)} rows, the hour {row.rows}",
+            f"its files hold {readings_rows} rows, the hour {row.rows}",
         )
-    demand_rows = sum(f[3] for f in readings if f[4] == DEMAND)
-    summaries = [f for f in files if f[5] == DatasetFileContent.DEMAND_MINUTES]
+    demand_rows = sum(f.rows for f in readings if f.record_type == DEMAND)
+    summaries = [f for f in files if f.content == DatasetFileContent.DEMAND_MINUTES]
     if demand_rows and not summaries:
         report.problems[ProblemKind.PARQUET_SUMMARY] += 1
         yield Problem(
@@ -271,23 +272,24 @@ def _check_parquet_files(
             f"{demand_rows} demand readings and no summary of them (export the hour again)",
         )
     summarised = 0
-    for key, size, sha256, rows, _, content in files:
+    for file in files:
         report.parquet_files_checked += 1
-        problem = check_object(archive, key, size, sha256)
+        problem = check_object(archive, file.key, file.size, file.sha256)
         if problem is None:
+            path = f"{root}/{file.key}"
             try:
-                declared = parquet.rows_in_file(filesystem, f"{root}/{key}")
+                declared = parquet.rows_in_file(filesystem, path)
             except OSError as exc:
-                problem = Problem(ProblemKind.UNREADABLE, key, str(exc))
+                problem = Problem(ProblemKind.UNREADABLE, file.key, str(exc))
             else:
-                if declared != rows:
+                if declared != file.rows:
                     problem = Problem(
                         ProblemKind.PARQUET_ROWS,
-                        key,
-                        f"its footer says {declared} rows, not {rows}",
+                        file.key,
+                        f"its footer says {declared} rows, not {file.rows}",
                     )
-                elif content == DatasetFileContent.DEMAND_MINUTES:
-                    summarised += parquet.summarised_readings(filesystem, f"{root}/{key}")
+                elif file.content == DatasetFileContent.DEMAND_MINUTES:
+                    summarised += parquet.summarised_readings(filesystem, path)
         if problem is not None:
             report.problems[problem.kind] += 1
             yield problem
