@@ -205,7 +205,8 @@
           const per = ticks.bucket_seconds === 60 ? "minute" : ticks.bucket_seconds / 60 + " minutes";
           root.querySelectorAll("[data-bucket]").forEach((el) => (el.textContent = per));
           if (ticks.readings.every((v) => v === null)) {
-            message(readingsEl, "No ticks were recorded in this window: is the poller running?");
+            // Buckets are whole minutes: a poller started less than a minute ago shows none yet.
+            message(readingsEl, "No whole minute of ticks in this window yet: is the poller running?");
             return;
           }
           const mostLate = Math.max(1, ...ticks.late_ticks.filter((v) => v !== null));
