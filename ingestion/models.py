@@ -1292,6 +1292,18 @@ class PollLease(models.Model):
         """Whether a live holder has it (an expired lease is free to claim)."""
         return bool(self.holder) and self.expires_at is not None and self.expires_at >= now
 
+    def last_tick(self) -> datetime | None:
+        """The slot of the shard's last tick: the lease's `last_tick_at`, or a later tick row. A
+        holder writes its tick, then renews the lease with it: one killed in between leaves a tick
+        the lease does not know, which its successor must not run again."""
+        recorded = (
+            Tick.objects.filter(shard=self.shard)
+            .order_by("-scheduled_at")
+            .values_list("scheduled_at", flat=True)
+            .first()
+        )
+        return max((t for t in (self.last_tick_at, recorded) if t is not None), default=None)
+
 
 class Tick(models.Model):
     """One 6-second poll of one shard: when it was due, when it ran, and what it did."""

@@ -166,7 +166,7 @@ class ShardLease:
     session: HolderSession | None = None
     # Until when the lease is ours, as of our last claim or renewal.
     valid_until: datetime | None = None
-    # The last tick the previous holder ran, as the row said when we took the lease.
+    # The last tick the previous holder ran, as recorded when we took the lease.
     previous_tick_at: datetime | None = None
     held: bool = False
     # Given to us by a holder that committed its last tick (no crash to recover from).
@@ -221,7 +221,7 @@ class ShardLease:
             self.valid_until = row.expires_at
         else:
             self.valid_until = now + timedelta(seconds=self.seconds)
-        self.previous_tick_at = row.last_tick_at
+        self.previous_tick_at = row.last_tick()
         logger.info("%s took shard %d (%s)", self.holder, self.shard, how.value)
         return how
 

@@ -67,6 +67,32 @@ def test_only_one_holder_claims_a_live_lease_and_a_dead_ones_expires() -> None:
 
 
 @pytest.mark.django_db
+def test_a_holder_killed_between_its_tick_and_its_renewal_is_followed_after_that_tick() -> None:
+    first, second = lease(), lease()
+    stop = threading.Event()
+    with time_machine.travel(NOW, tick=False) as traveller:
+        assert first.acquire(stop, wait_seconds=0) is Acquisition.CLAIMED
+        assert first.after_tick(NOW, may_hand_over=False) is AfterTick.KEPT
+        # Its next tick is written; it dies before renewing the lease with it.
+        written = NOW + timedelta(seconds=6)
+        Tick.objects.create(
+            shard=0,
+            holder=first.holder,
+            scheduled_at=written,
+            started_at=written,
+            finished_at=written,
+        )
+        Tick.objects.create(
+            shard=1, scheduled_at=written + timedelta(seconds=6), started_at=NOW, finished_at=NOW
+        )
+        traveller.move_to(NOW + timedelta(seconds=31))
+        assert second.acquire(stop, wait_seconds=0) is Acquisition.CLAIMED
+        # The slot after the tick written, not that tick's slot again (another shard's ticks
+        # are not this shard's).
+        assert second.previous_tick_at == written
+
+
+@pytest.mark.django_db
 def test_a_holder_hands_its_shard_to_the_waiting_successor_after_a_tick() -> None:
     holder, successor = lease(), lease()
     stop = threading.Event()
