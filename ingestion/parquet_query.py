@@ -191,7 +191,7 @@ def open_dataset(
             # A view cannot take parameters: the file list is a quoted SQL literal.
             files_sql = ", ".join(_sql_string(f"{root}/{key}") for key in keys)
             exclude = f"EXCLUDE ({', '.join(view.partitions)}) " if view.partitions else ""
-            types = {name: "VARCHAR" for name in view.partitions} | {"date": "DATE"}
+            types = {partition: "VARCHAR" for partition in view.partitions} | {"date": "DATE"}
             hive_types = ", ".join(f"'{column}': {kind}" for column, kind in types.items())
             connection.execute(
                 f'CREATE TEMP VIEW "{name}" AS SELECT * {exclude}FROM '
